@@ -1,0 +1,113 @@
+"""Cache keys: the one definition of "has this stage's output already been computed?".
+
+key = hash(stage name, code fingerprint, canonical JSON of the recipe section the stage reads,
+content hashes of its inputs, versions of the libraries/models that change its output).
+
+The code fingerprint is the source of the stage's module plus every project module it imports,
+followed transitively (found by parsing imports, not by running them). Prefect's TASK_SOURCE
+policy hashes only the task function's own lines, so an edit to a helper it calls would be
+missed; this fingerprint catches it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tasks.core.hashing import sha256_text, short_hash
+
+PROJECT_PACKAGES = ("tasks", "flows")
+
+# Explicit logic versions: bump when a stage's meaning changes in a way its source hash would
+# not show (e.g. a change in a data file it reads). Part of every key of that stage.
+STAGE_LOGIC_VERSION: dict[str, int] = {
+    "ingest": 1, "normalize": 1, "dedup": 1, "filter": 1, "score": 1, "mix": 1,
+    "train": 1, "evaluate": 1,
+}
+
+
+def _module_file(name: str) -> Path | None:
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    if file is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        file = spec.origin if spec else None
+    return Path(file) if file and file.endswith(".py") else None
+
+
+def _project_imports(path: Path, module_name: str) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module_name if path.name == "__init__.py" else module_name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            names = [target] + [f"{target}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] in PROJECT_PACKAGES and _module_file(name) is not None:
+                found.add(name)
+    return found
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint(module_name: str) -> str:
+    """Hash of a module's source and the sources of the project modules it (transitively) imports."""
+    seen: dict[str, str] = {}
+    pending = [module_name]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        path = _module_file(name)
+        if path is None:
+            raise ValueError(f"cannot fingerprint {name!r}: no Python source found")
+        seen[name] = sha256_text(path.read_text(encoding="utf-8"))
+        pending.extend(_project_imports(path, name) - seen.keys())
+    return short_hash(sorted(seen.items()))
+
+
+def library_versions(names: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Installed versions of the distributions that change a stage's output."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def stage_key(
+    stage: str,
+    code_hash: str,
+    config: Any,
+    input_hashes: list[str],
+    libraries: dict[str, str],
+) -> str:
+    """The artifact key and the Prefect cache key of one stage execution."""
+    return short_hash(
+        {
+            "stage": stage,
+            "logic_version": STAGE_LOGIC_VERSION.get(stage, 0),
+            "code": code_hash,
+            "config": config,
+            "inputs": list(input_hashes),
+            "libraries": libraries,
+        }
+    )

@@ -1,0 +1,330 @@
+"""Recipe: the YAML that drives a run, validated by pydantic.
+
+Every model is frozen and forbids unknown keys, so a typo in a recipe is an error that names the
+field, never a silently ignored setting. A recipe with only `name` and `sources` is valid: every
+other section has the defaults documented on its fields (docs/recipes.md lists them).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.core.hashing import canonical_json, short_hash
+
+Role = Literal["system", "user", "assistant", "tool"]
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def canonical(self) -> dict[str, Any]:
+        """The JSON form that enters cache keys."""
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------- sources --
+class SourceConfig(Section):
+    """One input dataset: a local file/folder (`path`) or a Hugging Face dataset id (`hf_dataset`)."""
+
+    name: str = Field(description="Unique slug; part of every example_id from this source.")
+    format: Literal["alpaca", "sharegpt", "openai"] = Field(description="Row layout of the source.")
+    path: str | None = Field(
+        None,
+        description="File (.json array, .jsonl, .parquet) or a folder written by "
+        "datasets.save_to_disk; relative to the project root.",
+    )
+    hf_dataset: str | None = Field(None, description="Hub dataset id for datasets.load_dataset.")
+    hf_split: str = Field("train", description="Split to read from a dataset id or DatasetDict folder.")
+    hf_revision: str | None = Field(
+        None, description="Pinned hub revision; without it a changed hub dataset is not detected."
+    )
+    category: str = Field("auto", description="Fixed mixing category, or `auto` for the rule-based classifier.")
+    origin: Literal["human", "synthetic", "mixed"] | None = Field(None, description="Who wrote the data.")
+    license: str | None = Field(None, description="License of the source, recorded in the catalog.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Field mapping from the format's names to this source's names, e.g. "
+        "{instruction: prompt, output: completion} or {conversations: turns, from: speaker}.",
+    )
+    role_map: dict[str, Role] = Field(
+        default_factory=dict, description="Extra speaker names mapped to roles (added to the built-in map)."
+    )
+    tool_turns: Literal["keep", "quarantine"] = Field(
+        "keep",
+        description="ShareGPT function_call/observation turns: keep them as assistant/tool turns, "
+        "or quarantine the whole row with reason tool_turn_quarantined.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError(f"source name {value!r} must be a lowercase slug (a-z, 0-9, _ and -)")
+        return value
+
+    @field_validator("category")
+    @classmethod
+    def _category_slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError(f"category {value!r} must be a lowercase slug or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceConfig":
+        if (self.path is None) == (self.hf_dataset is None):
+            raise ValueError(f"source {self.name!r}: give exactly one of `path` or `hf_dataset`")
+        return self
+
+
+# -------------------------------------------------------------------------------- normalize --
+class NormalizeConfig(Section):
+    trim_trailing_turns: bool = Field(
+        True,
+        description="Trim user/tool turns after the last assistant turn (recorded as "
+        "kept_trimmed_trailing_turn); when false such rows are dropped as non_alternating.",
+    )
+
+
+# ------------------------------------------------------------------------------------ dedup --
+class NearDedupConfig(Section):
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard at or above which rows are duplicates.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+    ngram: int = Field(5, ge=1, description="Word n-gram size of the shingles.")
+    bands: int = Field(16, ge=1, description="LSH bands b; with r rows the S-curve midpoint is (1/b)^(1/r).")
+    rows: int = Field(8, ge=1, description="LSH rows per band r.")
+    min_shingles: int = Field(3, ge=1, description="Rows with fewer shingles skip near-dedup (exact path only).")
+    seed: int = Field(1, description="MinHash permutation seed.")
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> "NearDedupConfig":
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(
+                f"dedup.near: bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}"
+            )
+        return self
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+
+
+# ---------------------------------------------------------------------------------- filters --
+class LengthConfig(Section):
+    min_response_tokens: int = Field(10, ge=0, description="Drop rows whose assistant turns hold fewer tokens.")
+    max_total_tokens: int = Field(2048, ge=1, description="Drop rows longer than this in total.")
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer that counts tokens: a hub id or local folder. Default: the train "
+        "model's tokenizer; for builtin models (whose tokenizer is trained after mixing) the "
+        "packaged MiniLM WordPiece tokenizer (`builtin:minilm`).",
+    )
+
+
+class ToxicityConfig(Section):
+    enabled: bool = True
+    backend: Literal["profanity-check", "detoxify"] = "profanity-check"
+    threshold: float = Field(0.5, ge=0, le=1, description="Toxicity probability at which a judged turn drops the row.")
+    roles: list[Role] = Field(
+        default_factory=lambda: ["assistant"],
+        description="Roles whose turns can drop the row. User and assistant turns are always "
+        "scored and recorded; a toxic prompt answered safely is kept unless `user` is listed.",
+    )
+    model: str = Field(
+        "original", description="detoxify: model type (original, unbiased, multilingual) or a checkpoint file."
+    )
+    huggingface_config_path: str | None = Field(
+        None, description="detoxify offline: local folder with the transformer config and tokenizer."
+    )
+    batch_size: int = Field(32, ge=1)
+
+
+class EvalSetConfig(Section):
+    name: str
+    path: str = Field(description="JSONL/JSON/Parquet with a `text` field, or any of the three chat formats.")
+    format: Literal["text", "alpaca", "sharegpt", "openai"] = "text"
+
+
+class DecontaminateConfig(Section):
+    eval_sets: list[EvalSetConfig] = Field(default_factory=list)
+    ngram: int = Field(13, ge=3, description="Word n-gram length; one shared n-gram marks a row contaminated.")
+
+
+class FilterConfig(Section):
+    length: LengthConfig = Field(default_factory=LengthConfig)
+    toxicity: ToxicityConfig = Field(default_factory=ToxicityConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+
+
+# ------------------------------------------------------------------------------------ score --
+class ScoreConfig(Section):
+    enabled: bool = True
+    backend: Literal["embedding-relevance", "reward-model"] = Field(
+        "embedding-relevance",
+        description="reward-model: any AutoModelForSequenceClassification; embedding-relevance: "
+        "cosine of prompt and response embeddings from the packaged MiniLM (an offline proxy, "
+        "not a reward model).",
+    )
+    model: str | None = Field(None, description="reward-model: hub id or local folder.")
+    keep_top_fraction: float = Field(0.8, gt=0, le=1)
+    per_category: bool = Field(True, description="Rank within each category instead of globally.")
+    batch_size: int = Field(32, ge=1)
+    max_length_tokens: int = Field(512, ge=16, description="Truncation length fed to the scorer.")
+
+
+# -------------------------------------------------------------------------------------- mix --
+class MixConfig(Section):
+    shares: dict[str, float] | None = Field(
+        None,
+        description="Target share of the final train mixture per category, summing to 1. "
+        "Default: the categories' natural sizes (tempered by `temperature`).",
+    )
+    total_rows: int | None = Field(None, ge=1, description="Train rows to produce (default: rows available).")
+    total_tokens: int | None = Field(None, ge=1, description="Train tokens to produce instead of rows.")
+    max_upsample: float = Field(3.0, ge=1, description="Most copies of any one example in the train mixture.")
+    temperature: float | None = Field(
+        None, gt=0, description="Shares become p_c ∝ share_c^(1/T); T>1 flattens, T<1 sharpens."
+    )
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Held-out eval split carved before mixing.")
+    seed: int = 0
+    shard_rows: int = Field(1000, ge=1, description="Rows per Parquet shard.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MixConfig":
+        if self.total_rows is not None and self.total_tokens is not None:
+            raise ValueError("mix: give total_rows or total_tokens, not both")
+        if self.shares is not None:
+            if not self.shares:
+                raise ValueError("mix.shares is empty")
+            if any(v < 0 for v in self.shares.values()):
+                raise ValueError("mix.shares must be non-negative")
+            total = sum(self.shares.values())
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"mix.shares must sum to 1 (they sum to {total:.6f})")
+        return self
+
+
+# ------------------------------------------------------------------------------- train/eval --
+class TrainConfig(Section):
+    model: str = Field("builtin:tiny-llama", description="Hub id, local folder, or builtin:tiny-llama.")
+    method: Literal["full", "lora"] = "full"
+    max_length: int = Field(512, ge=16)
+    packing: bool | Literal["auto"] = "auto"
+    max_steps: int = Field(300, ge=1)
+
+
+class EvalConfig(Section):
+    general_text: str | None = None
+    regression_tolerance: float = Field(0.05, ge=0)
+    prompts: str | None = None
+
+
+# ----------------------------------------------------------------------------------- recipe --
+class Recipe(Section):
+    name: str
+    description: str = ""
+    sources: list[SourceConfig] = Field(min_length=1)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return sources
+
+    def recipe_hash(self) -> str:
+        return short_hash(self.canonical())
+
+
+class RecipeError(ValueError):
+    """A recipe file or override that cannot be used; the message says where and what to do."""
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is parsed as YAML.
+
+    >>> d = {"filters": {"toxicity": {"threshold": 0.5}}, "sources": [{"name": "a"}]}
+    >>> apply_override(d, "filters.toxicity.threshold=0.3"); d["filters"]["toxicity"]["threshold"]
+    0.3
+    >>> apply_override(d, "sources.0.name=b"); d["sources"][0]["name"]
+    'b'
+    """
+    if "=" not in assignment:
+        raise RecipeError(f"override {assignment!r} must look like dotted.key=value")
+    dotted, raw_value = assignment.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise RecipeError(f"override {assignment!r} has an empty key")
+    value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    node: Any = data
+    for depth, key in enumerate(keys[:-1]):
+        node = _child(node, key, dotted, create=True)
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_index(node, last, dotted)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise RecipeError(f"override {dotted!r}: cannot set a key inside a {type(node).__name__}")
+
+
+def _index(node: list, key: str, dotted: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise RecipeError(f"override {dotted!r}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def _child(node: Any, key: str, dotted: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, key, dotted)]
+    if isinstance(node, dict):
+        if key not in node or node[key] is None:
+            node[key] = {}
+        return node[key]
+    raise RecipeError(f"override {dotted!r}: {key!r} is inside a {type(node).__name__}, not a section")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe YAML, apply `--set` overrides, validate. Errors name the file and field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with at least `name` and `sources`")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return parse_recipe(data, origin=str(path))
+
+
+def parse_recipe(data: dict[str, Any], origin: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise RecipeError(f"{origin}: invalid recipe: {problems}") from None
+
+
+def recipe_canonical_json(recipe: Recipe) -> str:
+    return canonical_json(recipe.canonical())

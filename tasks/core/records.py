@@ -1,0 +1,119 @@
+"""The one record type that flows between stages, and the decision rows stages emit.
+
+Records are Arrow tables with RECORD_SCHEMA (messages as list<struct<role, content>>); stages
+append their own columns (token counts, toxicity per role, reward, percentile) and keep the
+base columns untouched. Decisions are a second table: one row per example the stage judged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from tasks.core.reasons import KEPT_REASONS, Reason
+
+ROLES = ("system", "user", "assistant", "tool")
+
+MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),  # hash(source name, row locator): stable across re-runs
+        ("content_hash", pa.string()),  # hash of canonical normalized messages (null before normalize)
+        ("source", pa.string()),
+        ("source_format", pa.string()),  # alpaca | sharegpt | openai
+        ("source_uri", pa.string()),
+        ("source_row", pa.int64()),  # 1-based line for JSONL, 0-based index otherwise
+        ("category", pa.string()),  # null until normalize assigns it
+        ("origin", pa.string()),  # human | synthetic | mixed | null
+        ("license", pa.string()),
+        ("messages", MESSAGE_TYPE),
+    ]
+)
+
+# Provenance of every row read, parsed or not: the rows of the catalog's `examples` table.
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("source", pa.string()),
+        ("source_format", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_row", pa.int64()),
+        ("origin", pa.string()),
+        ("license", pa.string()),
+        ("raw", pa.string()),  # the raw line/element, truncated to RAW_PREVIEW_CHARS
+    ]
+)
+RAW_PREVIEW_CHARS = 2000
+
+DECISION_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),  # a tasks.core.reasons.Reason value
+        ("score", pa.float64()),  # the stage's number for this row (toxicity, jaccard, reward)
+        ("detail", pa.string()),  # JSON object with the stage's evidence
+        ("dup_of", pa.string()),  # dedup: the cluster representative's example_id
+    ]
+)
+
+
+def empty_records() -> pa.Table:
+    return RECORD_SCHEMA.empty_table()
+
+
+def records_from_rows(rows: Iterable[dict[str, Any]], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
+    """Build a table from dict rows; missing base columns become null."""
+    rows = list(rows)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+@dataclass
+class DecisionLog:
+    """Collects one decision per judged example; refuses reasons outside the vocabulary."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(
+        self,
+        example_id: str,
+        reason: Reason | str,
+        *,
+        score: float | None = None,
+        detail: dict[str, Any] | None = None,
+        dup_of: str | None = None,
+    ) -> None:
+        reason = Reason(reason)  # raises ValueError for a reason outside the closed vocabulary
+        self.rows.append(
+            {
+                "example_id": example_id,
+                "kept": reason in KEPT_REASONS,
+                "reason": reason.value,
+                "score": None if score is None else float(score),
+                "detail": json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None,
+                "dup_of": dup_of,
+            }
+        )
+
+    def to_table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=DECISION_SCHEMA)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class StageOutput:
+    """What a stage's pure function returns: kept records, decisions, and named extra tables.
+
+    `extra` holds stage-specific tables written next to the records (e.g. ingest's
+    `examples`); `stats` is a small JSON-able dict shown in reports and the manifest.
+    """
+
+    records: pa.Table
+    decisions: pa.Table
+    extra: dict[str, pa.Table] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,133 @@
+"""The stage contract: plan a call (its key), load-or-compute it, and the thin Prefect wrapper.
+
+A stage module provides a pure function `(StageCall) -> StageOutput` and decorates it with
+`stage_task("<stage>")`. The decorator turns it into a Prefect task whose cache key IS the
+artifact key and whose result is the JSON manifest; inside, the task first looks for a committed
+manifest on disk, so a wiped Prefect result store still skips finished work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.core.artifacts import ArtifactStore, Manifest, read_tables
+from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
+from tasks.core.hashing import short_hash
+from tasks.core.records import StageOutput
+
+RECORDS_PREFIX = "records"
+DECISIONS_FILE = "decisions.parquet"
+PART_ROWS = 50_000  # rows per records part: bounded memory per file, few files for small runs
+
+
+class StageCall(BaseModel):
+    """Everything one stage execution needs, small and JSON-able (it is a Prefect parameter)."""
+
+    model_config = ConfigDict(frozen=True)
+    stage: str
+    key: str
+    label: str = ""  # e.g. the source name for per-source stages
+    code_hash: str
+    config: dict[str, Any]
+    config_hash: str
+    inputs: list[Manifest] = Field(default_factory=list)
+    input_hashes: list[str] = Field(default_factory=list)  # non-artifact inputs (source file bytes)
+    params: dict[str, Any] = Field(default_factory=dict)  # not in the key: e.g. resolved paths
+    root: str
+    warehouse: str
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(Path(self.warehouse) / "artifacts")
+
+
+def plan_stage(
+    stage: str,
+    module: str,
+    config: dict[str, Any],
+    inputs: list[Manifest],
+    libraries: tuple[str, ...],
+    *,
+    root: Path,
+    warehouse: Path,
+    label: str = "",
+    extra_input_hashes: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> StageCall:
+    """Compute the key of a stage execution from code, config, inputs and library versions."""
+    code_hash = code_fingerprint(module)
+    input_hashes = [m.content_hash for m in inputs] + list(extra_input_hashes or [])
+    key = stage_key(stage, code_hash, config, input_hashes, library_versions(libraries))
+    return StageCall(
+        stage=stage, key=key, label=label, code_hash=code_hash, config=config,
+        config_hash=short_hash(config), inputs=inputs, input_hashes=list(extra_input_hashes or []),
+        params=dict(params or {}), root=str(root), warehouse=str(warehouse),
+    )
+
+
+def read_records(manifests: list[Manifest]) -> pa.Table:
+    """The concatenated records of input artifacts."""
+    return read_tables([p for m in manifests for p in m.files_named(RECORDS_PREFIX)])
+
+
+def execute(call: StageCall, compute: Callable[[StageCall], StageOutput]) -> tuple[Manifest, bool]:
+    """Load the committed artifact for `call.key`, or compute and commit it. Returns (manifest, hit)."""
+    store = call.store
+    existing = store.load(call.stage, call.key)
+    if existing is not None:
+        return existing, True
+    started = time.perf_counter()
+    output = compute(call)
+    writer = store.writer(call.stage, call.key)
+    try:
+        n_parts = max(1, math.ceil(output.records.num_rows / PART_ROWS))
+        for part in range(n_parts):
+            chunk = output.records.slice(part * PART_ROWS, PART_ROWS)
+            writer.write_table(f"{RECORDS_PREFIX}-{part:05d}.parquet", chunk)
+        writer.write_table(DECISIONS_FILE, output.decisions)
+        for name, table in output.extra.items():
+            writer.write_table(name if name.endswith(".parquet") else f"{name}.parquet", table)
+        n_in = output.stats.get("n_in", output.decisions.num_rows)
+        stats = {**output.stats, "compute_seconds": round(time.perf_counter() - started, 3)}
+        manifest = writer.commit(
+            inputs=[m.key for m in call.inputs], config_hash=call.config_hash, code_hash=call.code_hash,
+            n_in=int(n_in), n_out=int(output.stats.get("n_out", output.records.num_rows)), stats=stats,
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    return manifest, False
+
+
+def stage_task(stage: str) -> Callable[[Callable[[StageCall], StageOutput]], Any]:
+    """Wrap a pure `(StageCall) -> StageOutput` function as a cached Prefect task.
+
+    The task returns {"manifest": ..., "computed": bool} as JSON (never pickle). Its Prefect
+    cache key is the artifact key, so Prefect and the on-disk store agree on what is cached.
+    """
+
+    def decorate(compute: Callable[[StageCall], StageOutput]):
+        from prefect import task
+
+        def run(call: StageCall) -> dict[str, Any]:
+            manifest, hit = execute(call, compute)
+            return {"manifest": manifest.model_dump(mode="json"), "computed": not hit}
+
+        wrapped = task(
+            run,
+            name=stage,
+            cache_key_fn=lambda _context, parameters: parameters["call"].key,
+            result_serializer="json",
+            persist_result=True,
+        )
+        wrapped.compute = compute  # the pure function, for tests and benchmarks
+        wrapped.stage = stage
+        return wrapped
+
+    return decorate
