@@ -1,0 +1,145 @@
+"""Run bookkeeping for a flow: call a stage task, trust only verified artifacts, record the result.
+
+The flow process is the catalog's single writer: tasks compute artifacts, and this module (run
+in the flow, between tasks) registers them, records `stage_runs`, and publishes each stage's
+counts as a Prefect table artifact.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.filesystems import LocalFileSystem
+from prefect.logging import get_run_logger
+
+from tasks.core.artifacts import ArtifactStore, Manifest
+from tasks.core.catalog import Catalog
+from tasks.core.recipe import Recipe, recipe_canonical_json
+from tasks.core.stage import StageCall
+from tasks.core.workspace import Workspace
+
+
+@dataclass
+class StageResult:
+    call: StageCall
+    manifest: Manifest
+    cache_hit: bool
+    seconds: float
+
+    def row(self) -> dict[str, Any]:
+        n_dropped = self.manifest.stats.get("n_dropped")
+        return {
+            "stage": self.call.stage, "label": self.call.label, "key": self.call.key[:12],
+            "cache_hit": self.cache_hit, "seconds": round(self.seconds, 2),
+            "n_in": self.manifest.n_in, "n_out": self.manifest.n_out,
+            "n_dropped": n_dropped,
+        }
+
+
+@dataclass
+class RunContext:
+    """One pipeline run: its id, catalog, artifact store and the stages executed so far."""
+
+    workspace: Workspace
+    recipe: Recipe
+    run_id: str
+    catalog: Catalog
+    results: list[StageResult] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, workspace: Workspace, recipe: Recipe, overrides: list[str], code_version: str,
+              flow_run_id: str | None) -> "RunContext":
+        catalog = Catalog(workspace.catalog_path)
+        run_id = uuid.uuid4().hex[:16]
+        catalog.start_run(run_id, flow_run_id, recipe.name, recipe.recipe_hash(), code_version,
+                          recipe_canonical_json(recipe), list(overrides))
+        return cls(workspace=workspace, recipe=recipe, run_id=run_id, catalog=catalog)
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.workspace.artifacts_dir)
+
+    def run(self, stage_task: Any, call: StageCall) -> Manifest:
+        """Execute (or reuse) one stage, register its artifact and record the stage run."""
+        started = time.perf_counter()
+        task = stage_task.with_options(
+            task_run_name=f"{call.stage}[{call.label}]" if call.label else call.stage,
+            result_storage=LocalFileSystem(basepath=str(self.workspace.warehouse / "prefect-results")),
+        )
+        state = task(call, return_state=True)
+        result = state.result()
+        cache_hit = state.name == "Cached" or not result["computed"]
+        manifest = Manifest.model_validate(result["manifest"])
+        if state.name == "Cached" and self.store.load(call.stage, call.key) is None:
+            # Prefect remembers a result whose artifact folder is gone or damaged: recompute.
+            state = task.with_options(refresh_cache=True)(call, return_state=True)
+            result = state.result()
+            cache_hit = not result["computed"]
+            manifest = Manifest.model_validate(result["manifest"])
+        seconds = time.perf_counter() - started
+        self.catalog.register_artifact(manifest, self.run_id)
+        self.catalog.record_stage_run(self.run_id, manifest, call.label, cache_hit, seconds)
+        outcome = StageResult(call, manifest, cache_hit, seconds)
+        self.results.append(outcome)
+        self._publish(outcome)
+        return manifest
+
+    def _publish(self, outcome: StageResult) -> None:
+        row = outcome.row()
+        logger = get_run_logger()
+        logger.info(
+            "[%d] %-9s %-16s in %6d  out %6d  %s  %.2fs",
+            len(self.results), row["stage"], row["label"], row["n_in"], row["n_out"],
+            "cache hit" if row["cache_hit"] else "computed ", row["seconds"],
+        )
+        reasons = outcome.manifest.stats.get("reasons", {})
+        table = [{"stage": row["stage"], "source": row["label"] or "-", "rows in": row["n_in"],
+                  "rows out": row["n_out"], "cache hit": row["cache_hit"], "seconds": row["seconds"]}]
+        table += [{"stage": row["stage"], "source": f"reason: {r}", "rows in": None, "rows out": n,
+                   "cache hit": None, "seconds": None} for r, n in sorted(reasons.items())]
+        slug = f"{row['stage']}-{row['label']}".strip("-").replace("_", "-").lower()
+        create_table_artifact(key=f"sftflow-{slug}", table=table,
+                              description=f"{row['stage']} counts for run {self.run_id}")
+
+    def finish(self, status: str) -> None:
+        self.catalog.finish_run(self.run_id, status)
+
+    def summary(self) -> dict[str, Any]:
+        ledger = self.catalog.query(
+            "SELECT stage, n_in, n_kept, n_dropped FROM ledger_by_run JOIN stage_order USING (stage) "
+            "WHERE run_id = ? ORDER BY ordinal", [self.run_id])
+        reasons = self.catalog.query(
+            """SELECT d.stage, d.reason, count(*) FROM decisions d
+               JOIN stage_runs sr ON sr.key = d.artifact_id AND sr.run_id = ?
+               WHERE NOT d.kept GROUP BY 1, 2 ORDER BY 1, 3 DESC""", [self.run_id])
+        mix = next((r.manifest for r in reversed(self.results) if r.call.stage == "mix"), None)
+        return {
+            "run_id": self.run_id,
+            "recipe": self.recipe.name,
+            "wall_seconds": round(time.perf_counter() - self.started, 2),
+            "stages": [r.row() for r in self.results],
+            "ledger": [dict(zip(("stage", "n_in", "n_kept", "n_dropped"), row)) for row in ledger],
+            "drop_reasons": [dict(zip(("stage", "reason", "n"), row)) for row in reasons],
+            "mixture": mix.stats.get("mixture", []) if mix else [],
+        }
+
+
+def publish_mixture(summary: dict[str, Any]) -> None:
+    """The realized vs target mixture as a Prefect markdown artifact."""
+    lines = ["| category | target share | realized share | train rows | unique | eval rows |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for m in summary["mixture"]:
+        lines.append(f"| {m['category']} | {m['target_share']:.3f} | {m['realized_share']:.3f} | "
+                     f"{m['n_rows']} | {m['n_unique']} | {m['n_eval']} |")
+    ledger = ["| stage | in | kept | dropped |", "|---|---:|---:|---:|"]
+    ledger += [f"| {r['stage']} | {r['n_in']} | {r['n_kept']} | {r['n_dropped']} |" for r in summary["ledger"]]
+    create_markdown_artifact(
+        key="sftflow-mixture",
+        markdown="## Ledger\n\n" + "\n".join(ledger) + "\n\n## Realized mixture\n\n" + "\n".join(lines),
+        description=f"run {summary['run_id']}",
+    )

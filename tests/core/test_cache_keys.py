@@ -1,0 +1,46 @@
+import sys
+
+from tasks.core import cache_keys
+from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
+
+
+def test_key_changes_with_each_ingredient():
+    base = dict(stage="filter", code_hash="c", config={"t": 0.5}, input_hashes=["i"], libraries={"x": "1"})
+    key = stage_key(**base)
+    assert stage_key(**base) == key
+    for field, value in [("stage", "score"), ("code_hash", "d"), ("config", {"t": 0.3}),
+                         ("input_hashes", ["j"]), ("libraries", {"x": "2"})]:
+        assert stage_key(**{**base, field: value}) != key, field
+
+
+def test_logic_version_bump_changes_key(monkeypatch):
+    args = dict(stage="dedup", code_hash="c", config={}, input_hashes=[], libraries={})
+    before = stage_key(**args)
+    monkeypatch.setitem(cache_keys.STAGE_LOGIC_VERSION, "dedup", 99)
+    assert stage_key(**args) != before
+
+
+def test_fingerprint_follows_project_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "tasks_probe_root" / "tasks"
+    # Build a throwaway copy of a two-module project package and edit the imported helper.
+    (pkg / "core").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "__init__.py").write_text("")
+    (pkg / "core" / "helper.py").write_text("VALUE = 1\n")
+    (pkg / "stage_x.py").write_text("from tasks.core.helper import VALUE\n")
+    for name in [m for m in sys.modules if m == "tasks" or m.startswith("tasks.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path / "tasks_probe_root"))
+    code_fingerprint.cache_clear()
+    before = code_fingerprint("tasks.stage_x")
+    (pkg / "core" / "helper.py").write_text("VALUE = 2\n")
+    code_fingerprint.cache_clear()
+    after = code_fingerprint("tasks.stage_x")
+    code_fingerprint.cache_clear()
+    assert before != after
+
+
+def test_library_versions_reports_absent():
+    versions = library_versions(["pyarrow", "surely-not-installed-dist"])
+    assert versions["surely-not-installed-dist"] == "absent"
+    assert versions["pyarrow"][0].isdigit()

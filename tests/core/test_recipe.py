@@ -1,0 +1,70 @@
+import pytest
+
+from tasks.core.recipe import RecipeError, apply_override, load_recipe, parse_recipe
+
+MINIMAL = {"name": "x", "sources": [{"name": "a", "path": "a.json", "format": "alpaca"}]}
+
+
+def test_minimal_recipe_gets_documented_defaults():
+    recipe = parse_recipe(MINIMAL)
+    assert recipe.dedup.near.threshold == 0.8 and recipe.dedup.near.bands == 16
+    assert recipe.filters.length.min_response_tokens == 10
+    assert recipe.filters.decontaminate.ngram == 13
+    assert recipe.score.keep_top_fraction == 0.8
+    assert recipe.mix.eval_fraction == 0.05
+
+
+def test_unknown_key_names_the_field():
+    with pytest.raises(RecipeError, match=r"filters\.toxicity\.treshold"):
+        parse_recipe({**MINIMAL, "filters": {"toxicity": {"treshold": 0.3}}})
+
+
+def test_shares_must_sum_to_one():
+    with pytest.raises(RecipeError, match="sum to 1"):
+        parse_recipe({**MINIMAL, "mix": {"shares": {"qa": 0.5, "code": 0.4}}})
+
+
+def test_duplicate_source_names_refused():
+    src = MINIMAL["sources"][0]
+    with pytest.raises(RecipeError, match="unique"):
+        parse_recipe({"name": "x", "sources": [src, src]})
+
+
+def test_source_needs_exactly_one_location():
+    with pytest.raises(RecipeError, match="exactly one"):
+        parse_recipe({"name": "x", "sources": [{"name": "a", "format": "alpaca"}]})
+
+
+def test_bands_times_rows_cannot_exceed_permutations():
+    with pytest.raises(RecipeError, match="bands\\*rows"):
+        parse_recipe({**MINIMAL, "dedup": {"near": {"num_perm": 64, "bands": 16, "rows": 8}}})
+
+
+def test_override_parses_yaml_values_and_changes_hash(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nsources:\n  - {name: a, path: a.json, format: alpaca}\n")
+    base = load_recipe(path)
+    changed = load_recipe(path, ["filters.toxicity.threshold=0.3", "mix.shares={qa: 1.0}"])
+    assert changed.filters.toxicity.threshold == 0.3
+    assert changed.mix.shares == {"qa": 1.0}
+    assert base.recipe_hash() != changed.recipe_hash()
+    assert load_recipe(path).recipe_hash() == base.recipe_hash()
+
+
+def test_comment_in_recipe_does_not_change_hash(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("name: x\nsources:\n  - {name: a, path: a.json, format: alpaca}\n")
+    b.write_text("# a comment\nname: x\nsources:\n  - {name: a, path: a.json, format: alpaca}  # here\n")
+    assert load_recipe(a).recipe_hash() == load_recipe(b).recipe_hash()
+
+
+def test_bad_override_is_actionable():
+    with pytest.raises(RecipeError, match="dotted.key=value"):
+        apply_override({}, "no-equals-sign")
+    with pytest.raises(RecipeError, match="not an index"):
+        apply_override({"sources": [{}]}, "sources.3.name=x")
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")

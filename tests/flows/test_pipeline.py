@@ -1,0 +1,167 @@
+"""The data half end to end: ledger invariant, lineage, and what re-runs when one thing changes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tasks.core import cache_keys
+from tasks.core.catalog import connect_readonly
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA_STAGES = ["ingest", "normalize", "dedup", "filter", "score", "mix"]
+
+
+def catalog(root: Path) -> duckdb.DuckDBPyConnection:
+    return connect_readonly(root / "data" / "warehouse" / "catalog.duckdb")
+
+
+def computed(summary: dict) -> set[tuple[str, str]]:
+    return {(s["stage"], s["label"]) for s in summary["stages"] if not s["cache_hit"]}
+
+
+def assert_ledger_balances(root: Path, run_id: str) -> None:
+    with catalog(root) as con:
+        rows = con.execute(
+            "SELECT stage, n_in, n_kept, n_dropped FROM ledger_by_run WHERE run_id = ?", [run_id]
+        ).fetchall()
+        assert {r[0] for r in rows} == set(DATA_STAGES)
+        for stage, n_in, n_kept, n_dropped in rows:
+            assert n_in == n_kept + n_dropped, stage
+        # Every row read is either in a shard of this run's mix or has a drop decision in this run.
+        lost = con.execute(
+            """WITH keys AS (SELECT key FROM stage_runs WHERE run_id = ?),
+                    read_rows AS (SELECT example_id FROM decisions
+                                  WHERE stage = 'ingest' AND artifact_id IN (SELECT key FROM keys)),
+                    dropped AS (SELECT example_id FROM decisions
+                                WHERE NOT kept AND artifact_id IN (SELECT key FROM keys)),
+                    sharded AS (SELECT se.example_id FROM shard_examples se JOIN shards s USING (shard_id)
+                                WHERE s.artifact_id IN (SELECT key FROM keys))
+               SELECT count(*) FROM read_rows
+               WHERE example_id NOT IN (SELECT example_id FROM dropped)
+                 AND example_id NOT IN (SELECT example_id FROM sharded)""",
+            [run_id],
+        ).fetchone()[0]
+        assert lost == 0
+
+
+def test_demo_cold_then_warm_run(project, run_pipeline):
+    cold = run_pipeline(project)
+    assert {s["stage"] for s in cold["stages"]} == set(DATA_STAGES)
+    assert all(not s["cache_hit"] for s in cold["stages"])
+    assert_ledger_balances(project, cold["run_id"])
+
+    warm = run_pipeline(project)
+    assert all(s["cache_hit"] for s in warm["stages"]), warm["stages"]
+    assert_ledger_balances(project, warm["run_id"])
+
+    with catalog(project) as con:
+        hits = con.execute("SELECT bool_and(cache_hit) FROM stage_runs WHERE run_id = ?",
+                           [warm["run_id"]]).fetchone()[0]
+        assert hits is True
+        n_examples = con.execute("SELECT count(*) FROM examples").fetchone()[0]
+        n_read = con.execute("SELECT sum(n_in) FROM stage_runs WHERE stage = 'ingest' AND run_id = ?",
+                             [cold["run_id"]]).fetchone()[0]
+        assert n_examples == n_read
+        # lineage: every non-ingest artifact has inputs that are registered artifacts
+        orphans = con.execute(
+            """SELECT count(*) FROM artifact_inputs WHERE input_artifact_id NOT IN
+               (SELECT artifact_id FROM artifacts)""").fetchone()[0]
+        assert orphans == 0
+        # planted cases in the samples really were judged
+        reasons = dict(con.execute("SELECT reason, count(*) FROM decisions GROUP BY 1").fetchall())
+        for reason in ("exact_duplicate", "near_duplicate", "too_short_response", "toxic",
+                       "contaminated", "below_top_fraction", "invalid_json", "unknown_role"):
+            assert reasons.get(reason, 0) > 0, reason
+        # every reason recorded is in the closed vocabulary
+        from tasks.core.reasons import Reason
+        assert set(reasons) <= {r.value for r in Reason}
+
+
+def test_prefect_result_store_wiped_still_skips(project, run_pipeline):
+    run_pipeline(project)
+    shutil.rmtree(project / "data" / "warehouse" / "prefect-results")
+    again = run_pipeline(project)
+    assert all(s["cache_hit"] for s in again["stages"])
+
+
+def test_toxicity_threshold_recomputes_filter_and_downstream_only(project, run_pipeline):
+    base = run_pipeline(project)
+    changed = run_pipeline(project, ["filters.toxicity.threshold=0.3"])
+    redo = computed(changed)
+    assert {stage for stage, _ in redo} >= {"filter"}
+    assert not {stage for stage, _ in redo} & {"ingest", "normalize", "dedup"}
+    # downstream recomputes exactly when the filter's output bytes changed
+    def out_key(summary, stage):
+        return next(s["key"] for s in summary["stages"] if s["stage"] == stage)
+    filter_changed = out_key(base, "filter") != out_key(changed, "filter")
+    assert filter_changed
+    assert_ledger_balances(project, changed["run_id"])
+
+
+def test_changing_one_source_file_recomputes_only_that_source(project, run_pipeline):
+    run_pipeline(project)
+    path = project / "data" / "samples" / "openai.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"messages": [{"role": "user", "content": "One more question about tides?"}, {"role": "assistant", "content": "Tides come from the pull of the moon and the sun on the oceans, which raises bulges of water that the Earth rotates through twice a day."}]}\n')
+    after = run_pipeline(project)
+    redo = computed(after)
+    assert ("ingest", "openai_sample") in redo and ("normalize", "openai_sample") in redo
+    assert ("ingest", "alpaca_sample") not in redo and ("ingest", "sharegpt_sample") not in redo
+    assert ("normalize", "alpaca_sample") not in redo
+    assert {"dedup", "filter", "score", "mix"} <= {stage for stage, _ in redo}
+    assert_ledger_balances(project, after["run_id"])
+
+
+def test_code_change_invalidates_that_stage(project, run_pipeline, monkeypatch):
+    base = run_pipeline(project)
+    real = cache_keys.code_fingerprint
+
+    def edited(module: str) -> str:
+        return "edited-" + real(module) if module == "tasks.dedup" else real(module)
+
+    monkeypatch.setattr("tasks.core.stage.code_fingerprint", edited)
+    after = run_pipeline(project)
+    redo = {stage for stage, _ in computed(after)}
+    assert "dedup" in redo
+    assert not redo & {"ingest", "normalize"}
+    # dedup's output bytes are unchanged, so content addressing lets filter onward hit the cache
+    assert not redo & {"filter", "score", "mix"}
+    assert base["stages"][-1]["key"] == after["stages"][-1]["key"]
+
+
+def test_deleted_artifact_is_recomputed(project, run_pipeline):
+    base = run_pipeline(project)
+    key = next(s["key"] for s in base["stages"] if s["stage"] == "score")
+    folder = next((project / "data" / "warehouse" / "artifacts" / "score").glob(f"{key}*"))
+    (folder / "manifest.json").unlink()
+    after = run_pipeline(project)
+    assert {stage for stage, _ in computed(after)} == {"score"}
+
+
+def test_source_with_zero_valid_rows_fails_loudly(project, run_pipeline):
+    (project / "data" / "samples" / "broken.jsonl").write_text('{"nope": 1}\nnot json\n')
+    recipe = project / "deployments" / "recipes" / "broken.yaml"
+    recipe.write_text("name: broken\nsources:\n  - {name: broken, path: data/samples/broken.jsonl, format: openai}\n")
+    with pytest.raises(Exception, match="broken"):
+        run_pipeline(project, recipe="deployments/recipes/broken.yaml")
+    with catalog(project) as con:
+        assert con.execute("SELECT status FROM runs").fetchone()[0] == "failed"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+def test_real_world_files(project, run_pipeline, monkeypatch):
+    monkeypatch.setenv("SFTFLOW_DATA_DIRS", str(SHARED_DATA))
+    recipe = project / "deployments" / "recipes" / "shared.yaml"
+    recipe.write_text(
+        "name: shared\nsources:\n"
+        f"  - {{name: alpaca_en_demo, path: {SHARED_DATA / 'alpaca_en_demo.json'}, format: alpaca}}\n"
+        f"  - {{name: glaive_toolcall, path: {SHARED_DATA / 'glaive_toolcall_en_demo.json'}, format: sharegpt}}\n"
+    )
+    summary = run_pipeline(project, recipe="deployments/recipes/shared.yaml")
+    ingest = {s["label"]: s for s in summary["stages"] if s["stage"] == "ingest"}
+    assert ingest["alpaca_en_demo"]["n_in"] == 999
+    assert ingest["glaive_toolcall"]["n_in"] == 300
+    assert_ledger_balances(project, summary["run_id"])
