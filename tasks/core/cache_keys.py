@@ -86,6 +86,11 @@ def library_versions(names: tuple[str, ...] | list[str]) -> dict[str, str]:
     """Installed versions of the distributions that change a stage's output."""
     versions = {}
     for name in names:
+        if name == "unicodedata":  # ships with Python, not as a distribution
+            import unicodedata
+
+            versions[name] = unicodedata.unidata_version
+            continue
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

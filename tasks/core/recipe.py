@@ -97,7 +97,7 @@ class NearDedupConfig(Section):
     threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard at or above which rows are duplicates.")
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
     ngram: int = Field(5, ge=1, description="Word n-gram size of the shingles.")
-    bands: int = Field(16, ge=1, description="LSH bands b; with r rows the S-curve midpoint is (1/b)^(1/r).")
+    bands: int = Field(16, ge=2, description="LSH bands b (datasketch needs at least 2); with r rows the S-curve midpoint is (1/b)^(1/r).")
     rows: int = Field(8, ge=1, description="LSH rows per band r.")
     min_shingles: int = Field(3, ge=1, description="Rows with fewer shingles skip near-dedup (exact path only).")
     seed: int = Field(1, description="MinHash permutation seed.")

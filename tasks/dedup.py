@@ -1,0 +1,247 @@
+"""Dedup stage: drop exact duplicates (same content_hash) and near duplicates (MinHash + LSH).
+
+Every input row gets exactly one decision: kept, exact_duplicate or near_duplicate, the last two
+with `dup_of` naming the row that stays. Representatives are always the smallest example_id of
+their group, and all work happens in example_id order, so the outcome never depends on the order
+in which upstream artifacts happened to list the rows.
+
+The near path is split into small functions (`shingles`, `minhashes`, `candidate_pairs`,
+`verified_pairs`, `clusters`) so a faster MinHash/LSH backend can replace one step at a time
+without touching the decision logic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+import pyarrow as pa
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from tasks.core.recipe import DedupConfig, NearDedupConfig
+from tasks.core.reasons import Reason
+from tasks.core.records import DecisionLog, StageOutput
+from tasks.core.stage import StageCall, read_records, stage_task
+
+LIBRARIES = ("datasketch", "numpy")  # numpy: datasketch's hash values and permutations
+
+# Unicode word characters: punctuation and case never separate two texts that say the same words.
+WORD = re.compile(r"\w+")
+
+
+# ------------------------------------------------------------------------------- near: text --
+def conversation_text(messages: Iterable[dict[str, Any]] | None) -> str:
+    """All turns' contents joined; roles are left out so a reformatted dialogue still matches.
+
+    >>> conversation_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
+    'Hi\\nHello!'
+    """
+    return "\n".join(turn.get("content") or "" for turn in (messages or []))
+
+
+def shingles(text: str, n: int) -> list[bytes]:
+    """Distinct word n-grams of `text` (lowercased, punctuation-insensitive), as UTF-8 bytes.
+
+    Bytes because datasketch's default hash (SHA-1) takes bytes; order of first appearance keeps
+    the output deterministic (MinHash itself does not care about order).
+
+    >>> shingles("The cat sat. The cat sat!", 3)
+    [b'the cat sat', b'cat sat the', b'sat the cat']
+    >>> shingles("too short", 3)
+    []
+    """
+    words = WORD.findall(text.lower())
+    grams = (" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    return [gram.encode("utf-8") for gram in dict.fromkeys(grams)]
+
+
+# ------------------------------------------------------------------------- near: signatures --
+def minhashes(shingle_sets: Sequence[Sequence[bytes]], num_perm: int, seed: int) -> list[LeanMinHash]:
+    """One MinHash signature per shingle set, hashed in bulk (update_batch, one init per call).
+
+    LeanMinHash drops the permutation tables each MinHash carries (2 x num_perm integers), so
+    memory grows with the signatures only.
+    """
+    if not shingle_sets:
+        return []
+    return [LeanMinHash(m) for m in MinHash.bulk(shingle_sets, num_perm=num_perm, seed=seed)]
+
+
+def candidate_pairs(signatures: Sequence[LeanMinHash], cfg: NearDedupConfig) -> list[tuple[int, int]]:
+    """Index pairs (i < j) that share at least one LSH band bucket, sorted.
+
+    The bands are set explicitly (params=(b, r)) rather than derived from the threshold, so the
+    recall curve is the recipe's and not an optimizer's choice. Two sets with Jaccard s collide
+    in one band of r rows with probability s^r, so they become candidates with
+        P(candidate | s) = 1 - (1 - s^r)^b.
+    For b=16, r=8 this S-curve is steepest near (1/b)^(1/r) = 0.707: P = 0.947 at s = 0.8,
+    0.9999 at s = 0.9, but 0.61 at s = 0.7, 0.061 at s = 0.5 and 0.010 at s = 0.4 — pairs
+    below ~0.5 are rarely even candidates. Candidates are only suspects: `verified_pairs`
+    checks each against the threshold before anything is dropped.
+    """
+    if cfg.bands < 2:  # datasketch's MinHashLSH refuses a single band
+        raise ValueError(
+            f"dedup.near.bands = {cfg.bands}: MinHashLSH needs at least 2 bands; set "
+            "dedup.near.bands >= 2 in the recipe (bands * rows must stay <= num_perm)"
+        )
+    if len(signatures) < 2:
+        return []
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
+    with lsh.insertion_session() as session:
+        for index, signature in enumerate(signatures):
+            session.insert(index, signature, check_duplication=False)
+    pairs = set()
+    for index, signature in enumerate(signatures):
+        for other in lsh.query(signature):
+            if other != index:
+                pairs.add((min(index, other), max(index, other)))
+    return sorted(pairs)
+
+
+def verified_pairs(
+    pairs: Iterable[tuple[int, int]], signatures: Sequence[LeanMinHash], threshold: float
+) -> list[tuple[int, int, float]]:
+    """Candidate pairs whose MinHash-estimated Jaccard reaches `threshold`, with that estimate."""
+    verified = []
+    for i, j in pairs:
+        jaccard = signatures[i].jaccard(signatures[j])
+        if jaccard >= threshold:
+            verified.append((i, j, jaccard))
+    return verified
+
+
+def clusters(n_items: int, pairs: Iterable[tuple[int, ...]]) -> list[list[int]]:
+    """Connected components (size >= 2) of the graph with `pairs` as edges; each sorted, by minimum.
+
+    Components can chain: A~B and B~C put A and C together even when A and C alone fall below
+    the threshold. That is the usual choice for dedup (a near-copy of a near-copy is still
+    redundant training data), and it is deterministic: components do not depend on edge order.
+
+    >>> clusters(5, [(3, 4), (0, 1), (1, 3)])
+    [[0, 1, 3, 4]]
+    """
+    parent = list(range(n_items))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]  # path halving
+            x = parent[x]
+        return x
+
+    for i, j, *_ in pairs:
+        root_i, root_j = find(i), find(j)
+        if root_i != root_j:  # the smaller index becomes the root: roots are component minima
+            parent[max(root_i, root_j)] = min(root_i, root_j)
+    members: dict[int, list[int]] = defaultdict(list)
+    for x in range(n_items):
+        members[find(x)].append(x)
+    return sorted(group for group in members.values() if len(group) > 1)
+
+
+# ------------------------------------------------------------------------------------ exact --
+def _check_ids(example_ids: list[Any]) -> None:
+    seen: set[str] = set()
+    for position, example_id in enumerate(example_ids):
+        if example_id is None:
+            raise ValueError(f"dedup: row {position} has no example_id; records must come from ingest")
+        if example_id in seen:
+            raise ValueError(
+                f"dedup: example_id {example_id!r} appears more than once in the input; ids must be "
+                "unique (hash of source name and row locator): check that no source artifact is "
+                "passed to dedup twice"
+            )
+        seen.add(example_id)
+
+
+def exact_groups(example_ids: Sequence[str], content_hashes: Sequence[str | None]) -> list[list[int]]:
+    """Row positions grouped by content_hash, each group sorted by example_id (representative first).
+
+    >>> exact_groups(["b", "a", "c"], ["h1", "h1", "h2"])
+    [[1, 0], [2]]
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for position in sorted(range(len(example_ids)), key=example_ids.__getitem__):
+        content_hash = content_hashes[position]
+        if content_hash is None:
+            raise ValueError(
+                f"dedup: example_id {example_ids[position]!r} has no content_hash; dedup reads "
+                "normalize's output, run normalize on this source first"
+            )
+        groups[content_hash].append(position)
+    return sorted(groups.values(), key=lambda group: example_ids[group[0]])
+
+
+# ------------------------------------------------------------------------------------ stage --
+def deduplicate(records: pa.Table, cfg: DedupConfig) -> StageOutput:
+    """Exact dedup on content_hash, then MinHash-LSH near dedup over the exact representatives."""
+    example_ids = records.column("example_id").to_pylist()
+    _check_ids(example_ids)
+    n_rows = len(example_ids)
+    # decision per row position: (reason, score, detail, dup_of)
+    outcome: dict[int, tuple[Reason, float | None, dict[str, Any] | None, str | None]] = {}
+
+    if cfg.exact:
+        groups = exact_groups(example_ids, records.column("content_hash").to_pylist())
+    else:
+        groups = [[p] for p in sorted(range(n_rows), key=example_ids.__getitem__)]
+    for representative, *duplicates in groups:
+        for position in duplicates:
+            outcome[position] = (
+                Reason.EXACT_DUPLICATE, 1.0, {"group_size": len(duplicates) + 1},
+                example_ids[representative],
+            )
+    representatives = [group[0] for group in groups]  # already in example_id order
+
+    near = cfg.near
+    n_skipped = n_candidates = 0
+    near_clusters: list[list[int]] = []
+    if near.enabled and representatives:
+        messages = records.column("messages").to_pylist()
+        eligible, shingle_sets = [], []
+        for position in representatives:
+            grams = shingles(conversation_text(messages[position]), near.ngram)
+            if len(grams) < near.min_shingles:  # too little text for a meaningful Jaccard
+                n_skipped += 1
+                outcome[position] = (Reason.KEPT, None, {"near_skipped_n_shingles": len(grams)}, None)
+            else:
+                eligible.append(position)
+                shingle_sets.append(grams)
+        signatures = minhashes(shingle_sets, near.num_perm, near.seed)
+        pairs = candidate_pairs(signatures, near)
+        n_candidates = len(pairs)
+        near_clusters = clusters(len(eligible), verified_pairs(pairs, signatures, near.threshold))
+        for representative, *members in near_clusters:  # indices into `eligible`, sorted
+            rep_position = eligible[representative]
+            outcome[rep_position] = (Reason.KEPT, None, {"cluster_size": len(members) + 1}, None)
+            for member in members:
+                jaccard = signatures[member].jaccard(signatures[representative])
+                outcome[eligible[member]] = (
+                    Reason.NEAR_DUPLICATE, jaccard,
+                    {"jaccard_to_representative": jaccard, "cluster_size": len(members) + 1},
+                    example_ids[rep_position],
+                )
+
+    log = DecisionLog()
+    for position in sorted(range(n_rows), key=example_ids.__getitem__):  # one canonical order
+        reason, score, detail, dup_of = outcome.get(position, (Reason.KEPT, None, None, None))
+        log.add(example_ids[position], reason, score=score, detail=detail, dup_of=dup_of)
+    reasons = [outcome[p][0] if p in outcome else Reason.KEPT for p in range(n_rows)]
+    kept_positions = [p for p, reason in enumerate(reasons) if reason is Reason.KEPT]
+    return StageOutput(
+        records=records.take(pa.array(kept_positions, type=pa.int64())),  # input order kept
+        decisions=log.to_table(),
+        stats={
+            "n_in": n_rows,
+            "exact_duplicates": reasons.count(Reason.EXACT_DUPLICATE),
+            "near_duplicates": reasons.count(Reason.NEAR_DUPLICATE),
+            "near_skipped_few_shingles": n_skipped,
+            "clusters": len(near_clusters),
+            "candidate_pairs": n_candidates,
+        },
+    )
+
+
+@stage_task("dedup")
+def dedup_stage(call: StageCall) -> StageOutput:
+    return deduplicate(read_records(call.inputs), DedupConfig.model_validate(call.config))

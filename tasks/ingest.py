@@ -1,0 +1,640 @@
+"""Ingest: read one source row by row into the record type, with one decision per row read.
+
+A source is a local file or folder (`.jsonl`, `.json`, `.parquet`, or a folder written by
+`datasets.save_to_disk`) or a Hugging Face dataset id. Every row gets a `source_row` locator
+(the 1-based physical line of a JSON Lines file, the 0-based index of an array, Parquet file or
+dataset), and `example_id = short_hash(source name, source_row)`, so a row keeps its id across
+re-runs and across edits to other rows of the file.
+
+Ingest only maps a format to `messages` (roles system | user | assistant | tool, text content).
+It does not trim, NFC-normalize or check turn order: normalize does that, so the catalog keeps
+"could not be read" (ingest) apart from "is not a valid conversation" (normalize). A row that
+cannot become messages is quarantined with a reason from tasks/core/reasons.py and the detail
+{"location": "line 41" | "index 3", "error": "..."}; one bad row never fails the file. A problem
+with the whole source (missing file, a JSON array that does not parse, no readable row at all)
+raises SourceError naming the file, the place and what to do.
+
+Formats. `columns` renames fields ({format's name: source's name}); `role_map` adds speakers.
+- alpaca: instruction, input, output, optional system and history ([user, assistant] pairs).
+  The user turn is the instruction, followed by a blank line and the input when the input is
+  not blank. No prompt template is added: the chat template does that at training time.
+- sharegpt: `conversations` (a list, or a JSON string holding one) of {from, value} turns, and an
+  optional row-level `system`. function_call turns become assistant turns holding the call
+  text, observation turns become tool turns; with `tool_turns: quarantine` such rows are
+  quarantined instead. Rows whose turns all use {role, content} are read too; mixing both key
+  pairs in one row is `mixed_schema`.
+- openai: `messages` of {role, content}; developer -> system, function -> tool. A list of
+  content parts is flattened when every part is text (joined by newlines); an assistant turn's
+  `tool_calls` become its content as compact JSON. `tool_turns: quarantine` applies here too.
+Speaker names are matched case-insensitively. Columns the record type has no place for are
+ignored: ShareGPT's `tools`, OpenAI's `tool_call_id` and `name`, any extra metadata column.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import pyarrow.parquet as pq
+
+from tasks.core.hashing import sha256_file, sha256_tree, short_hash
+from tasks.core.reasons import Reason
+from tasks.core.recipe import SourceConfig
+from tasks.core.records import (
+    EXAMPLE_SCHEMA,
+    RAW_PREVIEW_CHARS,
+    RECORD_SCHEMA,
+    DecisionLog,
+    StageOutput,
+    records_from_rows,
+)
+from tasks.core.stage import StageCall, stage_task
+
+LIBRARIES = ("pyarrow", "datasets")
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+UTF8_BOM = b"\xef\xbb\xbf"
+PARQUET_BATCH_ROWS = 4096  # bounded memory while streaming a large Parquet file
+FIRST_PROBLEMS_SHOWN = 3  # in the "0 of N rows" error: enough to see a pattern, short to read
+
+Message = dict[str, str]
+
+# Built-in speaker maps; a source's `role_map` is added on top (and wins).
+SHAREGPT_ROLES: dict[str, str] = {
+    "system": "system",
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant",
+    "bard": "assistant", "model": "assistant",
+    "function_call": "assistant",  # the call text is what the model learns to emit
+    "observation": "tool", "tool": "tool",
+}
+OPENAI_ROLES: dict[str, str] = {
+    "system": "system", "developer": "system",
+    "user": "user", "assistant": "assistant",
+    "tool": "tool", "function": "tool",
+}
+SHAREGPT_TOOL_SPEAKERS = frozenset({"function_call"})  # tool turns besides those mapped to "tool"
+
+# The two key pairs a turn can use; which one a turn uses is read from its non-null values,
+# because Arrow-backed rows (Parquet, datasets) fill every struct key, absent ones with None.
+FROM_VALUE = ("from", "value")
+ROLE_CONTENT = ("role", "content")
+
+# Logical field names each format knows: the keys `columns` may rename.
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "alpaca": ("instruction", "input", "output", "system", "history"),
+    "sharegpt": ("conversations", "system", *FROM_VALUE, *ROLE_CONTENT),
+    "openai": ("messages", *ROLE_CONTENT, *FROM_VALUE, "tool_calls"),
+}
+
+
+class SourceError(ValueError):
+    """A whole source cannot be read; the message names the file, the place and what to do."""
+
+
+class RowProblem(Exception):
+    """Why one row cannot become messages: a quarantine reason and a precise message."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One row as read from the source, before any format is applied."""
+
+    source_row: int  # 1-based line (JSON Lines) or 0-based index (array, Parquet, dataset)
+    location: str  # "line 41" / "index 3", as written into decisions
+    raw: str  # the line or element as text, for the examples table
+    value: Any = None
+    problem: RowProblem | None = None  # set when the row did not even parse
+
+
+# ------------------------------------------------------------------------------ small helpers --
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, as used in error messages.
+
+    >>> json_type(3), json_type([1]), json_type({}), json_type(None), json_type("a")
+    ('a number', 'a list', 'an object', 'null', 'text')
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def raw_preview(value: Any) -> str:
+    """A parsed row as JSON text, cut to RAW_PREVIEW_CHARS (the catalog's `examples.raw`)."""
+    return json.dumps(value, ensure_ascii=False, default=str)[:RAW_PREVIEW_CHARS]
+
+
+def _column(source: SourceConfig, logical: str) -> str:
+    return source.columns.get(logical, logical)
+
+
+def _quoted(source: SourceConfig, logical: str) -> str:
+    """'"prompt" (instruction)' when renamed, so the message matches both file and docs."""
+    name = _column(source, logical)
+    return f'"{name}"' if name == logical else f'"{name}" ({logical})'
+
+
+def _require_text(value: Any, what: str, *, present: bool = True) -> str:
+    if not present:
+        raise RowProblem(Reason.MISSING_FIELD, f"missing field {what}")
+    if value is None:
+        raise RowProblem(Reason.MISSING_FIELD, f"field {what} is null")
+    if not isinstance(value, str):
+        raise RowProblem(Reason.WRONG_TYPE, f"field {what} is {json_type(value)}, expected text")
+    return value
+
+
+def _required_field(row: dict[str, Any], source: SourceConfig, logical: str) -> str:
+    name = _column(source, logical)
+    return _require_text(row.get(name), _quoted(source, logical), present=name in row)
+
+
+def _optional_field(row: dict[str, Any], source: SourceConfig, logical: str) -> str:
+    """Text of an optional field; absent and null both read as ''."""
+    value = row.get(_column(source, logical))
+    return "" if value is None else _require_text(value, _quoted(source, logical))
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# ---------------------------------------------------------------------------------- alpaca --
+def alpaca_messages(row: dict[str, Any], source: SourceConfig) -> list[Message]:
+    """Alpaca fields to messages: [system] + history pairs + user(instruction, input) + assistant.
+
+    >>> src = SourceConfig(name="a", format="alpaca", path="a.json")
+    >>> alpaca_messages({"instruction": "Add.", "input": "2+2", "output": "4"}, src)
+    [{'role': 'user', 'content': 'Add.\\n\\n2+2'}, {'role': 'assistant', 'content': '4'}]
+    """
+    instruction = _required_field(row, source, "instruction")
+    extra_input = _optional_field(row, source, "input")
+    output = _required_field(row, source, "output")
+    system = _optional_field(row, source, "system")
+    messages: list[Message] = []
+    if system.strip():  # LLaMA-Factory style files carry "system": "" on rows without one
+        messages.append({"role": "system", "content": system})
+    messages.extend(_alpaca_history(row, source))
+    prompt = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
+    messages.append({"role": "user", "content": prompt})
+    messages.append({"role": "assistant", "content": output})
+    return messages
+
+
+def _alpaca_history(row: dict[str, Any], source: SourceConfig) -> list[Message]:
+    history = row.get(_column(source, "history"))
+    if history is None:
+        return []
+    name = _quoted(source, "history")
+    if not isinstance(history, (list, tuple)):
+        raise RowProblem(
+            Reason.WRONG_TYPE, f"field {name} is {json_type(history)}, expected a list of [user, assistant] pairs"
+        )
+    messages: list[Message] = []
+    for index, pair in enumerate(history):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            shape = f"a list of {len(pair)}" if isinstance(pair, (list, tuple)) else json_type(pair)
+            raise RowProblem(Reason.WRONG_TYPE, f"field {name}[{index}] is {shape}, expected a [user, assistant] pair")
+        for position, role in enumerate(("user", "assistant")):
+            text = _require_text(pair[position], f"{name}[{index}] {role} text")
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+# ------------------------------------------------------------------- sharegpt and openai turns --
+def _turn_list(row: dict[str, Any], source: SourceConfig, logical: str) -> list[Any]:
+    """The list of turns; a JSON string holding the list (common in CSV/Parquet exports) is parsed."""
+    name = _column(source, logical)
+    what = _quoted(source, logical)
+    if name not in row:
+        raise RowProblem(Reason.MISSING_FIELD, f"missing field {what}")
+    turns = row[name]
+    if turns is None:
+        raise RowProblem(Reason.MISSING_FIELD, f"field {what} is null")
+    if isinstance(turns, str):
+        try:
+            turns = json.loads(turns)
+        except json.JSONDecodeError as exc:
+            raise RowProblem(
+                Reason.INVALID_JSON,
+                f"field {what} is text that is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            ) from None
+    if not isinstance(turns, (list, tuple)):
+        raise RowProblem(Reason.WRONG_TYPE, f"field {what} is {json_type(turns)}, expected a list of turns")
+    return list(turns)
+
+
+@dataclass(frozen=True)
+class Turn:
+    index: int
+    keys: tuple[str, str]  # FROM_VALUE or ROLE_CONTENT (logical names)
+    speaker: str
+    text_key: str  # the source's actual key of the text
+    text: Any  # not yet checked: openai allows null content next to tool_calls, and part lists
+    fields: dict[str, Any]
+
+
+def _read_turns(turns: list[Any], source: SourceConfig, default_keys: tuple[str, str]) -> list[Turn]:
+    """Check each turn's shape and key pair; a row must use one key pair throughout."""
+    read: list[Turn] = []
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RowProblem(Reason.WRONG_TYPE, f"turn {index} is {json_type(turn)}, expected an object")
+        used = [
+            keys for keys in (FROM_VALUE, ROLE_CONTENT)
+            if any(turn.get(_column(source, key)) is not None for key in keys)
+        ]
+        if len(used) > 1:
+            raise RowProblem(Reason.MIXED_SCHEMA, f"turn {index} mixes from/value and role/content keys")
+        keys = used[0] if used else default_keys
+        if read and keys != read[0].keys:
+            raise RowProblem(
+                Reason.MIXED_SCHEMA,
+                f"turn {index} uses {'/'.join(keys)} keys but turn 0 uses {'/'.join(read[0].keys)}",
+            )
+        speaker_key, text_key = (_column(source, key) for key in keys)
+        try:
+            speaker = _require_text(turn.get(speaker_key), f'"{speaker_key}"', present=speaker_key in turn)
+        except RowProblem as problem:
+            raise _with_turn(index, problem) from None
+        read.append(Turn(index, keys, speaker, text_key, turn.get(text_key), turn))
+    return read
+
+
+def _with_turn(index: int, problem: RowProblem) -> RowProblem:
+    return RowProblem(problem.reason, f"turn {index}: {problem.message}")
+
+
+def _role_table(builtin: dict[str, str], source: SourceConfig) -> dict[str, str]:
+    return {**builtin, **{name.lower(): role for name, role in source.role_map.items()}}
+
+
+def _resolve_role(turn: Turn, roles: dict[str, str]) -> str:
+    role = roles.get(turn.speaker.strip().lower())
+    if role is None:
+        raise RowProblem(
+            Reason.UNKNOWN_ROLE,
+            f'turn {turn.index}: unknown role "{turn.speaker}"; map it to a role with the source\'s role_map',
+        )
+    return role
+
+
+def _quarantine_tool_turn(turn: Turn, source: SourceConfig, what: str) -> None:
+    if source.tool_turns == "quarantine":
+        raise RowProblem(
+            Reason.TOOL_TURN_QUARANTINED, f'turn {turn.index}: {what} and the source sets tool_turns: quarantine'
+        )
+
+
+def _turn_text(turn: Turn) -> str:
+    try:
+        return _require_text(turn.text, f'"{turn.text_key}"', present=turn.text_key in turn.fields)
+    except RowProblem as problem:
+        raise _with_turn(turn.index, problem) from None
+
+
+def sharegpt_messages(row: dict[str, Any], source: SourceConfig) -> list[Message]:
+    """ShareGPT `conversations` to messages, with an optional row-level system turn first.
+
+    >>> src = SourceConfig(name="s", format="sharegpt", path="s.json")
+    >>> sharegpt_messages({"conversations": [{"from": "human", "value": "Hi"},
+    ...                                      {"from": "gpt", "value": "Hello"}]}, src)
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
+    """
+    system = _optional_field(row, source, "system")
+    turns = _read_turns(_turn_list(row, source, "conversations"), source, FROM_VALUE)
+    roles = _role_table(SHAREGPT_ROLES, source)
+    messages: list[Message] = [{"role": "system", "content": system}] if system.strip() else []
+    for turn in turns:
+        role = _resolve_role(turn, roles)
+        if role == "tool" or turn.speaker.strip().lower() in SHAREGPT_TOOL_SPEAKERS:
+            _quarantine_tool_turn(turn, source, f'"{turn.speaker}" is a tool turn')
+        messages.append({"role": role, "content": _turn_text(turn)})
+    return messages
+
+
+def openai_messages(row: dict[str, Any], source: SourceConfig) -> list[Message]:
+    """OpenAI `messages` to messages: roles mapped, text parts flattened, tool calls as JSON text.
+
+    >>> src = SourceConfig(name="o", format="openai", path="o.jsonl")
+    >>> openai_messages({"messages": [{"role": "developer", "content": "Be brief."},
+    ...                               {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}, src)
+    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
+    """
+    turns = _read_turns(_turn_list(row, source, "messages"), source, ROLE_CONTENT)
+    roles = _role_table(OPENAI_ROLES, source)
+    messages: list[Message] = []
+    for turn in turns:
+        role = _resolve_role(turn, roles)
+        if role == "tool":
+            _quarantine_tool_turn(turn, source, f'"{turn.speaker}" is a tool turn')
+        messages.append({"role": role, "content": _openai_content(turn, role, source)})
+    return messages
+
+
+def _openai_content(turn: Turn, role: str, source: SourceConfig) -> str:
+    # The legacy `function_call` field is the single-call form of `tool_calls`.
+    calls = turn.fields.get(_column(source, "tool_calls")) or turn.fields.get("function_call")
+    if role != "assistant" or not calls:
+        return _content_text(turn)
+    _quarantine_tool_turn(turn, source, "an assistant turn with tool_calls")
+    calls_json = _compact_json(calls)
+    if turn.text is None:  # the usual shape: the call is the whole turn
+        return calls_json
+    text = _content_text(turn)
+    return f"{text}\n\n{calls_json}" if text.strip() else calls_json  # keep both, lose nothing
+
+
+def _content_text(turn: Turn) -> str:
+    """Text content, or a list of parts that are all text (joined by newlines)."""
+    if not isinstance(turn.text, (list, tuple)):
+        return _turn_text(turn)
+    texts = []
+    for position, part in enumerate(turn.text):
+        where = f"turn {turn.index}: content part {position}"
+        if not isinstance(part, dict):
+            raise RowProblem(Reason.WRONG_TYPE, f"{where} is {json_type(part)}, expected an object with type and text")
+        kind = part.get("type")
+        if kind != "text":
+            raise RowProblem(
+                Reason.UNSUPPORTED_CONTENT, f'{where} has type "{kind}"; only text parts can be ingested'
+            )
+        try:
+            texts.append(_require_text(part.get("text"), '"text"', present="text" in part))
+        except RowProblem as problem:
+            raise RowProblem(problem.reason, f"{where}: {problem.message}") from None
+    return "\n".join(texts)
+
+
+ADAPTERS: dict[str, Callable[[dict[str, Any], SourceConfig], list[Message]]] = {
+    "alpaca": alpaca_messages,
+    "sharegpt": sharegpt_messages,
+    "openai": openai_messages,
+}
+
+
+def row_messages(value: Any, source: SourceConfig) -> list[Message]:
+    """One parsed row to messages with the source's format adapter, or RowProblem."""
+    if not isinstance(value, dict):
+        raise RowProblem(
+            Reason.NOT_AN_OBJECT, f"the row is {json_type(value)}, expected an object with the {source.format} fields"
+        )
+    return ADAPTERS[source.format](value, source)
+
+
+# ---------------------------------------------------------------------------------- readers --
+def iter_jsonl_rows(lines: Iterable[bytes]) -> Iterator[RawRow]:
+    """Rows of JSON Lines: one per non-blank line, located by its 1-based physical line number.
+
+    Lines are split on b"\\n" only (binary iteration): str.splitlines would also split at
+    U+2028 and friends, which may appear unescaped inside JSON strings.
+    """
+    for line_number, line in enumerate(lines, start=1):
+        # A BOM may start any line, not only the first: concatenated files (`cat a b`) keep them.
+        line = line.removeprefix(UTF8_BOM).rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        location = f"line {line_number}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problem = RowProblem(
+                Reason.INVALID_ENCODING,
+                f"byte 0x{line[exc.start]:02x} at byte {exc.start + 1} of the line is not UTF-8; "
+                "re-save the file as UTF-8",
+            )
+            raw = line.decode("utf-8", errors="replace")[:RAW_PREVIEW_CHARS]
+            yield RawRow(line_number, location, raw, problem=problem)
+            continue
+        raw = text[:RAW_PREVIEW_CHARS]
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problem = RowProblem(Reason.INVALID_JSON, f"not valid JSON: {exc.msg} at column {exc.colno}")
+            yield RawRow(line_number, location, raw, problem=problem)
+            continue
+        yield RawRow(line_number, location, raw, value)
+
+
+def iter_indexed_rows(values: Iterable[Any]) -> Iterator[RawRow]:
+    """Rows of an array, table or dataset, located by 0-based index."""
+    for index, value in enumerate(values):
+        yield RawRow(index, f"index {index}", raw_preview(value), value)
+
+
+def _jsonl_file_rows(path: Path) -> Iterator[RawRow]:
+    with open(path, "rb") as handle:
+        yield from iter_jsonl_rows(handle)
+
+
+def _json_file_rows(path: Path, where: str) -> Iterator[RawRow]:
+    """A .json file: a JSON array of rows, or (as many `.json` files really are) JSON Lines."""
+    data = path.read_bytes()
+    body = data.removeprefix(UTF8_BOM)
+    if body.lstrip()[:1] != b"[":
+        _refuse_single_object(body, where)
+        return iter_jsonl_rows(io.BytesIO(data))
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = body[: exc.start].count(b"\n") + 1
+        raise SourceError(f"{where}: line {line} holds bytes that are not UTF-8; re-save the file as UTF-8") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(
+            f"{where}: the JSON array does not parse at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
+            "fix the file there, or convert it to JSON Lines (.jsonl) so a bad row only quarantines itself"
+        ) from None
+    return iter_indexed_rows(values)
+
+
+def _refuse_single_object(body: bytes, where: str) -> None:
+    """A pretty-printed single object (e.g. {"data": [...]}) would read as N broken lines."""
+    if sum(1 for line in body.split(b"\n") if line.strip()) < 2:
+        return
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return  # the usual case: JSON Lines, read line by line
+    if isinstance(value, dict):
+        raise SourceError(
+            f"{where}: the file is one JSON object spanning several lines, not rows; a .json source "
+            "must be an array of rows ([{...}, ...]) or one object per line (JSON Lines)"
+        )
+
+
+def _parquet_file_rows(path: Path, where: str) -> Iterator[RawRow]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a non-Parquet file
+        raise SourceError(f"{where}: not a readable Parquet file ({exc}); check the file or its extension") from None
+    rows = (row for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS) for row in batch.to_pylist())
+    return iter_indexed_rows(rows)
+
+
+def _saved_dataset_rows(source: SourceConfig, path: Path, where: str) -> Iterator[RawRow]:
+    import datasets  # heavy import: only for sources that need it
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # FileNotFoundError and friends for a folder that is not a saved dataset
+        raise SourceError(
+            f"{where}: not a dataset folder written by datasets.save_to_disk ({exc}); "
+            "point `path` at such a folder or at a .jsonl/.json/.parquet file"
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if source.hf_split not in loaded:
+            raise SourceError(
+                f"{where}: the dataset has no split {source.hf_split!r} (it has: "
+                f"{', '.join(sorted(loaded))}); set `hf_split` in the recipe"
+            )
+        loaded = loaded[source.hf_split]
+    return iter_indexed_rows(loaded)
+
+
+def _hub_dataset_rows(source: SourceConfig, where: str) -> Iterator[RawRow]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source.hf_dataset, split=source.hf_split, revision=source.hf_revision)
+    except Exception as exc:  # network, auth, missing split, offline mode: all end the source
+        raise SourceError(
+            f"{where}: could not load the hub dataset ({type(exc).__name__}: {exc}); check `hf_dataset`, "
+            "`hf_split` and `hf_revision`, or save it locally with save_to_disk and use `path`"
+        ) from None
+    return iter_indexed_rows(dataset)
+
+
+def source_rows(source: SourceConfig, path: Path | None) -> Iterator[RawRow]:
+    """The raw rows of a source, whatever its kind; file-level problems raise SourceError."""
+    where = f"source {source.name!r} ({source_uri(source, path)})"
+    if path is None:
+        if source.hf_dataset is None:
+            raise SourceError(f"source {source.name!r}: no resolved path given and no `hf_dataset` set")
+        return _hub_dataset_rows(source, where)
+    if path.is_dir():
+        return _saved_dataset_rows(source, path, where)
+    if not path.is_file():
+        raise SourceError(f"{where}: no such file or folder; fix `path` in the recipe (relative to the project root)")
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return _jsonl_file_rows(path)
+    if suffix == ".json":
+        return _json_file_rows(path, where)
+    if suffix == ".parquet":
+        return _parquet_file_rows(path, where)
+    raise SourceError(
+        f"{where}: unsupported file type {suffix or '(no extension)'!r}; use .jsonl, .json (an array or "
+        "JSON Lines), .parquet, or a folder written by datasets.save_to_disk"
+    )
+
+
+# ------------------------------------------------------------------------------- the stage --
+def source_uri(source: SourceConfig, path: Path | None) -> str:
+    if path is not None:
+        return str(path)
+    return f"hf://{source.hf_dataset}@{source.hf_revision or 'main'}/{source.hf_split}"
+
+
+def source_fingerprint(source: SourceConfig, path: Path | None) -> str:
+    """What identifies the source's bytes in the cache key: a file's sha256, a folder's tree hash,
+    or the hub id, revision and split (an unpinned hub dataset that changes is not detected)."""
+    if path is None:
+        return f"hf:{source.hf_dataset}@{source.hf_revision or 'main'}/{source.hf_split}"
+    if path.is_dir():
+        return sha256_tree(path)
+    if path.is_file():
+        return sha256_file(path)
+    raise SourceError(f"source {source.name!r} ({path}): no such file or folder; fix `path` in the recipe")
+
+
+def check_columns(source: SourceConfig) -> None:
+    """A renamed field the format does not know is a typo that would silently do nothing."""
+    known = FORMAT_FIELDS[source.format]
+    unknown = sorted(set(source.columns) - set(known))
+    if unknown:
+        raise SourceError(
+            f"source {source.name!r}: `columns` renames {', '.join(map(repr, unknown))}, which "
+            f"{'is' if len(unknown) == 1 else 'are'} not {source.format} fields; {source.format} fields "
+            f"are: {', '.join(known)}"
+        )
+
+
+def read_source(source: SourceConfig, path: Path | None) -> StageOutput:
+    """Read every row of one source: records for rows that became messages, a decision and an
+    examples row for every row read. Raises SourceError when the source yields no valid row."""
+    check_columns(source)
+    uri = source_uri(source, path)
+    category = None if source.category == "auto" else source.category
+    provenance = {
+        "source": source.name, "source_format": source.format, "source_uri": uri,
+        "origin": source.origin, "license": source.license,
+    }
+    records: list[dict[str, Any]] = []
+    examples: list[dict[str, Any]] = []
+    decisions = DecisionLog()
+    quarantined: Counter[str] = Counter()
+    first_problems: list[str] = []
+    for row in source_rows(source, path):
+        example_id = short_hash(source.name, row.source_row)
+        examples.append({"example_id": example_id, "source_row": row.source_row, "raw": row.raw, **provenance})
+        try:
+            if row.problem is not None:
+                raise row.problem
+            messages = row_messages(row.value, source)
+        except RowProblem as problem:
+            decisions.add(example_id, problem.reason, detail={"location": row.location, "error": problem.message})
+            quarantined[problem.reason.value] += 1
+            if len(first_problems) < FIRST_PROBLEMS_SHOWN:
+                first_problems.append(f"{row.location}: {problem.reason.value}: {problem.message}")
+            continue
+        decisions.add(example_id, Reason.KEPT)
+        records.append({
+            "example_id": example_id, "content_hash": None, "source_row": row.source_row,
+            "category": category, "messages": messages, **provenance,
+        })
+    n_in = len(examples)
+    if not records:
+        hint = "; ".join(first_problems) if first_problems else "the source holds no rows"
+        raise SourceError(
+            f"source {source.name!r} ({uri}): 0 of {n_in} rows could be read; first problems: {hint}; "
+            f"check the file and the source's `format` ({source.format}) and `columns` in the recipe"
+        )
+    return StageOutput(
+        records=records_from_rows(records, RECORD_SCHEMA),
+        decisions=decisions.to_table(),
+        extra={"examples": records_from_rows(examples, EXAMPLE_SCHEMA)},
+        stats={
+            "n_in": n_in,
+            "n_quarantined": sum(quarantined.values()),
+            "source": source.name,
+            "quarantined_by_reason": dict(sorted(quarantined.items())),
+        },
+    )
+
+
+@stage_task("ingest")
+def ingest_stage(call: StageCall) -> StageOutput:
+    source = SourceConfig.model_validate(call.config)
+    path = Path(call.params["path"]) if call.params.get("path") else None
+    return read_source(source, path)

@@ -1,0 +1,377 @@
+"""Mix: carve the eval split, then sample each category to its share of the train mixture.
+
+The stage reads the scored records of all sources and writes Parquet shards
+`shards/<split>/<category>-<part>.parquet` (the input columns plus `split`); its `records` output
+is empty because the shards are the data. Every input row gets one decision: `held_out_eval`,
+`selected` (detail: how many copies the train split holds) or `not_sampled`.
+
+Choices this stage makes (and why):
+
+- **Eval first, by hash.** A row is eval when sha256(seed, example_id) mapped to [0, 1) is below
+  `eval_fraction`. The verdict depends on nothing but the row's own id, so adding, removing or
+  reordering other rows never moves a row between splits, and eval rows are never sampled into
+  train. Eval rows of every category are kept, including categories whose train share is 0: a
+  `held_out_eval` decision always points at a shard row.
+- **Target shares.** `mix.shares` when given: categories in the data but not in `shares` get 0
+  and are not sampled (their rows are `not_sampled`); categories named in `shares` but absent
+  from the data keep their target and are reported with 0 realized rows (`missing_categories`).
+  Without `shares`, each category's share is its number of train-available rows. `temperature`
+  T then reshapes either kind of share: p_c ∝ p_c^(1/T), renormalized (T>1 flattens towards
+  uniform, T<1 sharpens; zero shares stay zero).
+- **Target rows.** `total_rows` as given; with `total_tokens`, category c wants
+  share_c * total_tokens / mean_tokens_c rows (mean over its train-available rows; a category
+  without rows uses the mean of all train-available rows) and the total is the rounded sum of
+  those; by default the total is the number of train-available rows (all categories, also
+  those whose share is 0). Real-valued quotas become integers by the largest-remainder method
+  (ties by category name), so the counts sum exactly to the total.
+- **Upsampling cap, no redistribution.** A category gets at most floor(max_upsample * n_available)
+  rows. The shortfall is reported (`n_shortfall`) and not handed to other categories: moving it
+  would silently change the other categories' shares, which the recipe fixed; a smaller train
+  set with the recipe's proportions intact is the least surprising outcome.
+- **Sampling.** Per category, rows sorted by example_id; a target t over n rows gives every row
+  t // n copies, and t % n further rows are drawn without replacement by
+  numpy.random.default_rng(sha256(seed, category)). Sorting first makes the draw independent of
+  input order. The train mixture (categories by name, rows by id, copies together) is then
+  shuffled with a seeded rng and written per category in that shuffled order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.core.recipe import SLUG, MixConfig
+from tasks.core.records import DecisionLog, StageOutput
+from tasks.core.reasons import Reason
+from tasks.core.stage import StageCall, read_records, stage_task
+
+LIBRARIES = ("numpy", "pyarrow")
+
+TOKENS_COLUMN = "n_tokens_total"
+SCORE_COLUMN = "score"
+SPLIT_COLUMN = "split"
+TRAIN, EVAL = "train", "eval"
+# Float products such as 1.15 * 100 land just below the integer they mean (114.999…); quotas
+# and caps are nudged by this much before flooring so they mean what the recipe says.
+FLOAT_SLACK = 1e-9
+
+
+# ---------------------------------------------------------------------------------- hashing --
+def _digest(*parts: Any) -> bytes:
+    # "\x1f" cannot occur in a seed and is not a slug character, so parts never run together.
+    text = "\x1f".join(str(p) for p in parts)
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def unit_interval(*parts: Any) -> float:
+    """A deterministic number in [0, 1) from a hash of `parts` (53 bits: exact as a float).
+
+    >>> unit_interval("mix-eval", 0, "abc") == unit_interval("mix-eval", 0, "abc")
+    True
+    >>> 0.0 <= unit_interval("x") < 1.0
+    True
+    """
+    return (int.from_bytes(_digest(*parts)[:8], "big") >> 11) / float(1 << 53)
+
+
+def derived_seed(*parts: Any) -> int:
+    """A 64-bit numpy seed from a hash of `parts` (Python's hash() is salted per process)."""
+    return int.from_bytes(_digest(*parts)[:8], "big")
+
+
+def eval_assignment(example_ids: Iterable[str], eval_fraction: float, seed: int) -> list[bool]:
+    """True for the rows that go to the eval split: hash(seed, example_id) in [0, 1) < eval_fraction.
+
+    Each verdict depends only on that row's id and the seed, never on other rows or their order.
+
+    >>> eval_assignment(["a", "b"], 0.0, 0)
+    [False, False]
+    """
+    return [unit_interval("mix-eval", seed, example_id) < eval_fraction for example_id in example_ids]
+
+
+# ----------------------------------------------------------------------------- target sizes --
+def apply_temperature(shares: dict[str, float], temperature: float | None) -> dict[str, float]:
+    """p_c ∝ p_c^(1/T), renormalized; zero shares stay zero. Computed in log space so a small T
+    cannot underflow every share to 0.
+
+    >>> apply_temperature({"a": 0.8, "b": 0.2}, 2.0)
+    {'a': 0.6666666666666666, 'b': 0.3333333333333333}
+    """
+    if temperature is None:
+        return dict(shares)
+    positive = {c: p for c, p in shares.items() if p > 0}
+    if not positive:
+        return dict(shares)
+    top = max(math.log(p) for p in positive.values())
+    weights = {c: math.exp((math.log(p) - top) / temperature) for c, p in positive.items()}
+    total = sum(weights.values())
+    return {c: weights[c] / total if c in weights else 0.0 for c in shares}
+
+
+def target_shares(available: dict[str, int], cfg: MixConfig) -> dict[str, float]:
+    """Target share of the train mixture per category (see the module docstring for the rules).
+
+    Keys: every category of `available` and of `cfg.shares`, sorted.
+
+    >>> target_shares({"qa": 30, "code": 10}, MixConfig())
+    {'code': 0.25, 'qa': 0.75}
+    >>> target_shares({"qa": 30, "code": 10}, MixConfig(shares={"qa": 0.5, "math": 0.5}))
+    {'code': 0.0, 'math': 0.5, 'qa': 0.5}
+    """
+    categories = sorted(set(available) | set(cfg.shares or {}))
+    if cfg.shares is not None:
+        base = {c: float(cfg.shares.get(c, 0.0)) for c in categories}
+    else:
+        n_total = sum(available.values())
+        base = {c: (available.get(c, 0) / n_total if n_total else 0.0) for c in categories}
+    return apply_temperature(base, cfg.temperature)
+
+
+def apportion(quotas: dict[str, float], total: int) -> dict[str, int]:
+    """Integers summing exactly to `total`, proportional to `quotas` (largest-remainder method).
+
+    Each category gets the floor of its (rescaled) quota; the units left over go to the largest
+    fractional remainders, ties broken by category name. All zero quotas give all zeros.
+
+    >>> apportion({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, 10)
+    {'a': 4, 'b': 3, 'c': 3}
+    """
+    quota_sum = sum(quotas.values())
+    if quota_sum <= 0 or total <= 0:
+        return {c: 0 for c in quotas}
+    scaled = {c: q * total / quota_sum for c, q in quotas.items()}
+    counts = {c: math.floor(q + FLOAT_SLACK) for c, q in scaled.items()}
+    left = total - sum(counts.values())
+    by_remainder = sorted(scaled, key=lambda c: (-(scaled[c] - counts[c]), c))
+    for category in by_remainder[:left]:
+        counts[category] += 1
+    return counts
+
+
+def row_quotas(
+    shares: dict[str, float],
+    available: dict[str, int],
+    cfg: MixConfig,
+    mean_tokens: dict[str, float] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """(total train rows wanted, real-valued rows wanted per category) before rounding."""
+    if cfg.total_tokens is not None:
+        if mean_tokens is None:
+            raise ValueError("mix.total_tokens needs the mean tokens per category (n_tokens_total)")
+        overall = mean_tokens.get("*")
+        quotas = {}
+        for category, share in shares.items():
+            mean = mean_tokens.get(category) or overall
+            quotas[category] = share * cfg.total_tokens / mean if share > 0 and mean else 0.0
+        return round(sum(quotas.values())), quotas
+    total = cfg.total_rows if cfg.total_rows is not None else sum(available.values())
+    return total, {c: s * total for c, s in shares.items()}
+
+
+def target_counts(
+    shares: dict[str, float],
+    available: dict[str, int],
+    cfg: MixConfig,
+    mean_tokens: dict[str, float] | None = None,
+) -> tuple[int, dict[str, int]]:
+    """(total train rows, train rows per category before the upsampling cap), summing exactly.
+
+    `mean_tokens` (token mode only) maps category → mean n_tokens_total of its train-available
+    rows, plus "*" → the mean over all of them (used for categories without rows).
+
+    >>> target_counts({"a": 0.5, "b": 0.3, "c": 0.2}, {"a": 9, "b": 9, "c": 9}, MixConfig(total_rows=11))
+    (11, {'a': 6, 'b': 3, 'c': 2})
+    """
+    total, quotas = row_quotas(shares, available, cfg, mean_tokens)
+    return total, apportion(quotas, total)
+
+
+def upsample_cap(n_available: int, max_upsample: float) -> int:
+    """Most train rows a category of `n_available` rows can fill: floor(max_upsample * n).
+
+    >>> upsample_cap(10, 1.15), upsample_cap(7, 3.0)
+    (11, 21)
+    """
+    return math.floor(max_upsample * n_available + FLOAT_SLACK)
+
+
+# --------------------------------------------------------------------------------- sampling --
+def sample_copies(n_rows: int, target_rows: int, seed: int, category: str) -> list[int]:
+    """Copies of each of `n_rows` rows (in example_id order) so that they sum to `target_rows`.
+
+    Every row gets target // n copies; target % n rows, drawn without replacement by an rng
+    seeded from (seed, category), get one more.
+
+    >>> sample_copies(4, 9, 0, "qa").count(3), sum(sample_copies(4, 9, 0, "qa"))
+    (1, 9)
+    """
+    if n_rows == 0:
+        return []
+    full, remainder = divmod(target_rows, n_rows)
+    copies = np.full(n_rows, full, dtype=np.int64)
+    if remainder:
+        rng = np.random.default_rng(derived_seed("mix-sample", seed, category))
+        copies[rng.choice(n_rows, size=remainder, replace=False)] += 1
+    return copies.tolist()
+
+
+def shard_name(split: str, category: str, part: int) -> str:
+    return f"shards/{split}/{category}-{part:05d}.parquet"
+
+
+def split_shards(table: pa.Table, split: str, category: str, shard_rows: int) -> list[tuple[str, pa.Table]]:
+    """Cut a split's rows of one category into named parts of at most `shard_rows` rows."""
+    n_parts = math.ceil(table.num_rows / shard_rows)
+    return [(shard_name(split, category, part), table.slice(part * shard_rows, shard_rows))
+            for part in range(n_parts)]
+
+
+def _with_split(table: pa.Table, split: str) -> pa.Table:
+    if SPLIT_COLUMN in table.column_names:  # re-mixing mixed shards: the new split wins
+        table = table.drop_columns([SPLIT_COLUMN])
+    return table.append_column(SPLIT_COLUMN, pa.array([split] * table.num_rows, pa.string()))
+
+
+def _sum_tokens(table: pa.Table) -> int | None:
+    if TOKENS_COLUMN not in table.column_names:
+        return None
+    return int(pc.sum(table[TOKENS_COLUMN]).as_py() or 0)
+
+
+# ------------------------------------------------------------------------------- validation --
+def _check_rows(ids: list[str | None], categories: list[str | None], tokens: list[int | None] | None,
+                cfg: MixConfig, column_names: list[str]) -> None:
+    for row, (example_id, category) in enumerate(zip(ids, categories)):
+        if example_id is None:
+            raise ValueError(f"mix: input row {row} has no example_id; mix needs the records of the "
+                             "score (or filter) stage")
+        if category is None:
+            raise ValueError(f"mix: example {example_id!r} has no category; run the normalize stage "
+                             "(it assigns categories) before mix")
+        if not SLUG.match(category):
+            raise ValueError(f"mix: example {example_id!r} has category {category!r}, which is not a "
+                             "lowercase slug ([a-z0-9_-]); categories name the shard files, so fix the "
+                             "source's `category` in the recipe")
+    duplicated = [i for i, n in Counter(ids).items() if n > 1]
+    if duplicated:
+        raise ValueError(f"mix: example_id {duplicated[0]!r} occurs {Counter(ids)[duplicated[0]]} times "
+                         f"({len(duplicated)} duplicated ids); every input row needs its own id — "
+                         "check that the input artifacts do not overlap")
+    if cfg.total_tokens is not None:
+        if tokens is None:
+            raise ValueError(f"mix.total_tokens needs the `{TOKENS_COLUMN}` column, which the filter "
+                             f"stage adds; the input has {column_names}. Run the filter stage before "
+                             "mix, or set mix.total_rows instead")
+        for example_id, n_tokens in zip(ids, tokens):
+            if n_tokens is None:
+                raise ValueError(f"mix.total_tokens: example {example_id!r} has a null {TOKENS_COLUMN}; "
+                                 "re-run the filter stage, or set mix.total_rows instead")
+
+
+# ------------------------------------------------------------------------------------- main --
+def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
+    """Eval split, target shares and counts, deterministic sampling, shards, one decision per row."""
+    names = records.column_names
+    ids = records["example_id"].to_pylist()
+    categories = records["category"].to_pylist()
+    tokens = records[TOKENS_COLUMN].to_pylist() if TOKENS_COLUMN in names else None
+    scores = records[SCORE_COLUMN].to_pylist() if SCORE_COLUMN in names else [None] * len(ids)
+    _check_rows(ids, categories, tokens, cfg, names)
+
+    # Canonical order (by example_id) makes every step below independent of the input order.
+    is_eval = dict(zip(ids, eval_assignment(ids, cfg.eval_fraction, cfg.seed)))
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    train_rows: dict[str, list[int]] = {}
+    eval_rows: dict[str, list[int]] = {}
+    for i in order:
+        (eval_rows if is_eval[ids[i]] else train_rows).setdefault(categories[i], []).append(i)
+
+    available = {c: len(rows) for c, rows in train_rows.items()}
+    shares = target_shares(available, cfg)
+    mean_tokens = None
+    if cfg.total_tokens is not None:
+        all_train = [i for rows in train_rows.values() for i in rows]
+        mean_tokens = {c: sum(tokens[i] for i in rows) / len(rows) for c, rows in train_rows.items()}
+        mean_tokens["*"] = sum(tokens[i] for i in all_train) / len(all_train) if all_train else 0.0
+    total_rows_target, wanted = target_counts(shares, available, cfg, mean_tokens)
+    counts = {c: min(wanted[c], upsample_cap(available.get(c, 0), cfg.max_upsample)) for c in shares}
+
+    copies: dict[int, int] = {}
+    for category, rows in train_rows.items():
+        for i, k in zip(rows, sample_copies(len(rows), counts[category], cfg.seed, category)):
+            copies[i] = k
+
+    # The train mixture in canonical order, then one seeded shuffle; shards keep that order.
+    mixture = [i for c in sorted(train_rows) for i in train_rows[c] for _ in range(copies[i])]
+    shuffled = np.random.default_rng(derived_seed("mix-shuffle", cfg.seed)).permutation(len(mixture))
+    train_order: dict[str, list[int]] = {}
+    for position in shuffled.tolist():
+        i = mixture[position]
+        train_order.setdefault(categories[i], []).append(i)
+
+    extra: dict[str, pa.Table] = {}
+    shard_stats: list[dict[str, Any]] = []
+    for split, by_category in ((TRAIN, train_order), (EVAL, eval_rows)):
+        for category in sorted(by_category):
+            table = _with_split(records.take(pa.array(by_category[category], pa.int64())), split)
+            for name, part in split_shards(table, split, category, cfg.shard_rows):
+                extra[name] = part
+                shard_stats.append({"name": name, "split": split, "category": category,
+                                    "n_rows": part.num_rows, "n_tokens": _sum_tokens(part)})
+
+    decisions = DecisionLog()
+    for i in order:
+        if is_eval[ids[i]]:
+            decisions.add(ids[i], Reason.HELD_OUT_EVAL, score=scores[i])
+        elif copies[i] > 0:
+            decisions.add(ids[i], Reason.SELECTED, score=scores[i], detail={"copies": copies[i]})
+        else:
+            category = categories[i]
+            decisions.add(ids[i], Reason.NOT_SAMPLED, score=scores[i],
+                          detail={"category_target_rows": counts[category],
+                                  "category_available_rows": available[category]})
+
+    n_train = len(mixture)
+    mixture_stats = []
+    for category in shares:
+        rows = train_rows.get(category, [])
+        n_rows = sum(copies[i] for i in rows)
+        mixture_stats.append({
+            "category": category,
+            "target_share": shares[category],
+            "realized_share": n_rows / n_train if n_train else 0.0,
+            "n_available": available.get(category, 0),
+            "n_rows": n_rows,
+            "n_unique": sum(1 for i in rows if copies[i] > 0),
+            "n_eval": len(eval_rows.get(category, [])),
+            "n_tokens": None if tokens is None else sum((tokens[i] or 0) * copies[i] for i in rows),
+            "n_target": wanted[category],
+            "n_shortfall": wanted[category] - counts[category],
+        })
+    n_eval = sum(len(rows) for rows in eval_rows.values())
+    stats = {
+        "n_in": records.num_rows,
+        "n_out": n_train + n_eval,
+        "n_train_rows": n_train,
+        "n_eval_rows": n_eval,
+        "total_rows_target": total_rows_target,
+        "total_tokens_target": cfg.total_tokens,
+        "shortfall_rows": sum(m["n_shortfall"] for m in mixture_stats),
+        "missing_categories": sorted(c for c in shares if shares[c] > 0 and c not in train_rows),
+        "shards": shard_stats,
+        "mixture": mixture_stats,
+    }
+    return StageOutput(records=records.schema.empty_table(), decisions=decisions.to_table(),
+                       extra=extra, stats=stats)
+
+
+@stage_task("mix")
+def mix_stage(call: StageCall) -> StageOutput:
+    return mix_records(read_records(call.inputs), MixConfig.model_validate(call.config))

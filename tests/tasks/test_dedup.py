@@ -1,0 +1,310 @@
+"""Dedup stage: exact and MinHash near-duplicate removal on small literal rows."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.core.hashing import short_hash
+from tasks.core.recipe import DedupConfig
+from tasks.core.records import RECORD_SCHEMA, records_from_rows
+from tasks.dedup import (
+    candidate_pairs,
+    clusters,
+    conversation_text,
+    deduplicate,
+    dedup_stage,
+    minhashes,
+    shingles,
+)
+
+CFG = DedupConfig()  # the recipe defaults: threshold 0.8, 128 perms, 5-grams, 16 bands x 8 rows
+
+_rng = random.Random(7)
+VOCAB = sorted({"".join(_rng.choices("abcdefghijklmnopqrstuvwxyz", k=_rng.randint(3, 8))) for _ in range(3000)})
+
+
+def words(n: int, seed: int) -> list[str]:
+    return random.Random(seed).choices(VOCAB, k=n)
+
+
+def record(example_id: str, text: str, prompt: str = "Please answer.", **extra) -> dict:
+    """One normalized row: RECORD_SCHEMA columns filled, content_hash from the messages."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
+    return {
+        "example_id": example_id,
+        "content_hash": short_hash(messages),
+        "source": "test",
+        "source_format": "openai",
+        "source_uri": "memory://test",
+        "source_row": 0,
+        "category": "qa",
+        "origin": "human",
+        "license": "cc0",
+        "messages": messages,
+        **extra,
+    }
+
+
+def table(rows: list[dict]) -> pa.Table:
+    return records_from_rows(rows)
+
+
+def decisions_by_id(out) -> dict[str, dict]:
+    return {row["example_id"]: row for row in out.decisions.to_pylist()}
+
+
+def kept_ids(out) -> set[str]:
+    return set(out.records.column("example_id").to_pylist())
+
+
+TEXT_A = " ".join(words(60, seed=1))
+TEXT_B = " ".join(words(60, seed=2))
+
+
+# ------------------------------------------------------------------------------------ exact --
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]])
+def test_exact_duplicates_keep_the_smallest_id_whatever_the_row_order(order):
+    rows = [record("c", TEXT_A), record("a", TEXT_A), record("b", TEXT_A), record("d", TEXT_B)]
+    out = deduplicate(table([rows[i] for i in order]), CFG)
+    by_id = decisions_by_id(out)
+    assert kept_ids(out) == {"a", "d"}
+    assert {k: (v["reason"], v["dup_of"], v["score"]) for k, v in by_id.items()} == {
+        "a": ("kept", None, None),
+        "b": ("exact_duplicate", "a", 1.0),
+        "c": ("exact_duplicate", "a", 1.0),
+        "d": ("kept", None, None),
+    }
+    assert json.loads(by_id["b"]["detail"]) == {"group_size": 3}
+    assert out.stats == {
+        "n_in": 4, "exact_duplicates": 2, "near_duplicates": 0, "near_skipped_few_shingles": 0,
+        "clusters": 0, "candidate_pairs": 0,
+    }
+    assert out.decisions.column("example_id").to_pylist() == ["a", "b", "c", "d"]
+
+
+def test_kept_records_keep_input_order_and_extra_columns():
+    rows = [record("z", TEXT_B, note="first"), record("b", TEXT_A, note="x"), record("a", TEXT_A, note="y")]
+    schema = RECORD_SCHEMA.append(pa.field("note", pa.string()))
+    records = records_from_rows(rows, schema=schema)
+    out = deduplicate(records, CFG)
+    assert out.records.schema == schema
+    assert out.records.column("example_id").to_pylist() == ["z", "a"]
+    assert out.records.column("note").to_pylist() == ["first", "y"]
+
+
+# ------------------------------------------------------------------------------------- near --
+def test_one_changed_word_in_60_is_a_near_duplicate_and_a_different_text_is_kept():
+    variant = TEXT_A.rsplit(" ", 1)[0] + " zzzword"
+    out = deduplicate(table([record("n2", variant), record("x", TEXT_B), record("n1", TEXT_A)]), CFG)
+    by_id = decisions_by_id(out)
+    assert kept_ids(out) == {"n1", "x"}
+    near = by_id["n2"]
+    assert (near["reason"], near["kept"], near["dup_of"]) == ("near_duplicate", False, "n1")
+    # the score is the MinHash estimate between the member and its representative
+    sig_variant, sig_rep = minhashes(
+        [shingles(conversation_text(record("_", t)["messages"]), 5) for t in (variant, TEXT_A)], 128, 1
+    )
+    assert near["score"] == sig_variant.jaccard(sig_rep)
+    assert 0.8 <= near["score"] < 1.0
+    assert json.loads(near["detail"]) == {"jaccard_to_representative": near["score"], "cluster_size": 2}
+    assert json.loads(by_id["n1"]["detail"]) == {"cluster_size": 2}
+    assert (by_id["x"]["reason"], by_id["x"]["detail"]) == ("kept", None)
+    assert (out.stats["near_duplicates"], out.stats["clusters"]) == (1, 1)
+
+
+def test_case_and_punctuation_do_not_separate_texts():
+    loud = TEXT_A.upper().replace(" ", ", ", 5) + "!"
+    out = deduplicate(table([record("a", TEXT_A), record("b", loud)]), CFG)
+    assert decisions_by_id(out)["b"]["reason"] == "near_duplicate"
+    assert decisions_by_id(out)["b"]["score"] == 1.0
+
+
+def test_short_records_are_only_exact_deduplicated():
+    # prompt "Hi" + 4 words = 5 words = 1 five-gram: below min_shingles = 3
+    rows = [
+        record("s1", "Sure, here it is.", prompt="Hi"),
+        record("s2", "Sure, here it is.", prompt="Hi"),  # exact copy of s1
+        record("s3", "Sure, here it was.", prompt="Hi"),  # one word off, but too short to judge
+    ]
+    out = deduplicate(table(rows), CFG)
+    by_id = decisions_by_id(out)
+    assert kept_ids(out) == {"s1", "s3"}
+    assert (by_id["s2"]["reason"], by_id["s2"]["dup_of"]) == ("exact_duplicate", "s1")
+    assert json.loads(by_id["s3"]["detail"]) == {"near_skipped_n_shingles": 1}
+    assert out.stats["near_skipped_few_shingles"] == 2  # s1 and s3; s2 never reached the near path
+    assert out.stats["near_duplicates"] == 0
+
+
+def test_min_shingles_boundary_is_inclusive():
+    # 2 + 5 words = 7 words = exactly 3 five-grams: eligible; same words, other punctuation
+    rows = [record("a", "one two three four five", prompt="Hi there"),
+            record("b", "One two, three four five!", prompt="Hi there.")]
+    out = deduplicate(table(rows), CFG)
+    assert decisions_by_id(out)["b"]["reason"] == "near_duplicate"
+    assert out.stats["near_skipped_few_shingles"] == 0
+
+
+def test_disabled_paths():
+    rows = [record("a", TEXT_A), record("b", TEXT_A), record("c", TEXT_A.rsplit(" ", 1)[0] + " zzzword")]
+    no_near = deduplicate(table(rows), DedupConfig.model_validate({"near": {"enabled": False}}))
+    assert [d["reason"] for d in no_near.decisions.to_pylist()] == ["kept", "exact_duplicate", "kept"]
+    # without exact dedup, identical rows are near duplicates with an estimated Jaccard of 1.0
+    no_exact = deduplicate(table(rows), DedupConfig(exact=False))
+    assert [(d["reason"], d["dup_of"]) for d in no_exact.decisions.to_pylist()] == [
+        ("kept", None), ("near_duplicate", "a"), ("near_duplicate", "a"),
+    ]
+    assert no_exact.decisions.column("score").to_pylist()[1] == 1.0
+    assert no_exact.stats["clusters"] == 1
+
+
+def test_empty_input():
+    out = deduplicate(table([]), CFG)
+    assert out.records.num_rows == 0 and out.decisions.num_rows == 0
+    assert out.stats["n_in"] == 0
+
+
+def test_clusters_chain_and_do_not_depend_on_edge_order():
+    edges = [(4, 5), (0, 2), (2, 4), (1, 3)]
+    assert clusters(7, edges) == [[0, 2, 4, 5], [1, 3]]
+    assert clusters(7, list(reversed(edges))) == clusters(7, edges)
+    assert clusters(3, []) == []
+
+
+def test_candidate_pairs_are_sorted_and_unique():
+    texts = [TEXT_A, TEXT_A.rsplit(" ", 1)[0] + " zzzword", TEXT_B]
+    signatures = minhashes([shingles(t, 5) for t in texts], 128, 1)
+    assert candidate_pairs(signatures, CFG.near) == [(0, 1)]
+
+
+# ------------------------------------------------------------------------------- user errors --
+def test_duplicate_example_ids_are_refused_with_a_hint():
+    with pytest.raises(ValueError, match=r"example_id 'a' appears more than once.*passed to dedup twice"):
+        deduplicate(table([record("a", TEXT_A), record("a", TEXT_B)]), CFG)
+
+
+def test_missing_content_hash_names_the_row():
+    row = {**record("a", TEXT_A), "content_hash": None}
+    with pytest.raises(ValueError, match=r"'a' has no content_hash.*run normalize"):
+        deduplicate(table([row]), CFG)
+
+
+def test_a_single_lsh_band_is_refused_with_the_field_name():
+    cfg = DedupConfig.model_validate({"near": {"bands": 1, "rows": 8}})
+    with pytest.raises(ValueError, match=r"dedup\.near\.bands = 1"):
+        deduplicate(table([record("a", TEXT_A), record("b", TEXT_B)]), cfg)
+
+
+# ----------------------------------------------------------------------------- determinism --
+def mixed_rows() -> list[dict]:
+    rows = []
+    for k in range(8):
+        text = words(40, seed=100 + k)
+        rows.append(record(f"o{k}", " ".join(text)))
+        rows.append(record(f"e{k}", " ".join(text)))  # exact copy
+        edited = list(text)
+        edited[-1] = "zzzword"
+        rows.append(record(f"m{k}", " ".join(edited)))  # near copy
+    rows.append(record("short1", "ok", prompt="Hi"))
+    rows.append(record("short2", "ok", prompt="Hi"))
+    return rows
+
+
+def test_shuffled_input_gives_identical_decisions():
+    rows = mixed_rows()
+    reference = deduplicate(table(rows), CFG)
+    assert reference.stats["exact_duplicates"] == 9  # e0..e7 and short2
+    assert reference.stats["near_duplicates"] == 8  # m_k -> e_k (e < m < o)
+    for seed in range(3):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        out = deduplicate(table(shuffled), CFG)
+        assert out.decisions.to_pylist() == reference.decisions.to_pylist()
+        assert kept_ids(out) == kept_ids(reference)
+        assert out.stats == reference.stats
+
+
+BASES = [words(25, seed=200 + k) for k in range(4)]
+
+
+@st.composite
+def row_sets(draw):
+    """Rows built from 4 base texts: exact copies, one-word edits and short rows, shuffled twice."""
+    specs = draw(st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["copy", "edit", "short"]), st.integers(0, 24)),
+        min_size=1, max_size=14,
+    ))
+    ids = draw(st.permutations([f"r{i:02d}" for i in range(len(specs))]))
+    rows = []
+    for example_id, (base, kind, position) in zip(ids, specs):
+        text = list(BASES[base])
+        if kind == "edit":
+            text[position] = "zzzword"
+        elif kind == "short":
+            text = text[:2]
+        rows.append(record(example_id, " ".join(text)))
+    return rows, draw(st.permutations(rows))
+
+
+@settings(max_examples=40, deadline=None)
+@given(row_sets())
+def test_shuffling_never_changes_decisions_and_every_row_gets_one(data):
+    rows, shuffled = data
+    first, second = deduplicate(table(rows), CFG), deduplicate(table(shuffled), CFG)
+    assert kept_ids(first) == kept_ids(second)
+    assert first.decisions.to_pylist() == second.decisions.to_pylist()
+    input_ids = [r["example_id"] for r in rows]
+    decided = first.decisions.column("example_id").to_pylist()
+    assert sorted(decided) == sorted(input_ids)  # exactly one decision per row
+    n_kept = sum(first.decisions.column("kept").to_pylist())
+    assert n_kept == first.records.num_rows
+    for d in first.decisions.to_pylist():
+        # representatives are group minima, so a drop always points at a smaller id
+        assert d["kept"] == (d["dup_of"] is None)
+        if d["dup_of"] is not None:
+            assert d["dup_of"] in input_ids and d["dup_of"] < d["example_id"]
+
+
+# -------------------------------------------------------------------------------- accuracy --
+def test_planted_pairs_are_all_found_and_unrelated_texts_never_merged():
+    rows, truths = [], []
+    for k in range(50):
+        text = words(200, seed=1000 + k)
+        edited = list(text)
+        edited[100] = "zzzword"  # changes 5 of 196 five-grams: true Jaccard 191/201 = 0.95
+        a, b = set(shingles(" ".join(text), 5)), set(shingles(" ".join(edited), 5))
+        truths.append(len(a & b) / len(a | b))
+        rows += [record(f"p{k:02d}a", " ".join(text)), record(f"p{k:02d}b", " ".join(edited))]
+    for k in range(50):
+        rows.append(record(f"u{k:02d}", " ".join(words(200, seed=5000 + k))))
+    assert min(truths) >= 0.9
+    out = deduplicate(table(rows), CFG)
+    by_id = decisions_by_id(out)
+    for k in range(50):
+        assert (by_id[f"p{k:02d}b"]["reason"], by_id[f"p{k:02d}b"]["dup_of"]) == ("near_duplicate", f"p{k:02d}a")
+    assert all(by_id[f"u{k:02d}"]["reason"] == "kept" for k in range(50))
+    assert (out.stats["near_duplicates"], out.stats["clusters"]) == (50, 50)
+    assert out.records.num_rows == 100
+
+
+def test_stage_wrapper_is_registered():
+    assert dedup_stage.stage == "dedup"
+
+
+def test_lsh_candidates_below_the_threshold_are_not_dropped():
+    # 8 edits 25 words apart kill 40 of 196 five-grams: true Jaccard 156/236 = 0.66, where the
+    # 16x8 S-curve still makes about half the pairs candidates; verification must reject them all
+    rows = []
+    for k in range(20):
+        text = words(200, seed=3000 + k)
+        edited = [("zzzword" if i % 25 == 12 else w) for i, w in enumerate(text)][:200]
+        rows += [record(f"q{k:02d}a", " ".join(text)), record(f"q{k:02d}b", " ".join(edited))]
+    out = deduplicate(table(rows), CFG)
+    assert out.stats["candidate_pairs"] >= 5
+    assert out.stats["near_duplicates"] == 0
+    assert out.records.num_rows == 40

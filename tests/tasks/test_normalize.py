@@ -1,0 +1,278 @@
+"""The normalize stage: text normalization, validation rules, content_hash and records in/out."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+
+import pyarrow as pa
+import pytest
+
+from tasks.core.artifacts import ArtifactStore
+from tasks.core.reasons import Reason
+from tasks.core.recipe import NormalizeConfig
+from tasks.core.records import RECORD_SCHEMA, records_from_rows
+from tasks.core.stage import StageCall
+from tasks.normalize import (
+    LIBRARIES,
+    content_hash,
+    normalize_records,
+    normalize_stage,
+    normalize_text,
+    validate_messages,
+)
+
+
+def t(role: str, content: str | None) -> dict:
+    return {"role": role, "content": content}
+
+
+U, A, S, T = "user", "assistant", "system", "tool"
+
+
+# --------------------------------------------------------------------------- normalize_text --
+def test_nfc_composes_combining_accents():
+    assert normalize_text("e\u0301") == "\u00e9"
+    assert normalize_text("cafe\u0301") == "café"
+
+
+def test_crlf_becomes_lf_and_edges_are_trimmed():
+    assert normalize_text("  line one\r\nline two\r\n\r\n") == "line one\nline two"
+
+
+def test_inner_whitespace_is_kept():
+    text = "def f():\n    return 1\n\n\tdone  twice"
+    assert normalize_text(f"\n\n{text}   \n") == text
+
+
+def test_bom_and_zero_width_space_at_edges_are_trimmed():
+    assert normalize_text("\ufeffhello\u200b ") == "hello"
+    assert normalize_text("\u200b \u3000") == ""
+
+
+# ------------------------------------------------------------------------ validate_messages --
+def test_valid_conversation_is_returned_normalized():
+    messages, reason, error = validate_messages(
+        [t(S, " Be brief. "), t(U, "Hi\r\nthere "), t(A, "Hello"), t(U, "Thanks"), t(A, "Welcome")]
+    )
+    assert reason is None and error == ""
+    assert messages == [t(S, "Be brief."), t(U, "Hi\nthere"), t(A, "Hello"), t(U, "Thanks"), t(A, "Welcome")]
+
+
+def test_tool_calls_are_valid():
+    messages = [t(U, "Weather?"), t(A, "call weather()"), t(T, "3C"), t(T, "cloudy"), t(A, "3C, cloudy")]
+    assert validate_messages(messages) == (messages, None, "")
+
+
+@pytest.mark.parametrize(
+    ("messages", "reason", "error"),
+    [
+        ([], Reason.EMPTY_CONVERSATION, "the conversation has no turns"),
+        (None, Reason.EMPTY_CONVERSATION, "the conversation has no turns"),
+        ([t(S, "Be nice.")], Reason.EMPTY_CONVERSATION, "the conversation has only a system turn"),
+        ([t(U, "Hi"), t(A, "Hello"), t(S, "Now be rude."), t(A, "Ok")], Reason.SYSTEM_NOT_FIRST,
+         "turn 2: system turn after the first position"),
+        ([t(U, "Hi"), t(A, "Hello"), t(U, "More"), t(S, "late")], Reason.SYSTEM_NOT_FIRST,
+         "turn 3: system turn after the first position"),
+        ([t(U, "Hi"), t(A, " \r\n ")], Reason.EMPTY_TURN, "turn 1 (assistant) is empty"),
+        ([t(U, "Hi"), t(A, "Yes"), t(U, "So?"), t(A, None)], Reason.EMPTY_TURN, "turn 3 (assistant) is empty"),
+        ([t(S, ""), t(U, "Hi"), t(A, "Hello")], Reason.EMPTY_TURN, "turn 0 (system) is empty"),
+        ([t(U, "\u200b"), t(A, "Hello")], Reason.EMPTY_TURN, "turn 0 (user) is empty"),
+        ([t(A, "Hello"), t(U, "Hi"), t(A, "Bye")], Reason.STARTS_WITH_ASSISTANT,
+         "turn 0: the conversation starts with an assistant turn; the first turn after an optional "
+         "system turn must be a user turn"),
+        ([t(S, "sys"), t(T, "result"), t(A, "Ok")], Reason.NON_ALTERNATING,
+         "turn 1: the conversation starts with a tool turn; a tool turn must answer an assistant turn"),
+        ([t(U, "Hi"), t(U, "Hello?"), t(A, "Yes")], Reason.NON_ALTERNATING, "turn 1: two user turns in a row"),
+        ([t(U, "Hi"), t(A, "Hello"), t(A, "Again")], Reason.NON_ALTERNATING,
+         "turn 2: two assistant turns in a row"),
+        ([t(U, "Hi"), t(A, "Hello"), t(U, "a"), t(U, "b"), t(A, "c")], Reason.NON_ALTERNATING,
+         "turn 3: two user turns in a row"),
+        ([t(U, "Hi"), t(T, "out"), t(A, "Ok")], Reason.NON_ALTERNATING,
+         "turn 1: a tool turn cannot follow a user turn"),
+        ([t(U, "Hi"), t(A, "call"), t(T, "out"), t(U, "hm"), t(A, "Ok")], Reason.NON_ALTERNATING,
+         "turn 3: a user turn cannot follow a tool turn"),
+        ([t(U, "Hi")], Reason.NO_ASSISTANT_TURN, "no assistant turn: nothing to train on"),
+        ([t(S, "sys"), t(U, "Hi"), t(U, "Hello?")], Reason.NO_ASSISTANT_TURN,
+         "no assistant turn: nothing to train on"),
+        ([t("gpt", "Hi"), t(A, "x")], Reason.UNKNOWN_ROLE,
+         "turn 0: role 'gpt' is not one of system, user, assistant, tool"),
+    ],
+)
+def test_failures_name_reason_and_turn(messages, reason, error):
+    _, got_reason, got_error = validate_messages(messages)
+    assert (got_reason, got_error) == (reason, error)
+
+
+def test_failure_returns_normalized_untrimmed_turns():
+    messages, reason, _ = validate_messages([t(U, " a "), t(U, "b"), t(A, "c"), t(U, "d")])
+    assert reason is Reason.NON_ALTERNATING
+    assert messages == [t(U, "a"), t(U, "b"), t(A, "c"), t(U, "d")]
+
+
+@pytest.mark.parametrize(
+    "trailing",
+    [[t(U, "And one more?")], [t(U, "x"), t(U, "y")], [t(T, "late tool output")], [t(U, "")]],
+)
+def test_trailing_turns_are_trimmed_when_enabled(trailing):
+    head = [t(U, "Hi"), t(A, "Hello")]
+    messages, reason, error = validate_messages(head + trailing, trim_trailing_turns=True)
+    assert (messages, reason, error) == (head, None, "")
+
+
+def test_trailing_turns_fail_when_trimming_is_off():
+    messages, reason, error = validate_messages(
+        [t(U, "Hi"), t(A, "Hello"), t(U, "x"), t(U, "y")], trim_trailing_turns=False
+    )
+    assert reason is Reason.NON_ALTERNATING
+    assert error == (
+        "turn 2: 2 turn(s) after the last assistant turn (user, user); a conversation must end with an "
+        "assistant turn (set normalize.trim_trailing_turns: true to trim them)"
+    )
+    assert len(messages) == 4
+
+
+def test_trimming_off_keeps_valid_conversations():
+    messages = [t(U, "Hi"), t(A, "Hello")]
+    assert validate_messages(messages, trim_trailing_turns=False) == (messages, None, "")
+
+
+# ----------------------------------------------------------------------------- content_hash --
+def test_content_hash_is_stable_and_short():
+    messages = [t(U, "What is 2 + 2?"), t(A, "4")]
+    assert content_hash(messages) == content_hash([dict(m) for m in messages])
+    assert len(content_hash(messages)) == 32
+
+
+def test_content_hash_equal_for_decomposed_and_precomposed_text():
+    decomposed = [t(U, "Caf" + "e\u0301?"), t(A, "Oui")]
+    precomposed = [t(U, "Caf\u00e9?"), t(A, "Oui")]
+    assert unicodedata.normalize("NFD", "é") != "é"  # the two spellings differ byte-wise
+    assert content_hash(decomposed) == content_hash(precomposed)
+
+
+def test_content_hash_ignores_edge_whitespace_and_crlf():
+    assert content_hash([t(U, " a\r\nb "), t(A, "c")]) == content_hash([t(U, "a\nb"), t(A, "c")])
+
+
+def test_content_hash_depends_on_roles_text_and_order():
+    base = content_hash([t(U, "a"), t(A, "b")])
+    assert content_hash([t(U, "a"), t(A, "c")]) != base
+    assert content_hash([t(S, "a"), t(A, "b")]) != base
+    assert content_hash([t(A, "b"), t(U, "a")]) != base
+    # turn boundaries matter: the same words split differently are a different conversation
+    assert content_hash([t(U, "a b"), t(A, "c")]) != content_hash([t(U, "a"), t(A, "b c")])
+
+
+# ------------------------------------------------------------------------ normalize_records --
+def row(example_id: str, messages: list[dict], category: str | None = None, **extra) -> dict:
+    return {"example_id": example_id, "source": "src", "source_format": "openai",
+            "source_uri": "file:///data/x.jsonl", "source_row": 1, "category": category,
+            "messages": messages, **extra}
+
+
+def decisions_by_id(output) -> dict[str, dict]:
+    return {d["example_id"]: d for d in output.decisions.to_pylist()}
+
+
+def test_records_decisions_and_stats():
+    table = records_from_rows([
+        row("ok", [t(U, "Write a haiku about rain."), t(A, "Soft rain")]),
+        row("trim", [t(U, "What is 3 + 4?"), t(A, "7"), t(U, "thanks")]),
+        row("fixed", [t(U, "Write a haiku."), t(A, "Moon")], category="poetry"),
+        row("dup", [t(U, "Cafe\u0301?"), t(A, "Oui")]),
+        row("dup2", [t(U, "Caf\u00e9? "), t(A, "Oui")]),
+        row("bad", [t(U, "a"), t(U, "b"), t(A, "c")]),
+        row("empty", []),
+    ])
+    out = normalize_records(table, NormalizeConfig())
+
+    decisions = decisions_by_id(out)
+    assert out.decisions.num_rows == table.num_rows == len(decisions)
+    assert {k: (d["kept"], d["reason"]) for k, d in decisions.items()} == {
+        "ok": (True, "kept"), "trim": (True, "kept_trimmed_trailing_turn"), "fixed": (True, "kept"),
+        "dup": (True, "kept"), "dup2": (True, "kept"), "bad": (False, "non_alternating"),
+        "empty": (False, "empty_conversation"),
+    }
+    assert json.loads(decisions["trim"]["detail"]) == {"trimmed_turns": 1}
+    assert json.loads(decisions["bad"]["detail"]) == {"error": "turn 1: two user turns in a row"}
+    assert decisions["ok"]["detail"] is None
+
+    n_kept = sum(d["kept"] for d in decisions.values())
+    assert n_kept + sum(not d["kept"] for d in decisions.values()) == table.num_rows
+    assert out.records.num_rows == n_kept == 5
+
+    records = {r["example_id"]: r for r in out.records.to_pylist()}
+    assert records["trim"]["messages"] == [t(U, "What is 3 + 4?"), t(A, "7")]
+    assert records["dup"]["messages"] == [t(U, "Caf\u00e9?"), t(A, "Oui")]
+    assert records["dup"]["content_hash"] == records["dup2"]["content_hash"]  # independent of example_id
+    assert records["ok"]["content_hash"] == content_hash([t(U, "Write a haiku about rain."), t(A, "Soft rain")])
+    assert {k: r["category"] for k, r in records.items()} == {
+        "ok": "creative", "trim": "math", "fixed": "poetry", "dup": "qa", "dup2": "qa",
+    }
+    assert out.stats == {
+        "n_in": 7,
+        "unidata_version": unicodedata.unidata_version,
+        "categories": {"creative": 1, "math": 1, "poetry": 1, "qa": 2},
+        "reasons": {"empty_conversation": 1, "kept": 4, "kept_trimmed_trailing_turn": 1, "non_alternating": 1},
+    }
+
+
+def test_trimming_off_drops_trailing_turns():
+    table = records_from_rows([row("trim", [t(U, "Hi"), t(A, "Hello"), t(U, "thanks")])])
+    out = normalize_records(table, NormalizeConfig(trim_trailing_turns=False))
+    assert out.records.num_rows == 0
+    [decision] = out.decisions.to_pylist()
+    assert (decision["kept"], decision["reason"]) == (False, "non_alternating")
+    assert json.loads(decision["detail"])["error"].startswith("turn 2: 1 turn(s) after the last assistant turn (user);")
+
+
+def test_auto_category_is_classified_and_null_category_too():
+    messages = [t(U, "Calculate 2 + 2"), t(A, "4")]
+    table = records_from_rows([row("a", messages, category="auto"), row("n", messages, category=None)])
+    out = normalize_records(table, NormalizeConfig())
+    assert out.records.column("category").to_pylist() == ["math", "math"]
+
+
+def test_base_columns_kept_and_extra_columns_carried():
+    schema = RECORD_SCHEMA.append(pa.field("lang", pa.string()))
+    table = records_from_rows(
+        [row("a", [t(U, " hi "), t(A, "yo")], origin="human", license="cc-by", lang="en")], schema=schema
+    )
+    out = normalize_records(table, NormalizeConfig())
+    assert out.records.schema == schema
+    [record] = out.records.to_pylist()
+    assert record == {
+        "example_id": "a", "content_hash": content_hash([t(U, "hi"), t(A, "yo")]), "source": "src",
+        "source_format": "openai", "source_uri": "file:///data/x.jsonl", "source_row": 1, "category": "qa",
+        "origin": "human", "license": "cc-by", "messages": [t(U, "hi"), t(A, "yo")], "lang": "en",
+    }
+
+
+def test_empty_input():
+    out = normalize_records(RECORD_SCHEMA.empty_table(), NormalizeConfig())
+    assert out.records.num_rows == 0 and out.decisions.num_rows == 0
+    assert out.records.schema == RECORD_SCHEMA
+    assert out.stats["n_in"] == 0 and out.stats["categories"] == {}
+
+
+def test_stage_wrapper_reads_inputs_and_config(tmp_path):
+    assert LIBRARIES == ()
+    assert normalize_stage.stage == "normalize"
+    writer = ArtifactStore(tmp_path / "artifacts").writer("ingest", "k1")
+    writer.write_table("records-00000.parquet", records_from_rows(
+        [row("a", [t(U, "Hi"), t(A, "Hello"), t(U, "bye")])]))
+    ingested = writer.commit(inputs=[], config_hash="c", code_hash="h", n_in=1, n_out=1, stats={})
+    call = StageCall(stage="normalize", key="k2", code_hash="h", config={"trim_trailing_turns": False},
+                     config_hash="c", inputs=[ingested], root=str(tmp_path), warehouse=str(tmp_path))
+    out = normalize_stage.compute(call)
+    assert out.decisions.column("reason").to_pylist() == ["non_alternating"]  # the config was applied
+    assert out.records.num_rows == 0
+
+
+def test_mixed_trailing_turns_are_listed_when_trimming_is_off():
+    _, reason, error = validate_messages(
+        [t(U, "Hi"), t(A, "call"), t(T, "out"), t(U, "well?")], trim_trailing_turns=False
+    )
+    assert reason is Reason.NON_ALTERNATING
+    assert error.startswith("turn 2: 2 turn(s) after the last assistant turn (tool, user);")
