@@ -194,10 +194,9 @@ def test_missing_content_hash_names_the_row():
         deduplicate(table([row]), CFG)
 
 
-def test_a_single_lsh_band_is_refused_with_the_field_name():
-    cfg = DedupConfig.model_validate({"near": {"bands": 1, "rows": 8}})
-    with pytest.raises(ValueError, match=r"dedup\.near\.bands = 1"):
-        deduplicate(table([record("a", TEXT_A), record("b", TEXT_B)]), cfg)
+def test_a_single_lsh_band_is_refused_by_the_recipe():
+    with pytest.raises(ValueError, match="bands"):
+        DedupConfig.model_validate({"near": {"bands": 1, "rows": 8}})
 
 
 # ----------------------------------------------------------------------------- determinism --

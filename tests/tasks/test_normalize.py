@@ -257,7 +257,7 @@ def test_empty_input():
 
 
 def test_stage_wrapper_reads_inputs_and_config(tmp_path):
-    assert LIBRARIES == ()
+    assert LIBRARIES == ("unicodedata",)
     assert normalize_stage.stage == "normalize"
     writer = ArtifactStore(tmp_path / "artifacts").writer("ingest", "k1")
     writer.write_table("records-00000.parquet", records_from_rows(
