@@ -11,11 +11,9 @@ from typing import Any
 
 from tasks import dedup, filters, ingest, mix, normalize, score
 from tasks.core.artifacts import Manifest
-from tasks.core.hashing import sha256_file
-from tasks.core.recipe import Recipe, SourceConfig
+from tasks.core.recipe import FilterConfig, Recipe, SourceConfig
 from tasks.core.stage import StageCall, plan_stage
 from tasks.core.workspace import Workspace
-from tasks.decontaminate import eval_set_fingerprints
 from tasks.scorers import model_fingerprint
 from tasks.tokens import resolve_tokenizer_spec
 
@@ -46,10 +44,7 @@ def plan_filter(recipe: Recipe, deduped: Manifest, ws: Workspace) -> StageCall:
     config = recipe.filters.canonical()
     # The key names the tokenizer that really counts tokens, not the train model it came from.
     config["length"]["tokenizer"] = resolve_tokenizer_spec(recipe.filters.length.tokenizer, recipe.train.model)
-    external = eval_set_fingerprints(recipe.filters.decontaminate.eval_sets, ws.resolve_input)
-    toxicity = recipe.filters.toxicity
-    if toxicity.enabled and toxicity.backend == "detoxify" and toxicity.model.endswith((".ckpt", ".pt", ".pth")):
-        external.append(sha256_file(ws.resolve_input(toxicity.model)))  # a local checkpoint's bytes
+    external = filters.filter_input_hashes(FilterConfig.model_validate(config), ws.resolve_input)
     return _plan("filter", filters, config, [deduped], ws, extra_input_hashes=external)
 
 

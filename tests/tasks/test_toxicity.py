@@ -1,0 +1,138 @@
+"""Toxicity scorers: profanity-check on literal texts; detoxify plumbing on a tiny local checkpoint.
+
+The detoxify checkpoint is built here, offline, in detoxify's layout: its config.arch.args
+model_type is a local folder holding a tiny BERT config and a BertTokenizer built from a word
+list. Its weights are random, so these tests check shapes, order and loading, not toxicity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+
+from tasks.core.recipe import ToxicityConfig
+from tasks.core.workspace import PathNotAllowed, Workspace
+from tasks.toxicity import DetoxifyScorer, ProfanityCheckScorer, load_toxicity_scorer, toxicity_scorer_name
+
+CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+WORDS = "you are a nice kind person idiot stupid hello the cat sat on mat what is this".split()
+TEXTS = [
+    "hello",
+    "you are a nice kind person and the cat sat on the mat",
+    "what is this",
+    "stupid idiot",
+    "the cat sat on the mat " * 30,  # longer than the tiny model's 64 positions: truncated
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    root = tmp_path_factory.mktemp("detox")
+    folder = root / "tiny-bert"
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=len(CLASSES),
+        initializer_range=0.5,  # random but spread-out scores, so a mix-up of rows is visible
+    )
+    config.save_pretrained(folder)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    checkpoint = {
+        "config": {
+            "arch": {"args": {"model_type": str(folder), "model_name": "BertForSequenceClassification",
+                              "tokenizer_name": "BertTokenizer", "num_classes": len(CLASSES)}},
+            "dataset": {"args": {"classes": CLASSES}},
+        },
+        "state_dict": model.state_dict(),
+    }
+    path = root / "tiny.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_profanity_check_scores_real_wording():
+    scorer = ProfanityCheckScorer()
+    toxic, clean = scorer.score(["You are a fucking idiot and a piece of shit.", "The capital of France is Paris."])
+    assert toxic > 0.99 and clean < 0.1
+    assert scorer.score([]) == []
+    assert scorer.name.startswith("profanity-check@")
+
+
+def test_detoxify_checkpoint_scores_one_probability_per_text(tiny_checkpoint):
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=2)
+    scores = scorer.score(TEXTS)
+    assert len(scores) == len(TEXTS)
+    assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores)
+    assert len({round(s, 4) for s in scores}) > 3  # the random model does tell the texts apart
+    assert scorer.score([]) == []
+
+
+def test_detoxify_batches_restore_input_order(tiny_checkpoint):
+    batched = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=4)
+    one_by_one = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=1)
+    scores = batched.score(TEXTS)
+    # each text alone (no padding) gives the same number as inside a padded, length-sorted batch
+    assert scores == pytest.approx(one_by_one.score(TEXTS), abs=1e-5)
+    assert batched.score(TEXTS[::-1]) == pytest.approx(scores[::-1], abs=1e-5)
+
+
+def test_detoxify_uses_the_toxicity_output(tiny_checkpoint):
+    import torch
+
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=8)
+    expected = scorer._detox.predict(TEXTS[:3])["toxicity"]  # detoxify's own API, class 0
+    assert scorer.score(TEXTS[:3]) == pytest.approx(expected, abs=1e-5)
+    assert scorer._column == 0 and isinstance(scorer._detox.model, torch.nn.Module)
+
+
+def test_detoxify_name_holds_the_checkpoint_sha256(tiny_checkpoint):
+    digest = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None)
+    assert scorer.name == f"detoxify:checkpoint:sha256={digest}"
+
+
+def test_detoxify_with_offline_config_folder(tiny_checkpoint):
+    folder = tiny_checkpoint.parent / "tiny-bert"
+    scorer = DetoxifyScorer(str(tiny_checkpoint), str(folder), batch_size=3)
+    plain = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=3)
+    assert scorer.score(TEXTS) == pytest.approx(plain.score(TEXTS), abs=1e-6)
+    assert "+hf_config:sha256=" in scorer.name
+
+
+def test_load_confines_paths_and_matches_planned_name(tiny_checkpoint):
+    ws = Workspace(root=tiny_checkpoint.parent, warehouse=tiny_checkpoint.parent / "wh")
+    cfg = ToxicityConfig(backend="detoxify", model="tiny.ckpt", huggingface_config_path="tiny-bert", batch_size=2)
+    scorer = load_toxicity_scorer(cfg, ws.resolve_input)
+    assert isinstance(scorer, DetoxifyScorer) and scorer.batch_size == 2
+    assert scorer.name == toxicity_scorer_name(cfg, ws.resolve_input)
+    assert len(scorer.score(TEXTS)) == len(TEXTS)
+
+    elsewhere = Workspace(root=tiny_checkpoint.parent / "project", warehouse=tiny_checkpoint.parent / "wh")
+    with pytest.raises(PathNotAllowed):
+        load_toxicity_scorer(cfg.model_copy(update={"model": str(tiny_checkpoint)}), elsewhere.resolve_input)
+    with pytest.raises(FileNotFoundError, match="not a detoxify model type"):
+        load_toxicity_scorer(cfg.model_copy(update={"model": "missing.ckpt"}), ws.resolve_input)
+    with pytest.raises(FileNotFoundError, match="huggingface_config_path"):
+        load_toxicity_scorer(cfg.model_copy(update={"huggingface_config_path": "tiny.ckpt"}), ws.resolve_input)
+
+
+def test_profanity_backend_and_disabled_names(tmp_path):
+    ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
+    assert isinstance(load_toxicity_scorer(ToxicityConfig(), ws.resolve_input), ProfanityCheckScorer)
+    assert toxicity_scorer_name(ToxicityConfig(enabled=False), ws.resolve_input) is None
+
+
+def test_unknown_detoxify_model_refused():
+    with pytest.raises(ValueError, match="neither a checkpoint file nor a detoxify model type"):
+        DetoxifyScorer("not-a-model", None)
