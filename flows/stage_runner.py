@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
 from tasks.core.artifacts import ArtifactStore, Manifest
@@ -69,7 +68,7 @@ class RunContext:
         started = time.perf_counter()
         task = stage_task.with_options(
             task_run_name=f"{call.stage}[{call.label}]" if call.label else call.stage,
-            result_storage=LocalFileSystem(basepath=str(self.workspace.warehouse / "prefect-results")),
+            result_storage=self.workspace.warehouse / "prefect-results",  # a Path: local storage, no block to save
         )
         state = task(call, return_state=True)
         result = state.result()

