@@ -84,6 +84,8 @@ class SourceConfig(Section):
 
 # -------------------------------------------------------------------------------- normalize --
 class NormalizeConfig(Section):
+    """Unicode NFC, whitespace trim and turn-order validation of every conversation."""
+
     trim_trailing_turns: bool = Field(
         True,
         description="Trim user/tool turns after the last assistant turn (recorded as "
@@ -93,7 +95,9 @@ class NormalizeConfig(Section):
 
 # ------------------------------------------------------------------------------------ dedup --
 class NearDedupConfig(Section):
-    enabled: bool = True
+    """MinHash + LSH near-duplicate detection (datasketch) over word n-gram shingles."""
+
+    enabled: bool = Field(True, description="Run near-duplicate detection after the exact pass.")
     threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard at or above which rows are duplicates.")
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
     ngram: int = Field(5, ge=1, description="Word n-gram size of the shingles.")
@@ -112,12 +116,16 @@ class NearDedupConfig(Section):
 
 
 class DedupConfig(Section):
-    exact: bool = True
+    """Exact (content_hash) then near-duplicate removal; representatives are the smallest example_id."""
+
+    exact: bool = Field(True, description="Drop rows whose normalized messages hash equal.")
     near: NearDedupConfig = Field(default_factory=NearDedupConfig)
 
 
 # ---------------------------------------------------------------------------------- filters --
 class LengthConfig(Section):
+    """Token-count limits."""
+
     min_response_tokens: int = Field(10, ge=0, description="Drop rows whose assistant turns hold fewer tokens.")
     max_total_tokens: int = Field(2048, ge=1, description="Drop rows longer than this in total.")
     tokenizer: str | None = Field(
@@ -129,8 +137,14 @@ class LengthConfig(Section):
 
 
 class ToxicityConfig(Section):
-    enabled: bool = True
-    backend: Literal["profanity-check", "detoxify"] = "profanity-check"
+    """Toxicity scored per role; drops depend on `roles`."""
+
+    enabled: bool = Field(True, description="Score toxicity at all.")
+    backend: Literal["profanity-check", "detoxify"] = Field(
+        "profanity-check",
+        description="profanity-check: the linear model shipped in alt-profanity-check (offline); "
+        "detoxify: a Detoxify hub model or local checkpoint.",
+    )
     threshold: float = Field(0.5, ge=0, le=1, description="Toxicity probability at which a judged turn drops the row.")
     roles: list[Role] = Field(
         default_factory=lambda: ["assistant"],
@@ -143,21 +157,27 @@ class ToxicityConfig(Section):
     huggingface_config_path: str | None = Field(
         None, description="detoxify offline: local folder with the transformer config and tokenizer."
     )
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Texts per detoxify forward pass.")
 
 
 class EvalSetConfig(Section):
-    name: str
+    """A benchmark whose n-grams must not appear in training data."""
+
+    name: str = Field(description="Name recorded with each hit.")
     path: str = Field(description="JSONL/JSON/Parquet with a `text` field, or any of the three chat formats.")
-    format: Literal["text", "alpaca", "sharegpt", "openai"] = "text"
+    format: Literal["text", "alpaca", "sharegpt", "openai"] = Field("text", description="Row layout of the file.")
 
 
 class DecontaminateConfig(Section):
-    eval_sets: list[EvalSetConfig] = Field(default_factory=list)
+    """N-gram overlap decontamination against eval sets."""
+
+    eval_sets: list[EvalSetConfig] = Field(default_factory=list, description="Eval sets to check against.")
     ngram: int = Field(13, ge=3, description="Word n-gram length; one shared n-gram marks a row contaminated.")
 
 
 class FilterConfig(Section):
+    """Length, toxicity and contamination filters, applied in that order; the first failure is the reason."""
+
     length: LengthConfig = Field(default_factory=LengthConfig)
     toxicity: ToxicityConfig = Field(default_factory=ToxicityConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
@@ -165,7 +185,9 @@ class FilterConfig(Section):
 
 # ------------------------------------------------------------------------------------ score --
 class ScoreConfig(Section):
-    enabled: bool = True
+    """Quality scoring; keeps the top fraction of each category."""
+
+    enabled: bool = Field(True, description="Score and cut; when false every row is kept unscored.")
     backend: Literal["embedding-relevance", "reward-model"] = Field(
         "embedding-relevance",
         description="reward-model: any AutoModelForSequenceClassification; embedding-relevance: "
@@ -173,14 +195,16 @@ class ScoreConfig(Section):
         "not a reward model).",
     )
     model: str | None = Field(None, description="reward-model: hub id or local folder.")
-    keep_top_fraction: float = Field(0.8, gt=0, le=1)
+    keep_top_fraction: float = Field(0.8, gt=0, le=1, description="Share of each group kept (ceil).")
     per_category: bool = Field(True, description="Rank within each category instead of globally.")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Pairs per forward pass.")
     max_length_tokens: int = Field(512, ge=16, description="Truncation length fed to the scorer.")
 
 
 # -------------------------------------------------------------------------------------- mix --
 class MixConfig(Section):
+    """Weighted mixing of categories into Parquet shards, with a held-out eval split."""
+
     shares: dict[str, float] | None = Field(
         None,
         description="Target share of the final train mixture per category, summing to 1. "
@@ -193,7 +217,7 @@ class MixConfig(Section):
         None, gt=0, description="Shares become p_c ∝ share_c^(1/T); T>1 flattens, T<1 sharpens."
     )
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Held-out eval split carved before mixing.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the eval split and of sampling.")
     shard_rows: int = Field(1000, ge=1, description="Rows per Parquet shard.")
 
     @model_validator(mode="after")
@@ -213,24 +237,30 @@ class MixConfig(Section):
 
 # ------------------------------------------------------------------------------- train/eval --
 class TrainConfig(Section):
+    """Training (TRL SFTTrainer); the train stage is built in a later release."""
+
     model: str = Field("builtin:tiny-llama", description="Hub id, local folder, or builtin:tiny-llama.")
-    method: Literal["full", "lora"] = "full"
-    max_length: int = Field(512, ge=16)
-    packing: bool | Literal["auto"] = "auto"
-    max_steps: int = Field(300, ge=1)
+    method: Literal["full", "lora"] = Field("full", description="Full fine-tuning or LoRA adapters.")
+    max_length: int = Field(512, ge=16, description="Longest training sequence in tokens.")
+    packing: bool | Literal["auto"] = Field("auto", description="BFD packing; auto packs short data.")
+    max_steps: int = Field(300, ge=1, description="Optimizer steps.")
 
 
 class EvalConfig(Section):
-    general_text: str | None = None
-    regression_tolerance: float = Field(0.05, ge=0)
-    prompts: str | None = None
+    """Evaluation of the tuned model; the evaluate stage is built in a later release."""
+
+    general_text: str | None = Field(None, description="JSONL of {text} for the perplexity check.")
+    regression_tolerance: float = Field(0.05, ge=0, description="Allowed relative perplexity increase.")
+    prompts: str | None = Field(None, description="Fixed prompts for generations.")
 
 
 # ----------------------------------------------------------------------------------- recipe --
 class Recipe(Section):
-    name: str
-    description: str = ""
-    sources: list[SourceConfig] = Field(min_length=1)
+    """A whole run: where the data comes from and how each stage treats it."""
+
+    name: str = Field(description="Recipe name, recorded in runs.recipe_name.")
+    description: str = Field("", description="Free text for people.")
+    sources: list[SourceConfig] = Field(min_length=1, description="Input datasets (see sources[]).")
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
