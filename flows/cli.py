@@ -27,15 +27,27 @@ def run(
     warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ROOT/data/warehouse)."),
 ) -> None:
     """Run the pipeline on RECIPE; every stage is cached, every row's fate lands in the catalog."""
-    from flows.pipeline import sftflow_pipeline
-    from tasks.core.recipe import RecipeError
-    from tasks.core.workspace import PathNotAllowed
+    from tasks.core.recipe import RecipeError, load_recipe
+    from tasks.core.workspace import PathNotAllowed, Workspace
 
     if only not in ("all", "data"):
         raise typer.BadParameter("--only takes 'all' or 'data'")
     try:
+        # Fail fast, before Prefect starts: the recipe validates and every source path is allowed.
+        ws = Workspace.from_env(root=root, warehouse=warehouse)
+        checked = load_recipe(recipe.resolve(), list(set_))
+        for source in checked.sources:
+            if source.path:
+                ws.resolve_input(source.path)
+    except (RecipeError, PathNotAllowed) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    from flows.pipeline import sftflow_pipeline
+
+    try:
         summary = sftflow_pipeline(
-            recipe_path=str(recipe), overrides=list(set_), only=only,
+            recipe_path=str(recipe.resolve()), overrides=list(set_), only=only,
             root=str(root) if root else None, warehouse=str(warehouse) if warehouse else None,
         )
     except (RecipeError, PathNotAllowed, FileNotFoundError, ValueError) as exc:

@@ -46,6 +46,7 @@ class RunContext:
     workspace: Workspace
     recipe: Recipe
     run_id: str
+    flow_run_id: str | None
     catalog: Catalog
     results: list[StageResult] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -57,7 +58,7 @@ class RunContext:
         run_id = uuid.uuid4().hex[:16]
         catalog.start_run(run_id, flow_run_id, recipe.name, recipe.recipe_hash(), code_version,
                           recipe_canonical_json(recipe), list(overrides))
-        return cls(workspace=workspace, recipe=recipe, run_id=run_id, catalog=catalog)
+        return cls(workspace=workspace, recipe=recipe, run_id=run_id, flow_run_id=flow_run_id, catalog=catalog)
 
     @property
     def store(self) -> ArtifactStore:
@@ -119,6 +120,7 @@ class RunContext:
         mix = next((r.manifest for r in reversed(self.results) if r.call.stage == "mix"), None)
         return {
             "run_id": self.run_id,
+            "flow_run_id": self.flow_run_id,
             "recipe": self.recipe.name,
             "wall_seconds": round(time.perf_counter() - self.started, 2),
             "stages": [r.row() for r in self.results],

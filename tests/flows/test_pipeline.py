@@ -54,6 +54,17 @@ def test_demo_cold_then_warm_run(project, run_pipeline):
     assert all(not s["cache_hit"] for s in cold["stages"])
     assert_ledger_balances(project, cold["run_id"])
 
+    # each stage published its counts as a Prefect artifact of the flow run, plus the mixture
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        published = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[cold["flow_run_id"]])))
+    keys = {a.key for a in published}
+    assert {"sftflow-ingest-alpaca-sample", "sftflow-normalize-openai-sample", "sftflow-dedup",
+            "sftflow-filter", "sftflow-score", "sftflow-mix", "sftflow-mixture"} <= keys, keys
+
     warm = run_pipeline(project)
     assert all(s["cache_hit"] for s in warm["stages"]), warm["stages"]
     assert_ledger_balances(project, warm["run_id"])

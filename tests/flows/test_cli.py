@@ -1,0 +1,70 @@
+"""The CLI's fast paths: recipe and path errors before Prefect starts, and read-only SQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.core.catalog import Catalog
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    cat = Catalog(tmp_path / "wh" / "catalog.duckdb")
+    cat.start_run("r1", None, "demo", "rh", "cv", "{}", [])
+    cat.finish_run("r1", "completed")
+    return tmp_path / "wh"
+
+
+def test_sql_formats(warehouse):
+    result = runner.invoke(app, ["sql", "SELECT run_id, status FROM runs", "--format", "json",
+                                 "--warehouse", str(warehouse)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [{"run_id": "r1", "status": "completed"}]
+    result = runner.invoke(app, ["sql", "SELECT run_id FROM runs", "--format", "csv", "--warehouse", str(warehouse)])
+    assert result.output.splitlines() == ["run_id", "r1"]
+    result = runner.invoke(app, ["sql", "SELECT recipe_name FROM runs", "--warehouse", str(warehouse)])
+    assert result.exit_code == 0 and "demo" in result.output
+
+
+@pytest.mark.parametrize("statement", ["DELETE FROM runs", "DROP VIEW ledger",
+                                       "COPY runs TO '/tmp/sftflow-leak.csv'",
+                                       "SELECT * FROM read_text('/etc/passwd')"])
+def test_sql_refuses_writes_and_file_access(warehouse, statement):
+    result = runner.invoke(app, ["sql", statement, "--warehouse", str(warehouse)])
+    assert result.exit_code == 1
+    assert "refused or failed" in result.output
+
+
+def test_sql_without_catalog_says_what_to_do(tmp_path):
+    result = runner.invoke(app, ["sql", "SELECT 1", "--warehouse", str(tmp_path)])
+    assert result.exit_code == 1 and "sftflow run" in result.output
+
+
+def test_run_rejects_bad_recipe_before_starting(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nsources:\n  - {name: a, path: a.json, format: alpaca}\nmix: {shares: {qa: 0.5}}\n")
+    result = runner.invoke(app, ["run", str(recipe), "--root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "sum to 1" in result.output
+
+
+def test_run_rejects_source_outside_roots(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nsources:\n  - {name: a, path: ../../etc/passwd, format: alpaca}\n")
+    result = runner.invoke(app, ["run", str(recipe), "--root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "outside the allowed roots" in result.output
+
+
+def test_run_rejects_bad_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nsources:\n  - {name: a, path: a.json, format: alpaca}\n")
+    result = runner.invoke(app, ["run", str(recipe), "--root", str(tmp_path), "--set", "filters.toxicity.treshold=1"])
+    assert result.exit_code == 2
+    assert "treshold" in result.output
