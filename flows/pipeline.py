@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from flows.plans import plan_dedup, plan_filter, plan_ingest, plan_mix, plan_normalize, plan_score
 from flows.stage_runner import RunContext, publish_mixture
-from tasks.core.cache_keys import code_fingerprint
+from tasks.core.cache_keys import project_code_version
 from tasks.core.recipe import load_recipe
 from tasks.core.workspace import Workspace
 from tasks.dedup import dedup_stage
@@ -38,8 +38,8 @@ def sftflow_pipeline(
     overrides = list(overrides or [])
     ws = Workspace.from_env(root=root, warehouse=warehouse)
     recipe = load_recipe(_recipe_file(recipe_path, ws), overrides)
-    run = RunContext.start(ws, recipe, overrides, code_version=code_fingerprint("flows.pipeline"),
-                           flow_run_id=flow_run.get_id())
+    run = RunContext.start(ws, recipe, overrides, code_version=project_code_version(),
+                           flow_run_id=flow_run.get_id(), n_planned=2 * len(recipe.sources) + 4)
     try:
         ingested = [run.run(ingest_stage, plan_ingest(source, ws)) for source in recipe.sources]
         normalized = [run.run(normalize_stage, plan_normalize(recipe, m, ws)) for m in ingested]

@@ -37,7 +37,8 @@ def plan_normalize(recipe: Recipe, ingested: Manifest, ws: Workspace) -> StageCa
 
 
 def plan_dedup(recipe: Recipe, normalized: list[Manifest], ws: Workspace) -> StageCall:
-    return _plan("dedup", dedup, recipe.dedup.canonical(), normalized, ws)
+    # Inputs in content order: listing the sources in another order changes nothing.
+    return _plan("dedup", dedup, recipe.dedup.canonical(), sorted(normalized, key=lambda m: m.content_hash), ws)
 
 
 def plan_filter(recipe: Recipe, deduped: Manifest, ws: Workspace) -> StageCall:

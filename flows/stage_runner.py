@@ -22,6 +22,10 @@ from tasks.core.stage import StageCall
 from tasks.core.workspace import Workspace
 
 
+class EmptyStageError(RuntimeError):
+    """A stage kept no rows: the run stops loudly (its decisions are already in the catalog)."""
+
+
 @dataclass
 class StageResult:
     call: StageCall
@@ -30,12 +34,10 @@ class StageResult:
     seconds: float
 
     def row(self) -> dict[str, Any]:
-        n_dropped = self.manifest.stats.get("n_dropped")
         return {
             "stage": self.call.stage, "label": self.call.label, "key": self.call.key[:12],
             "cache_hit": self.cache_hit, "seconds": round(self.seconds, 2),
             "n_in": self.manifest.n_in, "n_out": self.manifest.n_out,
-            "n_dropped": n_dropped,
         }
 
 
@@ -48,17 +50,19 @@ class RunContext:
     run_id: str
     flow_run_id: str | None
     catalog: Catalog
+    n_planned: int = 0  # stages this run will execute, for the [i/n] progress lines
     results: list[StageResult] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def start(cls, workspace: Workspace, recipe: Recipe, overrides: list[str], code_version: str,
-              flow_run_id: str | None) -> "RunContext":
+              flow_run_id: str | None, n_planned: int = 0) -> "RunContext":
         catalog = Catalog(workspace.catalog_path)
         run_id = uuid.uuid4().hex[:16]
         catalog.start_run(run_id, flow_run_id, recipe.name, recipe.recipe_hash(), code_version,
                           recipe_canonical_json(recipe), list(overrides))
-        return cls(workspace=workspace, recipe=recipe, run_id=run_id, flow_run_id=flow_run_id, catalog=catalog)
+        return cls(workspace=workspace, recipe=recipe, run_id=run_id, flow_run_id=flow_run_id,
+                   catalog=catalog, n_planned=n_planned)
 
     @property
     def store(self) -> ArtifactStore:
@@ -74,27 +78,37 @@ class RunContext:
         state = task(call, return_state=True)
         result = state.result()
         cache_hit = state.name == "Cached" or not result["computed"]
-        manifest = Manifest.model_validate(result["manifest"])
-        if state.name == "Cached" and self.store.load(call.stage, call.key) is None:
+        # Always trust the store, not the manifest Prefect remembered: the store re-anchors paths
+        # (a moved warehouse) and re-checks every file's hash.
+        manifest = self.store.load(call.stage, call.key)
+        if manifest is None:
             # Prefect remembers a result whose artifact folder is gone or damaged: recompute.
-            state = task.with_options(refresh_cache=True)(call, return_state=True)
-            result = state.result()
+            result = task.with_options(refresh_cache=True)(call, return_state=True).result()
             cache_hit = not result["computed"]
-            manifest = Manifest.model_validate(result["manifest"])
+            manifest = self.store.load(call.stage, call.key)
+            if manifest is None:
+                raise RuntimeError(f"{call.stage}: artifact {call.key} missing right after it was written")
         seconds = time.perf_counter() - started
         self.catalog.register_artifact(manifest, self.run_id)
         self.catalog.record_stage_run(self.run_id, manifest, call.label, cache_hit, seconds)
         outcome = StageResult(call, manifest, cache_hit, seconds)
         self.results.append(outcome)
         self._publish(outcome)
+        if manifest.n_out == 0:
+            where = f"{call.stage} [{call.label}]" if call.label else call.stage
+            raise EmptyStageError(
+                f"{where}: 0 of {manifest.n_in} rows kept, nothing left for the next stage. Why: "
+                f"sftflow sql \"SELECT reason, count(*) FROM decisions WHERE artifact_id = '{manifest.key}' "
+                f"GROUP BY ALL\""
+            )
         return manifest
 
     def _publish(self, outcome: StageResult) -> None:
         row = outcome.row()
         logger = get_run_logger()
         logger.info(
-            "[%d] %-9s %-16s in %6d  out %6d  %s  %.2fs",
-            len(self.results), row["stage"], row["label"], row["n_in"], row["n_out"],
+            "[%d/%d] %-9s %-16s in %6d  out %6d  %s  %.2fs",
+            len(self.results), self.n_planned, row["stage"], row["label"], row["n_in"], row["n_out"],
             "cache hit" if row["cache_hit"] else "computed ", row["seconds"],
         )
         reasons = outcome.manifest.stats.get("reasons", {})

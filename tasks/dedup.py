@@ -222,6 +222,13 @@ def deduplicate(records: pa.Table, cfg: DedupConfig) -> StageOutput:
                     example_ids[rep_position],
                 )
 
+    # An exact duplicate whose representative was itself dropped as a near duplicate points at
+    # the row that survives (the near cluster's representative); its exact twin stays in detail.
+    survivor = {example_ids[p]: dup_of for p, (r, _, _, dup_of) in outcome.items() if r is Reason.NEAR_DUPLICATE}
+    for position, (reason, score, detail, dup_of) in list(outcome.items()):
+        if reason is Reason.EXACT_DUPLICATE and dup_of in survivor:
+            outcome[position] = (reason, score, {**(detail or {}), "exact_of": dup_of}, survivor[dup_of])
+
     log = DecisionLog()
     for position in sorted(range(n_rows), key=example_ids.__getitem__):  # one canonical order
         reason, score, detail, dup_of = outcome.get(position, (Reason.KEPT, None, None, None))

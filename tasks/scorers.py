@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
@@ -246,25 +247,26 @@ def _require_model(cfg: ScoreConfig) -> str:
     return cfg.model
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+
+
 def model_location(model: str, resolve: Callable[[str], Path]) -> Path | str:
     """A local folder (resolved and confined by `resolve`) or a hub id, as `model` is meant.
 
-    A value starting with "." or "/" is always a path (and must exist); anything else is a path
-    when that folder exists under the allowed roots, else a hub id such as "org/name".
+    Only a value shaped like a hub id ("name" or "org/name", no "..") may be a hub id, and only
+    when no such folder exists under the allowed roots; anything else is a local path and goes
+    through `resolve`, whose refusal (outside the allowed roots) is final.
     """
-    if model.startswith((".", "/")):
+    if HUB_ID.match(model) and ".." not in model:
         path = resolve(model)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"score.model {model!r}: local folder {path} does not exist; write the model there "
-                "with save_pretrained or give a hub id"
-            )
-        return path
-    try:
-        path = resolve(model)
-    except ValueError:  # e.g. outside the allowed roots: then it is not meant as a local path
-        return model
-    return path if path.exists() else model
+        return path if path.exists() else model
+    path = resolve(model)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"score.model {model!r}: local folder {path} does not exist; write the model there "
+            "with save_pretrained or give a hub id"
+        )
+    return path
 
 
 def _check_backend_fields(cfg: ScoreConfig) -> None:

@@ -23,6 +23,16 @@ from tasks.core.hashing import sha256_text, short_hash
 
 PROJECT_PACKAGES = ("tasks", "flows")
 
+# Shared plumbing that every stage imports but whose edits do not change what a stage computes:
+# the recipe models (a stage's own section enters its key as canonical JSON, defaults included),
+# the reason vocabulary (closed; reasons are added, never renamed), the artifact/catalog/key
+# machinery. Following them would make adding a train option recompute every data stage.
+# Modules that do shape outputs (records.py: the schema; hashing.py: ids) stay in fingerprints.
+NOT_FINGERPRINTED = frozenset({
+    "tasks.core.recipe", "tasks.core.recipe_docs", "tasks.core.reasons", "tasks.core.cache_keys",
+    "tasks.core.stage", "tasks.core.artifacts", "tasks.core.catalog", "tasks.core.workspace",
+})
+
 # Explicit logic versions: bump when a stage's meaning changes in a way its source hash would
 # not show (e.g. a change in a data file it reads). Part of every key of that stage.
 STAGE_LOGIC_VERSION: dict[str, int] = {
@@ -60,7 +70,9 @@ def _project_imports(path: Path, module_name: str) -> set[str]:
         else:
             continue
         for name in names:
-            if name.split(".")[0] in PROJECT_PACKAGES and _module_file(name) is not None:
+            if name in NOT_FINGERPRINTED or name.split(".")[0] not in PROJECT_PACKAGES:
+                continue
+            if _module_file(name) is not None:
                 found.add(name)
     return found
 
@@ -80,6 +92,19 @@ def code_fingerprint(module_name: str) -> str:
         seen[name] = sha256_text(path.read_text(encoding="utf-8"))
         pending.extend(_project_imports(path, name) - seen.keys())
     return short_hash(sorted(seen.items()))
+
+
+def project_code_version() -> str:
+    """Hash of every project source file: the `runs.code_version` of a run (not a cache key)."""
+    files = []
+    for package in PROJECT_PACKAGES:
+        path = _module_file(package)
+        if path is None:
+            continue
+        root = path.parent
+        files += [(f"{package}/{p.relative_to(root).as_posix()}", sha256_text(p.read_text(encoding="utf-8")))
+                  for p in sorted(root.rglob("*.py"))]
+    return short_hash(files)
 
 
 def library_versions(names: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -75,12 +75,25 @@ WHERE l.run_id = (SELECT run_id FROM runs WHERE status = 'completed'
                   ORDER BY finished_at DESC LIMIT 1)
 ORDER BY o.ordinal;
 
--- Why was a row dropped? One line per dropping decision with where the row came from.
+-- The artifacts the most recent completed run used (computed or reused from the cache).
+CREATE OR REPLACE VIEW latest_artifacts AS
+SELECT sr.stage, sr.label, sr.key AS artifact_id, sr.cache_hit, sr.run_id
+FROM stage_runs sr
+WHERE sr.run_id = (SELECT run_id FROM runs WHERE status = 'completed' ORDER BY finished_at DESC LIMIT 1);
+
+-- Why was a row dropped in the latest run? One line per dropping decision, with the row's source.
 CREATE OR REPLACE VIEW drops AS
 SELECT d.example_id, d.stage, d.reason, d.score, d.detail, d.dup_of, e.source, e.source_uri,
-       e.source_row, d.run_id
-FROM decisions d LEFT JOIN examples e USING (example_id)
+       e.source_row, d.run_id AS decided_in_run
+FROM decisions d JOIN latest_artifacts la ON la.artifact_id = d.artifact_id
+LEFT JOIN examples e USING (example_id)
 WHERE NOT d.kept;
+
+-- The realized vs target mixture and the shards of the latest run.
+CREATE OR REPLACE VIEW latest_mixture AS
+SELECT m.* FROM mixture m JOIN latest_artifacts la USING (artifact_id);
+CREATE OR REPLACE VIEW latest_shards AS
+SELECT s.* FROM shards s JOIN latest_artifacts la USING (artifact_id);
 """
 
 
@@ -114,8 +127,17 @@ class Catalog:
             con.execute(SCHEMA)
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = duckdb.connect(str(self.path))
+    def connect(self, retry_seconds: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write transaction; waits (up to retry_seconds) while an audit reader holds the file."""
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         try:
             con.execute("BEGIN TRANSACTION")
             yield con
@@ -150,8 +172,15 @@ class Catalog:
 
     # ----------------------------------------------------------------------- artifacts --
     def register_artifact(self, manifest: Manifest, run_id: str) -> bool:
-        """Insert the artifact, its lineage and its rows once; returns False if already known."""
+        """Insert the artifact, its lineage and its rows once; returns False if already known.
+
+        Provenance (`examples`) is refreshed on every use, cache hits included, so it always
+        describes the artifacts of the latest run (a source edited and reverted points back).
+        """
         with self.connect() as con:
+            refresh = _PROVENANCE_REFRESH.get(manifest.stage)
+            if refresh:
+                refresh(con, manifest)
             known = con.execute("SELECT 1 FROM artifacts WHERE artifact_id = ?", [manifest.key]).fetchone()
             if known:
                 return False
@@ -239,7 +268,8 @@ def _register_shards(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None
         )
 
 
-_STAGE_REGISTRARS = {"ingest": _register_examples, "normalize": _register_normalized, "mix": _register_shards}
+_PROVENANCE_REFRESH = {"ingest": _register_examples, "normalize": _register_normalized}
+_STAGE_REGISTRARS = {"mix": _register_shards}
 
 
 def _now() -> datetime:

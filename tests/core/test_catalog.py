@@ -65,3 +65,23 @@ def test_readonly_connection_refuses_writes_and_files(tmp_path):
 def test_missing_catalog_is_actionable(tmp_path):
     with pytest.raises(FileNotFoundError, match="sftflow run"):
         connect_readonly(tmp_path / "none.duckdb")
+
+
+def test_writer_waits_for_a_reader_in_another_process(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "c.duckdb"
+    Catalog(path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+         "print('open', flush=True); time.sleep(2); c.close()", str(path)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    started = time.monotonic()
+    Catalog(path).start_run("r1", None, "demo", "rh", "cv", "{}", [])  # blocks until the reader leaves
+    holder.wait(timeout=30)
+    assert time.monotonic() - started > 0.5
+    assert Catalog(path).query("SELECT run_id FROM runs") == [("r1",)]

