@@ -212,7 +212,11 @@ class MixConfig(Section):
     )
     total_rows: int | None = Field(None, ge=1, description="Train rows to produce (default: rows available).")
     total_tokens: int | None = Field(None, ge=1, description="Train tokens to produce instead of rows.")
-    max_upsample: float = Field(3.0, ge=1, description="Most copies of any one example in the train mixture.")
+    max_upsample: float = Field(
+        3.0, ge=1,
+        description="A category's train rows are at most max_upsample x its available rows "
+        "(whole copies first, then a seeded sample), so one example appears at most ceil(max_upsample) times.",
+    )
     temperature: float | None = Field(
         None, gt=0, description="Shares become p_c ∝ share_c^(1/T); T>1 flattens, T<1 sharpens."
     )
