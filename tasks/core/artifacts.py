@@ -84,6 +84,15 @@ class ArtifactWriter:
         self._files.append(ArtifactFile(name=name, sha256=sha256_file(path)))
         return path
 
+    def add_path(self, name: str, source: Path) -> None:
+        """Move an existing file or folder into the artifact as `name`, hashing every file."""
+        target = self.tmp / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(target))
+        files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+        for path in files:
+            self._files.append(ArtifactFile(name=path.relative_to(self.tmp).as_posix(), sha256=sha256_file(path)))
+
     def commit(self, *, inputs: list[str], config_hash: str, code_hash: str, n_in: int, n_out: int,
                stats: dict[str, Any]) -> Manifest:
         manifest = Manifest(

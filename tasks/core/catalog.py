@@ -21,6 +21,7 @@ import duckdb
 from tasks.core.artifacts import Manifest
 
 STAGES = ("ingest", "normalize", "dedup", "filter", "score", "mix", "train", "evaluate")
+DATA_STAGES = STAGES[:6]  # the stages that judge rows: the ledger covers these
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -65,6 +66,7 @@ WITH d AS (
 SELECT sr.run_id, sr.stage, sum(sr.n_in) AS n_in, sum(coalesce(d.n_kept, 0)) AS n_kept,
        sum(coalesce(d.n_dropped, 0)) AS n_dropped, sum(sr.n_out) AS n_out
 FROM stage_runs sr LEFT JOIN d ON d.artifact_id = sr.key
+WHERE sr.stage IN ({", ".join(f"'{s}'" for s in DATA_STAGES)})
 GROUP BY sr.run_id, sr.stage;
 
 -- The ledger of the most recent finished run, in pipeline order.
@@ -201,15 +203,8 @@ class Catalog:
                 )
             registrar = _STAGE_REGISTRARS.get(manifest.stage)
             if registrar:
-                registrar(con, manifest)
+                registrar(con, manifest, run_id)
         return True
-
-    def register_model(self, **row: Any) -> None:
-        with self.connect() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
-                [row["model_id"], row["artifact_id"], row["base_model"], row["method"], row["path"], row["run_id"]],
-            )
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         with self.connect() as con:
@@ -247,7 +242,7 @@ def _register_normalized(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> 
     )
 
 
-def _register_shards(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+def _register_shards(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> None:
     for shard in manifest.stats.get("shards", []):
         shard_id = f"{manifest.key}/{shard['name']}"
         path = manifest.file(shard["name"])
@@ -269,7 +264,28 @@ def _register_shards(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None
 
 
 _PROVENANCE_REFRESH = {"ingest": _register_examples, "normalize": _register_normalized}
-_STAGE_REGISTRARS = {"mix": _register_shards}
+def _register_model(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> None:
+    model = manifest.stats.get("model")
+    if not model:
+        return
+    con.execute(
+        "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+        [manifest.key, manifest.key, model["base_model"], model["method"],
+         str(manifest.file(model["path"])), run_id],
+    )
+
+
+def _register_evals(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> None:
+    model_id = manifest.stats.get("model_id")
+    for metric in manifest.stats.get("metrics", []):
+        con.execute(
+            "INSERT INTO evals VALUES (?, ?, ?, ?)",
+            [model_id, metric["metric"], metric["value"],
+             json.dumps(metric.get("detail"), sort_keys=True) if metric.get("detail") is not None else None],
+        )
+
+
+_STAGE_REGISTRARS = {"mix": _register_shards, "train": _register_model, "evaluate": _register_evals}
 
 
 def _now() -> datetime:

@@ -240,22 +240,97 @@ class MixConfig(Section):
 
 
 # ------------------------------------------------------------------------------- train/eval --
+class TinyModelConfig(Section):
+    """Shape of `builtin:tiny-llama`, the offline model built from a config (no download)."""
+
+    hidden_size: int = Field(256, ge=8, description="Model width.")
+    num_hidden_layers: int = Field(4, ge=1, description="Decoder layers.")
+    num_attention_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide).")
+    intermediate_size: int = Field(688, ge=8, description="MLP width.")
+    vocab_size: int = Field(2048, ge=300, description="Byte-level BPE vocabulary trained on the train split.")
+    max_position_embeddings: int = Field(2048, ge=64, description="Longest sequence the model accepts.")
+
+
+class LoraSettings(Section):
+    """LoRA adapter settings (peft), used when method is lora."""
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator (lora_alpha).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear."
+    )
+
+
 class TrainConfig(Section):
-    """Training (TRL SFTTrainer); the train stage is built in a later release."""
+    """Training with TRL's SFTTrainer on the mixed train shards (assistant-only loss)."""
 
     model: str = Field("builtin:tiny-llama", description="Hub id, local folder, or builtin:tiny-llama.")
+    revision: str | None = Field(None, description="Pinned hub revision of the model.")
+    trust_remote_code: bool = Field(
+        False, description="Allow the model's own code; refused unless `revision` pins it."
+    )
     method: Literal["full", "lora"] = Field("full", description="Full fine-tuning or LoRA adapters.")
-    max_length: int = Field(512, ge=16, description="Longest training sequence in tokens.")
-    packing: bool | Literal["auto"] = Field("auto", description="BFD packing; auto packs short data.")
-    max_steps: int = Field(300, ge=1, description="Optimizer steps.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    chat_template: str | None = Field(
+        None,
+        description="Used when the tokenizer's own template has no {% generation %} markers: "
+        "`chatml` (built in) or a .jinja file. Without either such a model is refused.",
+    )
+    max_length: int = Field(512, ge=16, description="Longest training sequence in tokens (longer rows are truncated).")
+    packing: bool | Literal["auto"] = Field(
+        "auto", description="BFD packing (padding-free); auto packs when the mean row is under half of max_length."
+    )
+    learning_rate: float | None = Field(None, gt=0, description="Default 2e-5 (full) or 2e-4 (lora).")
+    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    num_train_epochs: float = Field(2.0, gt=0, description="Epochs when max_steps is not set.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides num_train_epochs.")
+    per_device_train_batch_size: int = Field(8, ge=1, description="Sequences per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed of initialization and data order.")
+    bf16: bool | Literal["auto"] = Field("auto", description="bf16 where the hardware supports it.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="auto: flash_attention_2 on CUDA when installed, sdpa otherwise."
+    )
+    save_steps: int = Field(50, ge=1, description="Checkpoint interval in steps (resume point).")
+    logging_steps: int = Field(5, ge=1, description="Log interval in steps.")
+    num_processes: int = Field(1, ge=1, description="Processes for accelerate launch (GPUs).")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+    @model_validator(mode="after")
+    def _remote_code_needs_pin(self) -> "TrainConfig":
+        if self.trust_remote_code and not self.revision:
+            raise ValueError(
+                "train.trust_remote_code runs code from the model repository: pin it with "
+                "train.revision (a commit hash) or turn it off"
+            )
+        return self
+
+
+class JudgeConfig(Section):
+    """Optional LLM judge through an OpenAI-compatible endpoint (off by default)."""
+
+    enabled: bool = Field(False, description="Ask the judge to grade generations.")
+    base_url: str | None = Field(None, description="Endpoint, e.g. http://localhost:8000/v1.")
+    model: str | None = Field(None, description="Judge model name at the endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key (never logged).")
+    timeout_seconds: float = Field(30.0, gt=0, description="Per-request timeout.")
 
 
 class EvalConfig(Section):
-    """Evaluation of the tuned model; the evaluate stage is built in a later release."""
+    """Evaluation of the tuned model against its base."""
 
-    general_text: str | None = Field(None, description="JSONL of {text} for the perplexity check.")
-    regression_tolerance: float = Field(0.05, ge=0, description="Allowed relative perplexity increase.")
-    prompts: str | None = Field(None, description="Fixed prompts for generations.")
+    general_text: str | None = Field(None, description="JSONL of {text} for the perplexity (forgetting) check.")
+    regression_tolerance: float = Field(
+        0.05, ge=0, description="Flag when tuned general perplexity exceeds base by more than this fraction."
+    )
+    prompts: str | None = Field(None, description="JSONL of {prompt} for saved generations (default: built-in).")
+    max_new_tokens: int = Field(64, ge=1, description="Greedy generation length bound.")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
+    max_general_texts: int = Field(200, ge=1, description="Texts of general_text used.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 
 # ----------------------------------------------------------------------------------- recipe --

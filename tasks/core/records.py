@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -117,3 +118,6 @@ class StageOutput:
     decisions: pa.Table
     extra: dict[str, pa.Table] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    # Files or folders already written elsewhere (a trained model, plots, reports), moved into
+    # the artifact under the given relative name and hashed like every other file.
+    files: dict[str, Path] = field(default_factory=dict)

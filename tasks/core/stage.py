@@ -93,6 +93,8 @@ def execute(call: StageCall, compute: Callable[[StageCall], StageOutput]) -> tup
         writer.write_table(DECISIONS_FILE, output.decisions)
         for name, table in output.extra.items():
             writer.write_table(name if name.endswith(".parquet") else f"{name}.parquet", table)
+        for name, source in output.files.items():
+            writer.add_path(name, source)
         n_in = output.stats.get("n_in", output.decisions.num_rows)
         stats = {**output.stats, "compute_seconds": round(time.perf_counter() - started, 3)}
         manifest = writer.commit(
