@@ -1,0 +1,127 @@
+"""Chat templates for training: the built-in ChatML template, template selection, end-of-turn token.
+
+Assistant-only loss (TRL's `assistant_only_loss=True`) takes its mask from the template's
+`{% generation %}...{% endgeneration %}` blocks: whatever renders inside one is supervised,
+everything else is not. A template without those markers yields an all-zero mask, so a model
+whose own template lacks them is refused unless the recipe names a template that has them.
+
+The built-in template puts the assistant's closing `<|im_end|>` inside the block, so the model is
+trained to end its turn; the newline after it stays outside (it is the separator the next turn's
+header starts after, never something the model must produce).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+CHATML_ROLES = ("system", "user", "assistant", "tool")
+
+# Same pattern transformers uses to decide whether masks can be produced (trim variants included).
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}\n"
+    "{{- raise_exception('ChatML: unknown role ' ~ message['role'] ~ '; expected system, user, assistant or tool') -}}\n"
+    "{%- endif -%}\n"
+    "{%- if message['role'] == 'assistant' -%}\n"
+    "{{- '<|im_start|>assistant\\n' -}}\n"
+    "{%- generation -%}\n"
+    "{{- message['content'] ~ '<|im_end|>' -}}\n"
+    "{%- endgeneration -%}\n"
+    "{{- '\\n' -}}\n"
+    "{%- else -%}\n"
+    "{{- '<|im_start|>' ~ message['role'] ~ '\\n' ~ message['content'] ~ '<|im_end|>\\n' -}}\n"
+    "{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "{{- '<|im_start|>assistant\\n' -}}\n"
+    "{%- endif -%}\n"
+)
+
+
+class ChatTemplateError(ValueError):
+    """No usable training template, or one whose end-of-turn token cannot be found."""
+
+
+def has_generation_markers(template: str | dict | None) -> bool:
+    """Whether the template has `{% generation %}` blocks (a dict of named templates: its default).
+
+    >>> has_generation_markers("{%- generation -%}{{ m }}{%- endgeneration -%}")
+    True
+    >>> has_generation_markers("{{ messages }}"), has_generation_markers(None)
+    (False, False)
+    """
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not template:
+        return False
+    return _GENERATION_MARKER.search(template) is not None
+
+
+def select_chat_template(
+    tokenizer, recipe_template: str | None, resolve: Callable[[str], Path]
+) -> tuple[str, str]:
+    """(template text, origin) for training.
+
+    The tokenizer's own template wins when it has generation markers (it is the format the model
+    was built or tuned with); otherwise the recipe's `train.chat_template` is used: `chatml` for the
+    built-in template or a .jinja file (resolved with `resolve`, i.e. confined to allowed roots).
+    """
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):
+        own = own.get("default")
+    if has_generation_markers(own):
+        return own, "tokenizer"
+    model_name = getattr(tokenizer, "name_or_path", "") or "the model"
+    if recipe_template is None or not recipe_template.strip():
+        why = "has no chat template" if not own else "has a chat template without {% generation %} markers"
+        raise ChatTemplateError(
+            f"the tokenizer of {model_name} {why}, so assistant-only loss would supervise nothing: "
+            "set train.chat_template: chatml (the built-in ChatML template) or a path to a .jinja "
+            "template whose assistant turns are wrapped in {% generation %}...{% endgeneration %}"
+        )
+    if recipe_template.strip().lower() == "chatml":
+        return CHATML_TEMPLATE, "builtin:chatml"
+    path = Path(resolve(recipe_template))
+    if path.suffix != ".jinja":
+        raise ChatTemplateError(
+            f"train.chat_template {recipe_template!r} is neither 'chatml' nor a .jinja file: "
+            "give 'chatml' or the path of a .jinja template"
+        )
+    if not path.is_file():
+        raise ChatTemplateError(
+            f"train.chat_template {recipe_template!r}: no file at {path}; fix the path (relative to "
+            "the project root) or use 'chatml'"
+        )
+    text = path.read_text(encoding="utf-8")
+    if not has_generation_markers(text):
+        raise ChatTemplateError(
+            f"train.chat_template {path}: the template has no {{% generation %}} markers, so "
+            "assistant-only loss would supervise nothing; wrap each assistant turn's content and "
+            "its end-of-turn token in {% generation %}...{% endgeneration %}, or use 'chatml'"
+        )
+    return text, f"file:{path.name}"
+
+
+def end_of_turn_token(template: str, tokenizer) -> str:
+    """The token that ends an assistant turn under `template` (what generation must stop on).
+
+    A known end-of-turn literal written in the template and present in the vocabulary wins;
+    otherwise the tokenizer's eos token when the template emits it (`eos_token` variable or its text).
+    """
+    vocab = tokenizer.get_vocab()
+    for candidate in END_OF_TURN_CANDIDATES:
+        if candidate in template and candidate in vocab:
+            return candidate
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos and (eos in template or re.search(r"\beos_token\b", template)):
+        return eos
+    raise ChatTemplateError(
+        f"cannot tell which token ends an assistant turn: the template writes none of "
+        f"{', '.join(END_OF_TURN_CANDIDATES)} (present in the vocabulary) nor the eos token "
+        f"{eos!r}; use a template that ends assistant turns with one of them, or 'chatml'"
+    )

@@ -1,0 +1,264 @@
+"""What the loss will actually see: tokenization as TRL does it, and an audit of the assistant masks.
+
+TRL's SFTTrainer (assistant_only_loss=True) tokenizes each conversation with
+`apply_chat_template(..., return_assistant_tokens_mask=True)`, sets labels to -100 outside the
+mask, truncates to max_length keeping the start, and then silently drops every example left
+without a supervised token. A prompt longer than max_length, or a template whose
+`{% generation %}` block misses the assistant text, therefore trains on less than it seems, or on
+nothing, without an error. This module reproduces that tokenization and checks the result
+against assistant turns found independently (by rendering growing prefixes), so the train stage
+can stop before launching a run that would learn the wrong thing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from tasks.chat_template import ChatTemplateError, end_of_turn_token, has_generation_markers
+
+MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
+MAX_LISTED_IDS = 20  # example ids kept in the audit JSON per problem (counts are always complete)
+
+
+class MaskAuditError(ValueError):
+    """The masks would train on nothing, on non-assistant text, or never on the end-of-turn token."""
+
+
+def _plain_messages(messages) -> list[dict]:
+    # Plain dict copies: rows from Arrow/datasets stay untouched whatever the template does.
+    return [dict(message) for message in messages]
+
+
+def _chat_ids(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, chat_template=template,
+        add_generation_prompt=add_generation_prompt,
+    )
+    return list(encoded["input_ids"])
+
+
+def _tokenize_untruncated(tokenizer, template: str, messages: list[dict]) -> dict:
+    # The exact call TRL's SFTTrainer makes for a conversational "messages" example.
+    encoded = tokenizer.apply_chat_template(
+        _plain_messages(messages), tokenize=True, return_dict=True,
+        return_assistant_tokens_mask=True, chat_template=template,
+    )
+    return {"input_ids": list(encoded["input_ids"]), "assistant_masks": list(encoded["assistant_masks"])}
+
+
+def tokenize_conversation(tokenizer, template: str, messages: list[dict], max_length: int) -> dict:
+    """{"input_ids", "assistant_masks"} exactly as TRL builds them, truncated to max_length (keep start)."""
+    full = _tokenize_untruncated(tokenizer, template, messages)
+    return {key: values[:max_length] for key, values in full.items()}
+
+
+def assistant_spans(tokenizer, template: str, messages) -> list[tuple[int, int]]:
+    """[start, end) token spans of the assistant turns, found without the generation markers.
+
+    The turn's tokens are those the conversation gains when the turn is added: from the end of the
+    prefix rendered with the generation prompt (so the header is excluded) to the end of the prefix
+    that includes the turn. A template whose generation prompt is not a prefix of the full rendering
+    falls back to the prefix without it (the header then counts as part of the turn).
+    """
+    messages = _plain_messages(messages)
+    full = _chat_ids(tokenizer, template, messages)
+    spans: list[tuple[int, int]] = []
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        start = 0
+        if index > 0:
+            prompt = _chat_ids(tokenizer, template, messages[:index], add_generation_prompt=True)
+            if full[: len(prompt)] != prompt:
+                prompt = _chat_ids(tokenizer, template, messages[:index])
+            start = len(prompt)
+        end = len(_chat_ids(tokenizer, template, messages[: index + 1]))
+        spans.append((start, end))
+    return spans
+
+
+def _marked_text(tokenizer, input_ids: list[int], mask: list[int]) -> str:
+    """Decode with each run of supervised tokens wrapped in ⟦ ⟧."""
+    pieces: list[str] = []
+    run_start = 0
+    for position in range(1, len(input_ids) + 1):
+        if position == len(input_ids) or mask[position] != mask[run_start]:
+            text = tokenizer.decode(input_ids[run_start:position], skip_special_tokens=False)
+            pieces.append(f"{MARK_OPEN}{text}{MARK_CLOSE}" if mask[run_start] else text)
+            run_start = position
+    return "".join(pieces)
+
+
+def _share(supervised: int, total: int) -> float:
+    return supervised / total if total else 0.0
+
+
+def audit_masks(rows: list[dict], tokenizer, template: str, max_length: int) -> dict:
+    """The JSON-able mask audit of `rows` (messages, category, source, example_id); see check_audit."""
+    try:
+        eot_token = end_of_turn_token(template, tokenizer)
+        eot_id = tokenizer.convert_tokens_to_ids(eot_token)
+    except ChatTemplateError:
+        eot_token, eot_id = None, None
+
+    supervised_total = tokens_total = 0
+    by_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [supervised, tokens]
+    by_source: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    zero_ids: list[str] = []
+    zero_before_truncation_ids: list[str] = []
+    truncated_to_zero_ids: list[str] = []  # supervised before truncation, nothing left after
+    non_assistant_supervised = 0
+    non_assistant_ids: list[str] = []
+    eot_examples = eot_missing = eot_checked = 0
+    eot_missing_ids: list[str] = []
+    n_truncated = 0
+    untruncated_tokens = 0
+    marked_text, marked_id = None, None
+
+    for row in rows:
+        example_id = str(row["example_id"])
+        messages = _plain_messages(row["messages"])
+        full = _tokenize_untruncated(tokenizer, template, messages)
+        ids, mask = full["input_ids"][:max_length], full["assistant_masks"][:max_length]
+        untruncated_tokens += len(full["input_ids"])
+        n_truncated += len(full["input_ids"]) > max_length
+
+        supervised = sum(mask)
+        supervised_total += supervised
+        tokens_total += len(ids)
+        for bucket in (by_category[str(row.get("category"))], by_source[str(row.get("source"))]):
+            bucket[0] += supervised
+            bucket[1] += len(ids)
+        if supervised == 0:
+            zero_ids.append(example_id)
+            if sum(full["assistant_masks"]) == 0:
+                zero_before_truncation_ids.append(example_id)
+            else:
+                truncated_to_zero_ids.append(example_id)
+        elif marked_text is None:
+            marked_text, marked_id = _marked_text(tokenizer, ids, mask), example_id
+
+        spans = [(start, min(end, len(ids))) for start, end in assistant_spans(tokenizer, template, messages)]
+        inside = [False] * len(ids)
+        for start, end in spans:
+            for position in range(start, end):
+                inside[position] = True
+        outside = sum(1 for position, bit in enumerate(mask) if bit and not inside[position])
+        if outside:
+            non_assistant_supervised += outside
+            non_assistant_ids.append(example_id)
+
+        if eot_id is not None and any(t == eot_id and bit for t, bit in zip(ids, mask)):
+            eot_examples += 1
+        # Only turns whose end-of-turn token survived truncation can be checked for it.
+        turn_eot_supervised = [
+            any(mask[p] for p in range(start, end) if ids[p] == eot_id)
+            for start, end in spans
+            if eot_id is not None and eot_id in ids[start:end]
+        ]
+        if turn_eot_supervised:
+            eot_checked += 1
+            if not all(turn_eot_supervised):
+                eot_missing += 1
+                eot_missing_ids.append(example_id)
+
+    n_examples = len(rows)
+    return {
+        "n_examples": n_examples,
+        "max_length": max_length,
+        "template_has_generation_markers": has_generation_markers(template),
+        "supervised_token_share": {
+            "overall": _share(supervised_total, tokens_total),
+            "by_category": {k: _share(*v) for k, v in sorted(by_category.items())},
+            "by_source": {k: _share(*v) for k, v in sorted(by_source.items())},
+        },
+        "supervised_tokens": supervised_total,
+        "tokens": tokens_total,
+        "n_zero_supervised": len(zero_ids),
+        "zero_supervised_example_ids": zero_ids[:MAX_LISTED_IDS],
+        "n_zero_supervised_before_truncation": len(zero_before_truncation_ids),
+        "truncated_to_zero_example_ids": truncated_to_zero_ids[:MAX_LISTED_IDS],
+        "end_of_turn_token": eot_token,
+        "end_of_turn_supervised": {
+            "ok": eot_checked > 0 and eot_missing == 0,
+            "share_of_examples": _share(eot_examples, n_examples),
+            "n_examples_checked": eot_checked,
+            "n_examples_missing": eot_missing,
+            "missing_example_ids": eot_missing_ids[:MAX_LISTED_IDS],
+        },
+        "non_assistant_supervised": non_assistant_supervised,
+        "non_assistant_example_ids": non_assistant_ids[:MAX_LISTED_IDS],
+        "example_marked": marked_text,
+        "example_marked_id": marked_id,
+        "mean_tokens": untruncated_tokens / n_examples if n_examples else 0.0,
+        "n_truncated": n_truncated,
+    }
+
+
+def _ids(ids: list[str]) -> str:
+    return ", ".join(ids[:5])
+
+
+def check_audit(audit: dict) -> None:
+    """Raise MaskAuditError naming every problem of `audit` and what to change."""
+    n, max_length = audit["n_examples"], audit["max_length"]
+    problems: list[str] = []
+    if n == 0:
+        raise MaskAuditError("mask audit failed: there are no training examples; check the mix stage output")
+    if audit["supervised_tokens"] == 0 and audit["n_zero_supervised_before_truncation"] == n:
+        if not audit["template_has_generation_markers"]:
+            problems.append(
+                "the template has no {% generation %} markers, so no token is supervised: set "
+                "train.chat_template: chatml or use a .jinja template with {% generation %} blocks"
+            )
+        else:
+            problems.append(
+                "the template's {% generation %} blocks never cover assistant text, so no token is "
+                "supervised: wrap each assistant turn's content in {% generation %}...{% endgeneration %}"
+            )
+    else:
+        if audit["n_zero_supervised_before_truncation"]:
+            problems.append(
+                f"{audit['n_zero_supervised_before_truncation']} of {n} examples have no supervised "
+                "token even before truncation: check that they contain an assistant turn and that the "
+                "template's {% generation %} blocks cover every assistant turn"
+            )
+        truncated_away = audit["n_zero_supervised"] - audit["n_zero_supervised_before_truncation"]
+        if truncated_away:
+            problems.append(
+                f"{truncated_away} of {n} examples have no supervised token after truncation to "
+                f"max_length={max_length} (e.g. example ids {_ids(audit['truncated_to_zero_example_ids'])}); "
+                "TRL would silently drop them: raise train.max_length or drop long prompts with "
+                "filters.length.max_total_tokens"
+            )
+    if audit["non_assistant_supervised"]:
+        problems.append(
+            f"{audit['non_assistant_supervised']} supervised tokens lie outside assistant turns "
+            f"(e.g. example ids {_ids(audit['non_assistant_example_ids'])}): the template's "
+            "{% generation %} blocks cover non-assistant text; keep only assistant content and its "
+            "end-of-turn token inside them"
+        )
+    eot = audit["end_of_turn_supervised"]
+    if audit["supervised_tokens"] and not eot["ok"]:
+        token = audit["end_of_turn_token"]
+        if token is None:
+            problems.append(
+                "no end-of-turn token could be identified in the template, so the model may never "
+                "learn to stop: use a template that ends assistant turns with <|im_end|>, <|eot_id|>, "
+                "<end_of_turn> or the eos token"
+            )
+        elif eot["n_examples_checked"] == 0:
+            problems.append(
+                f"no assistant turn that survives truncation to max_length={max_length} ends with a "
+                f"supervised {token}, so the model never learns to stop: put {token} inside "
+                "{% generation %}...{% endgeneration %} in the template, or raise train.max_length if "
+                "every assistant turn is cut before its end"
+            )
+        else:
+            problems.append(
+                f"the end-of-turn token {token} is not supervised in {eot['n_examples_missing']} of "
+                f"{eot['n_examples_checked']} examples (e.g. example ids {_ids(eot['missing_example_ids'])}), "
+                "so the model never learns to stop: move it inside {% generation %}...{% endgeneration %}"
+            )
+    if problems:
+        raise MaskAuditError("mask audit failed: " + "; ".join(problems))

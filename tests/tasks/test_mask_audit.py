@@ -1,0 +1,187 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing may be downloaded
+
+import json
+
+import pytest
+
+from tasks.chat_template import CHATML_TEMPLATE
+from tasks.mask_audit import MaskAuditError, assistant_spans, audit_masks, check_audit, tokenize_conversation
+from tasks.tiny_model import conversation_texts, train_tokenizer
+
+
+def row(example_id, user, answer, category="qa", source="alpha", system=None):
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return {"example_id": example_id, "category": category, "source": source, "messages": messages}
+
+
+ROWS = [
+    row("a-1", "What is the capital of France?", "Paris is the capital.", system="Be brief."),
+    row("a-2", "Add two and two.", "Two and two make four.", category="math"),
+    {"example_id": "b-1", "category": "chat", "source": "beta", "messages": [
+        {"role": "user", "content": "Look up the weather."},
+        {"role": "assistant", "content": "Calling the weather tool."},
+        {"role": "tool", "content": '{"temp_c": 21}'},
+        {"role": "assistant", "content": "It is 21 degrees."},
+    ]},
+]
+LONG_PROMPT = "Please read this very long question about many things " * 6
+
+PLAIN_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Marks every turn, user included: supervises prompt text.
+ALL_TURNS_MARKED = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}{% generation %}"
+    "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Marks assistant content but leaves <|im_end|> outside: the model never learns to stop.
+EOT_OUTSIDE = CHATML_TEMPLATE.replace(
+    "{{- message['content'] ~ '<|im_end|>' -}}\n{%- endgeneration -%}",
+    "{{- message['content'] -}}\n{%- endgeneration -%}{{- '<|im_end|>' -}}",
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = list(conversation_texts(ROWS)) + [LONG_PROMPT]
+    return train_tokenizer(texts * 5, vocab_size=330)
+
+
+def test_eot_outside_fixture_really_moves_the_token():
+    assert EOT_OUTSIDE != CHATML_TEMPLATE and "{%- endgeneration -%}{{- '<|im_end|>' -}}" in EOT_OUTSIDE
+
+
+def test_tokenize_conversation_is_apply_chat_template_truncated(tokenizer):
+    messages = ROWS[2]["messages"]
+    reference = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=CHATML_TEMPLATE
+    )
+    full = tokenize_conversation(tokenizer, CHATML_TEMPLATE, messages, max_length=10_000)
+    assert full == {"input_ids": list(reference["input_ids"]), "assistant_masks": list(reference["assistant_masks"])}
+    short = tokenize_conversation(tokenizer, CHATML_TEMPLATE, messages, max_length=9)
+    assert short == {"input_ids": full["input_ids"][:9], "assistant_masks": full["assistant_masks"][:9]}
+
+
+def test_tokenize_conversation_matches_trl_labels(tokenizer, tmp_path):
+    # The same rows through TRL's own dataset preparation: identical ids and labels, and the
+    # example that truncation leaves without a supervised token is silently dropped by TRL.
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    rows = ROWS + [row("long-1", LONG_PROMPT, "Short answer.")]
+    max_length = 56  # cuts a-1 and b-1 inside an assistant turn, long-1 inside its prompt
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    ))
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), assistant_only_loss=True, max_length=max_length, packing=False,
+                     use_cpu=True, report_to=[])
+    dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    prepared = {json.dumps(ex["messages"]): ex for ex in trainer.train_dataset}
+
+    supervised_rows = 0
+    for r in rows:
+        ours = tokenize_conversation(tokenizer, CHATML_TEMPLATE, r["messages"], max_length)
+        labels = [t if bit else -100 for t, bit in zip(ours["input_ids"], ours["assistant_masks"])]
+        theirs = prepared.get(json.dumps(r["messages"]))
+        if not any(ours["assistant_masks"]):
+            assert theirs is None, r["example_id"]
+            continue
+        supervised_rows += 1
+        assert (theirs["input_ids"], theirs["labels"]) == (ours["input_ids"], labels), r["example_id"]
+    assert supervised_rows == len(trainer.train_dataset) == len(rows) - 1
+
+
+def test_assistant_spans_found_from_prefixes(tokenizer):
+    messages = ROWS[2]["messages"]
+    ids = tokenize_conversation(tokenizer, CHATML_TEMPLATE, messages, max_length=10_000)["input_ids"]
+    spans = assistant_spans(tokenizer, CHATML_TEMPLATE, messages)
+    assert [tokenizer.decode(ids[start:end]) for start, end in spans] == [
+        "Calling the weather tool.<|im_end|>\n", "It is 21 degrees.<|im_end|>\n",
+    ]
+
+
+def test_audit_of_normal_rows_passes(tokenizer):
+    audit = audit_masks(ROWS, tokenizer, CHATML_TEMPLATE, max_length=256)
+    json.dumps(audit)  # JSON-able as written to mask_audit.json
+    share = audit["supervised_token_share"]
+    assert 0 < share["overall"] < 1
+    assert set(share["by_category"]) == {"qa", "math", "chat"}
+    assert set(share["by_source"]) == {"alpha", "beta"}
+    assert all(0 < value < 1 for value in [*share["by_category"].values(), *share["by_source"].values()])
+    assert audit["n_examples"] == 3 and audit["n_zero_supervised"] == 0 and audit["n_truncated"] == 0
+    assert audit["end_of_turn_token"] == "<|im_end|>"
+    assert audit["end_of_turn_supervised"]["ok"] is True
+    assert audit["end_of_turn_supervised"]["share_of_examples"] == 1.0
+    assert audit["non_assistant_supervised"] == 0
+    assert audit["example_marked_id"] == "a-1"
+    assert audit["example_marked"] == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+        "<|im_start|>assistant\n⟦Paris is the capital.<|im_end|>⟧\n"
+    )
+    lengths = [len(tokenize_conversation(tokenizer, CHATML_TEMPLATE, r["messages"], 256)["input_ids"]) for r in ROWS]
+    assert audit["mean_tokens"] == sum(lengths) / 3 and audit["tokens"] == sum(lengths)
+    check_audit(audit)
+
+
+def test_template_without_markers_is_refused(tokenizer):
+    audit = audit_masks(ROWS, tokenizer, PLAIN_CHATML, max_length=256)
+    assert audit["supervised_token_share"]["overall"] == 0.0
+    assert audit["n_zero_supervised"] == 3 and audit["example_marked"] is None
+    with pytest.raises(MaskAuditError, match=r"the template has no \{% generation %\} markers.*train.chat_template: chatml"):
+        check_audit(audit)
+
+
+def test_all_assistant_turns_truncated_away_is_refused(tokenizer):
+    rows = [row(f"long-{i}", LONG_PROMPT, "Short answer.") for i in range(3)]
+    audit = audit_masks(rows, tokenizer, CHATML_TEMPLATE, max_length=16)
+    assert audit["n_zero_supervised"] == 3 and audit["n_truncated"] == 3
+    assert audit["n_zero_supervised_before_truncation"] == 0
+    assert audit["zero_supervised_example_ids"] == ["long-0", "long-1", "long-2"]
+    with pytest.raises(MaskAuditError, match=r"3 of 3 examples have no supervised token after truncation to "
+                       r"max_length=16 \(e.g. example ids long-0, long-1, long-2\).*raise train.max_length"):
+        check_audit(audit)
+
+
+def test_one_truncated_example_among_good_ones_is_named(tokenizer):
+    rows = ROWS + [row("long-9", LONG_PROMPT, "Short answer.")]
+    audit = audit_masks(rows, tokenizer, CHATML_TEMPLATE, max_length=64)
+    assert audit["n_zero_supervised"] == 1 and audit["truncated_to_zero_example_ids"] == ["long-9"]
+    with pytest.raises(MaskAuditError) as raised:
+        check_audit(audit)
+    assert str(raised.value) == (  # the only problem: b-1's cut second turn is not one
+        "mask audit failed: 1 of 4 examples have no supervised token after truncation to max_length=64 "
+        "(e.g. example ids long-9); TRL would silently drop them: raise train.max_length or drop long "
+        "prompts with filters.length.max_total_tokens"
+    )
+
+
+def test_supervision_outside_assistant_turns_is_refused(tokenizer):
+    audit = audit_masks(ROWS, tokenizer, ALL_TURNS_MARKED, max_length=256)
+    assert audit["non_assistant_supervised"] > 0
+    assert audit["non_assistant_example_ids"] == ["a-1", "a-2", "b-1"]
+    with pytest.raises(MaskAuditError, match="supervised tokens lie outside assistant turns"):
+        check_audit(audit)
+
+
+def test_unsupervised_end_of_turn_is_refused(tokenizer):
+    audit = audit_masks(ROWS, tokenizer, EOT_OUTSIDE, max_length=256)
+    assert audit["non_assistant_supervised"] == 0 and audit["n_zero_supervised"] == 0
+    eot = audit["end_of_turn_supervised"]
+    assert eot["ok"] is False and eot["share_of_examples"] == 0.0 and eot["n_examples_missing"] == 3
+    assert "⟦Paris is the capital.⟧<|im_end|>" in audit["example_marked"]
+    with pytest.raises(MaskAuditError, match=r"end-of-turn token <\|im_end\|> is not supervised in 3 of 3 examples"):
+        check_audit(audit)
+
+
+def test_empty_audit_is_refused(tokenizer):
+    with pytest.raises(MaskAuditError, match="no training examples"):
+        check_audit(audit_masks([], tokenizer, CHATML_TEMPLATE, max_length=64))
