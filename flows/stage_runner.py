@@ -123,6 +123,27 @@ class RunContext:
     def finish(self, status: str) -> None:
         self.catalog.finish_run(self.run_id, status)
 
+    def data_card(self) -> dict[str, Any]:
+        """What the model card says about its data: sources, drops by stage and reason, mixture."""
+        sources = self.catalog.query(
+            """SELECT e.source, any_value(e.source_format), any_value(e.source_uri), any_value(e.origin),
+                      any_value(e.license), count(*) FROM examples e
+               JOIN decisions d ON d.example_id = e.example_id AND d.stage = 'ingest'
+               JOIN stage_runs sr ON sr.key = d.artifact_id AND sr.run_id = ?
+               GROUP BY e.source ORDER BY e.source""", [self.run_id])
+        summary = self.summary()
+        return {
+            "run_id": self.run_id,
+            "recipe": self.recipe.name,
+            "recipe_hash": self.recipe.recipe_hash(),
+            "sources": [dict(zip(("name", "format", "uri", "origin", "license", "rows_read"), r)) for r in sources],
+            "ledger": summary["ledger"],
+            "drop_reasons": summary["drop_reasons"],
+            "mixture": summary["mixture"],
+            "artifacts": [{"stage": r.call.stage, "label": r.call.label, "key": r.call.key,
+                           "sha256": r.manifest.content_hash} for r in self.results],
+        }
+
     def summary(self) -> dict[str, Any]:
         ledger = self.catalog.query(
             "SELECT stage, n_in, n_kept, n_dropped FROM ledger_by_run JOIN stage_order USING (stage) "

@@ -1,0 +1,447 @@
+"""Evaluate a tuned model against its base: held-out loss, general perplexity, generations, IF checks.
+
+What is measured, and why:
+
+- **Held-out loss** (`heldout_loss`, `heldout_loss_base`): mean cross-entropy on the *assistant*
+  tokens of the held-out eval split, tokenized exactly as training does (the chat template's
+  `{% generation %}` mask, truncated to the training max_length keeping the start). It is the
+  training objective on unseen rows, so it is comparable with the training loss curve. The mean is
+  token-weighted (sum of NLL over all supervised tokens / their count), so it does not depend on
+  batch size or padding.
+- **General perplexity** (`general_ppl`, `general_ppl_base`): exp of the token-weighted mean NLL of
+  plain texts without any template (the first token of each text has no context and is not
+  scored). A rise over the base model signals forgetting; `regressed` is set when
+  tuned > base * (1 + eval.regression_tolerance).
+- **Instruction following** (`if_prompt_acc`, `if_instruction_acc`, plus `_base`): greedy
+  generations for the built-in `tasks.ifeval.IF_PROMPTS`, scored by the programmatic checks. The
+  set is fixed, so these numbers compare across runs and recipes; the prompts of
+  `eval.prompts` are generated and saved too, for reading, but not scored.
+- **Mask audit** (`mask_supervised_token_share`, `mask_zero_supervised_examples`): copied from the
+  train stage's audit, so every number about a model sits in one `evals` table.
+- **Judge** (`judge_score_mean`, `judge_score_mean_base`): only when `eval.judge.enabled`.
+
+Base and tuned are measured one after the other; a full model is freed before the next is loaded,
+and a LoRA adapter is measured on one loaded base (`disable_adapter()` gives the base numbers).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from tasks.core.recipe import EvalConfig
+from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
+from tasks.ifeval import IF_PROMPTS, score_responses
+from tasks.judge import check_judge_reachable, judge_generations
+
+IGNORE_INDEX = -100  # label value cross-entropy skips (the transformers/TRL convention)
+# End-of-turn tokens a chat template may close an assistant turn with; generation stops at them
+# when the template uses them, even if the tokenizer's eos is a different token.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+REPORT_GENERATIONS = 5  # generations shown in report.md (all are in generations.json)
+OUTPUT_FILES = ("report.json", "report.md", "generations.json")
+
+
+# ---------------------------------------------------------------------------- tokenization --
+def conversation_labels(tokenizer, template: str, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation: labels are the ids on assistant tokens, -100 elsewhere.
+
+    Tokenized as TRL does with assistant_only_loss (the template's generation mask), then truncated
+    to max_length keeping the start.
+    """
+    encoded = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages],
+        tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template,
+    )
+    input_ids = list(encoded["input_ids"])[:max_length]
+    mask = list(encoded["assistant_masks"])[:max_length]
+    labels = [token if supervised else IGNORE_INDEX for token, supervised in zip(input_ids, mask)]
+    return input_ids, labels
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+# ------------------------------------------------------------------------------------ loss --
+def _nll_totals(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int) -> tuple[float, int]:
+    """Sum of next-token NLL over labelled positions, and their count; right padding, masked."""
+    import torch
+    import torch.nn.functional as F
+
+    device = _device(model)
+    total_nll, total_tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(pairs), batch_size):
+            batch = [p for p in pairs[start:start + batch_size] if len(p[0]) >= 2]
+            if not batch:
+                continue
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (ids, labs) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                labels[row, : len(labs)] = torch.tensor(labs)
+                attention[row, : len(ids)] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+            # position t predicts token t+1; only labelled targets are gathered (and upcast), so the
+            # float32 copy is the size of the supervised tokens, not of batch x length x vocab
+            targets = labels[:, 1:].to(device)
+            selected = targets != IGNORE_INDEX
+            if not bool(selected.any()):
+                continue
+            step_logits = logits[:, :-1][selected].float()
+            total_nll += float(F.cross_entropy(step_logits, targets[selected], reduction="sum"))
+            total_tokens += int(selected.sum())
+    return total_nll, total_tokens
+
+
+def _heldout_totals(model, tokenizer, template: str, rows: list[dict], max_length: int, batch_size: int) -> tuple[float, int]:
+    pairs = [conversation_labels(tokenizer, template, row["messages"], max_length) for row in rows]
+    return _nll_totals(model, pairs, _pad_id(tokenizer), batch_size)
+
+
+def heldout_loss(model, tokenizer, template: str, rows: list[dict], max_length: int, batch_size: int) -> float:
+    """Token-weighted mean cross-entropy over the assistant tokens of `rows` (dicts with messages)."""
+    nll, n_tokens = _heldout_totals(model, tokenizer, template, rows, max_length, batch_size)
+    if n_tokens == 0:
+        raise ValueError(
+            f"held-out loss: none of the {len(rows)} eval rows has a supervised (assistant) token within "
+            f"max_length={max_length}; check the chat template's generation markers and the eval split"
+        )
+    return nll / n_tokens
+
+
+def _text_totals(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> tuple[float, int]:
+    pairs = []
+    for text in texts:
+        ids = list(tokenizer(text)["input_ids"])[:max_length]
+        pairs.append((ids, ids))  # every token after the first is a target
+    return _nll_totals(model, pairs, _pad_id(tokenizer), batch_size)
+
+
+def perplexity(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> float:
+    """exp(token-weighted mean NLL) of plain texts, the first token of each text not scored."""
+    nll, n_tokens = _text_totals(model, tokenizer, texts, max_length, batch_size)
+    if n_tokens == 0:
+        raise ValueError(f"perplexity: the {len(texts)} texts hold no token after their first one; give longer texts")
+    return math.exp(nll / n_tokens)
+
+
+# ------------------------------------------------------------------------------ generation --
+def stop_token_ids(tokenizer, model, template: str) -> list[int]:
+    """Ids generation stops at: the tokenizer's eos, generation_config's eos, the template's end of turn."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if config_eos is not None:
+        ids.update(int(i) for i in (config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in template and token in vocab)
+    return sorted(ids)
+
+
+def generate_token_ids(model, tokenizer, template: str, prompts: list[str], max_new_tokens: int,
+                       batch_size: int = 8) -> list[list[int]]:
+    """Greedy new-token ids per prompt (one user turn each), cut before the first stop token."""
+    import torch
+
+    device = _device(model)
+    stops = stop_token_ids(tokenizer, model, template)
+    if not stops:
+        raise ValueError("generation: the tokenizer has no eos token and the model's generation_config none; "
+                         "set tokenizer.eos_token or generation_config.eos_token_id")
+    pad_id = _pad_id(tokenizer)
+    encoded = [
+        list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True, return_dict=True,
+                                           add_generation_prompt=True, chat_template=template)["input_ids"])
+        for prompt in prompts
+    ]
+    outputs: list[list[int]] = []
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start:start + batch_size]
+            width = max(len(ids) for ids in batch)
+            # left padding: every prompt ends at the same position, where generation begins
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(batch):
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention[row, width - len(ids):] = 1
+            generated = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
+                max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
+            )
+            for row in generated[:, width:].tolist():
+                # after a sequence's stop token, generate fills with pad: cut at the first stop
+                cut = next((i for i, token in enumerate(row) if token in stops), len(row))
+                outputs.append(row[:cut])
+    return outputs
+
+
+def generate_responses(model, tokenizer, template: str, prompts: list[str], max_new_tokens: int,
+                       batch_size: int = 8) -> list[str]:
+    """Greedy responses (new tokens only, special tokens skipped, whitespace stripped), one per prompt."""
+    ids = generate_token_ids(model, tokenizer, template, prompts, max_new_tokens, batch_size)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def load_prompts(path: Path) -> list[str]:
+    """The `prompt` field of each line of a JSONL file; errors name the file and line."""
+    prompts = []
+    for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{line_number}: not valid JSON ({exc}); eval.prompts is JSONL of {{\"prompt\": ...}}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ValueError(f"{path}:{line_number}: needs a non-empty string field \"prompt\"")
+        prompts.append(row["prompt"])
+    if not prompts:
+        raise ValueError(f"{path}: no prompts; add lines of {{\"prompt\": ...}} or unset eval.prompts")
+    return prompts
+
+
+# ---------------------------------------------------------------------------------- models --
+def _load_model(location: str | Path, device: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(location), dtype="auto").to(device).eval()
+
+
+def _base_then_tuned(tuned_dir: Path, base_location: str | Path) -> Iterator[tuple[str, Any, Any]]:
+    """Yield ("base", model, tokenizer) then ("tuned", model, tokenizer), holding one model at a time.
+
+    Both are measured with the tuned folder's tokenizer (the same vocabulary as the base; it is the
+    one saved with the template that was trained), so the two losses count the same tokens.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    has_tokenizer = (tuned_dir / "tokenizer_config.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(str(tuned_dir if has_tokenizer else base_location))
+    if (tuned_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(_load_model(base_location, device), str(tuned_dir)).eval()
+        with model.disable_adapter():
+            yield "base", model, tokenizer
+        yield "tuned", model, tokenizer
+        return
+    yield "base", _load_model(base_location, device), tokenizer
+    gc.collect()  # the caller dropped its reference to the base model before asking for the next
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    yield "tuned", _load_model(tuned_dir, device), tokenizer
+
+
+def _measure(model, tokenizer, template: str, eval_rows: list[dict], texts: list[str], prompts: list[str],
+             cfg: EvalConfig, max_length: int) -> dict[str, Any]:
+    measured: dict[str, Any] = {}
+    if eval_rows:
+        nll, n_tokens = _heldout_totals(model, tokenizer, template, eval_rows, max_length, cfg.batch_size)
+        measured["heldout_loss"] = nll / n_tokens if n_tokens else None
+        measured["n_supervised_tokens"] = n_tokens
+    if texts:
+        nll, n_tokens = _text_totals(model, tokenizer, texts, max_length, cfg.batch_size)
+        measured["general_ppl"] = math.exp(nll / n_tokens) if n_tokens else None
+        measured["n_text_tokens"] = n_tokens
+    measured["responses"] = generate_responses(model, tokenizer, template, prompts, cfg.max_new_tokens, cfg.batch_size)
+    return measured
+
+
+# --------------------------------------------------------------------------------- metrics --
+def _metric(name: str, value: float | int, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"metric": name, "value": float(value), "detail": detail or {}}
+
+
+def _mask_metrics(mask_audit: dict[str, Any]) -> list[dict[str, Any]]:
+    share = mask_audit.get("supervised_token_share")
+    overall = share.get("overall") if isinstance(share, dict) else share
+    metrics = []
+    if overall is not None:
+        detail = {k: share[k] for k in ("by_category", "by_source") if isinstance(share, dict) and k in share}
+        metrics.append(_metric("mask_supervised_token_share", overall, detail))
+    if mask_audit.get("n_zero_supervised") is not None:
+        metrics.append(_metric("mask_zero_supervised_examples", mask_audit["n_zero_supervised"],
+                               {"n_examples": mask_audit.get("n_examples")}))
+    return metrics
+
+
+def regression_flag(tuned_ppl: float, base_ppl: float, tolerance: float) -> bool:
+    """True when the tuned perplexity exceeds the base's by more than `tolerance` (a fraction).
+
+    >>> regression_flag(10.6, 10.0, 0.05), regression_flag(10.4, 10.0, 0.05)
+    (True, False)
+    """
+    return tuned_ppl > base_ppl * (1 + tolerance)
+
+
+def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, eval_rows: list[dict],
+                   general_texts: list[str], cfg: EvalConfig, max_length: int, out_dir: Path,
+                   mask_audit: dict | None = None, prompts: list[str] | None = None) -> dict[str, Any]:
+    """Measure base and tuned, write report.json, report.md and generations.json into out_dir.
+
+    `prompts`: extra prompts to generate (already read); when None and eval.prompts is set, that
+    JSONL is read as given (the stage resolves it inside the workspace first).
+    Returns {"metrics": [{metric, value, detail}], "report_md": str, "regressed": bool}.
+    """
+    tuned_dir, out_dir = Path(tuned_dir), Path(out_dir)
+    check_judge_reachable(cfg.judge)  # an enabled but unusable judge fails before any model loads
+    if prompts is None and cfg.prompts:
+        prompts = load_prompts(Path(cfg.prompts))
+    items = [{"id": p["id"], "prompt": p["prompt"], "checks": p["checks"]} for p in IF_PROMPTS]
+    items += [{"id": f"prompt-{i + 1:03d}", "prompt": text, "checks": []} for i, text in enumerate(prompts or [])]
+    texts = list(general_texts)[: cfg.max_general_texts]
+
+    measured: dict[str, dict[str, Any]] = {}
+    for label, model, tokenizer in _base_then_tuned(tuned_dir, base_location):
+        measured[label] = _measure(model, tokenizer, template, eval_rows, texts, [i["prompt"] for i in items], cfg, max_length)
+        del model  # lets the generator free a full base model before loading the tuned one
+
+    metrics: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    base, tuned = measured["base"], measured["tuned"]
+    if tuned.get("heldout_loss") is not None and base.get("heldout_loss") is not None:
+        for suffix, m in (("", tuned), ("_base", base)):
+            metrics.append(_metric(f"heldout_loss{suffix}", m["heldout_loss"], {
+                "n_examples": len(eval_rows), "n_supervised_tokens": m["n_supervised_tokens"], "max_length": max_length}))
+    else:
+        skipped.append("heldout_loss: no eval rows (mix.eval_fraction is 0) or none with an assistant token")
+    regressed = False
+    if tuned.get("general_ppl") is not None and base.get("general_ppl") is not None:
+        tolerance = cfg.regression_tolerance
+        regressed = regression_flag(tuned["general_ppl"], base["general_ppl"], tolerance)
+        metrics.append(_metric("general_ppl", tuned["general_ppl"], {
+            "regressed": regressed, "tolerance": tolerance, "base": base["general_ppl"],
+            "ratio": tuned["general_ppl"] / base["general_ppl"], "n_texts": len(texts)}))
+        metrics.append(_metric("general_ppl_base", base["general_ppl"], {"n_texts": len(texts)}))
+    else:
+        skipped.append("general_ppl: no general texts (set eval.general_text to a JSONL of {text})")
+
+    n_if = len(IF_PROMPTS)
+    if_eval = {label: score_responses(items[:n_if], measured[label]["responses"][:n_if]) for label in ("base", "tuned")}
+    for suffix, label in (("", "tuned"), ("_base", "base")):
+        scored = if_eval[label]
+        per_kind = {kind: tally["accuracy"] for kind, tally in scored["per_kind"].items()}
+        metrics.append(_metric(f"if_prompt_acc{suffix}", scored["prompt_level_accuracy"], {"n_prompts": scored["n_prompts"]}))
+        metrics.append(_metric(f"if_instruction_acc{suffix}", scored["instruction_level_accuracy"],
+                               {"n_instructions": scored["n_instructions"], "per_kind": per_kind}))
+    if mask_audit:
+        metrics.extend(_mask_metrics(mask_audit))
+
+    generations = []
+    for index, item in enumerate(items):
+        row = {"id": item["id"], "prompt": item["prompt"],
+               "base": base["responses"][index], "tuned": tuned["responses"][index]}
+        if index < n_if:
+            row["if_passed_base"] = if_eval["base"]["items"][index]["passed"]
+            row["if_passed_tuned"] = if_eval["tuned"]["items"][index]["passed"]
+        generations.append(row)
+    if cfg.judge.enabled:
+        for label in ("tuned", "base"):
+            judged = judge_generations(cfg.judge, [{"prompt": g["prompt"], "response": g[label]} for g in generations])
+            for g, j in zip(generations, judged):
+                g[f"judge_score_{label}"] = j["judge_score"]
+            scores = [j["judge_score"] for j in judged if j["judge_score"] is not None]
+            if scores:
+                metrics.append(_metric("judge_score_mean" + ("" if label == "tuned" else "_base"), sum(scores) / len(scores),
+                                       {"judge_model": cfg.judge.model, "n_scored": len(scores), "n_items": len(judged)}))
+
+    report = {
+        "tuned": str(tuned_dir), "base": str(base_location), "regressed": regressed, "metrics": metrics,
+        "skipped": skipped, "if_eval": if_eval, "max_length": max_length, "eval": cfg.canonical(),
+    }
+    report_md = render_report(report, generations)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(report_md, encoding="utf-8")
+    (out_dir / "generations.json").write_text(json.dumps(generations, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {"metrics": metrics, "report_md": report_md, "regressed": regressed}
+
+
+# ---------------------------------------------------------------------------------- report --
+ROWS = (  # (label in report.md, tuned metric, base metric)
+    ("held-out loss (assistant tokens)", "heldout_loss", "heldout_loss_base"),
+    ("general perplexity", "general_ppl", "general_ppl_base"),
+    ("IF prompt-level accuracy", "if_prompt_acc", "if_prompt_acc_base"),
+    ("IF instruction-level accuracy", "if_instruction_acc", "if_instruction_acc_base"),
+    ("judge score (1-10)", "judge_score_mean", "judge_score_mean_base"),
+)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def _fenced(text: str) -> str:
+    # a fence longer than any backtick run inside, so a generated ``` cannot close it early
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def render_report(report: dict[str, Any], generations: list[dict[str, Any]]) -> str:
+    """report.md: base vs tuned table, flags, mask audit numbers and a few generations."""
+    values = {m["metric"]: m for m in report["metrics"]}
+    lines = ["# Evaluation report", "", f"- tuned: `{report['tuned']}`", f"- base: `{report['base']}`", "",
+             "| metric | base | tuned | change |", "|---|---:|---:|---:|"]
+    for label, tuned_name, base_name in ROWS:
+        if tuned_name not in values:
+            continue
+        tuned_value = values[tuned_name]["value"]
+        base_value = values[base_name]["value"] if base_name in values else None
+        change = f"{(tuned_value - base_value) / base_value:+.1%}" if base_value else "–"
+        lines.append(f"| {label} | {_fmt(base_value)} | {_fmt(tuned_value)} | {change} |")
+    lines += ["", "## Flags", ""]
+    if "general_ppl" in values:
+        detail = values["general_ppl"]["detail"]
+        verdict = "**REGRESSED**" if detail["regressed"] else "ok"
+        lines.append(f"- general perplexity: {verdict} (tuned {_fmt(values['general_ppl']['value'])} vs base "
+                     f"{_fmt(detail['base'])}, ratio {detail['ratio']:.3f}, tolerance +{detail['tolerance']:.0%})")
+    for note in report["skipped"]:
+        lines.append(f"- skipped {note}")
+    mask = [values[name] for name in ("mask_supervised_token_share", "mask_zero_supervised_examples") if name in values]
+    if mask:
+        lines += ["", "## Training masks", ""]
+        lines += [f"- {m['metric']}: {_fmt(m['value'])}" for m in mask]
+    lines += ["", f"## Generations (first {min(REPORT_GENERATIONS, len(generations))} of {len(generations)}; "
+                  "all in generations.json)", ""]
+    for g in generations[:REPORT_GENERATIONS]:
+        lines += [f"### {g['id']}", "", _fenced(g["prompt"]), ""]
+        for label in ("base", "tuned"):
+            passed = g.get(f"if_passed_{label}")
+            mark = "" if passed is None else (" — checks pass" if passed else " — checks fail")
+            lines += [f"**{label}**{mark}", "", _fenced(g[label]), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------ stage output --
+def evaluate_stage_output(result: dict[str, Any], out_dir: Path, model_id: str) -> StageOutput:
+    """The evaluate stage's output: no records or decisions, the three report files, metrics in stats."""
+    out_dir = Path(out_dir)
+    files = {name: out_dir / name for name in OUTPUT_FILES}
+    missing = [name for name, path in files.items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"evaluate: {', '.join(missing)} missing in {out_dir}; run evaluate_model with out_dir={out_dir} first")
+    return StageOutput(
+        records=RECORD_SCHEMA.empty_table(),
+        decisions=DECISION_SCHEMA.empty_table(),
+        files=files,
+        stats={"model_id": model_id, "metrics": result["metrics"], "regressed": bool(result["regressed"])},
+    )
