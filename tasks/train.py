@@ -1,0 +1,537 @@
+"""Train: TRL's SFTTrainer on the mixed train shards, in its own process, checked before and after.
+
+```
+mix shards ─► base model + tokenizer ─► chat template ─► mask audit ─► job.json
+           ─► accelerate launch -m tasks.train_worker ─► round-trip check ─► plot, config, card
+```
+
+Choices this stage makes (and why):
+
+- **Training runs in a child process** (`accelerate launch`, `--cpu` without CUDA): an OOM kill
+  or a CUDA crash fails this task with the tail of the training log, never the flow process,
+  and `train.num_processes` GPUs work the same way.
+- **Masks are audited before launching** (tasks/mask_audit.py): a template that supervises
+  nothing, supervises prompts, or never the end-of-turn token stops the stage with an actionable
+  error and `mask_audit.json` in the work folder, instead of an hour of training on the wrong
+  tokens. The audit covers at most AUDIT_MAX_ROWS rows (a seeded sample) to bound its cost.
+- **The round trip is checked on the saved folder**: train rows are re-rendered with the saved
+  tokenizer's own template and their token sequences must be among those the trainer really
+  trained on; the saved template must equal the one used byte for byte, and the saved
+  generation_config must stop on the template's end-of-turn token. A model folder that would be
+  prompted differently from how it was trained is never handed on.
+- **Work folder, resumable**: `data/warehouse/work/train/<key>/` holds `base/` (builtin model),
+  `job.json`, `checkpoints/`, `output/` and `reports/`. It is keyed like the artifact, so a
+  retried or re-run task resumes from the newest checkpoint. The checkpoints stay there after
+  the artifact is committed (the artifact gets the final model, not the optimizer state); the
+  next train run deletes work folders whose artifact exists (`prune_finished_work`).
+- **Defaults**: learning rate 2e-5 (full) or 2e-4 (LoRA); packing `auto` packs (BFD, padding-free)
+  when the mean conversation is under half of max_length; bf16 `auto` means CUDA with bf16
+  support; attention `auto` is flash_attention_2 on CUDA when `flash_attn` imports, else sdpa
+  (packed sequences stay isolated through position ids on sdpa/eager in training mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import yaml
+
+from tasks.chat_template import end_of_turn_token, select_chat_template
+from tasks.core.artifacts import ArtifactStore, Manifest
+from tasks.core.recipe import TrainConfig
+from tasks.core.records import DECISION_SCHEMA, StageOutput, empty_records
+from tasks.core.stage import StageCall, stage_task
+from tasks.core.workspace import Workspace
+from tasks.mask_audit import audit_masks, check_audit, tokenize_conversation
+from tasks.model_card import render_model_card
+from tasks.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
+from tasks.train_worker import (
+    CHAT_TEMPLATE_FILE,
+    LOG_HISTORY_FILE,
+    METRICS_FILE,
+    TRAINED_SEQUENCES_FILE,
+    TrainJob,
+    sequence_digest,
+)
+
+LIBRARIES = ("trl", "transformers", "peft", "accelerate", "torch", "tokenizers", "datasets")
+
+DEFAULT_LEARNING_RATE = {"full": 2e-5, "lora": 2e-4}
+SHARD_COLUMNS = ("example_id", "category", "source", "messages")
+TRAIN, EVAL = "train", "eval"
+AUDIT_MAX_ROWS = 5000  # the audit renders growing prefixes per row: bounded cost on big mixes
+ROUNDTRIP_ROWS = 32  # train rows re-rendered after saving (at least MIN_ROUNDTRIP_ROWS when there are)
+MIN_ROUNDTRIP_ROWS = 20
+LOG_TAIL_LINES = 60
+SAVE_TOTAL_LIMIT = 2  # the newest checkpoint is the resume point; one more survives a crash mid-save
+
+
+class RoundTripError(RuntimeError):
+    """The saved model folder would not render train rows as they were trained."""
+
+
+class TrainingFailed(RuntimeError):
+    """The training process exited with an error; the message carries the tail of its log."""
+
+
+# ------------------------------------------------------------------------- decisions, pure --
+def wants_packing(packing: bool | str, mean_tokens: float, max_length: int) -> bool:
+    """Packing decision: explicit True/False, or auto = the mean row fills under half of max_length.
+
+    >>> wants_packing("auto", 100.0, 512), wants_packing("auto", 300.0, 512), wants_packing(False, 1.0, 512)
+    (True, False, False)
+    """
+    if packing == "auto":
+        return mean_tokens < max_length / 2
+    return bool(packing)
+
+
+def use_bf16(setting: bool | str, device: str, bf16_supported: bool) -> bool:
+    """bf16 as the recipe says; `auto` = CUDA that supports it (CPU autocast bf16 is slow).
+
+    >>> use_bf16("auto", "cuda", True), use_bf16("auto", "cpu", True), use_bf16(True, "cpu", False)
+    (True, False, True)
+    """
+    if setting == "auto":
+        return device == "cuda" and bf16_supported
+    return bool(setting)
+
+
+def sft_kwargs(cfg: TrainConfig, device: str, mean_tokens: float, *, bf16_supported: bool | None = None,
+               has_eval: bool = False) -> dict[str, Any]:
+    """Keyword arguments of trl.SFTConfig for this recipe (output_dir and assistant_only_loss are
+    added by the worker). `device` is "cuda" or "cpu"; `mean_tokens` is the mean untruncated
+    conversation length under the training template (from the mask audit)."""
+    if bf16_supported is None:
+        bf16_supported = device == "cuda" and _cuda_bf16_supported()
+    packing = wants_packing(cfg.packing, mean_tokens, cfg.max_length)
+    on_cpu = device == "cpu"
+    kwargs: dict[str, Any] = {
+        "learning_rate": cfg.learning_rate or DEFAULT_LEARNING_RATE[cfg.method],
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        # transformers 5 dropped warmup_ratio: a float in [0, 1) here is a ratio of the total steps
+        "warmup_steps": cfg.warmup_ratio,
+        "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "per_device_eval_batch_size": cfg.per_device_train_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "max_length": cfg.max_length,
+        "packing": packing,
+        "bf16": use_bf16(cfg.bf16, device, bf16_supported),
+        "use_cpu": on_cpu,
+        # TRL turns checkpointing on by default; it buys memory with ~20% more compute, worth it
+        # on a GPU with a real model, not for the builtin model or on CPU (RAM is rarely the limit)
+        "activation_checkpointing": not on_cpu and cfg.model != BUILTIN_TINY_LLAMA,
+        "logging_steps": cfg.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": SAVE_TOTAL_LIMIT,
+        # rows are tokenized up front, so loader workers would only add fork overhead on CPU
+        "dataloader_num_workers": 0 if on_cpu else 2,
+        "dataloader_pin_memory": not on_cpu,
+        "eval_strategy": "steps" if has_eval else "no",
+        "report_to": [],
+    }
+    if has_eval:
+        kwargs["eval_steps"] = cfg.save_steps
+    if packing:
+        kwargs["packing_strategy"] = "bfd"  # padding-free; examples stay isolated via position ids
+    if cfg.max_steps is not None:
+        kwargs["max_steps"] = cfg.max_steps
+    else:
+        kwargs["num_train_epochs"] = cfg.num_train_epochs
+    return kwargs
+
+
+def attn_implementation(cfg: TrainConfig, device: str) -> str:
+    """The recipe's choice, or auto: flash_attention_2 on CUDA when flash_attn imports, else sdpa."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    if device == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            return "sdpa"
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def training_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _cuda_bf16_supported() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def seeded_order(example_ids: list[str], seed: int, salt: str) -> list[int]:
+    """Indices ordered by sha256(salt, seed, id): a sample that does not depend on row order."""
+    def key(i: int) -> str:
+        return hashlib.sha256(f"{salt}\x1f{seed}\x1f{example_ids[i]}".encode("utf-8")).hexdigest()
+
+    return sorted(range(len(example_ids)), key=key)
+
+
+def sample_rows(rows: list[dict[str, Any]], n_rows: int, seed: int, salt: str) -> list[dict[str, Any]]:
+    """Up to `n_rows` rows with distinct example_ids (upsampled copies count once), seeded."""
+    unique: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(row["example_id"], row)
+    ids = sorted(unique)
+    return [unique[ids[i]] for i in seeded_order(ids, seed, salt)[:n_rows]]
+
+
+def audit_sample(rows: list[dict[str, Any]], max_rows: int, seed: int) -> list[dict[str, Any]]:
+    """All rows (copies included: the audit describes the mixture) or a seeded sample of max_rows."""
+    if len(rows) <= max_rows:
+        return rows
+    order = seeded_order([f"{r['example_id']}#{i}" for i, r in enumerate(rows)], seed, "train-audit")
+    return [rows[i] for i in sorted(order[:max_rows])]
+
+
+# ---------------------------------------------------------------------------------- inputs --
+def shard_paths(manifest: Manifest, split: str) -> list[Path]:
+    """The mix artifact's shard files of one split, in the order its manifest lists them."""
+    shards = manifest.stats.get("shards")
+    if shards is not None:
+        return [manifest.file(s["name"]) for s in shards if s["split"] == split and s["n_rows"]]
+    return manifest.files_named(f"shards/{split}/")
+
+
+def read_shard_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    """messages, category, source, example_id of every row of the shards (copies kept)."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        names = pq.read_schema(path).names
+        missing = [c for c in SHARD_COLUMNS if c not in names]
+        if missing:
+            raise ValueError(f"train: shard {path} lacks columns {missing}; it must come from the mix stage")
+        rows.extend(pq.read_table(path, columns=list(SHARD_COLUMNS)).to_pylist())
+    return rows
+
+
+def model_location(model: str, workspace: Workspace) -> str:
+    """A confined local folder (absolute) or a hub id. `builtin:*` is built, not located."""
+    if model.startswith("builtin:"):
+        raise ValueError(f"train.model {model!r}: the only builtin model is {BUILTIN_TINY_LLAMA}")
+    looks_local = model.startswith((".", "/", "~")) or (workspace.root / model).exists()
+    return str(workspace.resolve_input(model)) if looks_local else model
+
+
+def load_tokenizer(location: str, cfg: TrainConfig):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+
+
+# ---------------------------------------------------------------------------------- launch --
+def launch_command(job_path: Path, num_processes: int, use_cpu: bool) -> list[str]:
+    """`accelerate launch` through this interpreter (no reliance on PATH)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if use_cpu:  # explicit thread count: accelerate otherwise warns that it picked one
+        threads = max(1, (os.cpu_count() or 1) // num_processes)
+        command += ["--cpu", "--num_cpu_threads_per_process", str(threads)]
+    return [*command, "-m", "tasks.train_worker", str(job_path)]
+
+
+def run_logged(command: list[str], cwd: Path, log_path: Path, echo: bool = True) -> None:
+    """Run `command`, streaming its output to stdout and `log_path`; raise TrainingFailed with the
+    tail of the log on a non-zero exit."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(cwd), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        encoding="utf-8", errors="replace", bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            tail.append(line.rstrip("\n")[-500:])  # tqdm lines grow with every \r update
+            if echo:
+                print(line, end="", flush=True)
+        code = process.wait()
+    if code != 0:
+        raise TrainingFailed(
+            f"training process exited with code {code} (full log: {log_path}); last lines:\n" + "\n".join(tail)
+        )
+
+
+# ------------------------------------------------------------------------------ round trip --
+def roundtrip_check(output_dir: Path, rows: list[dict[str, Any]], template_used: str, max_length: int,
+                    packing: bool) -> dict[str, Any]:
+    """Check the SAVED folder renders `rows` exactly as they were trained. Returns the JSON report
+    (key "ok"); raising is the caller's choice, so the report can be written first."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    output_dir = Path(output_dir)
+    sequences = json.loads((output_dir / TRAINED_SEQUENCES_FILE).read_text(encoding="utf-8"))
+    trained = set(sequences["sha256"])
+    worker_samples = {s["example_id"]: s["sha256"] for s in sequences.get("samples", [])}
+    template_file = output_dir / CHAT_TEMPLATE_FILE
+    saved_bytes = template_file.read_bytes() if template_file.is_file() else None
+    tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
+    saved_template = tokenizer.chat_template
+    problems: list[str] = []
+
+    template_ok = saved_bytes == template_used.encode("utf-8") and saved_template == template_used
+    if not template_ok:
+        problems.append(f"{template_file} differs from the chat template used in training")
+
+    checked, skipped, missing = [], [], []
+    for row in rows:
+        encoded = tokenize_conversation(tokenizer, saved_template, row["messages"], max_length)
+        if not packing and not any(encoded["assistant_masks"]):
+            skipped.append(row["example_id"])  # TRL drops examples truncated to no supervised token
+            continue
+        digest = sequence_digest(encoded["input_ids"])
+        checked.append(row["example_id"])
+        if digest not in trained:
+            worker = worker_samples.get(row["example_id"])
+            missing.append({"example_id": row["example_id"], "sha256": digest,
+                            "worker_sha256": worker, "worker_sha256_trained": worker in trained if worker else None})
+    if missing:
+        problems.append(f"{len(missing)} of {len(checked)} re-rendered train rows are not among the trained "
+                        "sequences (see `missing`: worker_sha256_trained=true means training tokenized them "
+                        "as expected and the saved tokenizer/template changed them)")
+    if not checked:
+        problems.append("no train row could be re-rendered and checked")
+
+    try:
+        eot = end_of_turn_token(saved_template or template_used, tokenizer)
+        eot_id = tokenizer.convert_tokens_to_ids(eot)
+    except ValueError as exc:
+        eot, eot_id = None, None
+        problems.append(str(exc))
+    generation_file = output_dir / "generation_config.json"
+    eos_ids: list[int] = []
+    if generation_file.is_file():
+        eos = GenerationConfig.from_pretrained(str(output_dir)).eos_token_id
+        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if eot_id is not None and eot_id not in eos_ids:
+        problems.append(f"generation_config.json eos_token_id {eos_ids} lacks the end-of-turn token "
+                        f"{eot!r} (id {eot_id}): generation would not stop at the end of a turn")
+
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "template_byte_identical": template_ok,
+        "n_rows_checked": len(checked),
+        "n_rows_skipped_fully_masked": len(skipped),
+        "n_missing": len(missing),
+        "missing": missing[:20],
+        "checked_example_ids": checked,
+        "n_trained_sequences": sequences.get("n_sequences"),
+        "end_of_turn_token": eot,
+        "end_of_turn_token_id": eot_id,
+        "generation_eos_token_ids": eos_ids,
+        "max_length": max_length,
+        "packing": packing,
+    }
+
+
+def require_roundtrip(report: dict[str, Any], where: Path) -> None:
+    if not report["ok"]:
+        raise RoundTripError(
+            f"template round trip failed for {where}: " + "; ".join(report["problems"])
+            + " — the folder is not handed on; fix the tokenizer/template saving, then re-run"
+        )
+
+
+# ----------------------------------------------------------------------------- reports --
+def plot_training(log_history: list[dict[str, Any]], path: Path) -> Path:
+    """training.png: loss (and eval loss), learning rate and grad norm against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("loss", ("loss", "eval_loss")), ("learning rate", ("learning_rate",)), ("grad norm", ("grad_norm",)))
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for axis, (title, keys) in zip(axes, panels):
+        for key in keys:
+            points = [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+            if points:
+                steps, values = zip(*points)
+                axis.plot(steps, values, marker="o" if len(points) < 30 else None, label=key)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        if title == "loss":
+            axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
+    """The audit numbers that go into manifest stats and the catalog's evals."""
+    eot = audit.get("end_of_turn_supervised") or {}
+    return {
+        "n_examples": audit.get("n_examples"),
+        "supervised_token_share": (audit.get("supervised_token_share") or {}).get("overall"),
+        "n_zero_supervised": audit.get("n_zero_supervised"),
+        "non_assistant_supervised": audit.get("non_assistant_supervised"),
+        "end_of_turn_supervised": eot.get("ok"),
+        "end_of_turn_share_of_examples": eot.get("share_of_examples"),
+        "mean_tokens": audit.get("mean_tokens"),
+        "n_truncated": audit.get("n_truncated"),
+        "max_length": audit.get("max_length"),
+    }
+
+
+def prune_finished_work(work_root: Path, store: ArtifactStore, keep: str) -> list[str]:
+    """Delete work folders of train keys whose artifact is committed (their checkpoints are spent)."""
+    removed = []
+    if not work_root.is_dir():
+        return removed
+    for folder in sorted(p for p in work_root.iterdir() if p.is_dir() and p.name != keep):
+        if store.load("train", folder.name, verify=False) is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
+def _fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _write_json(path: Path, value: Any) -> Path:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------ main --
+def run_training(call: StageCall, echo: bool = True) -> StageOutput:
+    """Base model, template, audit, launch, round trip, reports; see the module docstring."""
+    cfg = TrainConfig.model_validate(call.config)
+    if not call.inputs:
+        raise ValueError("train: needs the mix artifact as its input")
+    workspace = Workspace.from_env(root=call.root, warehouse=call.warehouse)
+    work_root = Path(call.warehouse) / "work" / "train"
+    prune_finished_work(work_root, call.store, keep=call.key)
+    work = work_root / call.key
+    work.mkdir(parents=True, exist_ok=True)
+    reports = _fresh(work / "reports")
+    output_dir = work / "output"
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+
+    mix = call.inputs[0]
+    train_files, eval_files = shard_paths(mix, TRAIN), shard_paths(mix, EVAL)
+    if not train_files:
+        raise ValueError(f"train: the mix artifact {mix.path} has no train shards; check mix.total_rows and shares")
+    train_rows = read_shard_rows(train_files)
+
+    device = training_device()
+    if device == "cuda":
+        import torch
+
+        if cfg.num_processes > torch.cuda.device_count():
+            raise ValueError(f"train.num_processes={cfg.num_processes} but only {torch.cuda.device_count()} "
+                             "CUDA devices are visible; lower it")
+    builtin = cfg.model == BUILTIN_TINY_LLAMA
+    if builtin:
+        location = str(build_tiny_llama(conversation_texts(train_rows), cfg.tiny, cfg.seed, _fresh(work / "base")))
+    else:
+        location = model_location(cfg.model, workspace)
+    tokenizer = load_tokenizer(location, cfg)
+    template, template_origin = select_chat_template(tokenizer, cfg.chat_template, workspace.resolve_input)
+    (reports / CHAT_TEMPLATE_FILE).write_bytes(template.encode("utf-8"))
+
+    audit = audit_masks(audit_sample(train_rows, AUDIT_MAX_ROWS, cfg.seed), tokenizer, template, cfg.max_length)
+    audit_path = _write_json(reports / "mask_audit.json", audit)
+    try:
+        check_audit(audit)
+    except ValueError as exc:
+        raise type(exc)(f"{exc} (full audit: {audit_path})") from None
+
+    kwargs = sft_kwargs(cfg, device, float(audit["mean_tokens"]), has_eval=bool(eval_files))
+    attention = attn_implementation(cfg, device)
+    roundtrip_rows = sample_rows(train_rows, max(ROUNDTRIP_ROWS, MIN_ROUNDTRIP_ROWS), cfg.seed, "train-roundtrip")
+    job = TrainJob(
+        base_model=location, revision=None if builtin else cfg.revision, trust_remote_code=cfg.trust_remote_code,
+        chat_template=template, train_files=[str(p) for p in train_files], eval_files=[str(p) for p in eval_files],
+        checkpoint_dir=str(work / "checkpoints"), output_dir=str(output_dir), method=cfg.method, lora=cfg.lora,
+        sft=kwargs, attn_implementation=attention, sample_ids=[r["example_id"] for r in roundtrip_rows],
+    )
+    job_path = job.write(work / "job.json")
+    command = launch_command(job_path, cfg.num_processes, use_cpu=device == "cpu")
+    run_logged(command, Path(call.root), reports / "train.log", echo=echo)
+
+    roundtrip = roundtrip_check(output_dir, roundtrip_rows, template, cfg.max_length, packing=kwargs["packing"])
+    _write_json(reports / "roundtrip.json", roundtrip)
+    require_roundtrip(roundtrip, output_dir)
+
+    # The JSON reports leave the model folder: it holds only what loading the model needs.
+    for name in (LOG_HISTORY_FILE, METRICS_FILE, TRAINED_SEQUENCES_FILE):
+        shutil.move(str(output_dir / name), str(reports / name))
+    log_history = json.loads((reports / LOG_HISTORY_FILE).read_text(encoding="utf-8"))
+    metrics = json.loads((reports / METRICS_FILE).read_text(encoding="utf-8"))
+    plot_training(log_history, reports / "training.png")
+    config_record = {
+        "recipe_train": cfg.canonical(), "sft_config": kwargs, "template_origin": template_origin,
+        "attn_implementation": attention, "device": device, "base_model": cfg.model,
+        "base_model_location": location if not builtin else "base_model/", "launch": command[1:],
+    }
+    (reports / "training_config.yaml").write_text(yaml.safe_dump(config_record, sort_keys=False), encoding="utf-8")
+
+    summary = audit_summary(audit)
+    train_summary = {
+        "base_model": cfg.model, "method": cfg.method, "lora": cfg.lora.canonical() if cfg.method == "lora" else None,
+        "template_origin": template_origin, "max_length": cfg.max_length, "packing": kwargs["packing"],
+        "device": device, "attn_implementation": attention, "sft": kwargs, "metrics": metrics,
+        "mask_audit": summary, "roundtrip": {k: roundtrip[k] for k in ("ok", "n_rows_checked", "template_byte_identical")},
+        "n_train_rows": len(train_rows), "n_eval_rows": mix.stats.get("n_eval_rows"),
+    }
+    (reports / "MODEL_CARD.md").write_text(render_model_card(call.params.get("data_card") or {}, train_summary),
+                                           encoding="utf-8")
+
+    files = {"model": output_dir}
+    if builtin:
+        files["base_model"] = work / "base"
+    for name in ("mask_audit.json", "training_config.yaml", LOG_HISTORY_FILE, METRICS_FILE, "training.png",
+                 "roundtrip.json", "MODEL_CARD.md", CHAT_TEMPLATE_FILE, TRAINED_SEQUENCES_FILE, "train.log"):
+        files[name] = reports / name
+    stats = {
+        "n_in": len(train_rows),
+        "n_out": int(roundtrip.get("n_trained_sequences") or 0),
+        "model": {"base_model": cfg.model, "method": cfg.method, "path": "model"},
+        "mask_audit": summary,
+        "train_metrics": metrics,
+        "template_origin": template_origin,
+        "packing": kwargs["packing"],
+        "device": device,
+        "attn_implementation": attention,
+        "roundtrip_ok": roundtrip["ok"],
+        "work_dir": str(work),
+    }
+    return StageOutput(records=empty_records(), decisions=DECISION_SCHEMA.empty_table(), files=files, stats=stats)
+
+
+@stage_task("train")
+def train_stage(call: StageCall) -> StageOutput:
+    return run_training(call)
