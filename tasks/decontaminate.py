@@ -4,18 +4,22 @@ Words are lowercase `\\w+` runs, so punctuation, case and whitespace never hide 
 are taken within one text (one turn, or one field of an eval row), never across turn
 boundaries, and hashed to 64-bit integers: a set of millions of them stays small, and with
 2^64 values an accidental collision between two different 13-grams is negligible.
+
+Eval set files are read by ingest's readers, so they accept the files sources accept (.jsonl,
+.ndjson, .json array or JSON Lines, .parquet; a UTF-8 BOM is fine). Unlike a source row, an eval
+row that does not parse stops the run with the file and line to fix.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from tasks.core.hashing import sha256_file
 from tasks.core.recipe import EvalSetConfig
+from tasks.ingest import FILE_SUFFIXES, RawRow, SourceError, iter_file_rows
 
 WORD = re.compile(r"\w+")
 DECON_ROLES = ("user", "assistant")  # prompts and answers can both leak an eval item
@@ -49,35 +53,29 @@ class EvalSetError(ValueError):
     """An eval set file that cannot be read; the message names the file, row and field."""
 
 
-def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(row locator, row) pairs: 1-based line for JSONL, 0-based index for JSON and Parquet."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise EvalSetError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise EvalSetError(
-                f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); a .json eval set is one array of "
-                "objects (use .jsonl for one object per line)"
-            ) from None
-        if not isinstance(data, list):
-            raise EvalSetError(f"{path}: a .json eval set must be an array of objects")
-        yield from enumerate(data)
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _row_place(path: Path, row: RawRow) -> str:
+    """"e.jsonl:41", "e.json:41 (index 7)" or "e.parquet (index 7)": where to look in the file."""
+    if row.line is None:
+        return f"{path} ({row.location})"
+    if row.location == f"line {row.line}":
+        return f"{path}:{row.line}"
+    return f"{path}:{row.line} (index {row.source_row})"
 
-        yield from enumerate(pq.read_table(path).to_pylist())
-    else:
-        raise EvalSetError(f"{path}: eval sets are .jsonl, .json or .parquet files, not {suffix or 'no suffix'!r}")
+
+def _read_rows(path: Path, where: str) -> Iterator[tuple[str, Any]]:
+    """(place, row) pairs, read by ingest's readers so eval sets accept the files sources accept.
+
+    An eval set is a curated input: a row that does not parse stops the run instead of being
+    skipped, since a skipped eval row would let its copies into the training data unnoticed.
+    """
+    try:
+        for row in iter_file_rows(path, where):
+            place = _row_place(path, row)
+            if row.problem is not None:
+                raise EvalSetError(f"{place}: {row.problem.message}; fix the eval set file there")
+            yield place, row.value
+    except SourceError as exc:  # the whole file is unreadable
+        raise EvalSetError(str(exc)) from None
 
 
 def _field(row: Any, name: str, where: str, required: bool = True) -> Any:
@@ -120,13 +118,32 @@ def eval_row_texts(row: Any, fmt: str, where: str) -> list[str]:
     raise EvalSetError(f"{where}: unknown eval set format {fmt!r}")
 
 
-def eval_set_ngrams(path: Path, fmt: str, n: int) -> set[int]:
-    """All n-grams of one eval set file."""
+def eval_set_ngrams(path: Path, fmt: str, n: int, where: str | None = None) -> set[int]:
+    """All n-grams of one eval set file; `where` names it in file-level errors (default: the path)."""
     found: set[int] = set()
-    for locator, row in _read_rows(path):
-        for text in eval_row_texts(row, fmt, f"{path}:{locator}"):
+    for place, row in _read_rows(path, where or str(path)):
+        for text in eval_row_texts(row, fmt, place):
             found |= word_ngrams(text, n)
     return found
+
+
+def eval_set_file(index: int, eval_set: EvalSetConfig, resolve: Callable[[str], Path]) -> Path:
+    """The eval set's file, confined by `resolve` (Workspace.resolve_input); EvalSetError naming
+    the recipe field to fix when it is missing or of a kind that cannot be read."""
+    path = resolve(eval_set.path)
+    field = f"filters.decontaminate.eval_sets[{index}]"
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "file not found"
+        raise EvalSetError(
+            f"{field} ({eval_set.name}): {what}: {path}; fix `{field}.path` (relative to the project root)"
+        )
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise EvalSetError(
+            f"{field} ({eval_set.name}): {path}: eval sets are .jsonl, .ndjson, .json or .parquet files, "
+            f"not {suffix or 'no suffix'!r}; convert the file or fix `{field}.path`"
+        )
+    return path
 
 
 def load_eval_ngrams(
@@ -139,18 +156,15 @@ def load_eval_ngrams(
             raise EvalSetError(
                 f"filters.decontaminate.eval_sets[{index}]: name {eval_set.name!r} is used twice; names must be unique"
             )
-        path = resolve(eval_set.path)
-        if not path.is_file():
-            raise EvalSetError(
-                f"filters.decontaminate.eval_sets[{index}] ({eval_set.name}): file not found: {path}"
-            )
-        loaded[eval_set.name] = eval_set_ngrams(path, eval_set.format, n)
+        path = eval_set_file(index, eval_set, resolve)
+        where = f"filters.decontaminate.eval_sets[{index}] ({eval_set.name}): {path}"
+        loaded[eval_set.name] = eval_set_ngrams(path, eval_set.format, n, where)
     return loaded
 
 
 def eval_set_fingerprints(eval_sets: list[EvalSetConfig], resolve: Callable[[str], Path]) -> list[str]:
     """sha256 of each eval set file, in recipe order: an edited eval file changes the cache key."""
-    return [sha256_file(resolve(eval_set.path)) for eval_set in eval_sets]
+    return [sha256_file(eval_set_file(index, eval_set, resolve)) for index, eval_set in enumerate(eval_sets)]
 
 
 # ---------------------------------------------------------------------------- training rows --

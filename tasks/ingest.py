@@ -3,16 +3,19 @@
 A source is a local file or folder (`.jsonl`, `.json`, `.parquet`, or a folder written by
 `datasets.save_to_disk`) or a Hugging Face dataset id. Every row gets a `source_row` locator
 (the 1-based physical line of a JSON Lines file, the 0-based index of an array, Parquet file or
-dataset), and `example_id = short_hash(source name, source_row)`, so a row keeps its id across
+dataset; an array element's location also names the line it starts on), and
+`example_id = short_hash(source name, source_row)`, so a row keeps its id across
 re-runs and across edits to other rows of the file.
 
 Ingest only maps a format to `messages` (roles system | user | assistant | tool, text content).
 It does not trim, NFC-normalize or check turn order: normalize does that, so the catalog keeps
 "could not be read" (ingest) apart from "is not a valid conversation" (normalize). A row that
 cannot become messages is quarantined with a reason from tasks/core/reasons.py and the detail
-{"location": "line 41" | "index 3", "error": "..."}; one bad row never fails the file. A problem
-with the whole source (missing file, a JSON array that does not parse, no readable row at all)
-raises SourceError naming the file, the place and what to do.
+{"location": "line 41" | "index 3 (line 5)" | "index 3", "error": "..."}; one bad row never fails
+the file, and a JSON array is read element by element, so one element that does not parse is
+quarantined alone. A problem with the whole source (missing file, no readable row at all) raises
+SourceError naming the file, the place and what to do. A hub id must name a hub dataset:
+local data goes through `path`, which is confined to the project and SFTFLOW_DATA_DIRS.
 
 Formats. `columns` renames fields ({format's name: source's name}); `role_map` adds speakers.
 - alpaca: instruction, input, output, optional system and history ([user, assistant] pairs).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +57,12 @@ from tasks.core.records import (
     records_from_rows,
 )
 from tasks.core.stage import StageCall, stage_task
+from tasks.core.workspace import PathNotAllowed
 
 LIBRARIES = ("pyarrow", "datasets")
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+FILE_SUFFIXES = (*JSONL_SUFFIXES, ".json", ".parquet")  # the file kinds iter_file_rows reads
 UTF8_BOM = b"\xef\xbb\xbf"
 PARQUET_BATCH_ROWS = 4096  # bounded memory while streaming a large Parquet file
 FIRST_PROBLEMS_SHOWN = 3  # in the "0 of N rows" error: enough to see a pattern, short to read
@@ -110,10 +116,11 @@ class RawRow:
     """One row as read from the source, before any format is applied."""
 
     source_row: int  # 1-based line (JSON Lines) or 0-based index (array, Parquet, dataset)
-    location: str  # "line 41" / "index 3", as written into decisions
+    location: str  # "line 41" / "index 3 (line 5)" / "index 3", as written into decisions
     raw: str  # the line or element as text, for the examples table
     value: Any = None
     problem: RowProblem | None = None  # set when the row did not even parse
+    line: int | None = None  # 1-based line the row starts on, in a text file
 
 
 # ------------------------------------------------------------------------------ small helpers --
@@ -423,22 +430,214 @@ def iter_jsonl_rows(lines: Iterable[bytes]) -> Iterator[RawRow]:
                 "re-save the file as UTF-8",
             )
             raw = line.decode("utf-8", errors="replace")[:RAW_PREVIEW_CHARS]
-            yield RawRow(line_number, location, raw, problem=problem)
+            yield RawRow(line_number, location, raw, problem=problem, line=line_number)
             continue
         raw = text[:RAW_PREVIEW_CHARS]
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            problem = RowProblem(Reason.INVALID_JSON, f"not valid JSON: {exc.msg} at column {exc.colno}")
-            yield RawRow(line_number, location, raw, problem=problem)
+            problem = RowProblem(Reason.INVALID_JSON, f"not valid JSON: {_decode_message(exc)} at column {exc.colno}")
+            yield RawRow(line_number, location, raw, problem=problem, line=line_number)
             continue
-        yield RawRow(line_number, location, raw, value)
+        except RecursionError:
+            problem = RowProblem(Reason.INVALID_JSON, TOO_DEEP)
+            yield RawRow(line_number, location, raw, problem=problem, line=line_number)
+            continue
+        yield RawRow(line_number, location, raw, value, line=line_number)
+
+
+def _decode_message(exc: json.JSONDecodeError) -> str:
+    """json's message without its dangling "at" ("Invalid control character at")."""
+    return exc.msg.removesuffix(" at")
 
 
 def iter_indexed_rows(values: Iterable[Any]) -> Iterator[RawRow]:
-    """Rows of an array, table or dataset, located by 0-based index."""
+    """Rows of a table or dataset, located by 0-based index."""
     for index, value in enumerate(values):
         yield RawRow(index, f"index {index}", raw_preview(value), value)
+
+
+# JSON arrays are read one element at a time with raw_decode, so a broken element is one
+# quarantined row and the elements after it are still read.
+ARRAY_DECODER = json.JSONDecoder()
+JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+JSON_STRUCTURE = re.compile(r'[\\"{}\[\],]')  # the characters the resynchronising scan looks at
+# How far the bracket scan looks for a broken element's end: one missing quote can send it to
+# the end of a large file, once per broken element; past this, the row-shaped-object search decides.
+RESYNC_SCAN_CHARS = 1_000_000
+TOO_DEEP = "not valid JSON: nested more deeply than Python's JSON reader allows"
+CUT_SHORT = (
+    "; the element does not end before the end of the file (a quote or bracket is missing, "
+    "or the file was cut short)"
+)
+
+
+def _skip_whitespace(text: str, pos: int) -> int:
+    return JSON_WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]  # `*` always matches
+
+
+class _LineCounter:
+    """1-based line of a position; positions only grow, so all lookups together cost one pass."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 1
+
+    def at(self, pos: int) -> int:
+        self.line += self.text.count("\n", self.pos, pos)
+        self.pos = pos
+        return self.line
+
+
+def _structural_end(text: str, start: int) -> tuple[int, str]:
+    """Where the element starting at `start` ends by its brackets and strings: the position of the
+    ',' or ']' that follows it at the array's level, and that character ('' when none is found
+    within RESYNC_SCAN_CHARS)."""
+    depth, in_string, escaped_at = 0, False, -1
+    for match in JSON_STRUCTURE.finditer(text, start, start + RESYNC_SCAN_CHARS):
+        pos, char = match.start(), match.group()
+        if in_string:
+            if pos == escaped_at:
+                continue
+            if char == "\\":
+                escaped_at = pos + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            if depth:
+                depth -= 1
+            elif char == "]":
+                return pos, char
+            # a stray '}' at the array's level is part of the broken element
+        elif char == "," and depth == 0:
+            return pos, char
+    return len(text), ""
+
+
+def _whole_element_at(text: str, pos: int, keys: frozenset[str] | None = None) -> bool:
+    """Whether a whole element starts at `pos` (after whitespace) and a ',' or the array's final
+    ']' follows it. With `keys`, it must also be an object sharing a key with them (a row, not a
+    turn object of a nested list)."""
+    pos = _skip_whitespace(text, pos)
+    if keys is not None and not text.startswith("{", pos):
+        return False
+    try:
+        value, end = ARRAY_DECODER.raw_decode(text, pos)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    if keys and not (isinstance(value, dict) and keys & value.keys()):
+        return False
+    after = _skip_whitespace(text, end)
+    return text[after : after + 1] == "," or _closes_array(text, after)
+
+
+def _element_or_end_at(text: str, pos: int) -> bool:
+    """After a ',': a whole element, or the array's final ']' (a trailing comma)."""
+    return _whole_element_at(text, pos) or _closes_array(text, _skip_whitespace(text, pos))
+
+
+def _closes_array(text: str, pos: int) -> bool:
+    """A ']' at `pos` followed by nothing, or by another array (`cat a.json b.json`)."""
+    if text[pos : pos + 1] != "]":
+        return False
+    rest = _skip_whitespace(text, pos + 1)
+    return rest == len(text) or text[rest] == "["
+
+
+def _resync(text: str, start: int, keys: frozenset[str]) -> tuple[int, str]:
+    """Where the broken element starting at `start` ends: the position of the ',' or ']' after it,
+    and that character ('' when it runs to the end of the file).
+
+    The bracket-and-string scan is right unless the element's own mistake misleads it: one
+    missing quote turns every later string inside out. Its answer is trusted when a whole
+    element (or the array's end) follows; otherwise the element ends at the first ',' followed
+    by a whole object that shares a key with the rows before (quotes inside a valid string are
+    escaped, so no object parses from inside one), or at the file's final ']'.
+    """
+    end, char = _structural_end(text, start)
+    if char == "," and _element_or_end_at(text, end + 1) or char == "]" and _closes_array(text, end):
+        return end, char
+    comma = text.find(",", start)
+    while comma != -1:
+        if _whole_element_at(text, comma + 1, keys):
+            return comma, ","
+        comma = text.find(",", comma + 1)
+    if char:
+        return end, char
+    final = len(text.rstrip(" \t\n\r")) - 1
+    if final > start and text[final] == "]":
+        return final, "]"
+    return len(text), ""
+
+
+def _text_position(text: str, pos: int) -> str:
+    """"line 3, column 7" of a position (only for error messages: it counts from the start)."""
+    line = text.count("\n", 0, pos) + 1
+    column = pos - text.rfind("\n", 0, pos)
+    return f"line {line}, column {column}"
+
+
+def iter_json_array_rows(text: str) -> Iterator[RawRow]:
+    """Rows of a JSON array (the text starts with '[' after whitespace), one element at a time.
+
+    Each element is located by its 0-based index and the line it starts on. An element that does
+    not parse is an INVALID_JSON row and reading resumes after it; a file cut short ends with an
+    INVALID_JSON row for its last element, so every element started is accounted for. A comma
+    before the closing ']' is not a row; arrays written one after another are read as one.
+    """
+    lines = _LineCounter(text)
+    index = 0
+    keys: frozenset[str] = frozenset()  # of the last object read: what a row of this file looks like
+    pos = _skip_whitespace(text, 0)
+    while pos < len(text):
+        if text[pos] != "[":
+            line = lines.at(pos)
+            problem = RowProblem(Reason.INVALID_JSON, "not valid JSON: text after the array's closing ']'")
+            raw = text[pos:].strip()[:RAW_PREVIEW_CHARS]
+            yield RawRow(index, f"index {index} (line {line})", raw, problem=problem, line=line)
+            return
+        pos = _skip_whitespace(text, pos + 1)
+        while not text.startswith("]", pos):  # "[]", or "[a, b,]": that comma starts no row
+            line = lines.at(pos)
+            location = f"index {index} (line {line})"
+            value, error, end = _read_element(text, pos)
+            if error is None:
+                keys = frozenset(value) if isinstance(value, dict) else keys
+                yield RawRow(index, location, raw_preview(value), value, line=line)
+            else:
+                if end < 0:  # the element did not parse: find where it ends
+                    end, _ = _resync(text, pos, keys)
+                    error += CUT_SHORT if end == len(text) else ""
+                raw = text[pos:end].strip()[:RAW_PREVIEW_CHARS]
+                yield RawRow(index, location, raw, problem=RowProblem(Reason.INVALID_JSON, error), line=line)
+            index += 1
+            if end == len(text):
+                return
+            if text[end] == "]":
+                pos = end
+                break
+            pos = _skip_whitespace(text, end + 1)
+        pos = _skip_whitespace(text, pos + 1)  # past the ']'; another array may follow
+
+
+def _read_element(text: str, start: int) -> tuple[Any, str | None, int]:
+    """(value, None, position of the ',' or ']' after it) for a whole element; (None, error, -1)
+    when it does not parse; (None, error, end of text) when the array never closes after it."""
+    try:
+        value, end = ARRAY_DECODER.raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {_decode_message(exc)} at line {exc.lineno}, column {exc.colno}", -1
+    except RecursionError:
+        return None, TOO_DEEP, -1
+    end = _skip_whitespace(text, end)
+    if text[end : end + 1] in (",", "]"):
+        return value, None, end
+    if end == len(text):
+        return None, "not valid JSON: the file ends without the array's closing ']' (was it cut short?)", end
+    return None, f"not valid JSON: expected ',' or ']' after the element at {_text_position(text, end)}", -1
 
 
 def _jsonl_file_rows(path: Path) -> Iterator[RawRow]:
@@ -458,14 +657,7 @@ def _json_file_rows(path: Path, where: str) -> Iterator[RawRow]:
     except UnicodeDecodeError as exc:
         line = body[: exc.start].count(b"\n") + 1
         raise SourceError(f"{where}: line {line} holds bytes that are not UTF-8; re-save the file as UTF-8") from None
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SourceError(
-            f"{where}: the JSON array does not parse at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
-            "fix the file there, or convert it to JSON Lines (.jsonl) so a bad row only quarantines itself"
-        ) from None
-    return iter_indexed_rows(values)
+    return iter_json_array_rows(text)
 
 
 def _refuse_single_object(body: bytes, where: str) -> None:
@@ -474,7 +666,7 @@ def _refuse_single_object(body: bytes, where: str) -> None:
         return
     try:
         value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return  # the usual case: JSON Lines, read line by line
     if isinstance(value, dict):
         raise SourceError(
@@ -490,6 +682,29 @@ def _parquet_file_rows(path: Path, where: str) -> Iterator[RawRow]:
         raise SourceError(f"{where}: not a readable Parquet file ({exc}); check the file or its extension") from None
     rows = (row for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS) for row in batch.to_pylist())
     return iter_indexed_rows(rows)
+
+
+def iter_file_rows(path: Path, where: str | None = None) -> Iterator[RawRow]:
+    """The raw rows of one .jsonl/.ndjson, .json (an array or JSON Lines) or .parquet file.
+
+    A row that does not parse comes back with its `problem` set; a problem with the whole file
+    raises SourceError starting with `where` (default: the path). Sources and eval sets share it,
+    so both accept the same files.
+    """
+    where = where or str(path)
+    if not path.is_file():
+        raise SourceError(f"{where}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return _jsonl_file_rows(path)
+    if suffix == ".json":
+        return _json_file_rows(path, where)
+    if suffix == ".parquet":
+        return _parquet_file_rows(path, where)
+    raise SourceError(
+        f"{where}: unsupported file type {suffix or '(no extension)'!r}; use .jsonl, .ndjson, "
+        ".json (an array or JSON Lines) or .parquet"
+    )
 
 
 def _saved_dataset_rows(source: SourceConfig, path: Path, where: str) -> Iterator[RawRow]:
@@ -512,11 +727,70 @@ def _saved_dataset_rows(source: SourceConfig, path: Path, where: str) -> Iterato
     return iter_indexed_rows(loaded)
 
 
+# ------------------------------------------------------------------------------- hub ids --
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")  # name or org/name
+USE_PATH = "use `path:` for local data (paths are confined to the project and SFTFLOW_DATA_DIRS)"
+# datasets' packaged builders (load_dataset("json") reads the current folder's files); the
+# installed library's own list is used when it can be read.
+LOCAL_BUILDERS = frozenset({
+    "arrow", "audiofolder", "csv", "imagefolder", "json", "pandas", "parquet", "pdffolder", "sql",
+    "text", "videofolder", "webdataset", "xml",
+})
+
+
+def _local_builders() -> frozenset[str]:
+    try:
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+    except ImportError:  # a datasets version that moved it: the fixed list still applies
+        return LOCAL_BUILDERS
+    return LOCAL_BUILDERS | {name.lower() for name in _PACKAGED_DATASETS_MODULES}
+
+
+def check_hub_id(hf_dataset: str) -> None:
+    """Refuse an `hf_dataset` that is not a hub id (`name` or `org/name`), so load_dataset never
+    reads local files: that would escape path confinement and key the cache on a name, not bytes.
+
+    >>> check_hub_id("tatsu-lab/alpaca")
+    >>> check_hub_id("../data")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tasks.core.workspace.PathNotAllowed: hf_dataset '../data' looks like a local path, ...; use `path:` for local data ...
+    """
+    if "\x00" in hf_dataset:
+        raise PathNotAllowed(f"hf_dataset {hf_dataset!r} contains a NUL byte; {USE_PATH}")
+    if hf_dataset.startswith(("/", ".", "~")) or ".." in hf_dataset or "\\" in hf_dataset:
+        raise PathNotAllowed(f"hf_dataset {hf_dataset!r} looks like a local path, not a hub dataset id; {USE_PATH}")
+    if hf_dataset.lower() in _local_builders():
+        raise PathNotAllowed(
+            f"hf_dataset {hf_dataset!r} names a datasets builder that reads local files, not a hub dataset; {USE_PATH}"
+        )
+    if not HUB_ID.fullmatch(hf_dataset):
+        raise PathNotAllowed(
+            f"hf_dataset {hf_dataset!r} is not a hub dataset id (`name` or `org/name`: letters, digits, "
+            f"'-', '_', '.'); {USE_PATH}"
+        )
+    if Path(hf_dataset).exists():  # load_dataset would read it from the current folder
+        raise PathNotAllowed(
+            f"hf_dataset {hf_dataset!r} names a local file or folder ({Path(hf_dataset).resolve()}); {USE_PATH}"
+        )
+
+
+def _hub_id(source: SourceConfig) -> str:
+    if source.hf_dataset is None:
+        raise SourceError(f"source {source.name!r}: no resolved path given and no `hf_dataset` set")
+    try:
+        check_hub_id(source.hf_dataset)
+    except PathNotAllowed as exc:
+        raise PathNotAllowed(f"source {source.name!r}: {exc}") from None
+    return source.hf_dataset
+
+
 def _hub_dataset_rows(source: SourceConfig, where: str) -> Iterator[RawRow]:
     import datasets
 
+    hub_id = _hub_id(source)
     try:
-        dataset = datasets.load_dataset(source.hf_dataset, split=source.hf_split, revision=source.hf_revision)
+        dataset = datasets.load_dataset(hub_id, split=source.hf_split, revision=source.hf_revision)
     except Exception as exc:  # network, auth, missing split, offline mode: all end the source
         raise SourceError(
             f"{where}: could not load the hub dataset ({type(exc).__name__}: {exc}); check `hf_dataset`, "
@@ -529,24 +803,18 @@ def source_rows(source: SourceConfig, path: Path | None) -> Iterator[RawRow]:
     """The raw rows of a source, whatever its kind; file-level problems raise SourceError."""
     where = f"source {source.name!r} ({source_uri(source, path)})"
     if path is None:
-        if source.hf_dataset is None:
-            raise SourceError(f"source {source.name!r}: no resolved path given and no `hf_dataset` set")
         return _hub_dataset_rows(source, where)
     if path.is_dir():
         return _saved_dataset_rows(source, path, where)
     if not path.is_file():
         raise SourceError(f"{where}: no such file or folder; fix `path` in the recipe (relative to the project root)")
     suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return _jsonl_file_rows(path)
-    if suffix == ".json":
-        return _json_file_rows(path, where)
-    if suffix == ".parquet":
-        return _parquet_file_rows(path, where)
-    raise SourceError(
-        f"{where}: unsupported file type {suffix or '(no extension)'!r}; use .jsonl, .json (an array or "
-        "JSON Lines), .parquet, or a folder written by datasets.save_to_disk"
-    )
+    if suffix not in FILE_SUFFIXES:
+        raise SourceError(
+            f"{where}: unsupported file type {suffix or '(no extension)'!r}; use .jsonl, .json (an array or "
+            "JSON Lines), .parquet, or a folder written by datasets.save_to_disk"
+        )
+    return iter_file_rows(path, where)
 
 
 # ------------------------------------------------------------------------------- the stage --
@@ -558,9 +826,10 @@ def source_uri(source: SourceConfig, path: Path | None) -> str:
 
 def source_fingerprint(source: SourceConfig, path: Path | None) -> str:
     """What identifies the source's bytes in the cache key: a file's sha256, a folder's tree hash,
-    or the hub id, revision and split (an unpinned hub dataset that changes is not detected)."""
+    or the hub id, revision and split (an unpinned hub dataset that changes is not detected; an
+    id that would read local files is refused by check_hub_id)."""
     if path is None:
-        return f"hf:{source.hf_dataset}@{source.hf_revision or 'main'}/{source.hf_split}"
+        return f"hf:{_hub_id(source)}@{source.hf_revision or 'main'}/{source.hf_split}"
     if path.is_dir():
         return sha256_tree(path)
     if path.is_file():

@@ -99,10 +99,44 @@ def test_errors_name_file_row_and_field(tmp_path, ws):
     with pytest.raises(EvalSetError, match=r"broken\.jsonl:2: not valid JSON"):
         load_eval_ngrams([EvalSetConfig(name="broken", path="broken.jsonl")], 13, ws.resolve_input)
     (tmp_path / "data.csv").write_text("text\nhello\n", encoding="utf-8")
-    with pytest.raises(EvalSetError, match=r"\.jsonl, \.json or \.parquet"):
+    with pytest.raises(EvalSetError, match=r"eval sets are \.jsonl, \.ndjson, \.json or \.parquet files, not '\.csv'"):
         load_eval_ngrams([EvalSetConfig(name="csv", path="data.csv")], 13, ws.resolve_input)
-    with pytest.raises(EvalSetError, match=r"eval_sets\[0\] \(gone\): file not found"):
-        load_eval_ngrams([EvalSetConfig(name="gone", path="missing.jsonl")], 13, ws.resolve_input)
+    (tmp_path / "broken.json").write_text('[{"text": "ok"},\n {"text": "no end},\n {"text": "x"}]', encoding="utf-8")
+    with pytest.raises(EvalSetError, match=r"broken\.json:2 \(index 1\): not valid JSON: .*fix the eval set file there"):
+        load_eval_ngrams([EvalSetConfig(name="broken", path="broken.json")], 13, ws.resolve_input)
+    (tmp_path / "fake.parquet").write_text("not parquet", encoding="utf-8")
+    with pytest.raises(EvalSetError, match=r"^filters\.decontaminate\.eval_sets\[0\] \(pq\): .*fake\.parquet: not a readable"):
+        load_eval_ngrams([EvalSetConfig(name="pq", path="fake.parquet")], 13, ws.resolve_input)
+
+
+def test_missing_eval_file_names_the_recipe_field_at_load_and_plan_time(tmp_path, ws):
+    write_jsonl(tmp_path / "e.jsonl", [{"text": ITEM}])
+    sets = [EvalSetConfig(name="e", path="e.jsonl"), EvalSetConfig(name="gone", path="evals/missing.jsonl")]
+    expected = (
+        f"filters.decontaminate.eval_sets[1] (gone): file not found: {tmp_path / 'evals' / 'missing.jsonl'}; "
+        "fix `filters.decontaminate.eval_sets[1].path` (relative to the project root)"
+    )
+    for read in (lambda: load_eval_ngrams(sets, 13, ws.resolve_input), lambda: eval_set_fingerprints(sets, ws.resolve_input)):
+        with pytest.raises(EvalSetError) as caught:
+            read()
+        assert str(caught.value) == expected
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(EvalSetError, match=r"eval_sets\[0\] \(dir\): is a folder, not a file"):
+        eval_set_fingerprints([EvalSetConfig(name="dir", path="folder.jsonl")], ws.resolve_input)
+
+
+def test_eval_files_read_like_sources_bom_and_json_lines_in_json(tmp_path, ws):
+    bom = "\ufeff" + json.dumps({"text": ITEM}) + "\r\n"
+    (tmp_path / "bom.jsonl").write_text(bom, encoding="utf-8")
+    (tmp_path / "lines.json").write_text(bom + json.dumps({"text": "unrelated"}) + "\n", encoding="utf-8")
+    (tmp_path / "bom_array.json").write_text("\ufeff" + json.dumps([{"text": ITEM}]), encoding="utf-8")
+    sets = [
+        EvalSetConfig(name="bom", path="bom.jsonl"),
+        EvalSetConfig(name="lines", path="lines.json"),
+        EvalSetConfig(name="bom_array", path="bom_array.json"),
+    ]
+    ngrams = load_eval_ngrams(sets, 13, ws.resolve_input)
+    assert ngrams == {name: word_ngrams(ITEM, 13) for name in ("bom", "lines", "bom_array")}
 
 
 def test_duplicate_names_and_outside_paths_refused(tmp_path, ws):

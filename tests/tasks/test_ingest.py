@@ -14,10 +14,12 @@ from tasks.core.reasons import Reason
 from tasks.core.recipe import SourceConfig
 from tasks.core.records import EXAMPLE_SCHEMA, RAW_PREVIEW_CHARS, RECORD_SCHEMA
 from tasks.core.stage import StageCall, execute
+from tasks.core.workspace import PathNotAllowed
 from tasks.ingest import (
     RowProblem,
     SourceError,
     alpaca_messages,
+    check_hub_id,
     ingest_stage,
     openai_messages,
     read_source,
@@ -161,15 +163,97 @@ def test_json_file_that_is_not_an_array_is_read_as_json_lines(tmp_path):
     assert out.records.column("source_row").to_pylist() == [2, 3]
 
 
-def test_json_array_that_does_not_parse_names_file_line_and_column(tmp_path):
+def invalid_rows(out) -> list[tuple[str, str]]:
+    return [(d["detail"]["location"], d["detail"]["error"]) for d in decisions_of(out) if d["reason"] == "invalid_json"]
+
+
+def test_json_array_broken_element_is_quarantined_alone(tmp_path):
     path = tmp_path / "broken.json"
-    path.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c" "output": "d"}\n]\n')
+    path.write_text(
+        '[\n  {"instruction": "a", "output": "b"},\n'
+        '  {"instruction": "c, "output": "d"},\n'  # the closing quote after c is missing
+        '  {"instruction": "e", "output": "f"}\n]\n'
+    )
+    out = read_source(source("alpaca", path), path)
+    assert out.records.column("source_row").to_pylist() == [0, 2]
+    assert [m[0]["content"] for m in out.records.column("messages").to_pylist()] == ["a", "e"]
+    assert invalid_rows(out) == [("index 1 (line 3)", "not valid JSON: Expecting ',' delimiter at line 3, column 24")]
+    assert out.extra["examples"].column("raw").to_pylist()[1] == '{"instruction": "c, "output": "d"}'
+    assert [d["detail"]["location"] if d["detail"] else None for d in decisions_of(out)] == [
+        None, "index 1 (line 3)", None,
+    ]
+
+
+def test_json_array_on_one_line_resynchronises_after_a_missing_quote(tmp_path):
+    rows = [{"conversations": turns(("human", f"Q{i}"), ("gpt", f"A{i}"))} for i in range(4)]
+    text = json.dumps(rows).replace('"Q1"', '"Q1', 1)  # inverts every later quote for a naive scan
+    path = tmp_path / "one_line.json"
+    path.write_text(text)
+    out = read_source(source("sharegpt", path), path)
+    assert out.records.column("source_row").to_pylist() == [0, 2, 3]
+    assert [location for location, _ in invalid_rows(out)] == ["index 1 (line 1)"]
+
+
+def test_json_array_cut_short_keeps_the_rows_before_and_flags_the_last(tmp_path):
+    full = json.dumps(ALPACA_ROWS, indent=1)
+    cut = full[: full.index('"Say hi."') + 4]  # inside the third element's instruction
+    path = tmp_path / "cut.json"
+    path.write_text(cut)
+    out = read_source(source("alpaca", path), path)
+    assert out.records.column("source_row").to_pylist() == [0, 1]
+    [(location, error)] = invalid_rows(out)
+    assert location == "index 2 (line 12)"  # the line of the element's "{"
+    assert error.startswith("not valid JSON: Unterminated string starting at line")
+    assert error.endswith("the element does not end before the end of the file (a quote or bracket is missing, "
+                          "or the file was cut short)")
+    assert out.stats["n_in"] == 3
+
+    # cut right after a whole element: the missing ']' is still reported on that element
+    whole = tmp_path / "no_bracket.json"
+    whole.write_text(json.dumps(ALPACA_ROWS[:2])[:-1])
+    out = read_source(source("alpaca", whole), whole)
+    assert out.records.column("source_row").to_pylist() == [0]
+    assert invalid_rows(out) == [
+        ("index 1 (line 1)", "not valid JSON: the file ends without the array's closing ']' (was it cut short?)")
+    ]
+
+
+def test_json_array_trailing_comma_empty_slot_and_nan(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(
+        '[{"instruction": "a", "output": "b"}, ,\n'
+        ' {"instruction": NaN, "output": "x"},\n'
+        ' {"instruction": "c", "output": "d"},\n]'
+    )
+    out = read_source(source("alpaca", path), path)
+    assert out.records.column("source_row").to_pylist() == [0, 3]
+    assert [(d["reason"], d["detail"]["location"] if d["detail"] else None) for d in decisions_of(out)] == [
+        ("kept", None),
+        ("invalid_json", "index 1 (line 1)"),  # the empty slot between two commas
+        ("wrong_type", "index 2 (line 2)"),
+        ("kept", None),
+    ]
+    assert decisions_of(out)[2]["detail"]["error"] == 'field "instruction" is a number, expected text'
+
+
+def test_json_array_text_after_the_closing_bracket_is_one_invalid_row(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(ALPACA_ROWS[:1]) + "\n" + json.dumps(ALPACA_ROWS[1:]) + "\noops\n")
+    out = read_source(source("alpaca", path), path)
+    assert out.records.column("source_row").to_pylist() == [0, 1, 2]  # `cat a.json b.json` reads as one array
+    assert invalid_rows(out) == [("index 3 (line 3)", "not valid JSON: text after the array's closing ']'")]
+
+
+def test_json_array_with_no_parsable_element_is_a_source_error(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n{"instruction": "a" "output": "b"},\n{"instruction": \n')
     with pytest.raises(SourceError) as caught:
-        read_source(source("alpaca", path), path)
-    message = str(caught.value)
-    assert str(path) in message
-    assert "line 3, column 23" in message
-    assert "Expecting ',' delimiter" in message
+        read_source(source("alpaca", path, name="bad"), path)
+    assert str(caught.value).startswith(
+        f"source 'bad' ({path}): 0 of 2 rows could be read; first problems: "
+        "index 0 (line 2): invalid_json: not valid JSON: Expecting ',' delimiter at line 2, column 21; "
+        "index 1 (line 3): invalid_json: not valid JSON: Expecting value at line 4, column 1; the element does not"
+    )
 
 
 def test_json_file_holding_one_pretty_printed_object_is_refused(tmp_path):
@@ -184,8 +268,10 @@ def test_json_array_element_problems_are_located_by_index(tmp_path):
     path.write_text(json.dumps([ALPACA_ROWS[0], 7, {"instruction": "x"}]))
     out = read_source(source("alpaca", path), path)
     details = [d["detail"] for d in decisions_of(out)]
-    assert details[1] == {"location": "index 1", "error": "the row is a number, expected an object with the alpaca fields"}
-    assert details[2] == {"location": "index 2", "error": 'missing field "output"'}
+    assert details[1] == {
+        "location": "index 1 (line 1)", "error": "the row is a number, expected an object with the alpaca fields",
+    }
+    assert details[2] == {"location": "index 2 (line 1)", "error": 'missing field "output"'}
     assert out.extra["examples"].column("raw").to_pylist() == [json.dumps(ALPACA_ROWS[0]), "7", '{"instruction": "x"}']
 
 
@@ -274,6 +360,51 @@ def test_hub_dataset_is_loaded_with_split_and_revision(monkeypatch):
     assert out.records.column("source_uri").to_pylist() == ["hf://org/data@abc123/dev"]
     unpinned = SourceConfig(name="hub", format="alpaca", hf_dataset="org/data")
     assert source_uri(unpinned, None) == "hf://org/data@main/train"
+
+
+@pytest.mark.parametrize("hub_id", ["tatsu-lab/alpaca", "squad", "HuggingFaceH4/ultrachat_200k", "org/data.v2"])
+def test_hub_ids_are_accepted(hub_id, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert check_hub_id(hub_id) is None
+
+
+@pytest.mark.parametrize(("hub_id", "why"), [
+    ("/tmp/outside", "looks like a local path"),
+    ("../x", "looks like a local path"),
+    ("./data", "looks like a local path"),
+    ("org/../../etc", "looks like a local path"),
+    ("~/data", "looks like a local path"),
+    ("org\\data", "looks like a local path"),
+    ("org/da\x00ta", "contains a NUL byte"),
+    ("a/b/c", "is not a hub dataset id"),
+    ("org/", "is not a hub dataset id"),
+    ("C:data", "is not a hub dataset id"),
+    ("json", "names a datasets builder that reads local files"),
+    ("local_data", "names a local file or folder"),
+    ("notes.jsonl", "names a local file or folder"),
+])
+def test_hub_ids_that_would_read_local_files_are_refused(hub_id, why, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local_data").mkdir()
+    (tmp_path / "notes.jsonl").write_text("{}\n")
+    with pytest.raises(PathNotAllowed) as caught:
+        check_hub_id(hub_id)
+    assert why in str(caught.value)
+    assert "use `path:` for local data (paths are confined to the project and SFTFLOW_DATA_DIRS)" in str(caught.value)
+
+
+def test_local_hub_id_is_refused_by_fingerprint_and_reader_before_loading(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local_data").mkdir()
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("load_dataset must not be called"))
+    for hub_id in ("/tmp/outside", "local_data"):
+        src = SourceConfig(name="hub", format="alpaca", hf_dataset=hub_id)
+        with pytest.raises(PathNotAllowed, match=r"^source 'hub': hf_dataset"):
+            source_fingerprint(src, None)
+        with pytest.raises(PathNotAllowed, match=r"^source 'hub': hf_dataset"):
+            read_source(src, None)
 
 
 def test_missing_file_and_unknown_extension_are_source_errors(tmp_path):
@@ -526,7 +657,7 @@ def test_openai_unsupported_content_in_a_file_is_located(tmp_path):
     path.write_text(json.dumps(rows))
     out = read_source(source("openai", path), path)
     assert decisions_of(out)[1]["detail"] == {
-        "location": "index 1",
+        "location": "index 1 (line 1)",
         "error": 'turn 0: content part 0 has type "image_url"; only text parts can be ingested',
     }
 
