@@ -22,7 +22,7 @@ console = Console()
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. deployments/recipes/demo.yaml"),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: dotted.key=value (repeatable)."),
-    only: str = typer.Option("all", "--only", help="Run only part of the pipeline: all | data."),
+    only: str = typer.Option("all", "--only", help="How far to run: data (to mix) | train | all (to evaluate)."),
     root: Optional[Path] = typer.Option(None, help="Project root (default: current folder)."),
     warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ROOT/data/warehouse)."),
 ) -> None:
@@ -30,8 +30,10 @@ def run(
     from tasks.core.recipe import RecipeError, load_recipe
     from tasks.core.workspace import PathNotAllowed, Workspace
 
-    if only not in ("all", "data"):
-        raise typer.BadParameter("--only takes 'all' or 'data'")
+    if only == "eval":
+        only = "all"
+    if only not in ("all", "data", "train"):
+        raise typer.BadParameter("--only takes data, train or all (eval is an alias of all)")
     try:
         # Fail fast, before Prefect starts: the recipe validates and every source path is allowed.
         ws = Workspace.from_env(root=root, warehouse=warehouse)

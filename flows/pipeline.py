@@ -1,6 +1,6 @@
 """The sftflow pipeline, read top to bottom like the diagram in DESIGN.md.
 
-ingest ─► normalize ─► dedup ─► filter ─► score ─► mix   (train ─► evaluate attach after mix)
+ingest ─► normalize ─► dedup ─► filter ─► score ─► mix ─► train ─► evaluate
 """
 
 from __future__ import annotations
@@ -11,19 +11,24 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.plans import plan_dedup, plan_filter, plan_ingest, plan_mix, plan_normalize, plan_score
+from flows.plans import (plan_dedup, plan_evaluate, plan_filter, plan_ingest, plan_mix, plan_normalize,
+                         plan_score, plan_train)
 from flows.stage_runner import RunContext, publish_mixture
 from tasks.core.cache_keys import project_code_version
 from tasks.core.recipe import load_recipe
 from tasks.core.workspace import Workspace
 from tasks.dedup import dedup_stage
+from tasks.evaluate import evaluate_stage
 from tasks.filters import filter_stage
 from tasks.ingest import ingest_stage
 from tasks.mix import mix_stage
 from tasks.normalize import normalize_stage
 from tasks.score import score_stage
+from tasks.train import train_stage
 
-Only = Literal["all", "data"]
+# How far to run: `data` stops after mix, `train` after train, `all` runs through evaluate.
+Only = Literal["all", "data", "train"]
+N_AFTER_DATA = {"data": 0, "train": 1, "all": 2}
 
 
 @flow(name="sftflow", persist_result=False, log_prints=True)
@@ -39,15 +44,19 @@ def sftflow_pipeline(
     ws = Workspace.from_env(root=root, warehouse=warehouse)
     recipe = load_recipe(_recipe_file(recipe_path, ws), overrides)
     run = RunContext.start(ws, recipe, overrides, code_version=project_code_version(),
-                           flow_run_id=flow_run.get_id(), n_planned=2 * len(recipe.sources) + 4)
+                           flow_run_id=flow_run.get_id(),
+                           n_planned=2 * len(recipe.sources) + 4 + N_AFTER_DATA[only])
     try:
         ingested = [run.run(ingest_stage, plan_ingest(source, ws)) for source in recipe.sources]
         normalized = [run.run(normalize_stage, plan_normalize(recipe, m, ws)) for m in ingested]
         deduped = run.run(dedup_stage, plan_dedup(recipe, normalized, ws))
         filtered = run.run(filter_stage, plan_filter(recipe, deduped, ws))
         scored = run.run(score_stage, plan_score(recipe, filtered, ws))
-        run.run(mix_stage, plan_mix(recipe, scored, ws))
-        # `only` selects the data half today; the train and evaluate stages attach here.
+        mixed = run.run(mix_stage, plan_mix(recipe, scored, ws))
+        if only != "data":
+            trained = run.run(train_stage, plan_train(recipe, mixed, ws, run.data_card()), retries=1)
+            if only == "all":
+                run.run(evaluate_stage, plan_evaluate(recipe, trained, mixed, ws))
     except BaseException:
         run.finish("failed")
         raise

@@ -7,10 +7,12 @@ directly (source files, eval sets, local models) and the library versions that c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tasks import dedup, filters, ingest, mix, normalize, score
+from tasks import dedup, evaluate, filters, ingest, mix, normalize, score, train
 from tasks.core.artifacts import Manifest
+from tasks.core.hashing import sha256_file, sha256_tree
 from tasks.core.recipe import FilterConfig, Recipe, SourceConfig
 from tasks.core.stage import StageCall, plan_stage
 from tasks.core.workspace import Workspace
@@ -56,3 +58,22 @@ def plan_score(recipe: Recipe, filtered: Manifest, ws: Workspace) -> StageCall:
 
 def plan_mix(recipe: Recipe, scored: Manifest, ws: Workspace) -> StageCall:
     return _plan("mix", mix, recipe.mix.canonical(), [scored], ws)
+
+
+def plan_train(recipe: Recipe, mixed: Manifest, ws: Workspace, data_card: dict[str, Any]) -> StageCall:
+    external = []
+    if not recipe.train.model.startswith("builtin:"):
+        location = train.model_location(recipe.train.model, ws)
+        external.append(sha256_tree(Path(location)) if Path(location).is_dir() else f"hub:{location}@{recipe.train.revision}")
+    if recipe.train.chat_template and recipe.train.chat_template != "chatml":
+        external.append(sha256_file(ws.resolve_input(recipe.train.chat_template)))
+    # The data card is descriptive (it names this run): a parameter, not part of the key.
+    return _plan("train", train, recipe.train.canonical(), [mixed], ws, extra_input_hashes=external,
+                 params={"data_card": data_card})
+
+
+def plan_evaluate(recipe: Recipe, trained: Manifest, mixed: Manifest, ws: Workspace) -> StageCall:
+    config = {"eval": recipe.eval.canonical(), "max_length": recipe.train.max_length,
+              "base_model": recipe.train.model}
+    external = [sha256_file(ws.resolve_input(p)) for p in (recipe.eval.general_text, recipe.eval.prompts) if p]
+    return _plan("evaluate", evaluate, config, [trained, mixed], ws, extra_input_hashes=external)

@@ -68,10 +68,14 @@ class RunContext:
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.workspace.artifacts_dir)
 
-    def run(self, stage_task: Any, call: StageCall) -> Manifest:
-        """Execute (or reuse) one stage, register its artifact and record the stage run."""
+    def run(self, stage_task: Any, call: StageCall, retries: int = 0) -> Manifest:
+        """Execute (or reuse) one stage, register its artifact and record the stage run.
+
+        `retries`: Prefect re-runs a failed task (train resumes from its last checkpoint).
+        """
         started = time.perf_counter()
         task = stage_task.with_options(
+            retries=retries,
             task_run_name=f"{call.stage}[{call.label}]" if call.label else call.stage,
             result_storage=self.workspace.warehouse / "prefect-results",  # a Path: local storage, no block to save
         )
@@ -94,7 +98,7 @@ class RunContext:
         outcome = StageResult(call, manifest, cache_hit, seconds)
         self.results.append(outcome)
         self._publish(outcome)
-        if manifest.n_out == 0:
+        if manifest.n_out == 0 and call.stage not in ("train", "evaluate"):
             where = f"{call.stage} [{call.label}]" if call.label else call.stage
             raise EmptyStageError(
                 f"{where}: 0 of {manifest.n_in} rows kept, nothing left for the next stage. Why: "
@@ -134,11 +138,10 @@ class RunContext:
         summary = self.summary()
         return {
             "run_id": self.run_id,
-            "recipe": self.recipe.name,
-            "recipe_hash": self.recipe.recipe_hash(),
-            "sources": [dict(zip(("name", "format", "uri", "origin", "license", "rows_read"), r)) for r in sources],
+            "recipe": {"name": self.recipe.name, "hash": self.recipe.recipe_hash()},
+            "sources": [dict(zip(("name", "format", "path", "origin", "license", "n_rows"), r)) for r in sources],
             "ledger": summary["ledger"],
-            "drop_reasons": summary["drop_reasons"],
+            "drops": summary["drop_reasons"],
             "mixture": summary["mixture"],
             "artifacts": [{"stage": r.call.stage, "label": r.call.label, "key": r.call.key,
                            "sha256": r.manifest.content_hash} for r in self.results],

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 
 from tasks.core.recipe import EvalConfig
 from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
+from tasks.core.stage import StageCall, stage_task
 from tasks.ifeval import IF_PROMPTS, score_responses
 from tasks.judge import check_judge_reachable, judge_generations
 
@@ -445,3 +446,51 @@ def evaluate_stage_output(result: dict[str, Any], out_dir: Path, model_id: str) 
         files=files,
         stats={"model_id": model_id, "metrics": result["metrics"], "regressed": bool(result["regressed"])},
     )
+
+
+# --------------------------------------------------------------------------- Prefect wrapper --
+LIBRARIES = ("transformers", "torch", "peft", "tokenizers")
+
+
+def read_texts(path: Path, limit: int) -> list[str]:
+    """The `text` field of the first `limit` rows of a JSONL/JSON/Parquet file (the general corpus)."""
+    from tasks.ingest import iter_file_rows
+
+    texts = []
+    for row in iter_file_rows(path, where=f"eval.general_text {path}"):
+        if row.problem is not None or not isinstance(row.value, dict) or not isinstance(row.value.get("text"), str):
+            raise ValueError(f"eval.general_text {path} ({row.location}): each row needs a text field")
+        texts.append(row.value["text"])
+        if len(texts) >= limit:
+            break
+    return texts
+
+
+@stage_task("evaluate")
+def evaluate_stage(call: StageCall) -> StageOutput:
+    """Inputs: the train artifact, then the mix artifact (its eval shards)."""
+    import shutil
+
+    from tasks.core.artifacts import read_tables
+    from tasks.core.workspace import Workspace
+
+    cfg = EvalConfig.model_validate(call.config["eval"])
+    trained, mixed = call.inputs
+    ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
+    eval_shards = [mixed.file(s["name"]) for s in mixed.stats.get("shards", []) if s["split"] == "eval"]
+    eval_rows = read_tables(eval_shards).select(["example_id", "messages"]).to_pylist() if eval_shards else []
+    general = read_texts(ws.resolve_input(cfg.general_text), cfg.max_general_texts) if cfg.general_text else []
+    prompts = load_prompts(ws.resolve_input(cfg.prompts)) if cfg.prompts else None
+    base_folder = trained.file("base_model")
+    base = base_folder if base_folder.is_dir() else call.config["base_model"]
+    audit_path = trained.file("mask_audit.json")
+    out_dir = Path(call.warehouse) / "work" / "evaluate" / call.key
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    result = evaluate_model(
+        trained.file("model"), base, trained.file("chat_template.jinja").read_text(encoding="utf-8"),
+        eval_rows, general, cfg, call.config["max_length"], out_dir,
+        mask_audit=json.loads(audit_path.read_text(encoding="utf-8")) if audit_path.is_file() else None,
+        prompts=prompts,
+    )
+    return evaluate_stage_output(result, out_dir, model_id=trained.key)

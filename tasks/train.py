@@ -230,8 +230,9 @@ def model_location(model: str, workspace: Workspace) -> str:
     """A confined local folder (absolute) or a hub id. `builtin:*` is built, not located."""
     if model.startswith("builtin:"):
         raise ValueError(f"train.model {model!r}: the only builtin model is {BUILTIN_TINY_LLAMA}")
-    looks_local = model.startswith((".", "/", "~")) or (workspace.root / model).exists()
-    return str(workspace.resolve_input(model)) if looks_local else model
+    from tasks.scorers import model_location as locate  # one rule for hub ids vs confined folders
+
+    return str(locate(model, workspace.resolve_input))
 
 
 def load_tokenizer(location: str, cfg: TrainConfig):

@@ -243,10 +243,10 @@ class MixConfig(Section):
 class TinyModelConfig(Section):
     """Shape of `builtin:tiny-llama`, the offline model built from a config (no download)."""
 
-    hidden_size: int = Field(256, ge=8, description="Model width.")
-    num_hidden_layers: int = Field(4, ge=1, description="Decoder layers.")
+    hidden_size: int = Field(128, ge=8, description="Model width (small: it trains on two CPU cores).")
+    num_hidden_layers: int = Field(2, ge=1, description="Decoder layers.")
     num_attention_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide).")
-    intermediate_size: int = Field(688, ge=8, description="MLP width.")
+    intermediate_size: int = Field(352, ge=8, description="MLP width.")
     vocab_size: int = Field(2048, ge=300, description="Byte-level BPE vocabulary trained on the train split.")
     max_position_embeddings: int = Field(2048, ge=64, description="Longest sequence the model accepts.")
 

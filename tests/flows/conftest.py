@@ -30,11 +30,15 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run_pipeline():
-    """Run the flow on a project root with its own warehouse; returns the run summary."""
+    """Run the flow on a project root with its own warehouse; returns the run summary.
+
+    Data-half tests stop after mix (`only="data"`); test_train_flow.py runs train and evaluate.
+    """
     from flows.pipeline import sftflow_pipeline
 
-    def run(root: Path, overrides: list[str] | None = None, recipe: str = "deployments/recipes/demo.yaml"):
-        return sftflow_pipeline(recipe_path=recipe, overrides=overrides or [], root=str(root),
+    def run(root: Path, overrides: list[str] | None = None, recipe: str = "deployments/recipes/demo.yaml",
+            only: str = "data"):
+        return sftflow_pipeline(recipe_path=recipe, overrides=overrides or [], only=only, root=str(root),
                                 warehouse=str(root / "data" / "warehouse"))
 
     return run
