@@ -123,6 +123,19 @@ class RunContext:
         slug = f"{row['stage']}-{row['label']}".strip("-").replace("_", "-").lower()
         create_table_artifact(key=f"sftflow-{slug}", table=table,
                               description=f"{row['stage']} counts for run {self.run_id}")
+        manifest = outcome.manifest
+        if manifest.stage == "train":
+            audit = manifest.stats.get("mask_audit", {})
+            lines = ["## Mask audit", "", "| check | value |", "|---|---|"]
+            lines += [f"| {k} | {v} |" for k, v in sorted(audit.items()) if not isinstance(v, (dict, list))]
+            lines += ["", f"Training plot: `{manifest.file('training.png')}`",
+                      f"Model card: `{manifest.file('MODEL_CARD.md')}`"]
+            create_markdown_artifact(key="sftflow-train", markdown="\n".join(lines),
+                                     description=f"mask audit and training outputs, run {self.run_id}")
+        elif manifest.stage == "evaluate":
+            create_markdown_artifact(key="sftflow-eval-report",
+                                     markdown=manifest.file("report.md").read_text(encoding="utf-8"),
+                                     description=f"evaluation report, run {self.run_id}")
 
     def finish(self, status: str) -> None:
         self.catalog.finish_run(self.run_id, status)
