@@ -87,6 +87,15 @@ def print_summary(summary: dict[str, Any]) -> None:
             mixture.add_row(m["category"], f"{m['target_share']:.3f}", f"{m['realized_share']:.3f}",
                             str(m["n_rows"]), str(m["n_unique"]), str(m["n_eval"]))
         console.print(mixture)
+    if summary.get("evals"):
+        evals = Table(title="evaluation (tuned model; *_base = the model before training)")
+        evals.add_column("metric")
+        evals.add_column("value", justify="right")
+        for m in summary["evals"]:
+            evals.add_row(m["metric"], f"{m['value']:.4g}")
+        console.print(evals)
+        if summary.get("regressed"):
+            console.print("[yellow]general perplexity regressed beyond eval.regression_tolerance[/yellow]")
 
 
 @app.command()

@@ -24,7 +24,7 @@ from tasks.ingest import ingest_stage
 from tasks.mix import mix_stage
 from tasks.normalize import normalize_stage
 from tasks.score import score_stage
-from tasks.train import train_stage
+from tasks.train import TrainingFailed, train_stage
 
 # How far to run: `data` stops after mix, `train` after train, `all` runs through evaluate.
 Only = Literal["all", "data", "train"]
@@ -54,7 +54,8 @@ def sftflow_pipeline(
         scored = run.run(score_stage, plan_score(recipe, filtered, ws))
         mixed = run.run(mix_stage, plan_mix(recipe, scored, ws))
         if only != "data":
-            trained = run.run(train_stage, plan_train(recipe, mixed, ws, run.data_card()), retries=1)
+            trained = run.run(train_stage, plan_train(recipe, mixed, ws, run.data_card()),
+                              retries=1, retry_on=(TrainingFailed,))
             if only == "all":
                 run.run(evaluate_stage, plan_evaluate(recipe, trained, mixed, ws))
     except BaseException:

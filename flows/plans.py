@@ -65,15 +65,16 @@ def plan_train(recipe: Recipe, mixed: Manifest, ws: Workspace, data_card: dict[s
     if not recipe.train.model.startswith("builtin:"):
         location = train.model_location(recipe.train.model, ws)
         external.append(sha256_tree(Path(location)) if Path(location).is_dir() else f"hub:{location}@{recipe.train.revision}")
-    if recipe.train.chat_template and recipe.train.chat_template != "chatml":
+    if recipe.train.chat_template and recipe.train.chat_template.lower() != "chatml":
         external.append(sha256_file(ws.resolve_input(recipe.train.chat_template)))
+    # Where it runs changes the result (bf16, attention kernel): a CPU model is no cache hit on a GPU.
+    external.append(f"device={train.training_device()}")
     # The data card is descriptive (it names this run): a parameter, not part of the key.
     return _plan("train", train, recipe.train.canonical(), [mixed], ws, extra_input_hashes=external,
                  params={"data_card": data_card})
 
 
 def plan_evaluate(recipe: Recipe, trained: Manifest, mixed: Manifest, ws: Workspace) -> StageCall:
-    config = {"eval": recipe.eval.canonical(), "max_length": recipe.train.max_length,
-              "base_model": recipe.train.model}
+    config = {"eval": recipe.eval.canonical(), "max_length": recipe.train.max_length}
     external = [sha256_file(ws.resolve_input(p)) for p in (recipe.eval.general_text, recipe.eval.prompts) if p]
     return _plan("evaluate", evaluate, config, [trained, mixed], ws, extra_input_hashes=external)

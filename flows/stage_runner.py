@@ -68,14 +68,21 @@ class RunContext:
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.workspace.artifacts_dir)
 
-    def run(self, stage_task: Any, call: StageCall, retries: int = 0) -> Manifest:
+    def run(self, stage_task: Any, call: StageCall, retries: int = 0,
+            retry_on: tuple[type[BaseException], ...] = ()) -> Manifest:
         """Execute (or reuse) one stage, register its artifact and record the stage run.
 
-        `retries`: Prefect re-runs a failed task (train resumes from its last checkpoint).
+        `retries`: Prefect re-runs the task when it fails with one of `retry_on` (train resumes
+        from its last checkpoint); deterministic errors such as a failed mask audit are final.
         """
         started = time.perf_counter()
+
+        def transient(_task: Any, _task_run: Any, state: Any) -> bool:
+            return isinstance(state.result(raise_on_failure=False), retry_on)
+
         task = stage_task.with_options(
             retries=retries,
+            retry_condition_fn=transient if retry_on else None,
             task_run_name=f"{call.stage}[{call.label}]" if call.label else call.stage,
             result_storage=self.workspace.warehouse / "prefect-results",  # a Path: local storage, no block to save
         )
@@ -169,6 +176,7 @@ class RunContext:
                JOIN stage_runs sr ON sr.key = d.artifact_id AND sr.run_id = ?
                WHERE NOT d.kept GROUP BY 1, 2 ORDER BY 1, 3 DESC""", [self.run_id])
         mix = next((r.manifest for r in reversed(self.results) if r.call.stage == "mix"), None)
+        evaluated = next((r.manifest for r in reversed(self.results) if r.call.stage == "evaluate"), None)
         return {
             "run_id": self.run_id,
             "flow_run_id": self.flow_run_id,
@@ -178,6 +186,9 @@ class RunContext:
             "ledger": [dict(zip(("stage", "n_in", "n_kept", "n_dropped"), row)) for row in ledger],
             "drop_reasons": [dict(zip(("stage", "reason", "n"), row)) for row in reasons],
             "mixture": mix.stats.get("mixture", []) if mix else [],
+            "evals": [{"metric": m["metric"], "value": m["value"]} for m in evaluated.stats.get("metrics", [])]
+            if evaluated else [],
+            "regressed": evaluated.stats.get("regressed") if evaluated else None,
         }
 
 

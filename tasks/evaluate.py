@@ -482,7 +482,9 @@ def evaluate_stage(call: StageCall) -> StageOutput:
     general = read_texts(ws.resolve_input(cfg.general_text), cfg.max_general_texts) if cfg.general_text else []
     prompts = load_prompts(ws.resolve_input(cfg.prompts)) if cfg.prompts else None
     base_folder = trained.file("base_model")
-    base = base_folder if base_folder.is_dir() else call.config["base_model"]
+    # The base the train stage really loaded: its confined local folder or hub id (not the raw
+    # recipe string, which would resolve against the working directory).
+    base = base_folder if base_folder.is_dir() else trained.stats["model"]["base_location"]
     audit_path = trained.file("mask_audit.json")
     out_dir = Path(call.warehouse) / "work" / "evaluate" / call.key
     shutil.rmtree(out_dir, ignore_errors=True)

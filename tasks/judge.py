@@ -66,9 +66,10 @@ def _request(url: str, cfg: JudgeConfig, body: dict[str, Any] | None) -> dict[st
     if body is not None:
         headers["Content-Type"] = "application/json"
         data = json.dumps(body).encode("utf-8")
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
+    if key:
+        # Unredirected: urllib would otherwise copy the key to wherever a redirect points.
+        request.add_unredirected_header("Authorization", f"Bearer {key}")
     fix = "start the OpenAI-compatible server there, fix eval.judge.base_url, or set eval.judge.enabled: false"
     try:
         with urllib.request.urlopen(request, timeout=cfg.timeout_seconds) as response:

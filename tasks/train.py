@@ -159,7 +159,7 @@ def attn_implementation(cfg: TrainConfig, device: str) -> str:
     """The recipe's choice, or auto: flash_attention_2 on CUDA when flash_attn imports, else sdpa."""
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
-    if device == "cuda":
+    if device == "cuda" and use_bf16(cfg.bf16, device, _cuda_bf16_supported()):  # FA2 needs bf16 weights
         try:
             import flash_attn  # noqa: F401
         except ImportError:
@@ -426,6 +426,22 @@ def _write_json(path: Path, value: Any) -> Path:
 
 
 # ------------------------------------------------------------------------------------ main --
+def _publish_failed_audit(audit: dict[str, Any], problem: str) -> None:
+    """A failed audit stops the run before any artifact exists: show it in the Prefect UI anyway."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:  # called outside a flow (tests, scripts): nothing to publish to
+        return
+    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(audit_summary(audit).items()))
+    create_markdown_artifact(
+        key="sftflow-mask-audit-failed",
+        markdown=f"## Mask audit failed\n\n{problem}\n\n| check | value |\n|---|---|\n{rows}\n\n"
+                 f"Marked example:\n\n```text\n{audit.get('example_marked', '')}\n```\n",
+        description="the run stopped before training",
+    )
+
+
 def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     """Base model, template, audit, launch, round trip, reports; see the module docstring."""
     cfg = TrainConfig.model_validate(call.config)
@@ -468,6 +484,7 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     try:
         check_audit(audit)
     except ValueError as exc:
+        _publish_failed_audit(audit, str(exc))
         raise type(exc)(f"{exc} (full audit: {audit_path})") from None
 
     kwargs = sft_kwargs(cfg, device, float(audit["mean_tokens"]), has_eval=bool(eval_files))
@@ -520,7 +537,10 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     stats = {
         "n_in": len(train_rows),
         "n_out": int(roundtrip.get("n_trained_sequences") or 0),
-        "model": {"base_model": cfg.model, "method": cfg.method, "path": "model"},
+        "model": {"base_model": cfg.model, "method": cfg.method, "path": "model",
+                  # what evaluate loads as the base: the artifact's base_model/ for builtin models
+                  "base_location": None if cfg.model.startswith("builtin:") else location,
+                  "revision": cfg.revision},
         "mask_audit": summary,
         "train_metrics": metrics,
         "template_origin": template_origin,

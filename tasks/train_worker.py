@@ -262,9 +262,27 @@ def save_reports(job: TrainJob, trainer, tokenizer, end_of_turn: tuple[str, int]
     (out / TRAINED_SEQUENCES_FILE).write_text(json.dumps(sequences), encoding="utf-8")
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint whose trainer_state.json (written last) exists; partial ones are removed.
+
+    transformers' get_last_checkpoint picks the highest number even when a crash cut that
+    checkpoint short, and resuming from it then fails on every retry.
+    """
+    import shutil
+
+    complete = None
+    numbered = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                      key=lambda p: int(p.name.split("-")[-1]))
+    for path in numbered:
+        if (path / "trainer_state.json").is_file():
+            complete = path
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return str(complete) if complete else None
+
+
 def run(job: TrainJob) -> None:
     from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     from tasks.tiny_model import load_causal_lm
@@ -287,7 +305,15 @@ def run(job: TrainJob) -> None:
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=peft_config(job))
 
-    resume_from = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if not args.packing and len(trainer.train_dataset) < len(train_dataset):
+        # TRL drops rows that truncation left with no supervised token, without a word; the
+        # audit samples rows, so this count is the check that covers every row.
+        raise RuntimeError(
+            f"{len(train_dataset) - len(trainer.train_dataset)} of {len(train_dataset)} train rows have no "
+            f"supervised token after truncation to max_length={args.max_length}: raise train.max_length "
+            "or lower filters.length.max_total_tokens"
+        )
+    resume_from = last_complete_checkpoint(checkpoint_dir)
     if resume_from and trainer.is_world_process_zero():
         print(f"[train_worker] resuming from {resume_from}", flush=True)
     started = time.perf_counter()

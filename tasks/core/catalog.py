@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS mixture (
 CREATE TABLE IF NOT EXISTS models (
     model_id VARCHAR PRIMARY KEY, artifact_id VARCHAR, base_model VARCHAR, method VARCHAR,
     path VARCHAR, run_id VARCHAR);
-CREATE TABLE IF NOT EXISTS evals (model_id VARCHAR, metric VARCHAR, value DOUBLE, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS evals (model_id VARCHAR, metric VARCHAR, value DOUBLE, detail VARCHAR,
+    artifact_id VARCHAR, run_id VARCHAR);
 CREATE OR REPLACE TABLE stage_order AS
     SELECT * FROM (VALUES {", ".join(f"('{s}', {i})" for i, s in enumerate(STAGES))}) t(stage, ordinal);
 
@@ -279,9 +280,10 @@ def _register_evals(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: 
     model_id = manifest.stats.get("model_id")
     for metric in manifest.stats.get("metrics", []):
         con.execute(
-            "INSERT INTO evals VALUES (?, ?, ?, ?)",
+            "INSERT INTO evals VALUES (?, ?, ?, ?, ?, ?)",
             [model_id, metric["metric"], metric["value"],
-             json.dumps(metric.get("detail"), sort_keys=True) if metric.get("detail") is not None else None],
+             json.dumps(metric.get("detail"), sort_keys=True) if metric.get("detail") is not None else None,
+             manifest.key, run_id],
         )
 
 

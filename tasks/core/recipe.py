@@ -301,10 +301,10 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _remote_code_needs_pin(self) -> "TrainConfig":
-        if self.trust_remote_code and not self.revision:
+        if self.trust_remote_code and not re.fullmatch(r"[0-9a-f]{40}", self.revision or ""):
             raise ValueError(
                 "train.trust_remote_code runs code from the model repository: pin it with "
-                "train.revision (a commit hash) or turn it off"
+                "train.revision set to a full 40-character commit hash (not a branch) or turn it off"
             )
         return self
 

@@ -159,7 +159,8 @@ def test_stage_commits_model_reports_and_stats(trained):
         assert name in names, name
     assert manifest.file("training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stats = manifest.stats
-    assert stats["model"] == {"base_model": "builtin:tiny-llama", "method": "full", "path": "model"}
+    assert stats["model"] == {"base_model": "builtin:tiny-llama", "method": "full", "path": "model",
+                              "base_location": None, "revision": None}
     assert stats["device"] == "cpu" and stats["packing"] is True and stats["template_origin"] == "tokenizer"
     assert stats["mask_audit"]["n_zero_supervised"] == 0 and stats["mask_audit"]["end_of_turn_supervised"] is True
     assert stats["train_metrics"]["global_step"] == 3 and stats["roundtrip_ok"] is True
