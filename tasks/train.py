@@ -500,6 +500,14 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     command = launch_command(job_path, cfg.num_processes, use_cpu=device == "cpu")
     run_logged(command, Path(call.root), reports / "train.log", echo=echo)
 
+    adapter_config = output_dir / "adapter_config.json"
+    if adapter_config.is_file() and cfg.model.startswith("builtin:"):
+        # The adapter names the base folder it was trained on, which is about to move into the
+        # artifact: point it at the base's final place so PEFT can load the pair.
+        final_base = Path(call.warehouse) / "artifacts" / "train" / call.key / "base_model"
+        config = json.loads(adapter_config.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = str(final_base)
+        adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
     roundtrip = roundtrip_check(output_dir, roundtrip_rows, template, cfg.max_length, packing=kwargs["packing"])
     _write_json(reports / "roundtrip.json", roundtrip)
     require_roundtrip(roundtrip, output_dir)

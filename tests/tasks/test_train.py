@@ -264,3 +264,24 @@ def test_local_model_paths_are_confined_and_hub_ids_pass_through(tmp_path):
         model_location("../elsewhere", workspace)
     with pytest.raises(ValueError, match="only builtin model is builtin:tiny-llama"):
         model_location("builtin:gpt", workspace)
+
+
+def test_lora_stage_saves_an_adapter_that_loads_on_its_base(tmp_path):
+    """The train stage with method lora: adapter in the artifact, pointing at the artifact's base."""
+    from peft import AutoPeftModelForCausalLM
+
+    warehouse = tmp_path / "warehouse"
+    mix_cfg = MixConfig(eval_fraction=0.0, seed=0)
+    mix_call = StageCall(stage="mix", key="mixkey", code_hash="c", config=mix_cfg.canonical(), config_hash="h",
+                         root=str(tmp_path), warehouse=str(warehouse))
+    mix_manifest, _ = execute(mix_call, lambda c: mix_records(conversation_records(12), mix_cfg))
+    train_cfg = TrainConfig(method="lora", max_length=64, max_steps=2, per_device_train_batch_size=2,
+                            save_steps=2, packing=False, tiny=TINY)
+    call = StageCall(stage="train", key="lorakey", code_hash="c", config=train_cfg.canonical(), config_hash="h",
+                     inputs=[mix_manifest], params={}, root=str(ROOT), warehouse=str(warehouse))
+    manifest, _ = execute(call, lambda c: train_stage.compute(c))
+    assert manifest.stats["model"]["method"] == "lora"
+    assert manifest.file("model/adapter_model.safetensors").is_file()
+    assert json.loads(manifest.file("roundtrip.json").read_text())["ok"] is True
+    model = AutoPeftModelForCausalLM.from_pretrained(str(manifest.file("model")))
+    assert model.peft_config["default"].r == 16
