@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 CHATML_ROLES = ("system", "user", "assistant", "tool")
@@ -62,6 +62,10 @@ def has_generation_markers(template: str | dict | None) -> bool:
     return _GENERATION_MARKER.search(template) is not None
 
 
+def _is_single_token(tokenizer: Any, token: str) -> bool:
+    return len(tokenizer.encode(token, add_special_tokens=False)) == 1
+
+
 def select_chat_template(
     tokenizer, recipe_template: str | None, resolve: Callable[[str], Path]
 ) -> tuple[str, str]:
@@ -85,6 +89,16 @@ def select_chat_template(
             "template whose assistant turns are wrapped in {% generation %}...{% endgeneration %}"
         )
     if recipe_template.strip().lower() == "chatml":
+        missing = [t for t in ("<|im_start|>", "<|im_end|>") if not _is_single_token(tokenizer, t)]
+        if missing:
+            # Without them ChatML's markers become ordinary text split into pieces, and the model
+            # never sees a real end-of-turn token to stop on.
+            raise ChatTemplateError(
+                f"train.chat_template: chatml needs {' and '.join(missing)} as tokens of the model's "
+                "vocabulary, and this tokenizer splits them: give a .jinja template built on the model's "
+                "own special tokens, with the assistant turn and its end-of-turn token in "
+                "{% generation %}...{% endgeneration %}"
+            )
         return CHATML_TEMPLATE, "builtin:chatml"
     path = Path(resolve(recipe_template))
     if path.suffix != ".jinja":

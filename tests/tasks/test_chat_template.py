@@ -172,3 +172,16 @@ def test_end_of_turn_token(tokenizer):
         end_of_turn_token(template, tokenizer)
 
     assert end_of_turn_token("{% for m in messages %}{{ m['content'] + eos_token }}{% endfor %}", tokenizer) == "<|im_end|>"
+
+
+def test_chatml_is_refused_for_a_vocabulary_without_its_tokens(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel()
+    raw.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "</s>"]))
+    other = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="[UNK]")
+    ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
+    with pytest.raises(ChatTemplateError, match=r"<\|im_start\|> and <\|im_end\|>.*\.jinja"):
+        select_chat_template(other, "chatml", ws.resolve_input)
