@@ -89,9 +89,10 @@ class RunContext:
         state = task(call, return_state=True)
         result = state.result()
         cache_hit = state.name == "Cached" or not result["computed"]
-        # Always trust the store, not the manifest Prefect remembered: the store re-anchors paths
-        # (a moved warehouse) and re-checks every file's hash.
-        manifest = self.store.load(call.stage, call.key)
+        # Always take the manifest from the store, not the one Prefect remembered: the store
+        # re-anchors paths (a moved warehouse). File hashes are checked only when Prefect served
+        # the result; when the task body ran, it verified or just wrote them itself.
+        manifest = self.store.load(call.stage, call.key, verify=state.name == "Cached")
         if manifest is None:
             # Prefect remembers a result whose artifact folder is gone or damaged: recompute.
             result = task.with_options(refresh_cache=True)(call, return_state=True).result()

@@ -62,7 +62,7 @@ def _row_place(path: Path, row: RawRow) -> str:
     return f"{path}:{row.line} (index {row.source_row})"
 
 
-def _read_rows(path: Path, where: str) -> Iterator[tuple[str, Any]]:
+def read_eval_rows(path: Path, where: str) -> Iterator[tuple[str, Any]]:
     """(place, row) pairs, read by ingest's readers so eval sets accept the files sources accept.
 
     An eval set is a curated input: a row that does not parse stops the run instead of being
@@ -121,7 +121,7 @@ def eval_row_texts(row: Any, fmt: str, where: str) -> list[str]:
 def eval_set_ngrams(path: Path, fmt: str, n: int, where: str | None = None) -> set[int]:
     """All n-grams of one eval set file; `where` names it in file-level errors (default: the path)."""
     found: set[int] = set()
-    for place, row in _read_rows(path, where or str(path)):
+    for place, row in read_eval_rows(path, where or str(path)):
         for text in eval_row_texts(row, fmt, place):
             found |= word_ngrams(text, n)
     return found

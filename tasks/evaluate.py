@@ -453,17 +453,18 @@ LIBRARIES = ("transformers", "torch", "peft", "tokenizers")
 
 
 def read_texts(path: Path, limit: int) -> list[str]:
-    """The `text` field of the first `limit` rows of a JSONL/JSON/Parquet file (the general corpus)."""
-    from tasks.ingest import iter_file_rows
+    """The `text` field of the first `limit` rows of a JSONL/JSON/Parquet file (the general corpus).
 
-    texts = []
-    for row in iter_file_rows(path, where=f"eval.general_text {path}"):
-        if row.problem is not None or not isinstance(row.value, dict) or not isinstance(row.value.get("text"), str):
-            raise ValueError(f"eval.general_text {path} ({row.location}): each row needs a text field")
-        texts.append(row.value["text"])
+    Read like a decontamination eval set of format `text`: same file kinds, same errors.
+    """
+    from tasks.decontaminate import eval_row_texts, read_eval_rows
+
+    texts: list[str] = []
+    for place, row in read_eval_rows(path, f"eval.general_text {path}"):
+        texts += eval_row_texts(row, "text", place)
         if len(texts) >= limit:
             break
-    return texts
+    return texts[:limit]
 
 
 @stage_task("evaluate")

