@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The UI end-to-end test drives Debian's chromium through playwright (no browser download).
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test clean-warehouse
+.PHONY: install demo test ui serve clean-warehouse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +24,20 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/sftflow run deployments/recipes/demo.yaml
 
-test: install
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium > /dev/null
+
+test: install $(CHROMIUM)
 	$(PY) -m pytest
+
+# Prefect server + UI on http://127.0.0.1:4200 (SQLite database in data/warehouse/prefect/).
+ui: install
+	$(VENV)/bin/sftflow ui
+
+# Serve the nightly deployment of deployments/prefect.yaml from this process (needs `make ui`).
+serve: install
+	$(VENV)/bin/sftflow serve
 
 clean-warehouse:
 	rm -rf data/warehouse

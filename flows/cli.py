@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -44,6 +45,14 @@ def run(
     except (RecipeError, PathNotAllowed) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+    from flows.operate import running_local_server
+
+    api_url = running_local_server()
+    if api_url:
+        # Report to the `sftflow ui` server that is up (set before Prefect is imported).
+        os.environ["PREFECT_API_URL"] = api_url
+        console.print(f"reporting to the Prefect server at {api_url}")
 
     from flows.pipeline import sftflow_pipeline
 
@@ -146,6 +155,142 @@ def write_rows(columns: list[str], rows: list[tuple], format: str) -> None:
         for r in rows:
             table.add_row(*("" if v is None else str(v) for v in r))
         console.print(table)
+
+
+@app.command()
+def explain(
+    example_id: str = typer.Argument(..., help="An example_id (or a unique prefix of 6+ characters)."),
+    format: str = typer.Option("table", "--format", help="table | json"),
+    warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
+) -> None:
+    """Why a row is (or is not) in the training data: its source line, normalized form, every decision."""
+    from tasks.core.artifacts import ArtifactStore
+    from tasks.core.audit import explain as explain_row
+
+    ws, con = _audit_connection(warehouse, format)
+    with con:
+        report = _audit_call(lambda: explain_row(con, ArtifactStore(ws.artifacts_dir), example_id))
+    if format == "json":
+        sys.stdout.write(json.dumps(report, default=str, indent=2, ensure_ascii=False) + "\n")
+        return
+    ex = report["example"]
+    console.print(f"[bold]example {ex['example_id']}[/bold]  source {ex['source']} ({ex['source_format']}) "
+                  f"{ex['source_uri']} row {ex['source_row']}  category {ex['category'] or '—'}")
+    console.print("[bold]source line[/bold]")
+    console.print(report["raw"] if report["raw"] is not None else "—", markup=False, highlight=False)
+    normalized = report["normalized"]
+    console.print("[bold]normalized[/bold]")
+    if normalized is None:
+        console.print("never kept by normalize (see the decisions below)")
+    elif normalized.get("messages") is None:
+        console.print(normalized.get("missing", "—"))
+    else:
+        for m in normalized["messages"]:
+            console.print(f"  {m['role']:>9}: {m['content']}", markup=False, highlight=False)
+    write_rows(["stage", "kept", "reason", "score", "detail", "dup_of", "run", "latest run"],
+               [(d["stage"], d["kept"], d["reason"], d["score"],
+                 json.dumps(d["detail"]) if isinstance(d["detail"], (dict, list)) else d["detail"],
+                 d["dup_of"], d["decided_in_run"], d["in_latest_run"]) for d in report["decisions"]], "table")
+    if report["shards"]:
+        write_rows(["shard", "split", "copies", "latest run"],
+                   [(s["shard_id"], s["split"], s["n_copies"], s["in_latest_run"]) for s in report["shards"]],
+                   "table")
+    console.print(f"trained models: {', '.join(report['trained_models']) or '—'}")
+
+
+@app.command()
+def lineage(
+    model_id: str = typer.Argument(..., help="A model_id (or a unique prefix of 6+ characters)."),
+    format: str = typer.Option("table", "--format", help="table | json"),
+    warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
+) -> None:
+    """What a model was trained on: upstream artifacts, sources, shard counts and every example id."""
+    from tasks.core.audit import lineage as model_lineage
+
+    _ws, con = _audit_connection(warehouse, format)
+    with con:
+        report = _audit_call(lambda: model_lineage(con, model_id))
+    if format == "json":
+        sys.stdout.write(json.dumps(report, default=str, indent=2) + "\n")
+        return
+    m = report["model"]
+    console.print(f"[bold]model {m['model_id']}[/bold]  base {m['base_model']}  method {m['method']}  "
+                  f"run {m['run_id']}\n{m['path']}")
+    write_rows(["stage", "artifact", "rows in", "rows out"],
+               [(a["stage"], a["artifact_id"], a["n_in"], a["n_out"]) for a in report["upstream_artifacts"]],
+               "table")
+    write_rows(["source", "format", "path", "examples", "train rows"],
+               [(s["source"], s["source_format"], s["source_uri"], s["n_examples"], s["n_train_rows"])
+                for s in report["sources"]], "table")
+    write_rows(["shard", "split", "category", "rows", "unique examples", "tokens"],
+               [(s["shard_id"], s["split"], s["category"], s["n_rows"], s["n_unique_examples"], s["n_tokens"])
+                for s in report["shards"]], "table")
+    console.print(f"[bold]{report['n_train_examples']} example ids trained on[/bold]")
+    sys.stdout.write("\n".join(report["example_ids"]) + "\n")
+
+
+def _audit_connection(warehouse: Optional[Path], format: str):
+    from tasks.core.catalog import connect_readonly
+    from tasks.core.workspace import Workspace
+
+    if format not in ("table", "json"):
+        raise typer.BadParameter("--format takes table or json")
+    ws = Workspace.from_env(warehouse=warehouse)
+    try:
+        return ws, connect_readonly(ws.catalog_path)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _audit_call(call):
+    from tasks.core.audit import NotFound
+
+    try:
+        return call()
+    except NotFound as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(4200, help="Port on 127.0.0.1."),
+    warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
+) -> None:
+    """Start the Prefect server and UI on loopback (SQLite database in WAREHOUSE/prefect/)."""
+    from flows.operate import local_api_url, ui_server_command
+    from tasks.core.workspace import Workspace
+
+    ws = Workspace.from_env(warehouse=warehouse)
+    (ws.warehouse / "prefect").mkdir(parents=True, exist_ok=True)
+    command, env = ui_server_command(port, ws.warehouse)
+    console.print(f"Prefect UI: http://127.0.0.1:{port}  (API {local_api_url(port)}); "
+                  "`sftflow run` and `sftflow serve` report to it while it is up.")
+    os.execvpe(command[0], command, env)
+
+
+@app.command()
+def serve(
+    name: Optional[str] = typer.Option(None, help="Deployment name in deployments/prefect.yaml (default: the first)."),
+    root: Optional[Path] = typer.Option(None, help="Project root (default: current folder)."),
+    api_url: Optional[str] = typer.Option(None, help="Prefect API (default: PREFECT_API_URL, else `sftflow ui`'s)."),
+) -> None:
+    """Serve the nightly deployment from this process: same schedule and parameters as prefect.yaml."""
+    from flows.operate import local_api_url, serve as serve_deployment, server_is_up
+    from tasks.core.workspace import Workspace
+
+    url = api_url or os.environ.get("PREFECT_API_URL") or local_api_url()
+    if not server_is_up(url):
+        console.print(f"[red]error:[/red] no Prefect server answers at {url}: start one with `sftflow ui` "
+                      "(or `make ui`) in another terminal, or pass --api-url")
+        raise typer.Exit(2)
+    ws = Workspace.from_env(root=root)
+    try:
+        serve_deployment(ws.root, name, url)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

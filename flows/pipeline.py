@@ -13,7 +13,8 @@ from prefect.runtime import flow_run
 
 from flows.plans import (plan_dedup, plan_evaluate, plan_filter, plan_ingest, plan_mix, plan_normalize,
                          plan_score, plan_train)
-from flows.stage_runner import RunContext, publish_mixture
+from flows.publish import publish_run
+from flows.stage_runner import RunContext
 from tasks.core.cache_keys import project_code_version
 from tasks.core.recipe import load_recipe
 from tasks.core.workspace import Workspace
@@ -53,8 +54,9 @@ def sftflow_pipeline(
         filtered = run.run(filter_stage, plan_filter(recipe, deduped, ws))
         scored = run.run(score_stage, plan_score(recipe, filtered, ws))
         mixed = run.run(mix_stage, plan_mix(recipe, scored, ws))
+        data_card = run.publish_data_card()
         if only != "data":
-            trained = run.run(train_stage, plan_train(recipe, mixed, ws, run.data_card()),
+            trained = run.run(train_stage, plan_train(recipe, mixed, ws, data_card),
                               retries=1, retry_on=(TrainingFailed,))
             if only == "all":
                 run.run(evaluate_stage, plan_evaluate(recipe, trained, mixed, ws))
@@ -63,7 +65,7 @@ def sftflow_pipeline(
         raise
     run.finish("completed")
     summary = run.summary()
-    publish_mixture(summary)
+    publish_run(summary)
     return summary
 
 

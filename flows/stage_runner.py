@@ -12,14 +12,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
+
+from flows.publish import publish_data_card, publish_stage
 
 from tasks.core.artifacts import ArtifactStore, Manifest
 from tasks.core.catalog import Catalog
 from tasks.core.recipe import Recipe, recipe_canonical_json
 from tasks.core.stage import StageCall
 from tasks.core.workspace import Workspace
+from tasks.model_card import render_data_card
 
 
 class EmptyStageError(RuntimeError):
@@ -50,8 +52,12 @@ class RunContext:
     run_id: str
     flow_run_id: str | None
     catalog: Catalog
+    overrides: list[str] = field(default_factory=list)
+    code_version: str = ""
     n_planned: int = 0  # stages this run will execute, for the [i/n] progress lines
     results: list[StageResult] = field(default_factory=list)
+    cards: dict[str, str] = field(default_factory=dict)  # card/report name -> file path
+    published: set[str] = field(default_factory=set)  # ARTIFACT_KEYS names shown in the UI
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -62,7 +68,7 @@ class RunContext:
         catalog.start_run(run_id, flow_run_id, recipe.name, recipe.recipe_hash(), code_version,
                           recipe_canonical_json(recipe), list(overrides))
         return cls(workspace=workspace, recipe=recipe, run_id=run_id, flow_run_id=flow_run_id,
-                   catalog=catalog, n_planned=n_planned)
+                   catalog=catalog, overrides=list(overrides), code_version=code_version, n_planned=n_planned)
 
     @property
     def store(self) -> ArtifactStore:
@@ -117,33 +123,31 @@ class RunContext:
 
     def _publish(self, outcome: StageResult) -> None:
         row = outcome.row()
-        logger = get_run_logger()
-        logger.info(
+        get_run_logger().info(
             "[%d/%d] %-9s %-16s in %6d  out %6d  %s  %.2fs",
             len(self.results), self.n_planned, row["stage"], row["label"], row["n_in"], row["n_out"],
             "cache hit" if row["cache_hit"] else "computed ", row["seconds"],
         )
-        reasons = outcome.manifest.stats.get("reasons", {})
-        table = [{"stage": row["stage"], "source": row["label"] or "-", "rows in": row["n_in"],
-                  "rows out": row["n_out"], "cache hit": row["cache_hit"], "seconds": row["seconds"]}]
-        table += [{"stage": row["stage"], "source": f"reason: {r}", "rows in": None, "rows out": n,
-                   "cache hit": None, "seconds": None} for r, n in sorted(reasons.items())]
-        slug = f"{row['stage']}-{row['label']}".strip("-").replace("_", "-").lower()
-        create_table_artifact(key=f"sftflow-{slug}", table=table,
-                              description=f"{row['stage']} counts for run {self.run_id}")
+        publish_stage(row, outcome.manifest, self.run_id)
         manifest = outcome.manifest
         if manifest.stage == "train":
-            audit = manifest.stats.get("mask_audit", {})
-            lines = ["## Mask audit", "", "| check | value |", "|---|---|"]
-            lines += [f"| {k} | {v} |" for k, v in sorted(audit.items()) if not isinstance(v, (dict, list))]
-            lines += ["", f"Training plot: `{manifest.file('training.png')}`",
-                      f"Model card: `{manifest.file('MODEL_CARD.md')}`"]
-            create_markdown_artifact(key="sftflow-train", markdown="\n".join(lines),
-                                     description=f"mask audit and training outputs, run {self.run_id}")
+            self.published.update({"mask_audit", "loss_plot", "model_card"})
+            self.cards["model_card"] = str(manifest.file("MODEL_CARD.md"))
         elif manifest.stage == "evaluate":
-            create_markdown_artifact(key="sftflow-eval-report",
-                                     markdown=manifest.file("report.md").read_text(encoding="utf-8"),
-                                     description=f"evaluation report, run {self.run_id}")
+            self.published.add("eval_report")
+            self.cards["eval_report"] = str(manifest.file("report.md"))
+
+    def publish_data_card(self) -> dict[str, Any]:
+        """Write runs/<run_id>/DATA_CARD.md, show it in the UI; returns the card (train's input)."""
+        card = self.data_card()
+        path = self.workspace.warehouse / "runs" / self.run_id / "DATA_CARD.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        markdown = render_data_card({**card, "overrides": self.overrides, "code_version": self.code_version})
+        path.write_text(markdown, encoding="utf-8")
+        publish_data_card(markdown, self.run_id)
+        self.cards["data_card"] = str(path)
+        self.published.add("data_card")
+        return card
 
     def finish(self, status: str) -> None:
         self.catalog.finish_run(self.run_id, status)
@@ -190,20 +194,6 @@ class RunContext:
             "evals": [{"metric": m["metric"], "value": m["value"]} for m in evaluated.stats.get("metrics", [])]
             if evaluated else [],
             "regressed": evaluated.stats.get("regressed") if evaluated else None,
+            "cards": dict(self.cards),
+            "published": sorted(self.published),
         }
-
-
-def publish_mixture(summary: dict[str, Any]) -> None:
-    """The realized vs target mixture as a Prefect markdown artifact."""
-    lines = ["| category | target share | realized share | train rows | unique | eval rows |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for m in summary["mixture"]:
-        lines.append(f"| {m['category']} | {m['target_share']:.3f} | {m['realized_share']:.3f} | "
-                     f"{m['n_rows']} | {m['n_unique']} | {m['n_eval']} |")
-    ledger = ["| stage | in | kept | dropped |", "|---|---:|---:|---:|"]
-    ledger += [f"| {r['stage']} | {r['n_in']} | {r['n_kept']} | {r['n_dropped']} |" for r in summary["ledger"]]
-    create_markdown_artifact(
-        key="sftflow-mixture",
-        markdown="## Ledger\n\n" + "\n".join(ledger) + "\n\n## Realized mixture\n\n" + "\n".join(lines),
-        description=f"run {summary['run_id']}",
-    )

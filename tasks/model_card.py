@@ -157,3 +157,40 @@ def render_model_card(data_card: dict[str, Any], train_summary: dict[str, Any]) 
         lines += ["## Reproducibility", "", "Input artifacts (content-addressed; lineage in the catalog):", ""]
         lines += _table(["stage", "key", "sha256"], artifacts) + [""]
     return "\n".join(lines)
+
+
+def render_data_card(data_card: dict[str, Any]) -> str:
+    """Markdown data card of one run: sources, the ledger, drops by reason, mixture, artifact hashes.
+
+    `data_card` is the dict described at the top of this module, plus `ledger`
+    ([{stage, n_in, n_kept, n_dropped}]), `run_id`, `overrides` and `code_version` when known.
+    """
+    recipe = data_card.get("recipe") or {}
+    lines = [f"# Data card — recipe `{recipe.get('name', '—')}`, run `{data_card.get('run_id', '—')}`", "",
+             f"Recipe hash `{recipe.get('hash', '—')}`; code version `{data_card.get('code_version', '—')}`; "
+             f"overrides: {', '.join(f'`{o}`' for o in data_card.get('overrides') or []) or 'none'}.", ""]
+    lines += ["## Sources", ""]
+    lines += _table(["source", "format", "location", "origin", "license", "rows read"],
+                    [[s.get("name"), s.get("format"), s.get("path") or s.get("hf_dataset"), s.get("origin"),
+                      s.get("license"), s.get("n_rows")] for s in data_card.get("sources") or []]) + [""]
+    ledger = data_card.get("ledger") or []
+    if ledger:
+        lines += ["## Ledger", "", "Every row a stage received was kept or dropped with a reason "
+                  "(rows in = kept + dropped):", ""]
+        lines += _table(["stage", "rows in", "kept", "dropped"],
+                        [[r.get("stage"), r.get("n_in"), r.get("n_kept"), r.get("n_dropped")] for r in ledger]) + [""]
+    drops = _drop_rows(data_card.get("drops"))
+    if drops:
+        lines += ["## Drops by reason", ""] + _table(["stage", "reason", "rows"], drops) + [""]
+    mixture = data_card.get("mixture") or []
+    if mixture:
+        lines += ["## Mixture (train split)", ""]
+        lines += _table(["category", "target share", "realized share", "train rows", "unique", "eval rows"],
+                        [[m.get("category"), _share(m.get("target_share")), _share(m.get("realized_share")),
+                          m.get("n_rows"), m.get("n_unique"), m.get("n_eval")] for m in mixture]) + [""]
+    artifacts = _artifact_rows(data_card.get("artifacts"))
+    if artifacts:
+        lines += ["## Artifacts", "", "Content-addressed; `sftflow explain EXAMPLE_ID` and "
+                  "`sftflow lineage MODEL_ID` follow rows through them.", ""]
+        lines += _table(["stage", "key", "sha256"], artifacts) + [""]
+    return "\n".join(lines)

@@ -63,7 +63,11 @@ def test_demo_cold_then_warm_run(project, run_pipeline):
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[cold["flow_run_id"]])))
     keys = {a.key for a in published}
     assert {"sftflow-ingest-alpaca-sample", "sftflow-normalize-openai-sample", "sftflow-dedup",
-            "sftflow-filter", "sftflow-score", "sftflow-mix", "sftflow-mixture"} <= keys, keys
+            "sftflow-filter", "sftflow-score", "sftflow-mix", "sftflow-data-card", "sftflow-run"} <= keys, keys
+    data_card = Path(cold["cards"]["data_card"])
+    assert data_card == project / "data" / "warehouse" / "runs" / cold["run_id"] / "DATA_CARD.md"
+    text = data_card.read_text()
+    assert "alpaca_sample" in text and "exact_duplicate" in text and "## Ledger" in text
 
     warm = run_pipeline(project)
     assert all(s["cache_hit"] for s in warm["stages"]), warm["stages"]

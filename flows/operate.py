@@ -1,0 +1,132 @@
+"""Running sftflow as a service: the Prefect server with its UI, and the nightly deployment.
+
+`deployments/prefect.yaml` is the one place the deployment is defined (name, parameters, cron
+schedule, work pool). `prefect deploy` reads it for a work pool; `sftflow serve` reads the same
+entry and serves it with `flow.serve`, so both set-ups run the same schedule with the same
+parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEPLOYMENTS_FILE = Path("deployments") / "prefect.yaml"
+LOOPBACK = "127.0.0.1"
+DEFAULT_UI_PORT = 4200
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One entry of deployments/prefect.yaml, as `flow.serve` needs it."""
+
+    name: str
+    entrypoint: str
+    parameters: dict[str, Any]
+    crons: tuple[tuple[str, str], ...]  # (cron expression, timezone) of each active schedule
+    work_pool: str
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def load_deployments(root: Path) -> list[DeploymentSpec]:
+    """The deployments declared in ROOT/deployments/prefect.yaml."""
+    path = root / DEPLOYMENTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {DEPLOYMENTS_FILE} under {root}: run from the project root or pass --root")
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    specs = []
+    for entry in document.get("deployments") or []:
+        crons = tuple((s["cron"], s.get("timezone", "UTC")) for s in entry.get("schedules") or []
+                      if "cron" in s and s.get("active", True))
+        specs.append(DeploymentSpec(
+            name=entry["name"], entrypoint=entry["entrypoint"], parameters=dict(entry.get("parameters") or {}),
+            crons=crons, work_pool=(entry.get("work_pool") or {}).get("name", ""),
+            description=" ".join(str(entry.get("description", "")).split()), tags=tuple(entry.get("tags") or ()),
+        ))
+    if not specs:
+        raise ValueError(f"{path} declares no deployments")
+    return specs
+
+
+def find_deployment(root: Path, name: str | None) -> DeploymentSpec:
+    specs = load_deployments(root)
+    if name is None:
+        return specs[0]
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"no deployment {name!r} in {root / DEPLOYMENTS_FILE}; known: {[s.name for s in specs]}")
+
+
+def local_api_url(port: int = DEFAULT_UI_PORT) -> str:
+    return f"http://{LOOPBACK}:{port}/api"
+
+
+def server_is_up(api_url: str, timeout_s: float = 0.5) -> bool:
+    """Whether a Prefect server answers its health check at api_url."""
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def running_local_server(port: int = DEFAULT_UI_PORT) -> str | None:
+    """The API URL of `sftflow ui` on this machine, when PREFECT_API_URL is unset and it is up.
+
+    Runs then report to the UI a user has open (and skip Prefect's temporary server, whose
+    start-up is most of an unchanged re-run's time). A PREFECT_API_URL set by the user wins.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    url = local_api_url(port)
+    return url if server_is_up(url) else None
+
+
+def ui_server_command(port: int, warehouse: Path) -> tuple[list[str], dict[str, str]]:
+    """`prefect server start` on loopback, with its SQLite database in the warehouse.
+
+    Keeping the database beside the catalog keeps everything about this project's runs in one
+    folder; PREFECT_SERVER_DATABASE_CONNECTION_URL set by the user wins.
+    """
+    env = dict(os.environ)
+    env.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_URL",
+                   f"sqlite+aiosqlite:///{warehouse / 'prefect' / 'prefect.db'}")
+    env["PREFECT_UI_API_URL"] = local_api_url(port)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", LOOPBACK, "--port", str(port)]
+    return command, env
+
+
+def serve(root: Path, name: str | None, api_url: str) -> None:
+    """Serve one deployment of prefect.yaml from this process (its schedule, its parameters)."""
+    from prefect.schedules import Cron
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.pipeline import sftflow_pipeline
+
+    spec = find_deployment(root, name)
+    expected = "flows/pipeline.py:sftflow_pipeline"
+    if spec.entrypoint != expected:
+        raise ValueError(f"deployment {spec.name!r} names entrypoint {spec.entrypoint!r}; serve runs {expected}")
+    parameters = dict(spec.parameters)
+    parameters.setdefault("root", str(root))
+    # The runner starts each flow run in a child process: the environment, not only this
+    # process's settings context, must point at the server.
+    os.environ["PREFECT_API_URL"] = api_url
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        sftflow_pipeline.serve(
+            name=spec.name,
+            schedules=[Cron(cron, timezone=tz) for cron, tz in spec.crons],
+            parameters=parameters,
+            description=spec.description,
+            tags=list(spec.tags),
+        )
