@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.catalog import connect_readonly
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
+DATA_STAGES = ["ingest", "normalize", "dedup", "filter", "score", "mix"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,26 +22,99 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A project root holding a copy of the samples and the demo recipe (so files can be edited)."""
-    root = tmp_path / "project"
+# A small training budget for flow tests: the chain runs for real, in seconds, and still learns.
+SMALL_TRAIN = ["train.max_steps=10", "train.save_steps=5", "train.tiny.hidden_size=64",
+               "train.tiny.num_hidden_layers=2", "train.tiny.intermediate_size=128", "train.max_length=256",
+               "train.per_device_train_batch_size=4", "eval.max_new_tokens=4", "eval.max_general_texts=8"]
+
+
+def _new_project(parent: Path) -> Path:
+    root = parent / "project"
     shutil.copytree(REPO / "data" / "samples", root / "data" / "samples")
     shutil.copytree(REPO / "deployments" / "recipes", root / "deployments" / "recipes")
     return root
+
+
+def _run(root: Path, overrides: list[str] | None = None, recipe: str = "deployments/recipes/demo.yaml",
+         only: str = "data") -> dict:
+    from flows.pipeline import sftflow_pipeline
+
+    return sftflow_pipeline(recipe_path=recipe, overrides=overrides or [], only=only, root=str(root),
+                            warehouse=str(root / "data" / "warehouse"))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project root holding a copy of the samples and the demo recipe (so files can be edited)."""
+    return _new_project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def small_train() -> list[str]:
+    return list(SMALL_TRAIN)
+
+
+@pytest.fixture(scope="session")
+def completed_run(tmp_path_factory, prefect_harness) -> tuple[Path, dict]:
+    """One cold, complete run (ingest to evaluate, SMALL_TRAIN), shared read-only by tests."""
+    root = _new_project(tmp_path_factory.mktemp("completed"))
+    return root, _run(root, SMALL_TRAIN, only="all")
+
+
+@pytest.fixture
+def completed_project(completed_run, tmp_path: Path) -> tuple[Path, dict]:
+    """A private copy of the completed run's project and warehouse, and the cold run's summary.
+
+    The copy lives elsewhere, so it is also a moved warehouse: artifacts are found by key and
+    their paths re-anchored.
+    """
+    source, summary = completed_run
+    root = tmp_path / "project"
+    shutil.copytree(source, root)
+    return root, summary
 
 
 @pytest.fixture
 def run_pipeline():
     """Run the flow on a project root with its own warehouse; returns the run summary.
 
-    Data-half tests stop after mix (`only="data"`); test_train_flow.py runs train and evaluate.
+    `only="data"` by default (stop after mix); pass only="all" for train and evaluate.
     """
-    from flows.pipeline import sftflow_pipeline
+    return _run
 
-    def run(root: Path, overrides: list[str] | None = None, recipe: str = "deployments/recipes/demo.yaml",
-            only: str = "data"):
-        return sftflow_pipeline(recipe_path=recipe, overrides=overrides or [], only=only, root=str(root),
-                                warehouse=str(root / "data" / "warehouse"))
 
-    return run
+def _assert_ledger_balances(root: Path, run_id: str) -> None:
+    with connect_readonly(root / "data" / "warehouse" / "catalog.duckdb") as con:
+        rows = con.execute(
+            "SELECT stage, n_in, n_kept, n_dropped FROM ledger_by_run WHERE run_id = ?", [run_id]
+        ).fetchall()
+        assert {r[0] for r in rows} == set(DATA_STAGES)
+        for stage, n_in, n_kept, n_dropped in rows:
+            assert n_in == n_kept + n_dropped, stage
+        # Every row read is either in a shard of this run's mix or has a drop decision in this run.
+        lost = con.execute(
+            """WITH keys AS (SELECT key FROM stage_runs WHERE run_id = ?),
+                    read_rows AS (SELECT example_id FROM decisions
+                                  WHERE stage = 'ingest' AND artifact_id IN (SELECT key FROM keys)),
+                    dropped AS (SELECT example_id FROM decisions
+                                WHERE NOT kept AND artifact_id IN (SELECT key FROM keys)),
+                    sharded AS (SELECT se.example_id FROM shard_examples se JOIN shards s USING (shard_id)
+                                WHERE s.artifact_id IN (SELECT key FROM keys))
+               SELECT count(*) FROM read_rows
+               WHERE example_id NOT IN (SELECT example_id FROM dropped)
+                 AND example_id NOT IN (SELECT example_id FROM sharded)""",
+            [run_id],
+        ).fetchone()[0]
+        assert lost == 0
+        # the audit views answer for the latest run: nothing it put in a shard shows up as dropped
+        if run_id == con.execute("SELECT run_id FROM runs WHERE status = 'completed' "
+                                 "ORDER BY finished_at DESC LIMIT 1").fetchone()[0]:
+            stale = con.execute("SELECT count(*) FROM drops d JOIN shard_examples se USING (example_id) "
+                                "JOIN latest_shards s USING (shard_id)").fetchone()[0]
+            assert stale == 0
+
+
+@pytest.fixture
+def assert_ledger_balances():
+    """Every data stage: rows in = kept + dropped; every row read is in a shard or was dropped."""
+    return _assert_ledger_balances

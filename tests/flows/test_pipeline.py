@@ -1,4 +1,6 @@
-"""The data half end to end: ledger invariant, lineage, and what re-runs when one thing changes."""
+"""The data half end to end: ledger invariant, lineage, published artifacts, damaged caches.
+
+What re-runs when one thing changes is the mutation matrix (test_mutation_matrix.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.core import cache_keys
 from tasks.core.catalog import connect_readonly
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -23,32 +24,7 @@ def computed(summary: dict) -> set[tuple[str, str]]:
     return {(s["stage"], s["label"]) for s in summary["stages"] if not s["cache_hit"]}
 
 
-def assert_ledger_balances(root: Path, run_id: str) -> None:
-    with catalog(root) as con:
-        rows = con.execute(
-            "SELECT stage, n_in, n_kept, n_dropped FROM ledger_by_run WHERE run_id = ?", [run_id]
-        ).fetchall()
-        assert {r[0] for r in rows} == set(DATA_STAGES)
-        for stage, n_in, n_kept, n_dropped in rows:
-            assert n_in == n_kept + n_dropped, stage
-        # Every row read is either in a shard of this run's mix or has a drop decision in this run.
-        lost = con.execute(
-            """WITH keys AS (SELECT key FROM stage_runs WHERE run_id = ?),
-                    read_rows AS (SELECT example_id FROM decisions
-                                  WHERE stage = 'ingest' AND artifact_id IN (SELECT key FROM keys)),
-                    dropped AS (SELECT example_id FROM decisions
-                                WHERE NOT kept AND artifact_id IN (SELECT key FROM keys)),
-                    sharded AS (SELECT se.example_id FROM shard_examples se JOIN shards s USING (shard_id)
-                                WHERE s.artifact_id IN (SELECT key FROM keys))
-               SELECT count(*) FROM read_rows
-               WHERE example_id NOT IN (SELECT example_id FROM dropped)
-                 AND example_id NOT IN (SELECT example_id FROM sharded)""",
-            [run_id],
-        ).fetchone()[0]
-        assert lost == 0
-
-
-def test_demo_cold_then_warm_run(project, run_pipeline):
+def test_demo_cold_then_warm_run(project, run_pipeline, assert_ledger_balances):
     cold = run_pipeline(project)
     assert {s["stage"] for s in cold["stages"]} == set(DATA_STAGES)
     assert all(not s["cache_hit"] for s in cold["stages"])
@@ -96,36 +72,15 @@ def test_demo_cold_then_warm_run(project, run_pipeline):
         assert set(reasons) <= {r.value for r in Reason}
 
 
-def test_prefect_result_store_wiped_still_skips(project, run_pipeline):
-    run_pipeline(project)
+def test_prefect_result_store_wiped_still_skips(completed_project, run_pipeline):
+    project, _ = completed_project
     shutil.rmtree(project / "data" / "warehouse" / "prefect-results")
     again = run_pipeline(project)
     assert all(s["cache_hit"] for s in again["stages"])
 
 
-def test_toxicity_threshold_recomputes_filter_and_downstream_only(project, run_pipeline):
-    base = run_pipeline(project)
-    changed = run_pipeline(project, ["filters.toxicity.threshold=0.3"])
-    redo = {stage for stage, _ in computed(changed)}
-    # the samples hold a reply scoring between 0.3 and 0.5, so the filter's output changes and
-    # everything downstream of it recomputes; nothing upstream does
-    assert redo == {"filter", "score", "mix"}, redo
-    assert_ledger_balances(project, changed["run_id"])
-    with catalog(project) as con:
-        # audit views answer for the latest run only: nothing it trained on shows up as dropped
-        stale = con.execute(
-            "SELECT count(*) FROM drops d JOIN shard_examples se USING (example_id) "
-            "JOIN latest_shards s USING (shard_id)").fetchone()[0]
-        assert stale == 0
-        toxic_now = con.execute("SELECT count(*) FROM drops WHERE reason = 'toxic'").fetchone()[0]
-        toxic_base = con.execute(
-            "SELECT count(*) FROM decisions d JOIN stage_runs sr ON sr.key = d.artifact_id "
-            "WHERE sr.run_id = ? AND d.reason = 'toxic'", [base["run_id"]]).fetchone()[0]
-        assert toxic_now > toxic_base
-
-
-def test_moved_warehouse_still_serves_and_recomputes(project, run_pipeline, tmp_path):
-    run_pipeline(project)
+def test_moved_warehouse_still_serves_and_recomputes(completed_project, run_pipeline, tmp_path):
+    project, _ = completed_project
     moved = tmp_path / "moved-project"
     shutil.move(str(project), str(moved))
     after = run_pipeline(moved, ["mix.seed=7"])
@@ -149,38 +104,8 @@ def test_source_whose_rows_all_fail_validation_stops_the_run(project, run_pipeli
         assert reasons == {"starts_with_assistant", "no_assistant_turn"}
 
 
-def test_changing_one_source_file_recomputes_only_that_source(project, run_pipeline):
-    run_pipeline(project)
-    path = project / "data" / "samples" / "openai.jsonl"
-    path.write_bytes(path.read_bytes() + b'{"messages": [{"role": "user", "content": "One more question about tides?"}, {"role": "assistant", "content": "Tides come from the pull of the moon and the sun on the oceans, which raises bulges of water that the Earth rotates through twice a day."}]}\n')
-    after = run_pipeline(project)
-    redo = computed(after)
-    assert ("ingest", "openai_sample") in redo and ("normalize", "openai_sample") in redo
-    assert ("ingest", "alpaca_sample") not in redo and ("ingest", "sharegpt_sample") not in redo
-    assert ("normalize", "alpaca_sample") not in redo
-    assert {"dedup", "filter", "score", "mix"} <= {stage for stage, _ in redo}
-    assert_ledger_balances(project, after["run_id"])
-
-
-def test_code_change_invalidates_that_stage(project, run_pipeline, monkeypatch):
-    base = run_pipeline(project)
-    real = cache_keys.code_fingerprint
-
-    def edited(module: str) -> str:
-        return "edited-" + real(module) if module == "tasks.dedup" else real(module)
-
-    monkeypatch.setattr("tasks.core.stage.code_fingerprint", edited)
-    after = run_pipeline(project)
-    redo = {stage for stage, _ in computed(after)}
-    assert "dedup" in redo
-    assert not redo & {"ingest", "normalize"}
-    # dedup's output bytes are unchanged, so content addressing lets filter onward hit the cache
-    assert not redo & {"filter", "score", "mix"}
-    assert base["stages"][-1]["key"] == after["stages"][-1]["key"]
-
-
-def test_deleted_artifact_is_recomputed(project, run_pipeline):
-    base = run_pipeline(project)
+def test_deleted_artifact_is_recomputed(completed_project, run_pipeline):
+    project, base = completed_project
     key = next(s["key"] for s in base["stages"] if s["stage"] == "score")
     folder = next((project / "data" / "warehouse" / "artifacts" / "score").glob(f"{key}*"))
     (folder / "manifest.json").unlink()
@@ -199,7 +124,7 @@ def test_source_with_zero_valid_rows_fails_loudly(project, run_pipeline):
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
-def test_real_world_files(project, run_pipeline, monkeypatch):
+def test_real_world_files(project, run_pipeline, monkeypatch, assert_ledger_balances):
     monkeypatch.setenv("SFTFLOW_DATA_DIRS", str(SHARED_DATA))
     recipe = project / "deployments" / "recipes" / "shared.yaml"
     recipe.write_text(

@@ -7,13 +7,9 @@ from pathlib import Path
 
 from tasks.core.catalog import connect_readonly
 
-SMALL_TRAIN = ["train.max_steps=30", "train.tiny.hidden_size=64", "train.tiny.num_hidden_layers=2",
-               "train.tiny.intermediate_size=128", "train.max_length=256", "train.save_steps=15",
-               "train.per_device_train_batch_size=4", "eval.max_new_tokens=8", "eval.max_general_texts=20"]
 
-
-def test_ingest_to_evaluate(project, run_pipeline):
-    cold = run_pipeline(project, SMALL_TRAIN, only="all")
+def test_ingest_to_evaluate(completed_run, completed_project, run_pipeline, small_train):
+    project, cold = completed_run
     stages = [s["stage"] for s in cold["stages"]]
     assert stages[-2:] == ["train", "evaluate"]
 
@@ -33,7 +29,7 @@ def test_ingest_to_evaluate(project, run_pipeline):
         assert name in metrics, name
     assert metrics["mask_zero_supervised_examples"] == 0
     assert 0 < metrics["mask_supervised_token_share"] < 1
-    # a randomly initialised model trained 30 steps beats itself untrained on held-out answers
+    # a randomly initialised model trained 10 steps beats itself untrained on held-out answers
     assert metrics["heldout_loss"] < metrics["heldout_loss_base"]
 
     artifact = Path(path).parent
@@ -45,5 +41,6 @@ def test_ingest_to_evaluate(project, run_pipeline):
     card = (artifact / "MODEL_CARD.md").read_text()
     assert "alpaca_sample" in card and "exact_duplicate" in card
 
-    warm = run_pipeline(project, SMALL_TRAIN, only="all")
+    copy, _ = completed_project
+    warm = run_pipeline(copy, small_train, only="all")
     assert all(s["cache_hit"] for s in warm["stages"]), warm["stages"]

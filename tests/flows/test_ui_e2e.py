@@ -23,8 +23,6 @@ from flows.publish import ARTIFACT_KEYS
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "build" / "ui-e2e"
-SMALL_TRAIN = ["train.max_steps=3", "train.tiny.hidden_size=64", "train.tiny.intermediate_size=128",
-               "train.max_length=256", "eval.max_new_tokens=4", "eval.max_general_texts=8"]
 # Chromium as root in a closed network: no sandbox, no background connections (they are refused).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
@@ -91,7 +89,7 @@ def _client(api_url: str):
     return Client()
 
 
-def test_deploy_trigger_and_see_it_in_the_ui(server, project):
+def test_deploy_trigger_and_see_it_in_the_ui(server, project, small_train):
     assert CHROMIUM.is_file(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
 
@@ -120,7 +118,7 @@ def test_deploy_trigger_and_see_it_in_the_ui(server, project):
 
     # trigger a run the way the UI's "Custom run" does: recipe path and --set-style overrides
     out = _run(prefect + ["deployment", "run", "sftflow/nightly-demo", "--params", json.dumps(
-        {"overrides": SMALL_TRAIN, "root": str(project), "warehouse": str(project / "data" / "warehouse")})], env)
+        {"overrides": small_train, "root": str(project), "warehouse": str(project / "data" / "warehouse")})], env)
     flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
     _run(prefect + ["worker", "start", "--pool", "sftflow-process", "--run-once"], env, timeout_s=600)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.model_card import render_model_card
+from tasks.model_card import render_data_card, render_model_card
 
 DATA_CARD = {
     "recipe": {"name": "demo", "hash": "r3c1p3"},
@@ -77,3 +77,22 @@ def test_drops_as_nested_mapping_render_the_same_rows():
     nested = {**DATA_CARD, "drops": {"filter": {"toxic": 3}, "dedup": {"exact_duplicate": 7},
                                      "normalize": {"non_alternating": 2}}}
     assert render_model_card(nested, SUMMARY) == render_model_card(DATA_CARD, SUMMARY)
+
+
+def test_data_card_has_sources_ledger_drops_mixture_and_hashes():
+    card = render_data_card({**DATA_CARD, "run_id": "run42", "overrides": ["mix.seed=7"], "code_version": "cv1",
+                             "ledger": [{"stage": "ingest", "n_in": 200, "n_kept": 195, "n_dropped": 5},
+                                        {"stage": "dedup", "n_in": 195, "n_kept": 188, "n_dropped": 7}]})
+    assert card.startswith("# Data card — recipe `demo`, run `run42`")
+    assert "`mix.seed=7`" in card and "`cv1`" in card
+    assert "| alpaca_sample | alpaca | data/samples/alpaca.json | synthetic | cc-by-nc-4.0 | 120 |" in card
+    assert "| ingest | 200 | 195 | 5 |" in card
+    # drops in pipeline order whatever order they came in
+    assert card.index("non_alternating") < card.index("exact_duplicate") < card.index("| filter | toxic | 3 |")
+    assert "| qa | 60.0% | 62.5% | 100 | 90 | 5 |" in card
+    assert "| mix | mixkey1 | abc123 |" in card
+
+
+def test_data_card_of_an_empty_run_still_renders():
+    card = render_data_card({})
+    assert "## Sources" in card and "## Ledger" not in card and "overrides: none" in card

@@ -1,0 +1,181 @@
+"""The mutation matrix: one complete run, then one single change at a time.
+
+For every change, exactly the stages whose key it changes recompute, plus those downstream of an
+artifact whose bytes changed; everything upstream and unrelated is a cache hit, and irrelevant
+edits recompute nothing. A stage's inputs enter downstream keys by content hash, so a change that
+leaves a stage's output byte-identical (a refactor, a library upgrade that computes the same
+thing) stops there: the rows marked "same bytes" below check that early cut-off on purpose.
+
+The rendered matrix must equal the table in docs/caching.md (between the markers), so the docs
+always show what this test saw. Results also land in build/mutation-matrix.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tasks.core import cache_keys
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "caching.md"
+BEGIN, END = "<!-- mutation-matrix:begin -->", "<!-- mutation-matrix:end -->"
+ALL = ("ingest[alpaca_sample]", "ingest[sharegpt_sample]", "ingest[openai_sample]",
+       "normalize[alpaca_sample]", "normalize[sharegpt_sample]", "normalize[openai_sample]",
+       "dedup", "filter", "score", "mix", "train", "evaluate")
+FROM_DEDUP = ("dedup", "filter", "score", "mix", "train", "evaluate")
+
+
+@dataclass
+class Mutation:
+    change: str  # what a user did, in their words
+    expected: tuple[str, ...]  # stages that must recompute; all others must be cache hits
+    overrides: tuple[str, ...] = ()
+    edit: Callable[[Path, pytest.MonkeyPatch], None] | None = None
+
+
+def _edit_source_row(root: Path, _mp) -> None:
+    path = root / "data" / "samples" / "openai.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    # one row's answer gains a sentence: the file stays valid, one record's bytes change
+    lines[0] = lines[0].replace('"}]}', ' This sentence was added by an editor."}]}', 1)
+    assert lines[0] != path.read_text(encoding="utf-8").splitlines(keepends=True)[0]
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def _fingerprint_edit(mp: pytest.MonkeyPatch, module: str) -> None:
+    real = cache_keys.code_fingerprint
+    mp.setattr("tasks.core.stage.code_fingerprint",
+               lambda name: "edited-" + real(name) if name == module else real(name))
+
+
+def _edit_filter_code(_root: Path, mp: pytest.MonkeyPatch) -> None:
+    """An edit to tasks/filters.py that changes behaviour: responses need 3x the tokens."""
+    import tasks.filters as filters
+    from tasks.core.reasons import Reason
+
+    real_decide = filters.decide
+
+    def stricter(n_tokens_response, n_tokens_total, judged_toxicity, decon_hits, cfg):
+        if n_tokens_response < cfg.length.min_response_tokens * 3:
+            return Reason.TOO_SHORT_RESPONSE
+        return real_decide(n_tokens_response, n_tokens_total, judged_toxicity, decon_hits, cfg)
+
+    mp.setattr(filters, "decide", stricter)
+    _fingerprint_edit(mp, "tasks.filters")
+
+
+def _refactor_dedup_code(_root: Path, mp: pytest.MonkeyPatch) -> None:
+    """An edit to tasks/dedup.py that computes the same thing (a refactor)."""
+    _fingerprint_edit(mp, "tasks.dedup")
+
+
+def _library_upgrade(name: str):
+    def edit(_root: Path, mp: pytest.MonkeyPatch) -> None:
+        real = cache_keys.library_versions
+
+        def versions(names):
+            found = real(names)
+            return {k: (v + ".post1" if k == name else v) for k, v in found.items()}
+
+        mp.setattr("tasks.core.stage.library_versions", versions)
+
+    return edit
+
+
+def _recipe_edit(old: str, new: str):
+    def edit(root: Path, _mp) -> None:
+        path = root / "deployments" / "recipes" / "demo.yaml"
+        text = path.read_text(encoding="utf-8")
+        assert old in text
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    return edit
+
+
+MUTATIONS = [
+    Mutation("one source file's bytes (a row of openai.jsonl edited)",
+             ("ingest[openai_sample]", "normalize[openai_sample]") + FROM_DEDUP, edit=_edit_source_row),
+    Mutation("dedup parameter `dedup.near.threshold=0.95`", FROM_DEDUP, ("dedup.near.threshold=0.95",)),
+    Mutation("toxicity threshold `filters.toxicity.threshold=0.3`", FROM_DEDUP[1:],
+             ("filters.toxicity.threshold=0.3",)),
+    Mutation("reward keep fraction `score.keep_top_fraction=0.7`", FROM_DEDUP[2:], ("score.keep_top_fraction=0.7",)),
+    Mutation("mix shares `mix.shares.code=0.25`, `mix.shares.conversation=0.25`", FROM_DEDUP[3:],
+             ("mix.shares.code=0.25", "mix.shares.conversation=0.25")),
+    Mutation("training hyperparameter `train.learning_rate=0.001`", ("train", "evaluate"),
+             ("train.learning_rate=0.001",)),
+    Mutation("eval setting `eval.max_new_tokens=6`", ("evaluate",), ("eval.max_new_tokens=6",)),
+    Mutation("stage code: tasks/filters.py edited (stricter length rule)", FROM_DEDUP[1:], edit=_edit_filter_code),
+    Mutation("stage code: tasks/dedup.py refactored (same bytes out)", ("dedup",), edit=_refactor_dedup_code),
+    Mutation("library version in the train key (trl upgraded)", ("train", "evaluate"), edit=_library_upgrade("trl")),
+    Mutation("library version in the dedup key (datasketch upgraded, same bytes out)", ("dedup",),
+             edit=_library_upgrade("datasketch")),
+    Mutation("irrelevant: a comment added to the recipe", (),
+             edit=_recipe_edit("name: demo\n", "# nightly run, reviewed by the data team\nname: demo\n")),
+    Mutation("irrelevant: the run (recipe) name", (), edit=_recipe_edit("name: demo\n", "name: demo-nightly\n")),
+    Mutation("irrelevant: nothing changed", ()),
+]
+
+
+def stage_names(summary: dict) -> list[str]:
+    return [f"{s['stage']}[{s['label']}]" if s["label"] else s["stage"] for s in summary["stages"]]
+
+
+def computed(summary: dict) -> set[str]:
+    return {name for name, s in zip(stage_names(summary), summary["stages"]) if not s["cache_hit"]}
+
+
+def render_matrix(rows: list[tuple[str, set[str]]]) -> str:
+    lines = ["| single change | recomputed (in pipeline order) | cache hits |", "|---|---|---:|"]
+    for change, redo in rows:
+        recomputed = ", ".join(s for s in ALL if s in redo) or "nothing"
+        lines.append(f"| {change} | {recomputed} | {len(ALL) - len(redo)} of {len(ALL)} |")
+    return "\n".join(lines)
+
+
+def test_mutation_matrix(completed_project, run_pipeline, assert_ledger_balances, small_train):
+    project, baseline = completed_project  # a copy of one cold, complete run (conftest.completed_run)
+    assert stage_names(baseline) == list(ALL)
+    assert computed(baseline) == set(ALL)
+    recipe = project / "deployments" / "recipes" / "demo.yaml"
+    pristine_recipe = recipe.read_bytes()
+    source = project / "data" / "samples" / "openai.jsonl"
+    pristine_source = source.read_bytes()
+
+    seen: list[tuple[str, set[str]]] = []
+    timings = [f"{baseline['wall_seconds']:7.2f} s  baseline (cold)"]
+    wrong: list[tuple[str, list[str], list[str]]] = []  # (change, recomputed, expected)
+    for mutation in MUTATIONS:
+        with pytest.MonkeyPatch.context() as mp:
+            if mutation.edit:
+                mutation.edit(project, mp)
+            cache_keys.code_fingerprint.cache_clear()
+            summary = run_pipeline(project, small_train + list(mutation.overrides), only="all")
+        cache_keys.code_fingerprint.cache_clear()
+        recipe.write_bytes(pristine_recipe)
+        source.write_bytes(pristine_source)
+        redo = computed(summary)
+        seen.append((mutation.change, redo))
+        timings.append(f"{summary['wall_seconds']:7.2f} s  {mutation.change}")
+        if redo != set(mutation.expected):
+            wrong.append((mutation.change, sorted(redo), sorted(mutation.expected)))
+        assert_ledger_balances(project, summary["run_id"])
+
+    table = render_matrix(seen)
+    out = REPO / "build" / "mutation-matrix.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table + "\n\nFlow wall time per run:\n\n" + "\n".join(timings) + "\n", encoding="utf-8")
+    assert not wrong, "recomputed sets differ from the expected ones (change, recomputed, expected):\n" + \
+        "\n".join(map(str, wrong))
+
+    # with every change undone, the baseline's artifacts are all still served
+    back = run_pipeline(project, small_train, only="all")
+    assert computed(back) == set()
+    assert [s["key"] for s in back["stages"]] == [s["key"] for s in baseline["stages"]]
+    documented = re.search(re.escape(BEGIN) + r"\n(.*?)\n" + re.escape(END), DOC.read_text(encoding="utf-8"), re.S)
+    assert documented, f"docs/caching.md lacks the {BEGIN} ... {END} block"
+    assert documented.group(1).strip() == table, f"docs/caching.md's matrix is stale; paste {out}"

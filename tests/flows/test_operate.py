@@ -1,0 +1,65 @@
+"""The deployment definition and the ui/serve helpers (the live server is in test_ui_e2e.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows import operate
+from flows.cli import app
+from flows.publish import stage_artifact_key
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_prefect_yaml_declares_the_nightly_deployment():
+    (spec,) = operate.load_deployments(REPO)
+    assert spec.name == "nightly-demo"
+    assert spec.entrypoint == "flows/pipeline.py:sftflow_pipeline"
+    assert spec.crons == (("0 2 * * *", "UTC"),)
+    assert spec.work_pool == "sftflow-process"
+    assert spec.parameters == {"recipe_path": "deployments/recipes/demo.yaml", "overrides": [], "only": "all"}
+    # the parameters are the flow's own
+    import inspect
+
+    from flows.pipeline import sftflow_pipeline
+    assert set(spec.parameters) <= set(inspect.signature(sftflow_pipeline.fn).parameters)
+    assert (REPO / spec.parameters["recipe_path"]).is_file()
+
+
+def test_unknown_deployment_and_missing_file_are_named(tmp_path):
+    with pytest.raises(ValueError, match="no deployment 'weekly'.*nightly-demo"):
+        operate.find_deployment(REPO, "weekly")
+    with pytest.raises(FileNotFoundError, match="deployments/prefect.yaml"):
+        operate.load_deployments(tmp_path)
+
+
+def test_ui_server_is_loopback_with_sqlite_in_the_warehouse(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", raising=False)
+    command, env = operate.ui_server_command(4321, tmp_path / "wh")
+    assert command[-4:] == ["--host", "127.0.0.1", "--port", "4321"]
+    assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{tmp_path / 'wh' / 'prefect' / 'prefect.db'}"
+    assert env["PREFECT_UI_API_URL"] == "http://127.0.0.1:4321/api"
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", "postgresql+asyncpg://db/prefect")
+    assert operate.ui_server_command(4321, tmp_path)[1]["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql")
+
+
+def test_a_set_api_url_wins_over_the_local_server(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    assert operate.running_local_server() is None
+    monkeypatch.delenv("PREFECT_API_URL")
+    free = operate.running_local_server(port=1)  # nothing listens on port 1
+    assert free is None
+
+
+def test_serve_without_a_server_says_how_to_start_one():
+    result = CliRunner().invoke(app, ["serve", "--api-url", "http://127.0.0.1:1/api"])
+    assert result.exit_code == 2
+    assert "sftflow ui" in result.output
+
+
+def test_stage_artifact_keys_use_prefects_alphabet():
+    assert stage_artifact_key("normalize", "My Source_2") == "sftflow-normalize-my-source-2"
+    assert stage_artifact_key("mix", None) == "sftflow-mix"
