@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import pyarrow as pa
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from tasks.core.recipe import DedupConfig, NearDedupConfig
 from tasks.core.reasons import Reason
 from tasks.core.records import DecisionLog, StageOutput
 from tasks.core.stage import StageCall, read_records, stage_task
+
+if TYPE_CHECKING:
+    from datasketch import LeanMinHash
+
+# datasketch is imported where it is used: importing it pulls in scipy (about 0.9 s), which
+# every `sftflow` command would pay for while only planning a run.
 
 LIBRARIES = ("datasketch", "numpy")  # numpy: datasketch's hash values and permutations
 
@@ -65,6 +70,8 @@ def minhashes(shingle_sets: Sequence[Sequence[bytes]], num_perm: int, seed: int)
     """
     if not shingle_sets:
         return []
+    from datasketch import LeanMinHash, MinHash
+
     return [LeanMinHash(m) for m in MinHash.bulk(shingle_sets, num_perm=num_perm, seed=seed)]
 
 
@@ -87,6 +94,8 @@ def candidate_pairs(signatures: Sequence[LeanMinHash], cfg: NearDedupConfig) -> 
         )
     if len(signatures) < 2:
         return []
+    from datasketch import MinHashLSH
+
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
     with lsh.insertion_session() as session:
         for index, signature in enumerate(signatures):

@@ -115,6 +115,11 @@ def test_deploy_trigger_and_see_it_in_the_ui(server, project, small_train):
             time.sleep(1)
         assert scheduled and all(r.state.name == "Scheduled" for r in scheduled)
         assert {(r.expected_start_time.hour, r.expected_start_time.minute) for r in scheduled} == {(2, 0)}
+        # Pause the schedule and drop its runs, so the worker below can only pick up the run this
+        # test triggers (even when the test happens to run just before 02:00 UTC).
+        client.pause_deployment(deployment.id)
+        for run in scheduled:
+            client.delete_flow_run(run.id)
 
     # trigger a run the way the UI's "Custom run" does: recipe path and --set-style overrides
     out = _run(prefect + ["deployment", "run", "sftflow/nightly-demo", "--params", json.dumps(
