@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test ui serve clean-warehouse
+.PHONY: install demo test ui serve bench clean-warehouse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ ui: install
 # Serve the nightly deployment of deployments/prefect.yaml from this process (needs `make ui`).
 serve: install
 	$(VENV)/bin/sftflow serve
+
+# Benchmarks print `RATIO <name> <measured> <goal> <pass|fail>` lines (bench/).
+bench: install
+	$(PY) bench/orchestration.py
 
 clean-warehouse:
 	rm -rf data/warehouse

@@ -24,6 +24,8 @@ from tasks.core import cache_keys
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "caching.md"
 BEGIN, END = "<!-- mutation-matrix:begin -->", "<!-- mutation-matrix:end -->"
+pytestmark = pytest.mark.slow
+
 ALL = ("ingest[alpaca_sample]", "ingest[sharegpt_sample]", "ingest[openai_sample]",
        "normalize[alpaca_sample]", "normalize[sharegpt_sample]", "normalize[openai_sample]",
        "dedup", "filter", "score", "mix", "train", "evaluate")
