@@ -107,8 +107,7 @@ class RunContext:
             if manifest is None:
                 raise RuntimeError(f"{call.stage}: artifact {call.key} missing right after it was written")
         seconds = time.perf_counter() - started
-        self.catalog.register_artifact(manifest, self.run_id)
-        self.catalog.record_stage_run(self.run_id, manifest, call.label, cache_hit, seconds)
+        self.catalog.record_stage(self.run_id, manifest, call.label, cache_hit, seconds)
         outcome = StageResult(call, manifest, cache_hit, seconds)
         self.results.append(outcome)
         self._publish(outcome)

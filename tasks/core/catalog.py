@@ -176,35 +176,50 @@ class Catalog:
         describes the artifacts of the latest run (a source edited and reverted points back).
         """
         with self.connect() as con:
-            refresh = _PROVENANCE_REFRESH.get(manifest.stage)
-            if refresh:
-                refresh(con, manifest)
-            known = con.execute("SELECT 1 FROM artifacts WHERE artifact_id = ?", [manifest.key]).fetchone()
-            if known:
-                return False
+            return _register(con, manifest, run_id)
+
+    def record_stage(self, run_id: str, manifest: Manifest, label: str, cache_hit: bool, seconds: float) -> bool:
+        """Register the artifact (once) and this run's use of it, in one write transaction."""
+        with self.connect() as con:
+            new = _register(con, manifest, run_id)
             con.execute(
-                "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [manifest.key, manifest.stage, manifest.path, manifest.content_hash, manifest.config_hash,
-                 manifest.code_hash, manifest.created_at, run_id, manifest.n_in, manifest.n_out,
-                 json.dumps(manifest.stats, sort_keys=True)],
+                "INSERT INTO stage_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, manifest.stage, manifest.key, label, cache_hit, seconds, manifest.n_in, manifest.n_out],
             )
-            for input_key in manifest.inputs:
-                con.execute("INSERT INTO artifact_inputs VALUES (?, ?)", [manifest.key, input_key])
-            decisions = manifest.file("decisions.parquet")
-            if decisions.is_file():
-                con.execute(
-                    "INSERT INTO decisions SELECT ?, ?, example_id, kept, reason, score, detail, dup_of, ? "
-                    "FROM read_parquet(?)",
-                    [run_id, manifest.stage, manifest.key, str(decisions)],
-                )
-            registrar = _STAGE_REGISTRARS.get(manifest.stage)
-            if registrar:
-                registrar(con, manifest, run_id)
-        return True
+        return new
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         with self.connect() as con:
             return con.execute(sql, params or []).fetchall()
+
+
+def _register(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> bool:
+    """Insert the artifact, its lineage and its rows once (False if known); refresh provenance."""
+    refresh = _PROVENANCE_REFRESH.get(manifest.stage)
+    if refresh:
+        refresh(con, manifest)
+    known = con.execute("SELECT 1 FROM artifacts WHERE artifact_id = ?", [manifest.key]).fetchone()
+    if known:
+        return False
+    con.execute(
+        "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [manifest.key, manifest.stage, manifest.path, manifest.content_hash, manifest.config_hash,
+         manifest.code_hash, manifest.created_at, run_id, manifest.n_in, manifest.n_out,
+         json.dumps(manifest.stats, sort_keys=True)],
+    )
+    for input_key in manifest.inputs:
+        con.execute("INSERT INTO artifact_inputs VALUES (?, ?)", [manifest.key, input_key])
+    decisions = manifest.file("decisions.parquet")
+    if decisions.is_file():
+        con.execute(
+            "INSERT INTO decisions SELECT ?, ?, example_id, kept, reason, score, detail, dup_of, ? "
+            "FROM read_parquet(?)",
+            [run_id, manifest.stage, manifest.key, str(decisions)],
+        )
+    registrar = _STAGE_REGISTRARS.get(manifest.stage)
+    if registrar:
+        registrar(con, manifest, run_id)
+    return True
 
 
 def _register_examples(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
