@@ -38,7 +38,8 @@ def run(
     try:
         # Fail fast, before Prefect starts: the recipe validates and every source path is allowed.
         ws = Workspace.from_env(root=root, warehouse=warehouse)
-        checked = load_recipe(recipe.resolve(), list(set_))
+        recipe = ws.resolve_input(str(recipe.resolve()))  # recipes, like sources, stay in the allowed roots
+        checked = load_recipe(recipe, list(set_))
         for source in checked.sources:
             if source.path:
                 ws.resolve_input(source.path)
@@ -58,7 +59,7 @@ def run(
 
     try:
         summary = sftflow_pipeline(
-            recipe_path=str(recipe.resolve()), overrides=list(set_), only=only,
+            recipe_path=str(recipe), overrides=list(set_), only=only,
             root=str(root) if root else None, warehouse=str(warehouse) if warehouse else None,
         )
     except (RecipeError, PathNotAllowed, FileNotFoundError, ValueError) as exc:

@@ -70,5 +70,6 @@ def sftflow_pipeline(
 
 
 def _recipe_file(recipe_path: str, ws: Workspace) -> Path:
-    path = Path(recipe_path)
-    return path if path.is_absolute() else (ws.root / path)
+    """The recipe named by a parameter (relative to the root), confined to the allowed roots:
+    a deployment parameter typed in the UI cannot make the flow read an arbitrary file."""
+    return ws.resolve_input(recipe_path)

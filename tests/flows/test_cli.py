@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -32,13 +33,39 @@ def test_sql_formats(warehouse):
     assert result.exit_code == 0 and "demo" in result.output
 
 
-@pytest.mark.parametrize("statement", ["DELETE FROM runs", "DROP VIEW ledger",
-                                       "COPY runs TO '/tmp/sftflow-leak.csv'",
-                                       "SELECT * FROM read_text('/etc/passwd')"])
+# Writes, schema changes, other databases, extensions, settings, and every way of reading or
+# writing a file: all refused by the read-only, external-access-off, configuration-locked connection.
+SQL_PAYLOADS = [
+    "DELETE FROM runs", "DROP VIEW ledger", "INSERT INTO runs (run_id) VALUES ('x')",
+    "UPDATE runs SET status = 'x'", "TRUNCATE runs", "ALTER TABLE runs ADD COLUMN x INT",
+    "CREATE TABLE t AS SELECT 1", "CREATE VIEW v AS SELECT 1", "CREATE MACRO m() AS 1",
+    "COPY runs TO '/tmp/sftflow-leak.csv'", "COPY (SELECT 1) TO '/tmp/sftflow-leak.parquet' (FORMAT parquet)",
+    "EXPORT DATABASE '/tmp/sftflow-export'", "IMPORT DATABASE '/tmp/sftflow-export'",
+    "ATTACH '/tmp/sftflow-evil.duckdb' AS evil", "ATTACH ':memory:' AS m",
+    "INSTALL httpfs", "LOAD httpfs",
+    "SELECT * FROM read_text('/etc/passwd')", "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_parquet('/etc/passwd')", "SELECT * FROM read_json('/etc/passwd')",
+    "SELECT * FROM read_blob('/etc/passwd')", "SELECT * FROM glob('/etc/*')", "SELECT * FROM '/etc/passwd'",
+    "SELECT * FROM 'https://example.com/x.csv'",
+    "SET enable_external_access = true", "SET lock_configuration = false", "SET allowed_paths = ['/etc']",
+    "SET temp_directory = '/tmp/sftflow-tmp'", "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')",
+]
+
+
+@pytest.mark.parametrize("statement", SQL_PAYLOADS)
 def test_sql_refuses_writes_and_file_access(warehouse, statement):
+    before = {p.name for p in Path("/tmp").glob("sftflow-*")}
     result = runner.invoke(app, ["sql", statement, "--warehouse", str(warehouse)])
     assert result.exit_code == 1
     assert "refused or failed" in result.output
+    assert {p.name for p in Path("/tmp").glob("sftflow-*")} <= before  # nothing written
+    check = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM runs", "--format", "json",
+                                "--warehouse", str(warehouse)])
+    assert json.loads(check.output) == [{"n": 1}]
+
+
+def test_at_least_twenty_sql_payloads():
+    assert len(SQL_PAYLOADS) >= 20
 
 
 def test_sql_without_catalog_says_what_to_do(tmp_path):
@@ -58,6 +85,15 @@ def test_run_rejects_source_outside_roots(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\nsources:\n  - {name: a, path: ../../etc/passwd, format: alpaca}\n")
     result = runner.invoke(app, ["run", str(recipe), "--root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "outside the allowed roots" in result.output
+
+
+def test_run_rejects_recipe_outside_roots(tmp_path):
+    (tmp_path / "proj").mkdir()
+    recipe = tmp_path / "elsewhere.yaml"
+    recipe.write_text("name: x\nsources:\n  - {name: a, path: a.json, format: alpaca}\n")
+    result = runner.invoke(app, ["run", str(recipe), "--root", str(tmp_path / "proj")])
     assert result.exit_code == 2
     assert "outside the allowed roots" in result.output
 

@@ -137,3 +137,14 @@ def test_real_world_files(project, run_pipeline, monkeypatch, assert_ledger_bala
     assert ingest["alpaca_en_demo"]["n_in"] == 999
     assert ingest["glaive_toolcall"]["n_in"] == 300
     assert_ledger_balances(project, summary["run_id"])
+
+
+def test_recipe_path_parameter_outside_the_roots_is_refused(project, run_pipeline, tmp_path):
+    from tasks.core.workspace import PathNotAllowed
+
+    outside = tmp_path / "elsewhere.yaml"  # beside the project root, not under it
+    outside.write_text((project / "deployments" / "recipes" / "demo.yaml").read_text())
+    for payload in (str(outside), "../elsewhere.yaml", "/etc/passwd"):
+        with pytest.raises(PathNotAllowed):
+            run_pipeline(project, recipe=payload)
+    assert not (project / "data" / "warehouse" / "catalog.duckdb").exists()  # refused before any run began
