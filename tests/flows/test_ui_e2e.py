@@ -42,6 +42,14 @@ def _run(command: list[str], env: dict[str, str], timeout_s: float = 120) -> str
     return done.stdout
 
 
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`sftflow ui` on a free loopback port, with its own PREFECT_HOME and SQLite database."""
@@ -63,11 +71,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield {"api_url": api_url, "ui_url": f"http://127.0.0.1:{port}", "env": env, "warehouse": warehouse}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
         log.close()
 
 
@@ -211,8 +215,4 @@ def _check_serve(server: dict, project: Path) -> None:
         assert deployment.parameters["recipe_path"] == "deployments/recipes/demo.yaml"
         assert deployment.parameters["only"] == "all"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)

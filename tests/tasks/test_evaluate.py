@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 import torch

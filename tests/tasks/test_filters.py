@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -3,11 +3,6 @@ from tiny local folders (a BERT head with one label, a Llama head with three lab
 
 from __future__ import annotations
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may be downloaded
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
 from importlib import metadata
 from pathlib import Path
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 

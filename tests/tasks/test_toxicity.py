@@ -8,10 +8,6 @@ list. Its weights are random, so these tests check shapes, order and loading, no
 from __future__ import annotations
 
 import hashlib
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 

@@ -28,8 +28,6 @@ from tasks.train import (
     wants_packing,
 )
 
-for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ[_name] = "1"
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -180,14 +178,20 @@ def test_stage_commits_model_reports_and_stats(trained):
     assert any((call.store.root.parent / "work" / "train" / "trainkey" / "checkpoints").glob("checkpoint-*"))
 
 
-def test_roundtrip_fails_when_the_saved_template_is_altered(trained, tmp_path):
-    manifest, call = trained
+def _editable_model_copy(trained, tmp_path):
+    """The trained model folder copied (with its trained sequences) so a test can damage it."""
     from tasks.train_worker import TrainJob
 
+    manifest, call = trained
     job = TrainJob.read(call.store.root.parent / "work" / "train" / "trainkey" / "job.json")
     folder = tmp_path / "model"
     shutil.copytree(manifest.file("model"), folder)
     shutil.copy(manifest.file("trained_sequences.json"), folder / "trained_sequences.json")
+    return job, folder
+
+
+def test_roundtrip_fails_when_the_saved_template_is_altered(trained, tmp_path):
+    job, folder = _editable_model_copy(trained, tmp_path)
     import pyarrow.parquet as pq
 
     rows = [r for path in job.train_files for r in pq.read_table(path).to_pylist()]
@@ -208,13 +212,7 @@ def test_roundtrip_fails_when_the_saved_template_is_altered(trained, tmp_path):
 
 
 def test_roundtrip_fails_when_generation_config_does_not_stop_at_end_of_turn(trained, tmp_path):
-    manifest, call = trained
-    from tasks.train_worker import TrainJob
-
-    job = TrainJob.read(call.store.root.parent / "work" / "train" / "trainkey" / "job.json")
-    folder = tmp_path / "model"
-    shutil.copytree(manifest.file("model"), folder)
-    shutil.copy(manifest.file("trained_sequences.json"), folder / "trained_sequences.json")
+    job, folder = _editable_model_copy(trained, tmp_path)
     config = json.loads((folder / "generation_config.json").read_text())
     config["eos_token_id"] = [0]
     (folder / "generation_config.json").write_text(json.dumps(config))

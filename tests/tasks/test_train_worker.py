@@ -4,7 +4,6 @@ on a tiny Llama (full + BFD packing, resume from a checkpoint, LoRA without pack
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +25,6 @@ from tasks.train_worker import (
     with_end_of_turn,
 )
 
-for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ[_name] = "1"
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_LENGTH = 64
