@@ -145,7 +145,7 @@ def write_rows(columns: list[str], rows: list[tuple], format: str) -> None:
         sys.stdout.write(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=2) + "\n")
     elif format == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csv.writer(buffer, lineterminator="\n")  # LF: output is piped into shell tools
         writer.writerow(columns)
         writer.writerows(rows)
         sys.stdout.write(buffer.getvalue())

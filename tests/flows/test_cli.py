@@ -29,6 +29,7 @@ def test_sql_formats(warehouse):
     assert json.loads(result.output) == [{"run_id": "r1", "status": "completed"}]
     result = runner.invoke(app, ["sql", "SELECT run_id FROM runs", "--format", "csv", "--warehouse", str(warehouse)])
     assert result.output.splitlines() == ["run_id", "r1"]
+    assert "\r" not in result.output  # plain LF lines, so $(sftflow sql ... | tail -1) is a clean id
     result = runner.invoke(app, ["sql", "SELECT recipe_name FROM runs", "--warehouse", str(warehouse)])
     assert result.exit_code == 0 and "demo" in result.output
 
