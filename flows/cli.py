@@ -17,6 +17,7 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="sftflow: raw instruction data in, audited SFT shards (and models) out.")
 console = Console()
+BUSY_EXIT_CODE = 3  # another run holds the warehouse; nothing was written, try again later
 
 
 @app.command()
@@ -26,8 +27,12 @@ def run(
     only: str = typer.Option("all", "--only", help="How far to run: data (to mix) | train | all (to evaluate)."),
     root: Optional[Path] = typer.Option(None, help="Project root (default: current folder)."),
     warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ROOT/data/warehouse)."),
+    wait_seconds: Optional[float] = typer.Option(
+        None, "--wait-seconds", min=0,
+        help="If another run holds the warehouse, wait up to this long for it (default: stop at once)."),
 ) -> None:
     """Run the pipeline on RECIPE; every stage is cached, every row's fate lands in the catalog."""
+    from tasks.core.locks import LOCK_WAIT_ENV, WorkspaceBusy
     from tasks.core.recipe import RecipeError, load_recipe
     from tasks.core.workspace import PathNotAllowed, Workspace
 
@@ -55,6 +60,8 @@ def run(
         os.environ["PREFECT_API_URL"] = api_url
         console.print(f"reporting to the Prefect server at {api_url}")
 
+    if wait_seconds is not None:
+        os.environ[LOCK_WAIT_ENV] = str(wait_seconds)  # read by the flow, wherever it runs
     from flows.pipeline import sftflow_pipeline
 
     try:
@@ -62,6 +69,9 @@ def run(
             recipe_path=str(recipe), overrides=list(set_), only=only,
             root=str(root) if root else None, warehouse=str(warehouse) if warehouse else None,
         )
+    except WorkspaceBusy as exc:
+        console.print(f"[red]busy:[/red] {exc}")
+        raise typer.Exit(BUSY_EXIT_CODE) from None
     except (RecipeError, PathNotAllowed, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -16,6 +16,7 @@ from flows.plans import (plan_dedup, plan_evaluate, plan_filter, plan_ingest, pl
 from flows.publish import publish_run
 from flows.stage_runner import RunContext
 from tasks.core.cache_keys import project_code_version
+from tasks.core.locks import lock_wait_seconds, workspace_lock
 from tasks.core.recipe import load_recipe
 from tasks.core.workspace import Workspace
 from tasks.dedup import dedup_stage
@@ -44,27 +45,29 @@ def sftflow_pipeline(
     overrides = list(overrides or [])
     ws = Workspace.from_env(root=root, warehouse=warehouse)
     recipe = load_recipe(_recipe_file(recipe_path, ws), overrides)
-    run = RunContext.start(ws, recipe, overrides, code_version=project_code_version(),
-                           flow_run_id=flow_run.get_id(),
-                           n_planned=2 * len(recipe.sources) + 4 + N_AFTER_DATA[only])
-    try:
-        ingested = [run.run(ingest_stage, plan_ingest(source, ws)) for source in recipe.sources]
-        normalized = [run.run(normalize_stage, plan_normalize(recipe, m, ws)) for m in ingested]
-        deduped = run.run(dedup_stage, plan_dedup(recipe, normalized, ws))
-        filtered = run.run(filter_stage, plan_filter(recipe, deduped, ws))
-        scored = run.run(score_stage, plan_score(recipe, filtered, ws))
-        mixed = run.run(mix_stage, plan_mix(recipe, scored, ws))
-        data_card = run.publish_data_card()
-        if only != "data":
-            trained = run.run(train_stage, plan_train(recipe, mixed, ws, data_card),
-                              retries=1, retry_on=(TrainingFailed,))
-            if only == "all":
-                run.run(evaluate_stage, plan_evaluate(recipe, trained, mixed, ws))
-    except BaseException:
-        run.finish("failed")
-        raise
-    run.finish("completed")
-    summary = run.summary()
+    # One run per warehouse: a second one waits or stops here, before it writes anything.
+    with workspace_lock(ws.warehouse, lock_wait_seconds(), recipe=recipe.name, flow_run_id=flow_run.get_id()):
+        run = RunContext.start(ws, recipe, overrides, code_version=project_code_version(),
+                               flow_run_id=flow_run.get_id(),
+                               n_planned=2 * len(recipe.sources) + 4 + N_AFTER_DATA[only])
+        try:
+            ingested = [run.run(ingest_stage, plan_ingest(source, ws)) for source in recipe.sources]
+            normalized = [run.run(normalize_stage, plan_normalize(recipe, m, ws)) for m in ingested]
+            deduped = run.run(dedup_stage, plan_dedup(recipe, normalized, ws))
+            filtered = run.run(filter_stage, plan_filter(recipe, deduped, ws))
+            scored = run.run(score_stage, plan_score(recipe, filtered, ws))
+            mixed = run.run(mix_stage, plan_mix(recipe, scored, ws))
+            data_card = run.publish_data_card()
+            if only != "data":
+                trained = run.run(train_stage, plan_train(recipe, mixed, ws, data_card),
+                                  retries=1, retry_on=(TrainingFailed,))
+                if only == "all":
+                    run.run(evaluate_stage, plan_evaluate(recipe, trained, mixed, ws))
+        except BaseException:
+            run.finish("failed")
+            raise
+        run.finish("completed")
+        summary = run.summary()
     publish_run(summary)
     return summary
 

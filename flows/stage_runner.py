@@ -63,6 +63,13 @@ class RunContext:
     def start(cls, workspace: Workspace, recipe: Recipe, overrides: list[str], code_version: str,
               flow_run_id: str | None, n_planned: int = 0) -> "RunContext":
         catalog = Catalog(workspace.catalog_path)
+        # The caller holds the workspace lock: whatever a killed run left behind is dead.
+        interrupted = catalog.recover()
+        swept = ArtifactStore(workspace.artifacts_dir).sweep_partial()
+        if interrupted or swept:
+            get_run_logger().warning(
+                "recovered from an earlier crash: %d run(s) marked interrupted (%s), %d unfinished "
+                "artifact folder(s) removed", len(interrupted), ", ".join(interrupted), len(swept))
         run_id = uuid.uuid4().hex[:16]
         catalog.start_run(run_id, flow_run_id, recipe.name, recipe.recipe_hash(), code_version,
                           recipe_canonical_json(recipe), list(overrides))

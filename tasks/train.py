@@ -32,6 +32,7 @@ Choices this stage makes (and why):
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -48,6 +49,7 @@ import yaml
 
 from tasks.chat_template import end_of_turn_token, select_chat_template
 from tasks.core.artifacts import ArtifactStore, Manifest
+from tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
 from tasks.core.recipe import TrainConfig
 from tasks.core.records import DECISION_SCHEMA, StageOutput, empty_records
 from tasks.core.stage import StageCall, stage_task
@@ -270,11 +272,12 @@ def run_logged(command: list[str], cwd: Path, log_path: Path, echo: bool = True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(cwd), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env[DIE_WITH_FLOW_ENV] = "1"
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        encoding="utf-8", errors="replace", bufsize=1,
+        encoding="utf-8", errors="replace", bufsize=1, preexec_fn=functools.partial(die_with_parent, os.getpid()),
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:

@@ -1,8 +1,9 @@
 """The training process: `accelerate launch [--cpu] --num_processes N -m tasks.train_worker JOB.json`.
 
 The train stage (tasks/train.py) writes a `TrainJob` as JSON and launches this module in its own
-process group, so a CUDA/NCCL crash or an out-of-memory kill never takes the Prefect flow down
-with it, and several GPUs can run it through accelerate. It can also run as a plain
+process, so a CUDA/NCCL crash or an out-of-memory kill never takes the Prefect flow down
+with it (a killed flow takes the worker with it: tasks/core/children.py), and several GPUs
+can run it through accelerate. It can also run as a plain
 `python -m tasks.train_worker JOB.json` (one process).
 
 What it does, in order:
@@ -37,6 +38,8 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
+from tasks.core.failpoints import FAILPOINT_ENV
 from tasks.core.recipe import LoraSettings
 
 JOB_FILE = "job.json"
@@ -274,11 +277,34 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     numbered = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                       key=lambda p: int(p.name.split("-")[-1]))
     for path in numbered:
-        if (path / "trainer_state.json").is_file():
+        if _readable_json(path / "trainer_state.json"):
             complete = path
         else:
             shutil.rmtree(path, ignore_errors=True)
     return str(complete) if complete else None
+
+
+def _readable_json(path: Path) -> bool:
+    """The file exists and parses: a kill while trainer_state.json was being written leaves neither."""
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def crash_test_callback():
+    """A TrainerCallback that reaches the `train:checkpoint` failpoint after a checkpoint is saved
+    (transformers calls on_save once the checkpoint folder is complete)."""
+    from transformers import TrainerCallback
+
+    from tasks.core.failpoints import failpoint
+
+    class CheckpointFailpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            failpoint("train:checkpoint")
+
+    return CheckpointFailpoint()
 
 
 def run(job: TrainJob) -> None:
@@ -303,7 +329,8 @@ def run(job: TrainJob) -> None:
 
     args = SFTConfig(**{**job.sft, "output_dir": str(checkpoint_dir), "assistant_only_loss": True, "report_to": []})
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=peft_config(job))
+                         processing_class=tokenizer, peft_config=peft_config(job),
+                         callbacks=[crash_test_callback()] if os.environ.get(FAILPOINT_ENV) else None)
 
     if not args.packing and len(trainer.train_dataset) < len(train_dataset):
         # TRL drops rows that truncation left with no supervised token, without a word; the
@@ -334,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tasks.train_worker JOB.json", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get(DIE_WITH_FLOW_ENV):  # launched by the train stage, not by hand
+        die_with_parent()  # with the launcher, which dies with the flow (tasks/train.py run_logged)
     run(TrainJob.read(argv[0]))
     return 0
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.core.hashing import sha256_file, short_hash
 
 MANIFEST = "manifest.json"
+TMP_PREFIX = ".tmp-"  # a writer's folder before commit: never read, swept after a crash
 
 
 class ArtifactFile(BaseModel):
@@ -66,7 +67,7 @@ class ArtifactWriter:
     def __init__(self, stage_dir: Path, stage: str, key: str):
         self.stage, self.key = stage, key
         self.final = stage_dir / key
-        self.tmp = stage_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        self.tmp = stage_dir / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir(parents=True)
         self._files: list[ArtifactFile] = []
 
@@ -122,6 +123,17 @@ class ArtifactStore:
 
     def writer(self, stage: str, key: str) -> ArtifactWriter:
         return ArtifactWriter(self.stage_dir(stage), stage, key)
+
+    def sweep_partial(self) -> list[Path]:
+        """Remove temporary folders that a killed writer left (they never had a manifest).
+
+        Only safe for the holder of the workspace lock: another run's writer would be mid-write.
+        """
+        removed = []
+        for folder in sorted(self.root.glob(f"*/{TMP_PREFIX}*")):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        return removed
 
     def load(self, stage: str, key: str, verify: bool = True) -> Manifest | None:
         """The committed manifest for (stage, key), or None when absent or its files don't match."""

@@ -1,7 +1,13 @@
 """The DuckDB catalog: every run, stage execution, artifact, example, decision and shard.
 
-One writer (the flow process) opens the database for a short write and closes it again, so
-audit readers (always read_only, external access disabled) are blocked only for moments.
+One writer (the flow process, holding the workspace lock) owns a private working database,
+`.catalog-writer.duckdb`, and after every committed write publishes a copy as `catalog.duckdb`
+(copy, then atomic rename). Audit readers open `catalog.duckdb` read-only with external access
+disabled. DuckDB lets a file be open read-write by one process or read-only by many, never
+both, so readers of the writer's own file would stall the pipeline (a DuckDB shell left open
+for an afternoon would fail the nightly run) and the pipeline would stall readers. With a
+published copy neither ever waits: a reader sees the catalog as of the last finished stage,
+and a reader that has the old copy open keeps reading it undisturbed after the rename.
 Bulk rows go in from the artifacts' Parquet files through DuckDB's own reader, never
 row-by-row. An artifact is registered once, by the run that created it; later runs that hit
 the cache point at it through `stage_runs.key`.
@@ -11,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +28,7 @@ from typing import Any, Iterator
 import duckdb
 
 from tasks.core.artifacts import Manifest
+from tasks.core.failpoints import failpoint
 
 STAGES = ("ingest", "normalize", "dedup", "filter", "score", "mix", "train", "evaluate")
 DATA_STAGES = STAGES[:6]  # the stages that judge rows: the ledger covers these
@@ -103,7 +113,8 @@ SELECT s.* FROM shards s JOIN latest_artifacts la USING (artifact_id);
 def connect_readonly(path: Path, retry_seconds: float = 10.0) -> duckdb.DuckDBPyConnection:
     """A read-only connection with file access disabled: audits can read the catalog, nothing else.
 
-    The flow holds the write lock only for short writes, so a locked file is retried briefly.
+    `path` is the published catalog, which no sftflow process opens for writing; the retry only
+    covers another tool holding it read-write by mistake.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"no catalog at {path}: run `sftflow run RECIPE` first")
@@ -123,28 +134,63 @@ def _connect(path: Path, retry_seconds: float, **kwargs: Any) -> duckdb.DuckDBPy
             time.sleep(0.2)
 
 
+def writer_path(published: Path) -> Path:
+    """The writer's private database next to the published catalog: catalog.duckdb -> .catalog-writer.duckdb."""
+    return published.with_name(f".{published.stem}-writer{published.suffix}")
+
+
 class Catalog:
-    """Short-lived read-write access for the flow process (the single writer)."""
+    """Read-write access for the flow process (the single writer); every write is published."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = Path(path)  # the published copy: what `sftflow sql` and every reader open
+        self.writer_path = writer_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.writer_path.exists() and self.path.is_file():
+            # a catalog written before the writer/published split: it becomes the working copy
+            shutil.copyfile(self.path, self.writer_path)
         with self.connect() as con:
             con.execute(SCHEMA)
 
     @contextlib.contextmanager
-    def connect(self, retry_seconds: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A write transaction; waits (up to retry_seconds) while an audit reader holds the file."""
-        con = _connect(self.path, retry_seconds)
+    def connect(self, retry_seconds: float = 60.0, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write transaction on the working database, published to `path` once committed."""
+        con = _connect(self.writer_path, retry_seconds)
         try:
             con.execute("BEGIN TRANSACTION")
-            yield con
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            if publish:
+                con.execute("CHECKPOINT")  # the WAL folded into the file: the copy is complete
         finally:
             con.close()
+        if publish:
+            self.publish()
+
+    def publish(self) -> None:
+        """Replace the published catalog with a copy of the working one, atomically."""
+        partial = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            shutil.copyfile(self.writer_path, partial)
+            os.replace(partial, self.path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def recover(self) -> list[str]:
+        """After a crash: runs still marked running are interrupted, half-published copies go.
+
+        Only the holder of the workspace lock calls this, so no run it marks can still be alive.
+        """
+        for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
+            partial.unlink(missing_ok=True)
+        with self.connect() as con:
+            stale = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()]
+            con.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+        return stale
 
     # ---------------------------------------------------------------------------- runs --
     def start_run(self, run_id: str, flow_run_id: str | None, recipe_name: str, recipe_hash: str,
@@ -180,10 +226,12 @@ class Catalog:
         with self.connect() as con:
             new = _register(con, manifest, run_id)
             _insert_stage_run(con, run_id, manifest, label, cache_hit, seconds)
+            failpoint(f"{manifest.stage}:recording")
         return new
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
-        with self.connect() as con:
+        """Read the working database (the writer's own view, current to the last write)."""
+        with self.connect(publish=False) as con:
             return con.execute(sql, params or []).fetchall()
 
 
@@ -277,6 +325,8 @@ def _register_shards(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id:
 
 
 _PROVENANCE_REFRESH = {"ingest": _register_examples, "normalize": _register_normalized}
+
+
 def _register_model(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> None:
     model = manifest.stats.get("model")
     if not model:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core.artifacts import ArtifactStore, Manifest, read_tables
 from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
+from tasks.core.failpoints import failpoint
 from tasks.core.hashing import short_hash
 from tasks.core.records import StageOutput
 
@@ -84,6 +85,7 @@ def execute(call: StageCall, compute: Callable[[StageCall], StageOutput]) -> tup
         return existing, True
     started = time.perf_counter()
     output = compute(call)
+    failpoint(f"{call.stage}:computed")
     writer = store.writer(call.stage, call.key)
     try:
         n_parts = max(1, math.ceil(output.records.num_rows / PART_ROWS))
@@ -95,6 +97,7 @@ def execute(call: StageCall, compute: Callable[[StageCall], StageOutput]) -> tup
             writer.write_table(name if name.endswith(".parquet") else f"{name}.parquet", table)
         for name, source in output.files.items():
             writer.add_path(name, source)
+        failpoint(f"{call.stage}:written")
         n_in = output.stats.get("n_in", output.decisions.num_rows)
         stats = {**output.stats, "compute_seconds": round(time.perf_counter() - started, 3)}
         manifest = writer.commit(
@@ -104,6 +107,7 @@ def execute(call: StageCall, compute: Callable[[StageCall], StageOutput]) -> tup
     except BaseException:
         writer.abort()
         raise
+    failpoint(f"{call.stage}:committed")
     return manifest, False
 
 

@@ -66,24 +66,69 @@ def test_missing_catalog_is_actionable(tmp_path):
         connect_readonly(tmp_path / "none.duckdb")
 
 
-def test_writer_waits_for_a_reader_in_another_process(tmp_path):
+def test_a_reader_in_another_process_never_blocks_the_writer(tmp_path):
     import subprocess
     import sys
     import time
 
     path = tmp_path / "c.duckdb"
     Catalog(path)
+    # A reader that keeps the published catalog open (a DuckDB shell left open) and reads twice.
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
-         "print('open', flush=True); time.sleep(2); c.close()", str(path)],
-        stdout=subprocess.PIPE, text=True)
+         "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+         "print('open', flush=True); sys.stdin.readline(); "
+         "print(c.execute('SELECT count(*) FROM runs').fetchone()[0], flush=True); c.close()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "open"
     started = time.monotonic()
-    Catalog(path).start_run("r1", None, "demo", "rh", "cv", "{}", [])  # blocks until the reader leaves
+    Catalog(path).start_run("r1", None, "demo", "rh", "cv", "{}", [])
+    assert time.monotonic() - started < 5  # did not wait for the reader (it waits for us)
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "0"  # the reader's copy stayed as it was
     holder.wait(timeout=30)
-    assert time.monotonic() - started > 0.5
-    assert Catalog(path).query("SELECT run_id FROM runs") == [("r1",)]
+    with connect_readonly(path) as con:  # a new reader sees the write
+        assert con.execute("SELECT run_id FROM runs").fetchall() == [("r1",)]
+
+
+def test_every_committed_write_is_published_and_a_failed_one_is_not(tmp_path):
+    path = tmp_path / "c.duckdb"
+    cat = Catalog(path)
+    cat.start_run("r1", None, "demo", "rh", "cv", "{}", [])
+    with pytest.raises(RuntimeError):
+        with cat.connect() as con:
+            con.execute("UPDATE runs SET status = 'completed'")
+            raise RuntimeError("boom")
+    with connect_readonly(path) as con:
+        assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_recover_marks_runs_left_running_as_interrupted(tmp_path):
+    path = tmp_path / "c.duckdb"
+    cat = Catalog(path)
+    cat.start_run("dead", None, "demo", "rh", "cv", "{}", [])
+    cat.start_run("done", None, "demo", "rh", "cv", "{}", [])
+    cat.finish_run("done", "completed")
+    (tmp_path / ".c.duckdb.0123abcd.partial").write_bytes(b"half a copy")
+    assert cat.recover() == ["dead"]
+    assert not list(tmp_path.glob("*.partial"))
+    with connect_readonly(path) as con:
+        assert con.execute("SELECT run_id, status FROM runs ORDER BY run_id").fetchall() == [
+            ("dead", "interrupted"), ("done", "completed")]
+
+
+def test_a_catalog_from_before_the_writer_split_is_adopted(tmp_path):
+    path = tmp_path / "c.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, flow_run_id VARCHAR, recipe_name VARCHAR, "
+                    "recipe_hash VARCHAR, code_version VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, "
+                    "status VARCHAR, recipe_json VARCHAR, overrides VARCHAR)")
+        con.execute("INSERT INTO runs (run_id, status) VALUES ('old', 'completed')")
+    cat = Catalog(path)
+    assert cat.writer_path.is_file()
+    assert cat.query("SELECT run_id FROM runs") == [("old",)]
 
 
 def test_record_stage_registers_once_and_records_every_use(tmp_path):

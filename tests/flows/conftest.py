@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ def prefect_harness():
 
 
 # A small training budget for flow tests: the chain runs for real, in seconds, and still learns.
-SMALL_TRAIN = ["train.max_steps=10", "train.save_steps=5", "train.tiny.hidden_size=64",
+SMALL_TRAIN = ["train.max_steps=10", "train.save_steps=5", "train.logging_steps=1", "train.tiny.hidden_size=64",
                "train.tiny.num_hidden_layers=2", "train.tiny.intermediate_size=128", "train.max_length=256",
                "train.per_device_train_batch_size=4", "eval.max_new_tokens=4", "eval.max_general_texts=8"]
 
@@ -118,3 +121,24 @@ def _assert_ledger_balances(root: Path, run_id: str) -> None:
 def assert_ledger_balances():
     """Every data stage: rows in = kept + dropped; every row read is in a shard or was dropped."""
     return _assert_ledger_balances
+
+
+def _sftflow(root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600,
+             wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`sftflow ARGS` in its own process (and process group) with ROOT as the current folder,
+    reporting to the session's test server. wait=False returns the running Popen."""
+    from prefect.settings import PREFECT_API_URL
+
+    full_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), **(env or {})}
+    command = [sys.executable, "-m", "flows.cli", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=root, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    return subprocess.run(command, cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)
+
+
+@pytest.fixture
+def sftflow_cli(prefect_harness):
+    """Run the `sftflow` command line in a subprocess (a crash there cannot take pytest down)."""
+    return _sftflow
