@@ -12,10 +12,22 @@ It does not trim, NFC-normalize or check turn order: normalize does that, so the
 "could not be read" (ingest) apart from "is not a valid conversation" (normalize). A row that
 cannot become messages is quarantined with a reason from tasks/core/reasons.py and the detail
 {"location": "line 41" | "index 3 (line 5)" | "index 3", "error": "..."}; one bad row never fails
-the file, and a JSON array is read element by element, so one element that does not parse is
-quarantined alone. A problem with the whole source (missing file, no readable row at all) raises
-SourceError naming the file, the place and what to do. A hub id must name a hub dataset:
-local data goes through `path`, which is confined to the project and SFTFLOW_DATA_DIRS.
+the file, and a JSON array is read element by element, so one element that does not parse (or
+holds bytes that are not UTF-8) is quarantined alone. The same locator is kept on each record
+(`source_location`), so later stages name the same place. A problem with the whole source
+(missing file, no rows, no readable row at all, a compressed or UTF-16 file) raises SourceError
+naming the file, the place and what to do.
+
+What counts as unreadable besides bad JSON: an object naming one key twice (`duplicate_key`:
+Python keeps the last value, other readers the first, so the row has no single meaning); a
+number too long for Python's int reader; nesting deeper than the JSON reader allows; text
+holding NUL (U+0000) or a lone UTF-16 surrogate from an unpaired "\\ud800" escape
+(`invalid_encoding`: neither is text, and a surrogate cannot even be written to Parquet). The
+`id` column, like every column the format does not name, is ignored: two rows with one id are
+two examples (their example_ids come from their places in the file).
+
+A hub id must name a hub dataset: local data goes through `path`, which is confined to the
+project and SFTFLOW_DATA_DIRS.
 
 Formats. `columns` renames fields ({format's name: source's name}); `role_map` adds speakers.
 - alpaca: instruction, input, output, optional system and history ([user, assistant] pairs).
@@ -38,6 +50,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +79,18 @@ FILE_SUFFIXES = (*JSONL_SUFFIXES, ".json", ".parquet")  # the file kinds iter_fi
 UTF8_BOM = b"\xef\xbb\xbf"
 PARQUET_BATCH_ROWS = 4096  # bounded memory while streaming a large Parquet file
 FIRST_PROBLEMS_SHOWN = 3  # in the "0 of N rows" error: enough to see a pattern, short to read
+
+# First bytes of files that are not UTF-8 text. Read line by line, every line of such a file would
+# be quarantined as invalid_encoding, hiding the one fix that applies to the whole file.
+NOT_TEXT_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b\x08", "is gzip-compressed; decompress it (gunzip FILE) and point `path` at the result"),
+    (b"\x28\xb5\x2f\xfd", "is zstd-compressed; decompress it (zstd -d FILE) and point `path` at the result"),
+    (b"\xfd7zXZ\x00", "is xz-compressed; decompress it (xz -d FILE) and point `path` at the result"),
+    (b"BZh", "is bzip2-compressed; decompress it (bunzip2 FILE) and point `path` at the result"),
+    (b"PK\x03\x04", "is a zip archive; extract it and point `path` at the file inside"),
+    (b"\xff\xfe", "is UTF-16 encoded (it starts with a UTF-16 byte-order mark); re-save it as UTF-8"),
+    (b"\xfe\xff", "is UTF-16 encoded (it starts with a UTF-16 byte-order mark); re-save it as UTF-8"),
+)
 
 Message = dict[str, str]
 
@@ -147,7 +172,38 @@ def json_type(value: Any) -> str:
 
 def raw_preview(value: Any) -> str:
     """A parsed row as JSON text, cut to RAW_PREVIEW_CHARS (the catalog's `examples.raw`)."""
-    return json.dumps(value, ensure_ascii=False, default=str)[:RAW_PREVIEW_CHARS]
+    return escape_surrogates(json.dumps(value, ensure_ascii=False, default=str)[:RAW_PREVIEW_CHARS])
+
+
+# A lone surrogate comes from an unpaired "\ud800"-style escape; it is not Unicode text and UTF-8
+# (hence Parquet) cannot store it, so one such string would fail the write of the whole stage.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def escape_surrogates(text: str) -> str:
+    """Lone surrogates written back as the JSON escapes they came from, so the text can be stored.
+
+    >>> escape_surrogates("a\\ud800b")
+    'a\\\\ud800b'
+    """
+    return text if text.isascii() else _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _check_storable(text: str, what: str) -> None:
+    """Refuse text holding NUL or a lone surrogate (invalid_encoding), naming the field."""
+    if "\x00" not in text and text.isascii():  # the common case, tested at C speed
+        return
+    found = _NOT_TEXT.search(text)
+    if found is None:
+        return
+    at = f"at character {found.start()}"
+    if found.group() == "\x00":
+        what_is_wrong = f"a NUL character (U+0000) {at}: binary data, not text"
+    else:
+        what_is_wrong = (f"a lone surrogate \\u{ord(found.group()):04x} {at} (half of a UTF-16 pair, from "
+                         "an unpaired escape): not valid Unicode text")
+    raise RowProblem(Reason.INVALID_ENCODING, f"field {what} holds {what_is_wrong}; fix the export that wrote it")
 
 
 def _column(source: SourceConfig, logical: str) -> str:
@@ -167,6 +223,7 @@ def _require_text(value: Any, what: str, *, present: bool = True) -> str:
         raise RowProblem(Reason.MISSING_FIELD, f"field {what} is null")
     if not isinstance(value, str):
         raise RowProblem(Reason.WRONG_TYPE, f"field {what} is {json_type(value)}, expected text")
+    _check_storable(value, what)
     return value
 
 
@@ -239,12 +296,16 @@ def _turn_list(row: dict[str, Any], source: SourceConfig, logical: str) -> list[
         raise RowProblem(Reason.MISSING_FIELD, f"field {what} is null")
     if isinstance(turns, str):
         try:
-            turns = json.loads(turns)
+            turns = ROW_DECODER.decode(turns)
         except json.JSONDecodeError as exc:
             raise RowProblem(
                 Reason.INVALID_JSON,
                 f"field {what} is text that is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
             ) from None
+        except UNREADABLE_JSON as exc:
+            problem = _unreadable(exc)
+            raise RowProblem(problem.reason, f"field {what} is text holding JSON that cannot be read: "
+                                             f"{problem.message}") from None
     if not isinstance(turns, (list, tuple)):
         raise RowProblem(Reason.WRONG_TYPE, f"field {what} is {json_type(turns)}, expected a list of turns")
     return list(turns)
@@ -365,6 +426,10 @@ def _openai_content(turn: Turn, role: str, source: SourceConfig) -> str:
         return _content_text(turn)
     _quarantine_tool_turn(turn, source, "an assistant turn with tool_calls")
     calls_json = _compact_json(calls)
+    try:
+        _check_storable(calls_json, '"tool_calls"')
+    except RowProblem as problem:
+        raise _with_turn(turn.index, problem) from None
     if turn.text is None:  # the usual shape: the call is the whole turn
         return calls_json
     text = _content_text(turn)
@@ -383,7 +448,7 @@ def _content_text(turn: Turn) -> str:
         kind = part.get("type")
         if kind != "text":
             raise RowProblem(
-                Reason.UNSUPPORTED_CONTENT, f'{where} has type "{kind}"; only text parts can be ingested'
+                Reason.UNSUPPORTED_CONTENT, f"{where} has type {_compact_json(kind)}; only text parts can be ingested"
             )
         try:
             texts.append(_require_text(part.get("text"), '"text"', present="text" in part))
@@ -434,14 +499,13 @@ def iter_jsonl_rows(lines: Iterable[bytes]) -> Iterator[RawRow]:
             continue
         raw = text[:RAW_PREVIEW_CHARS]
         try:
-            value = json.loads(text)
+            value = ROW_DECODER.decode(text)
         except json.JSONDecodeError as exc:
             problem = RowProblem(Reason.INVALID_JSON, f"not valid JSON: {_decode_message(exc)} at column {exc.colno}")
             yield RawRow(line_number, location, raw, problem=problem, line=line_number)
             continue
-        except RecursionError:
-            problem = RowProblem(Reason.INVALID_JSON, TOO_DEEP)
-            yield RawRow(line_number, location, raw, problem=problem, line=line_number)
+        except UNREADABLE_JSON as exc:
+            yield RawRow(line_number, location, raw, problem=_unreadable(exc), line=line_number)
             continue
         yield RawRow(line_number, location, raw, value, line=line_number)
 
@@ -449,6 +513,52 @@ def iter_jsonl_rows(lines: Iterable[bytes]) -> Iterator[RawRow]:
 def _decode_message(exc: json.JSONDecodeError) -> str:
     """json's message without its dangling "at" ("Invalid control character at")."""
     return exc.msg.removesuffix(" at")
+
+
+class DuplicateKey(Exception):
+    """Raised by ROW_DECODER when one object names a key twice."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: the object as a dict, or DuplicateKey.
+
+    Python's json keeps the last value of a repeated key and drops the other without a word;
+    other readers keep the first or fail. A row whose meaning depends on the reader is
+    quarantined rather than read one arbitrary way.
+    """
+    row = dict(pairs)
+    if len(row) < len(pairs):
+        raise DuplicateKey(next(key for key, n in Counter(key for key, _ in pairs).items() if n > 1))
+    return row
+
+
+# Rows are parsed by ROW_DECODER; ARRAY_DECODER (no hook) only finds where elements end.
+ROW_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+# Besides JSONDecodeError, what the row decoder raises for input it cannot represent: a repeated
+# key, nesting past the interpreter's recursion limit, and (ValueError) an integer longer than
+# sys.get_int_max_str_digits().
+UNREADABLE_JSON = (DuplicateKey, RecursionError, ValueError)
+
+
+def _unreadable(exc: BaseException) -> RowProblem:
+    """The quarantine for one of UNREADABLE_JSON (catch JSONDecodeError, a ValueError, first)."""
+    if isinstance(exc, DuplicateKey):
+        key = escape_surrogates(json.dumps(exc.key, ensure_ascii=False))
+        return RowProblem(
+            Reason.DUPLICATE_KEY,
+            f"an object names the key {key} twice, so its value depends on the reader; keep one of them",
+        )
+    if isinstance(exc, RecursionError):
+        return RowProblem(Reason.INVALID_JSON, TOO_DEEP)
+    return RowProblem(
+        Reason.INVALID_JSON,
+        f"not valid JSON for this reader: a number with more than {sys.get_int_max_str_digits()} digits; "
+        "write such numbers as strings",
+    )
 
 
 def iter_indexed_rows(values: Iterable[Any]) -> Iterator[RawRow]:
@@ -460,6 +570,10 @@ def iter_indexed_rows(values: Iterable[Any]) -> Iterator[RawRow]:
 # JSON arrays are read one element at a time with raw_decode, so a broken element is one
 # quarantined row and the elements after it are still read.
 ARRAY_DECODER = json.JSONDecoder()
+# An array file is decoded with errors="surrogateescape": a byte that is not UTF-8 becomes one
+# of these code points (valid UTF-8 never decodes to them), so the element holding it can be
+# quarantined alone instead of failing the file.
+UNDECODABLE_BYTE = re.compile("[\udc80-\udcff]")
 JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 JSON_STRUCTURE = re.compile(r'[\\"{}\[\],]')  # the characters the resynchronising scan looks at
 # How far the bracket scan looks for a broken element's end: one missing quote can send it to
@@ -526,7 +640,7 @@ def _whole_element_at(text: str, pos: int, keys: frozenset[str] | None = None) -
         return False
     try:
         value, end = ARRAY_DECODER.raw_decode(text, pos)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: JSONDecodeError, or an over-long integer
         return False
     if keys and not (isinstance(value, dict) and keys & value.keys()):
         return False
@@ -586,33 +700,43 @@ def iter_json_array_rows(text: str) -> Iterator[RawRow]:
     Each element is located by its 0-based index and the line it starts on. An element that does
     not parse is an INVALID_JSON row and reading resumes after it; a file cut short ends with an
     INVALID_JSON row for its last element, so every element started is accounted for. A comma
-    before the closing ']' is not a row; arrays written one after another are read as one.
+    before the closing ']' is not a row; arrays written one after another are read as one. An
+    element holding a byte that was not UTF-8 (see UNDECODABLE_BYTE) is an INVALID_ENCODING row.
     """
     lines = _LineCounter(text)
     index = 0
     keys: frozenset[str] = frozenset()  # of the last object read: what a row of this file looks like
+    undecodable = UNDECODABLE_BYTE.search(text) is not None  # one scan; elements only when needed
     pos = _skip_whitespace(text, 0)
     while pos < len(text):
         if text[pos] != "[":
             line = lines.at(pos)
             problem = RowProblem(Reason.INVALID_JSON, "not valid JSON: text after the array's closing ']'")
-            raw = text[pos:].strip()[:RAW_PREVIEW_CHARS]
+            raw = _raw_text(text[pos:].strip()[:RAW_PREVIEW_CHARS])
             yield RawRow(index, f"index {index} (line {line})", raw, problem=problem, line=line)
             return
         pos = _skip_whitespace(text, pos + 1)
         while not text.startswith("]", pos):  # "[]", or "[a, b,]": that comma starts no row
             line = lines.at(pos)
             location = f"index {index} (line {line})"
-            value, error, end = _read_element(text, pos)
-            if error is None:
+            value, problem, end = _read_element(text, pos)
+            if end < 0:  # the element did not parse: find where it ends
+                end, _ = _resync(text, pos, keys)
+                if end == len(text):
+                    problem = RowProblem(problem.reason, problem.message + CUT_SHORT)
+            bad_byte = undecodable and UNDECODABLE_BYTE.search(text, pos, end)
+            if bad_byte:  # the cause of any other problem of the element, so it is the one reported
+                problem = RowProblem(
+                    Reason.INVALID_ENCODING,
+                    f"byte 0x{ord(bad_byte.group()) - 0xDC00:02x} at {_text_position(text, bad_byte.start())} "
+                    "is not UTF-8; re-save the file as UTF-8",
+                )
+            if problem is None:
                 keys = frozenset(value) if isinstance(value, dict) else keys
                 yield RawRow(index, location, raw_preview(value), value, line=line)
             else:
-                if end < 0:  # the element did not parse: find where it ends
-                    end, _ = _resync(text, pos, keys)
-                    error += CUT_SHORT if end == len(text) else ""
-                raw = text[pos:end].strip()[:RAW_PREVIEW_CHARS]
-                yield RawRow(index, location, raw, problem=RowProblem(Reason.INVALID_JSON, error), line=line)
+                raw = _raw_text(text[pos:end].strip()[:RAW_PREVIEW_CHARS])
+                yield RawRow(index, location, raw, problem=problem, line=line)
             index += 1
             if end == len(text):
                 return
@@ -623,21 +747,35 @@ def iter_json_array_rows(text: str) -> Iterator[RawRow]:
         pos = _skip_whitespace(text, pos + 1)  # past the ']'; another array may follow
 
 
-def _read_element(text: str, start: int) -> tuple[Any, str | None, int]:
-    """(value, None, position of the ',' or ']' after it) for a whole element; (None, error, -1)
-    when it does not parse; (None, error, end of text) when the array never closes after it."""
+def _read_element(text: str, start: int) -> tuple[Any, RowProblem | None, int]:
+    """(value, None, position of the ',' or ']' after it) for a whole element; (None, problem, that
+    position) for a whole element the row decoder refuses (a repeated key); (None, problem, -1)
+    when it does not parse; (None, problem, end of text) when the array never closes after it."""
+    problem = None
     try:
-        value, end = ARRAY_DECODER.raw_decode(text, start)
+        value, end = ROW_DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:
-        return None, f"not valid JSON: {_decode_message(exc)} at line {exc.lineno}, column {exc.colno}", -1
-    except RecursionError:
-        return None, TOO_DEEP, -1
+        message = f"not valid JSON: {_decode_message(exc)} at line {exc.lineno}, column {exc.colno}"
+        return None, RowProblem(Reason.INVALID_JSON, message), -1
+    except UNREADABLE_JSON as exc:
+        value, problem = None, _unreadable(exc)
+        try:  # a repeated key leaves the element whole: the plain decoder finds its end
+            _, end = ARRAY_DECODER.raw_decode(text, start)
+        except UNREADABLE_JSON:
+            return None, problem, -1
     end = _skip_whitespace(text, end)
     if text[end : end + 1] in (",", "]"):
-        return value, None, end
+        return value, problem, end
     if end == len(text):
-        return None, "not valid JSON: the file ends without the array's closing ']' (was it cut short?)", end
-    return None, f"not valid JSON: expected ',' or ']' after the element at {_text_position(text, end)}", -1
+        message = "not valid JSON: the file ends without the array's closing ']' (was it cut short?)"
+        return None, RowProblem(Reason.INVALID_JSON, message), end
+    message = f"not valid JSON: expected ',' or ']' after the element at {_text_position(text, end)}"
+    return None, RowProblem(Reason.INVALID_JSON, message), -1
+
+
+def _raw_text(text: str) -> str:
+    """A slice of an array file as storable text: undecodable bytes become U+FFFD, as in JSON Lines."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _jsonl_file_rows(path: Path) -> Iterator[RawRow]:
@@ -652,12 +790,7 @@ def _json_file_rows(path: Path, where: str) -> Iterator[RawRow]:
     if body.lstrip()[:1] != b"[":
         _refuse_single_object(body, where)
         return iter_jsonl_rows(io.BytesIO(data))
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = body[: exc.start].count(b"\n") + 1
-        raise SourceError(f"{where}: line {line} holds bytes that are not UTF-8; re-save the file as UTF-8") from None
-    return iter_json_array_rows(text)
+    return iter_json_array_rows(body.decode("utf-8", errors="surrogateescape"))  # see UNDECODABLE_BYTE
 
 
 def _refuse_single_object(body: bytes, where: str) -> None:
@@ -666,13 +799,21 @@ def _refuse_single_object(body: bytes, where: str) -> None:
         return
     try:
         value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: not UTF-8, not one JSON value, a huge integer
         return  # the usual case: JSON Lines, read line by line
     if isinstance(value, dict):
         raise SourceError(
             f"{where}: the file is one JSON object spanning several lines, not rows; a .json source "
             "must be an array of rows ([{...}, ...]) or one object per line (JSON Lines)"
         )
+
+
+def _refuse_binary(path: Path, where: str) -> None:
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    for signature, what in NOT_TEXT_SIGNATURES:
+        if head.startswith(signature):
+            raise SourceError(f"{where}: the file {what}")
 
 
 def _parquet_file_rows(path: Path, where: str) -> Iterator[RawRow]:
@@ -695,6 +836,8 @@ def iter_file_rows(path: Path, where: str | None = None) -> Iterator[RawRow]:
     if not path.is_file():
         raise SourceError(f"{where}: no such file")
     suffix = path.suffix.lower()
+    if suffix in (*JSONL_SUFFIXES, ".json"):
+        _refuse_binary(path, where)
     if suffix in JSONL_SUFFIXES:
         return _jsonl_file_rows(path)
     if suffix == ".json":
@@ -871,22 +1014,28 @@ def read_source(source: SourceConfig, path: Path | None) -> StageOutput:
                 raise row.problem
             messages = row_messages(row.value, source)
         except RowProblem as problem:
-            decisions.add(example_id, problem.reason, detail={"location": row.location, "error": problem.message})
+            error = escape_surrogates(problem.message)  # messages quote the row's own strings
+            decisions.add(example_id, problem.reason, detail={"location": row.location, "error": error})
             quarantined[problem.reason.value] += 1
             if len(first_problems) < FIRST_PROBLEMS_SHOWN:
-                first_problems.append(f"{row.location}: {problem.reason.value}: {problem.message}")
+                first_problems.append(f"{row.location}: {problem.reason.value}: {error}")
             continue
         decisions.add(example_id, Reason.KEPT)
         records.append({
             "example_id": example_id, "content_hash": None, "source_row": row.source_row,
-            "category": category, "messages": messages, **provenance,
+            "source_location": row.location, "category": category, "messages": messages, **provenance,
         })
     n_in = len(examples)
-    if not records:
-        hint = "; ".join(first_problems) if first_problems else "the source holds no rows"
+    if not n_in:
         raise SourceError(
-            f"source {source.name!r} ({uri}): 0 of {n_in} rows could be read; first problems: {hint}; "
-            f"check the file and the source's `format` ({source.format}) and `columns` in the recipe"
+            f"source {source.name!r} ({uri}): the source holds no rows (an empty file, only blank lines, "
+            "or an empty array); point `path` at the data, or remove the source from the recipe"
+        )
+    if not records:
+        raise SourceError(
+            f"source {source.name!r} ({uri}): 0 of {n_in} rows could be read; first problems: "
+            f"{'; '.join(first_problems)}; check the file and the source's `format` ({source.format}) "
+            "and `columns` in the recipe"
         )
     return StageOutput(
         records=records_from_rows(records, RECORD_SCHEMA),

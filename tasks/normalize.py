@@ -3,7 +3,9 @@
 For every ingested row: each turn's text is NFC-normalized and trimmed, the conversation is
 validated (roles, order, emptiness), `content_hash` is computed over the normalized turns and
 `category` is filled (a source's fixed category wins over the classifier). Invalid rows are
-dropped with one reason from tasks/core/reasons.py and an error that names the turn.
+dropped with one reason from tasks/core/reasons.py and the detail {"location": ..., "error": ...}:
+the row's place in its source exactly as ingest names it ("line 7", "index 3 (line 5)") and an
+error that names the turn.
 
 Turn numbers in errors are 0-based indices into `messages`, as in Python and in torchtune's
 `validate_messages` ("turn 3" is `messages[3]`; DuckDB's `messages[4]`).
@@ -43,6 +45,20 @@ _ALLOWED_NEXT = {
     "assistant": ("user", "tool"),
     "tool": ("tool", "assistant"),
 }
+
+# Control tokens of common chat templates. A turn whose text holds one would fake a turn
+# boundary once the chat template renders the conversation (a tokenizer reads the literal text
+# as the special token), so the row is dropped instead of trained on. `<|name|>` covers ChatML
+# (<|im_start|>, <|im_end|>), GPT-2 and Qwen (<|endoftext|>), Llama 3 (<|begin_of_text|>,
+# <|start_header_id|>, <|end_header_id|>, <|eot_id|>) and Phi (<|user|>, <|end|>); Gemma's
+# tokens have no bars and are listed by name. HTML-like tags (<s>, </s>, <b>) and operators
+# such as Haskell's <|> are not matched.
+TEMPLATE_TOKEN_PATTERNS: tuple[str, ...] = (
+    r"<\|[A-Za-z0-9_.:-]{1,64}\|>",
+    re.escape("<start_of_turn>"),
+    re.escape("<end_of_turn>"),
+)
+_TEMPLATE_TOKEN = re.compile("|".join(TEMPLATE_TOKEN_PATTERNS))
 
 Messages = list[dict[str, str]]
 
@@ -94,6 +110,8 @@ def validate_messages(
     7. each remaining turn, by position: empty text -> empty_turn; a role that may not follow
        the previous one (user -> assistant; assistant -> user|tool; tool -> tool|assistant)
                                                         -> non_alternating
+    8. a remaining turn's text holds a chat-template control token (TEMPLATE_TOKEN_PATTERNS)
+                                                        -> template_token_in_text
 
     >>> validate_messages([{"role": "user", "content": "Hi "}, {"role": "assistant", "content": "Hello"}])
     ([{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}], None, '')
@@ -144,6 +162,13 @@ def validate_messages(
         previous = kept[index - 1]["role"]
         if index > start and turn["role"] not in _ALLOWED_NEXT[previous]:
             return turns, Reason.NON_ALTERNATING, _transition_error(index, previous, turn["role"])
+    for index, turn in enumerate(kept):
+        token = _TEMPLATE_TOKEN.search(turn["content"])
+        if token:
+            return turns, Reason.TEMPLATE_TOKEN_IN_TEXT, (
+                f"turn {index} ({turn['role']}) holds the chat-template token {token.group()!r}, which would "
+                "fake a turn boundary once the chat template renders the conversation; remove it from the source"
+            )
     return kept, None, ""
 
 
@@ -158,6 +183,17 @@ def content_hash(messages: list[dict[str, Any]]) -> str:
     True
     """
     return short_hash([[m["role"], normalize_text(m.get("content") or "")] for m in messages])
+
+
+def source_location(row: dict[str, Any]) -> str:
+    """Where the row came from, as ingest wrote it; records made elsewhere fall back to source_row.
+
+    >>> source_location({"source_location": "index 3 (line 5)", "source_row": 3})
+    'index 3 (line 5)'
+    >>> source_location({"source_row": 7})
+    'source_row 7'
+    """
+    return row.get("source_location") or f"source_row {row.get('source_row')}"
 
 
 def _records_table(rows: list[dict[str, Any]], source: pa.Table) -> pa.Table:
@@ -175,7 +211,7 @@ def normalize_records(records: pa.Table, cfg: NormalizeConfig) -> StageOutput:
     for row in records.to_pylist():
         messages, reason, error = validate_messages(row.get("messages"), cfg.trim_trailing_turns)
         if reason is not None:
-            decisions.add(row["example_id"], reason, detail={"error": error})
+            decisions.add(row["example_id"], reason, detail={"location": source_location(row), "error": error})
             continue
         n_trimmed = len(row.get("messages") or []) - len(messages)
         if n_trimmed:

@@ -19,7 +19,8 @@ class Reason(StrEnum):
 
     # --- ingest: the raw row could not become a conversation ---------------------------------
     INVALID_JSON = "invalid_json"  # the line/element is not valid JSON
-    INVALID_ENCODING = "invalid_encoding"  # bytes that are not UTF-8 text
+    INVALID_ENCODING = "invalid_encoding"  # bytes that are not UTF-8; text holding NUL or a lone surrogate
+    DUPLICATE_KEY = "duplicate_key"  # one object names a key twice: readers disagree on which value wins
     NOT_AN_OBJECT = "not_an_object"  # valid JSON, but not an object/record
     MISSING_FIELD = "missing_field"  # a required field of the format is absent or null
     WRONG_TYPE = "wrong_type"  # a field holds a number/list/object where text belongs
@@ -35,6 +36,7 @@ class Reason(StrEnum):
     STARTS_WITH_ASSISTANT = "starts_with_assistant"  # first non-system turn is not user
     NON_ALTERNATING = "non_alternating"  # two user (or assistant) turns in a row, bad tool order
     NO_ASSISTANT_TURN = "no_assistant_turn"  # nothing left to learn from
+    TEMPLATE_TOKEN_IN_TEXT = "template_token_in_text"  # e.g. "<|im_end|>" in a turn would fake a turn boundary
 
     # --- dedup ------------------------------------------------------------------------------
     EXACT_DUPLICATE = "exact_duplicate"  # same content_hash as the representative `dup_of`

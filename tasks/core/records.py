@@ -28,6 +28,9 @@ RECORD_SCHEMA = pa.schema(
         ("source_format", pa.string()),  # alpaca | sharegpt | openai
         ("source_uri", pa.string()),
         ("source_row", pa.int64()),  # 1-based line for JSONL, 0-based index otherwise
+        # "line 41" | "index 3 (line 5)" | "index 3": ingest's locator as written into every
+        # decision's detail, so a later stage's drop names the same place as a quarantine does
+        ("source_location", pa.string()),
         ("category", pa.string()),  # null until normalize assigns it
         ("origin", pa.string()),  # human | synthetic | mixed | null
         ("license", pa.string()),

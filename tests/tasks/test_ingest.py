@@ -83,8 +83,8 @@ def test_json_array_alpaca_becomes_records_with_provenance(tmp_path):
     first = out.records.to_pylist()[0]
     assert {k: v for k, v in first.items() if k != "messages"} == {
         "example_id": short_hash("src", 0), "content_hash": None, "source": "src", "source_format": "alpaca",
-        "source_uri": str(path), "source_row": 0, "category": "qa", "origin": "synthetic",
-        "license": "apache-2.0",
+        "source_uri": str(path), "source_row": 0, "source_location": "index 0 (line 2)", "category": "qa",
+        "origin": "synthetic", "license": "apache-2.0",
     }
     assert [d["reason"] for d in decisions_of(out)] == ["kept"] * 3
     assert out.stats == {"n_in": 3, "n_quarantined": 0, "source": "src", "quarantined_by_reason": {}}
@@ -429,7 +429,7 @@ def test_source_with_zero_valid_rows_is_a_source_error(tmp_path):
     )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    with pytest.raises(SourceError, match="0 of 0 rows could be read; first problems: the source holds no rows"):
+    with pytest.raises(SourceError, match=r"\(.*empty\.jsonl\): the source holds no rows \(an empty file"):
         read_source(source("alpaca", empty), empty)
 
 

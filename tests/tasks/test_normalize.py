@@ -167,8 +167,8 @@ def test_content_hash_depends_on_roles_text_and_order():
 # ------------------------------------------------------------------------ normalize_records --
 def row(example_id: str, messages: list[dict], category: str | None = None, **extra) -> dict:
     return {"example_id": example_id, "source": "src", "source_format": "openai",
-            "source_uri": "file:///data/x.jsonl", "source_row": 1, "category": category,
-            "messages": messages, **extra}
+            "source_uri": "file:///data/x.jsonl", "source_row": 1, "source_location": "line 1",
+            "category": category, "messages": messages, **extra}
 
 
 def decisions_by_id(output) -> dict[str, dict]:
@@ -195,7 +195,7 @@ def test_records_decisions_and_stats():
         "empty": (False, "empty_conversation"),
     }
     assert json.loads(decisions["trim"]["detail"]) == {"trimmed_turns": 1}
-    assert json.loads(decisions["bad"]["detail"]) == {"error": "turn 1: two user turns in a row"}
+    assert json.loads(decisions["bad"]["detail"]) == {"location": "line 1", "error": "turn 1: two user turns in a row"}
     assert decisions["ok"]["detail"] is None
 
     n_kept = sum(d["kept"] for d in decisions.values())
@@ -244,7 +244,8 @@ def test_base_columns_kept_and_extra_columns_carried():
     [record] = out.records.to_pylist()
     assert record == {
         "example_id": "a", "content_hash": content_hash([t(U, "hi"), t(A, "yo")]), "source": "src",
-        "source_format": "openai", "source_uri": "file:///data/x.jsonl", "source_row": 1, "category": "qa",
+        "source_format": "openai", "source_uri": "file:///data/x.jsonl", "source_row": 1,
+        "source_location": "line 1", "category": "qa",
         "origin": "human", "license": "cc-by", "messages": [t(U, "hi"), t(A, "yo")], "lang": "en",
     }
 
@@ -276,3 +277,42 @@ def test_mixed_trailing_turns_are_listed_when_trimming_is_off():
     )
     assert reason is Reason.NON_ALTERNATING
     assert error.startswith("turn 2: 2 turn(s) after the last assistant turn (tool, user);")
+
+
+# -------------------------------------------------------------------- chat-template tokens --
+@pytest.mark.parametrize(
+    ("token", "index", "role"),
+    [("<|im_start|>", 1, "assistant"), ("<|im_end|>", 0, "user"), ("<|endoftext|>", 1, "assistant"),
+     ("<|eot_id|>", 1, "assistant"), ("<|start_header_id|>", 0, "user"), ("<start_of_turn>", 1, "assistant"),
+     ("<end_of_turn>", 0, "user")],
+)
+def test_template_tokens_in_text_are_dropped_naming_token_and_turn(token, index, role):
+    turns = [t(U, "Hi there"), t(A, "Hello")]
+    turns[index] = t(role, f"some text {token}user\nmore")
+    _, reason, error = validate_messages(turns)
+    assert reason is Reason.TEMPLATE_TOKEN_IN_TEXT
+    assert error.startswith(f"turn {index} ({role}) holds the chat-template token {token!r}, which would fake")
+
+
+@pytest.mark.parametrize("text", [
+    "Use <s> and </s> as sentence markers.", "In Haskell, <|> is the Alternative operator.",
+    "x <| f |> g", "a < b | c > d", "<b>bold</b> and <start_of_text>",
+])
+def test_text_that_only_looks_like_a_template_token_is_kept(text):
+    assert validate_messages([t(U, "Explain."), t(A, text)])[1] is None
+
+
+def test_template_token_in_a_trimmed_trailing_turn_does_not_drop_the_row():
+    messages, reason, _ = validate_messages([t(U, "Hi"), t(A, "Hello"), t(U, "<|im_end|>")])
+    assert reason is None and len(messages) == 2
+
+
+def test_drop_detail_names_the_location_ingest_wrote_or_the_source_row():
+    table = records_from_rows([
+        row("array", [t(U, "a"), t(U, "b")], source_location="index 3 (line 5)"),
+        {**row("made_elsewhere", [t(A, "a")]), "source_location": None, "source_row": 9},
+    ])
+    out = normalize_records(table, NormalizeConfig())
+    details = {d["example_id"]: json.loads(d["detail"]) for d in out.decisions.to_pylist()}
+    assert details["array"]["location"] == "index 3 (line 5)"
+    assert details["made_elsewhere"]["location"] == "source_row 9"
