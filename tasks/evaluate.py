@@ -36,6 +36,7 @@ from typing import Any, Iterator
 from tasks.core.recipe import EvalConfig
 from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
 from tasks.core.stage import StageCall, stage_task
+from tasks.core.weights import UnsafeWeightsError, missing_safetensors_error, require_safetensors
 from tasks.ifeval import IF_PROMPTS, score_responses
 from tasks.judge import check_judge_reachable, judge_generations
 
@@ -45,6 +46,7 @@ IGNORE_INDEX = -100  # label value cross-entropy skips (the transformers/TRL con
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 REPORT_GENERATIONS = 5  # generations shown in report.md (all are in generations.json)
 OUTPUT_FILES = ("report.json", "report.md", "generations.json")
+BASE_MODEL, TUNED_MODEL = "evaluate (base model)", "evaluate (tuned model)"  # named in loading errors
 
 
 # ---------------------------------------------------------------------------- tokenization --
@@ -218,10 +220,33 @@ def load_prompts(path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- models --
-def _load_model(location: str | Path, device: str):
+def _load_model(location: str | Path, device: str, what: str):
+    """A causal LM from a folder or hub id: safetensors weights only, no remote code."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(location), dtype="auto").to(device).eval()
+    require_safetensors(location, what)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(location), dtype="auto", use_safetensors=True, trust_remote_code=False
+        )
+    except OSError as exc:
+        unsafe = missing_safetensors_error(exc, location, what)
+        if unsafe is None:
+            raise
+        raise unsafe from exc
+    return model.to(device).eval()
+
+
+def _require_safe_adapter(folder: Path) -> None:
+    """PEFT loads adapter_model.bin (a pickle) when there is no adapter_model.safetensors."""
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise UnsafeWeightsError(
+            f"{TUNED_MODEL}: the LoRA adapter folder {folder} has no adapter_model.safetensors"
+            + (" (only adapter_model.bin, a pickle that can run code when loaded)"
+               if (folder / "adapter_model.bin").is_file() else "")
+            + ". sftflow loads weights from safetensors only: load the adapter once where you trust the "
+            "file and save it again with PeftModel.save_pretrained (it writes adapter_model.safetensors)"
+        )
 
 
 def _base_then_tuned(tuned_dir: Path, base_location: str | Path) -> Iterator[tuple[str, Any, Any]]:
@@ -234,21 +259,29 @@ def _base_then_tuned(tuned_dir: Path, base_location: str | Path) -> Iterator[tup
     from transformers import AutoTokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    is_adapter = (tuned_dir / "adapter_config.json").exists()
+    # Both folders are checked before either model loads: no base measured in vain.
+    require_safetensors(base_location, BASE_MODEL)
+    if is_adapter:
+        _require_safe_adapter(tuned_dir)
+    else:
+        require_safetensors(tuned_dir, TUNED_MODEL)
     has_tokenizer = (tuned_dir / "tokenizer_config.json").exists()
-    tokenizer = AutoTokenizer.from_pretrained(str(tuned_dir if has_tokenizer else base_location))
-    if (tuned_dir / "adapter_config.json").exists():
+    tokenizer = AutoTokenizer.from_pretrained(str(tuned_dir if has_tokenizer else base_location),
+                                              trust_remote_code=False)
+    if is_adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_load_model(base_location, device), str(tuned_dir)).eval()
+        model = PeftModel.from_pretrained(_load_model(base_location, device, BASE_MODEL), str(tuned_dir)).eval()
         with model.disable_adapter():
             yield "base", model, tokenizer
         yield "tuned", model, tokenizer
         return
-    yield "base", _load_model(base_location, device), tokenizer
+    yield "base", _load_model(base_location, device, BASE_MODEL), tokenizer
     gc.collect()  # the caller dropped its reference to the base model before asking for the next
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    yield "tuned", _load_model(tuned_dir, device), tokenizer
+    yield "tuned", _load_model(tuned_dir, device, TUNED_MODEL), tokenizer
 
 
 def _measure(model, tokenizer, template: str, eval_rows: list[dict], texts: list[str], prompts: list[str],

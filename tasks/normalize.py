@@ -90,7 +90,7 @@ def _transition_error(index: int, previous: str, role: str) -> str:
 
 
 def validate_messages(
-    messages: list[dict[str, Any]] | None, trim_trailing_turns: bool = True
+    messages: list[dict[str, Any]] | None, trim_trailing_turns: bool = True, reject_template_tokens: bool = True
 ) -> tuple[Messages, Reason | None, str]:
     """Normalize and check one conversation; returns (messages, failure reason or None, error).
 
@@ -110,8 +110,8 @@ def validate_messages(
     7. each remaining turn, by position: empty text -> empty_turn; a role that may not follow
        the previous one (user -> assistant; assistant -> user|tool; tool -> tool|assistant)
                                                         -> non_alternating
-    8. a remaining turn's text holds a chat-template control token (TEMPLATE_TOKEN_PATTERNS)
-                                                        -> template_token_in_text
+    8. with `reject_template_tokens`, a remaining turn's text holds a chat-template control
+       token (TEMPLATE_TOKEN_PATTERNS)                  -> template_token_in_text
 
     >>> validate_messages([{"role": "user", "content": "Hi "}, {"role": "assistant", "content": "Hello"}])
     ([{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}], None, '')
@@ -162,7 +162,7 @@ def validate_messages(
         previous = kept[index - 1]["role"]
         if index > start and turn["role"] not in _ALLOWED_NEXT[previous]:
             return turns, Reason.NON_ALTERNATING, _transition_error(index, previous, turn["role"])
-    for index, turn in enumerate(kept):
+    for index, turn in enumerate(kept if reject_template_tokens else ()):
         token = _TEMPLATE_TOKEN.search(turn["content"])
         if token:
             return turns, Reason.TEMPLATE_TOKEN_IN_TEXT, (
@@ -209,7 +209,7 @@ def normalize_records(records: pa.Table, cfg: NormalizeConfig) -> StageOutput:
     kept_rows: list[dict[str, Any]] = []
     categories: Counter[str] = Counter()
     for row in records.to_pylist():
-        messages, reason, error = validate_messages(row.get("messages"), cfg.trim_trailing_turns)
+        messages, reason, error = validate_messages(row.get("messages"), cfg.trim_trailing_turns, cfg.reject_template_tokens)
         if reason is not None:
             decisions.add(row["example_id"], reason, detail={"location": source_location(row), "error": error})
             continue

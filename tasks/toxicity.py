@@ -6,8 +6,10 @@ Two backends behind one protocol:
 - `detoxify`: a transformer classifier. `model` is a detoxify model type (original, unbiased,
   multilingual, ...; downloaded by detoxify) or a local checkpoint file. Offline, give the
   checkpoint file plus `huggingface_config_path`, a local folder with the transformer config and
-  tokenizer. Checkpoints are torch pickles that detoxify loads with weights_only=False: only use
-  files you trust. Their sha256 is part of the scorer's name and so of the stage's cache key.
+  tokenizer. Checkpoints are torch pickles that detoxify loads with weights_only=False, which
+  runs any code the file holds: a checkpoint file is only loaded when its sha256 is pinned in
+  `checkpoint_sha256` and the file's bytes match it, checked right before detoxify reads it. The
+  sha256 is also part of the scorer's name and so of the stage's cache key.
 """
 
 from __future__ import annotations
@@ -54,10 +56,40 @@ class ProfanityCheckScorer:
         return [float(p) for p in self._predict_prob(list(texts))]
 
 
-def detoxify_scorer_name(model: str, huggingface_config_path: str | Path | None) -> str:
-    """The scorer's name: the model type, or the checkpoint's sha256; plus the config folder's hash."""
+class CheckpointHashError(ValueError):
+    """A detoxify checkpoint file whose sha256 is not pinned, or does not match the pin."""
+
+
+def verify_checkpoint(path: Path, expected_sha256: str | None) -> str:
+    """The checkpoint file's sha256, once it is known to equal the pinned `expected_sha256`.
+
+    detoxify unpickles checkpoints (torch.load with weights_only=False), and unpickling runs any
+    code the file holds; pinning the hash makes loading a file that changed an error.
+    """
+    actual = sha256_file(path)
+    if expected_sha256 is None:
+        raise CheckpointHashError(
+            f"filters.toxicity.model: the checkpoint file {path} would be unpickled by detoxify, which "
+            "runs any code it holds, so its sha256 must be pinned. Check that the file comes from a "
+            f"source you trust, then set filters.toxicity.checkpoint_sha256: {actual}"
+        )
+    if actual != expected_sha256.lower():
+        raise CheckpointHashError(
+            f"filters.toxicity.model: the checkpoint file {path} has sha256 {actual}, but "
+            f"filters.toxicity.checkpoint_sha256 pins {expected_sha256.lower()}. The file is not the "
+            "one that was pinned: restore it, or check the new file and pin its sha256 instead"
+        )
+    return actual
+
+
+def detoxify_scorer_name(model: str, huggingface_config_path: str | Path | None,
+                         checkpoint_sha256: str | None = None) -> str:
+    """The scorer's name: the model type, or the checkpoint's sha256; plus the config folder's hash.
+
+    `checkpoint_sha256`: the checkpoint's already verified hash (saves hashing the file again).
+    """
     if Path(model).is_file():
-        name = f"detoxify:checkpoint:sha256={sha256_file(Path(model))}"
+        name = f"detoxify:checkpoint:sha256={checkpoint_sha256 or sha256_file(Path(model))}"
     else:
         name = f"detoxify:{model}@{_version('detoxify')}"
     if huggingface_config_path is not None:
@@ -74,6 +106,7 @@ class DetoxifyScorer:
         huggingface_config_path: str | None = None,
         batch_size: int = 32,
         device: str = "cpu",
+        checkpoint_sha256: str | None = None,
     ) -> None:
         from detoxify.detoxify import MODEL_URLS, Detoxify
 
@@ -83,6 +116,8 @@ class DetoxifyScorer:
                 f"filters.toxicity.model: {model!r} is neither a checkpoint file nor a detoxify "
                 f"model type ({', '.join(sorted(MODEL_URLS))})"
             )
+        # Verified here, immediately before detoxify unpickles the file.
+        digest = verify_checkpoint(Path(model), checkpoint_sha256) if is_checkpoint else None
         try:
             # With a checkpoint, detoxify takes model_type, model class and tokenizer class from
             # the checkpoint's own config (config.arch.args), so model_type here is unused.
@@ -107,7 +142,7 @@ class DetoxifyScorer:
         self._max_tokens = _max_input_tokens(self._detox.tokenizer, self._detox.model.config)
         self.batch_size = batch_size
         self.device = device
-        self.name = detoxify_scorer_name(model, huggingface_config_path)
+        self.name = detoxify_scorer_name(model, huggingface_config_path, digest)
 
     def score(self, texts: list[str]) -> list[float]:
         import torch
@@ -144,6 +179,12 @@ def _resolve_detoxify_paths(cfg: ToxicityConfig, resolve: Callable[[str], Path])
     from detoxify.detoxify import MODEL_URLS
 
     model = cfg.model
+    if model in MODEL_URLS and cfg.checkpoint_sha256 is not None:
+        raise ValueError(
+            f"filters.toxicity.checkpoint_sha256 pins a checkpoint file, but filters.toxicity.model "
+            f"{model!r} is a detoxify model type (detoxify downloads it): remove checkpoint_sha256, "
+            "or set model to the checkpoint file it pins"
+        )
     if model not in MODEL_URLS:
         path = resolve(model)  # raises PathNotAllowed outside the allowed roots
         if not path.is_file():
@@ -170,7 +211,10 @@ def toxicity_scorer_name(cfg: ToxicityConfig, resolve: Callable[[str], Path]) ->
         return None
     if cfg.backend == "profanity-check":
         return f"profanity-check@{_version('alt-profanity-check')}"
-    return detoxify_scorer_name(*_resolve_detoxify_paths(cfg, resolve))
+    model, config_path = _resolve_detoxify_paths(cfg, resolve)
+    # Planning fails here, before any stage runs, when a checkpoint is not pinned or has changed.
+    digest = verify_checkpoint(Path(model), cfg.checkpoint_sha256) if Path(model).is_file() else None
+    return detoxify_scorer_name(model, config_path, digest)
 
 
 def load_toxicity_scorer(
@@ -180,4 +224,5 @@ def load_toxicity_scorer(
     if cfg.backend == "profanity-check":
         return ProfanityCheckScorer()
     model, config_path = _resolve_detoxify_paths(cfg, resolve)
-    return DetoxifyScorer(model, config_path, batch_size=cfg.batch_size, device=device)
+    return DetoxifyScorer(model, config_path, batch_size=cfg.batch_size, device=device,
+                          checkpoint_sha256=cfg.checkpoint_sha256)

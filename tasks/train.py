@@ -53,6 +53,7 @@ from tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
 from tasks.core.recipe import TrainConfig
 from tasks.core.records import DECISION_SCHEMA, StageOutput, empty_records
 from tasks.core.stage import StageCall, stage_task
+from tasks.core.weights import require_safetensors
 from tasks.core.workspace import Workspace
 from tasks.mask_audit import audit_masks, check_audit, tokenize_conversation
 from tasks.model_card import render_model_card
@@ -75,6 +76,7 @@ AUDIT_MAX_ROWS = 5000  # the audit renders growing prefixes per row: bounded cos
 ROUNDTRIP_ROWS = 32  # train rows re-rendered after saving (at least MIN_ROUNDTRIP_ROWS when there are)
 MIN_ROUNDTRIP_ROWS = 20
 LOG_TAIL_LINES = 60
+TRAINING_ARGS_FILE = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME
 SAVE_TOTAL_LIMIT = 2  # the newest checkpoint is the resume point; one more survives a crash mid-save
 
 
@@ -490,6 +492,7 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
         location = str(build_tiny_llama(conversation_texts(train_rows), cfg.tiny, cfg.seed, _fresh(work / "base")))
     else:
         location = model_location(cfg.model, workspace)
+        require_safetensors(location, "train.model")  # here, not after a launch and a retry in the worker
     tokenizer = load_tokenizer(location, cfg)
     template, template_origin = select_chat_template(tokenizer, cfg.chat_template, workspace.resolve_input)
     (reports / CHAT_TEMPLATE_FILE).write_bytes(template.encode("utf-8"))
@@ -530,6 +533,9 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     # The JSON reports leave the model folder: it holds only what loading the model needs.
     for name in (LOG_HISTORY_FILE, METRICS_FILE, TRAINED_SEQUENCES_FILE):
         shutil.move(str(output_dir / name), str(reports / name))
+    # Trainer.save_model also writes training_args.bin, a pickled TrainingArguments that nothing
+    # reads back: a pickle has no place in a result (docs/training.md, "What is pickled and why").
+    (output_dir / TRAINING_ARGS_FILE).unlink(missing_ok=True)
     log_history = json.loads((reports / LOG_HISTORY_FILE).read_text(encoding="utf-8"))
     metrics = json.loads((reports / METRICS_FILE).read_text(encoding="utf-8"))
     plot_training(log_history, reports / "training.png")

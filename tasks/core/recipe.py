@@ -18,6 +18,7 @@ from tasks.core.hashing import canonical_json, short_hash
 
 Role = Literal["system", "user", "assistant", "tool"]
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class Section(BaseModel):
@@ -91,6 +92,12 @@ class NormalizeConfig(Section):
         description="Trim user/tool turns after the last assistant turn (recorded as "
         "kept_trimmed_trailing_turn); when false such rows are dropped as non_alternating.",
     )
+    reject_template_tokens: bool = Field(
+        True,
+        description="Drop rows whose text holds a chat-template control token such as <|im_end|> "
+        "(template_token_in_text): rendered by the chat template it would fake a turn boundary. Turn "
+        "off for data that discusses chat templates, and check its masks in the train stage's audit.",
+    )
 
 
 # ------------------------------------------------------------------------------------ dedup --
@@ -154,10 +161,25 @@ class ToxicityConfig(Section):
     model: str = Field(
         "original", description="detoxify: model type (original, unbiased, multilingual) or a checkpoint file."
     )
+    checkpoint_sha256: str | None = Field(
+        None,
+        description="detoxify: sha256 (64 hex digits) of the checkpoint file given as `model`; required "
+        "for a checkpoint file, because detoxify unpickles it (which can run code in it). The file "
+        "is hashed and compared before it is loaded.",
+    )
     huggingface_config_path: str | None = Field(
         None, description="detoxify offline: local folder with the transformer config and tokenizer."
     )
     batch_size: int = Field(32, ge=1, description="Texts per detoxify forward pass.")
+
+    @field_validator("checkpoint_sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str | None) -> str | None:
+        if value is not None and not SHA256_HEX.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a sha256: give the 64 hex digits that `sha256sum FILE` prints"
+            )
+        return value.lower() if value is not None else None
 
 
 class EvalSetConfig(Section):

@@ -68,3 +68,24 @@ def test_bad_override_is_actionable():
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize("revision", [None, "main", "v1.0", COMMIT[:12], COMMIT.upper(), COMMIT + "0"])
+def test_remote_code_without_a_pinned_commit_is_refused(tmp_path, revision):
+    train = {"model": "org/model", "trust_remote_code": True, **({"revision": revision} if revision else {})}
+    with pytest.raises(RecipeError, match=r"train: .*trust_remote_code runs code .*40-character commit hash"):
+        parse_recipe({**MINIMAL, "train": train})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nsources: [{name: a, path: a.json, format: alpaca}]\ntrain: {model: org/model}\n")
+    overrides = ["train.trust_remote_code=true"] + ([f"train.revision={revision}"] if revision else [])
+    with pytest.raises(RecipeError, match=rf"{recipe}: invalid recipe: train: .*trust_remote_code"):
+        load_recipe(recipe, overrides)
+
+
+def test_remote_code_is_off_by_default_and_allowed_with_a_commit():
+    assert parse_recipe(MINIMAL).train.trust_remote_code is False
+    pinned = parse_recipe({**MINIMAL, "train": {"model": "org/model", "trust_remote_code": True, "revision": COMMIT}})
+    assert pinned.train.trust_remote_code and pinned.train.revision == COMMIT

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from tasks.core.recipe import EvalConfig, JudgeConfig
+from tasks.core.weights import UnsafeWeightsError
 from tasks.evaluate import (
     IGNORE_INDEX,
+    _base_then_tuned,
     conversation_labels,
     evaluate_model,
     evaluate_stage_output,
@@ -294,6 +296,54 @@ def test_evaluate_model_measures_a_lora_adapter_against_its_base(folders, tokeni
     assert values["heldout_loss_base"] == pytest.approx(direct_base, rel=1e-5)
     assert values["heldout_loss"] != pytest.approx(direct_base, rel=1e-3)
     assert "general_ppl" not in values and result["regressed"] is False
+
+
+def test_models_and_tokenizer_load_as_safetensors_without_remote_code(folders, from_pretrained_calls):
+    labels = [label for label, _model, _tokenizer in _base_then_tuned(folders / "tuned", folders / "base")]
+    assert labels == ["base", "tuned"]
+    assert [name for name, _ in from_pretrained_calls] == ["AutoTokenizer", "AutoModelForCausalLM", "AutoModelForCausalLM"]
+    assert all(kwargs["trust_remote_code"] is False for _, kwargs in from_pretrained_calls)
+    assert all(kwargs["use_safetensors"] is True for name, kwargs in from_pretrained_calls if name != "AutoTokenizer")
+
+
+@pytest.mark.parametrize("which", ["tuned", "base"])
+def test_a_model_folder_with_only_pytorch_model_bin_is_refused(folders, tmp_path, pickled_copy, from_pretrained_calls,
+                                                               which):
+    from transformers import AutoModelForCausalLM
+
+    pickled = pickled_copy(folders / which, tmp_path / f"{which}-pickled")
+    assert AutoModelForCausalLM.from_pretrained(pickled) is not None  # loadable, if unpickled
+    from_pretrained_calls.clear()
+    tuned, base = (pickled, folders / "base") if which == "tuned" else (folders / "tuned", pickled)
+    with pytest.raises(UnsafeWeightsError) as caught:
+        evaluate_model(tuned, base, TEMPLATE, [{"messages": CONVERSATION}], [], EvalConfig(max_new_tokens=1),
+                       max_length=128, out_dir=tmp_path / "eval")
+    message = str(caught.value)
+    assert message.startswith(f"evaluate ({which} model): ")
+    assert str(pickled) in message and "pytorch_model.bin" in message
+    assert "safetensors only" in message and "Convert the folder" in message
+    assert from_pretrained_calls == []  # refused before either model (or the tokenizer) loaded
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_lora_adapter_with_only_adapter_model_bin_is_refused(folders, tokenizer, tmp_path, pickled_copy,
+                                                              from_pretrained_calls):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(folders / "base"),
+                             LoraConfig(r=2, lora_alpha=8, target_modules=["q_proj"]))
+    save(adapted, tokenizer, tmp_path / "adapter")
+    pickled = pickled_copy(tmp_path / "adapter", tmp_path / "adapter-pickled")
+    assert (pickled / "adapter_model.bin").is_file() and (pickled / "adapter_config.json").is_file()
+    from_pretrained_calls.clear()
+    with pytest.raises(UnsafeWeightsError) as caught:
+        evaluate_model(pickled, folders / "base", TEMPLATE, [], [], EvalConfig(max_new_tokens=1),
+                       max_length=128, out_dir=tmp_path / "eval")
+    message = str(caught.value)
+    assert str(pickled) in message and "only adapter_model.bin" in message
+    assert "adapter_model.safetensors" in message and "PeftModel.save_pretrained" in message
+    assert from_pretrained_calls == []
 
 
 def test_enabled_but_unreachable_judge_fails_before_models_load(tmp_path):

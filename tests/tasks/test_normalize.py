@@ -302,6 +302,14 @@ def test_text_that_only_looks_like_a_template_token_is_kept(text):
     assert validate_messages([t(U, "Explain."), t(A, text)])[1] is None
 
 
+def test_recipes_about_chat_templates_can_keep_template_tokens():
+    table = records_from_rows([row("about_chatml", [t(U, "What does <|im_end|> do?"), t(A, "It ends a turn.")])])
+    dropped = normalize_records(table, NormalizeConfig())
+    kept = normalize_records(table, NormalizeConfig(reject_template_tokens=False))
+    assert dropped.decisions.column("reason").to_pylist() == ["template_token_in_text"]
+    assert kept.decisions.column("reason").to_pylist() == ["kept"] and kept.records.num_rows == 1
+
+
 def test_template_token_in_a_trimmed_trailing_turn_does_not_drop_the_row():
     messages, reason, _ = validate_messages([t(U, "Hi"), t(A, "Hello"), t(U, "<|im_end|>")])
     assert reason is None and len(messages) == 2

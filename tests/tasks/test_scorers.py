@@ -11,6 +11,7 @@ import torch
 
 from tasks.core.hashing import sha256_tree
 from tasks.core.recipe import ScoreConfig
+from tasks.core.weights import UnsafeWeightsError
 from tasks.core.workspace import PathNotAllowed, Workspace
 from tasks.scorers import (
     EmbeddingRelevanceScorer,
@@ -210,6 +211,47 @@ def test_llama_reward_uses_chat_template_eos_padding_and_last_label(models_root)
     batched = scorer.score(PAIRS)
     assert single.score(PAIRS) == pytest.approx(batched, abs=1e-5)
     assert len({round(s, 4) for s in batched}) == len(PAIRS)
+
+
+def test_reward_model_loads_safetensors_without_remote_code(models_root, from_pretrained_calls):
+    RewardModelScorer(str(models_root / "models" / "bert"), device="cpu")
+    kinds = {name: kwargs for name, kwargs in from_pretrained_calls}
+    assert set(kinds) == {"AutoTokenizer", "AutoModelForSequenceClassification"}
+    assert kinds["AutoModelForSequenceClassification"]["use_safetensors"] is True
+    assert all(kwargs["trust_remote_code"] is False for kwargs in kinds.values())
+
+
+def test_reward_model_folder_with_only_pytorch_model_bin_is_refused(models_root, pickled_copy, from_pretrained_calls):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = pickled_copy(models_root / "models" / "bert", models_root / "models" / "bert-pickled")
+    assert AutoModelForSequenceClassification.from_pretrained(folder) is not None  # loadable, if unpickled
+    from_pretrained_calls.clear()
+    ws = Workspace(root=models_root, warehouse=models_root / "warehouse")
+    cfg = ScoreConfig(backend="reward-model", model="models/bert-pickled")
+    with pytest.raises(UnsafeWeightsError) as caught:
+        load_quality_scorer(cfg, ws.resolve_input)
+    message = str(caught.value)
+    assert message.startswith("score.model 'models/bert-pickled': ")
+    assert str(folder) in message and "pytorch_model.bin" in message
+    assert "safetensors only" in message and "Convert the folder" in message
+    assert from_pretrained_calls == []
+
+
+def test_embedding_relevance_loads_the_packaged_model_as_safetensors(monkeypatch):
+    import sentence_transformers
+
+    seen = {}
+    original = sentence_transformers.SentenceTransformer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", spy)
+    EmbeddingRelevanceScorer(device="cpu")
+    assert seen["model_kwargs"] == {"use_safetensors": True} and seen["trust_remote_code"] is False
+    assert seen["local_files_only"] is True
 
 
 # --------------------------------------------------------------------------- config plumbing --

@@ -5,6 +5,7 @@ import torch
 
 from tasks.chat_template import CHATML_TEMPLATE
 from tasks.core.recipe import TinyModelConfig
+from tasks.core.weights import UnsafeWeightsError
 from tasks.tiny_model import (
     SPECIAL_TOKENS,
     build_tiny_llama,
@@ -123,5 +124,30 @@ def test_load_causal_lm_options(built):
 def test_load_causal_lm_refuses_unpinned_remote_code_and_builtin_names(built):
     with pytest.raises(ValueError, match="pin it with train.revision"):
         load_causal_lm(built[0], trust_remote_code=True)
+    with pytest.raises(ValueError, match="40-character commit hash, not a branch"):
+        load_causal_lm(built[0], revision="main", trust_remote_code=True)
     with pytest.raises(ValueError, match="build it with build_tiny_llama"):
         load_causal_lm("builtin:tiny-llama")
+
+
+def test_load_causal_lm_asks_for_safetensors_and_no_remote_code(built, from_pretrained_calls):
+    load_causal_lm(built[0])
+    kinds = {name: kwargs for name, kwargs in from_pretrained_calls}
+    assert set(kinds) == {"AutoTokenizer", "AutoModelForCausalLM"}
+    assert kinds["AutoModelForCausalLM"]["use_safetensors"] is True
+    assert all(kwargs["trust_remote_code"] is False for kwargs in kinds.values())
+
+
+def test_load_causal_lm_refuses_a_folder_with_only_pytorch_model_bin(built, tmp_path, pickled_copy,
+                                                                     from_pretrained_calls):
+    from transformers import AutoModelForCausalLM
+
+    folder = pickled_copy(built[0], tmp_path / "pickled")
+    assert AutoModelForCausalLM.from_pretrained(folder) is not None  # a whole model, if unpickled
+    from_pretrained_calls.clear()
+    with pytest.raises(UnsafeWeightsError) as caught:
+        load_causal_lm(folder)
+    message = str(caught.value)
+    assert str(folder) in message and "pytorch_model.bin" in message
+    assert "safetensors only" in message and "Convert the folder" in message
+    assert from_pretrained_calls == []  # refused before anything was read

@@ -70,3 +70,9 @@ def test_folders_outside_the_workspace_and_unknown_builtins_refused(tmp_path):
         load_token_counter(str(minilm_folder()), ws.resolve_input)
     with pytest.raises(ValueError, match="unknown builtin tokenizer 'builtin:gpt'"):
         load_token_counter("builtin:gpt")
+
+
+def test_tokenizers_are_loaded_without_remote_code(from_pretrained_calls):
+    load_token_counter(BUILTIN_MINILM)
+    assert [name for name, _ in from_pretrained_calls] == ["AutoTokenizer"]
+    assert from_pretrained_calls[0][1]["trust_remote_code"] is False
