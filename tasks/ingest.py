@@ -960,8 +960,18 @@ def source_rows(source: SourceConfig, path: Path | None) -> Iterator[RawRow]:
 
 
 # ------------------------------------------------------------------------------- the stage --
-def source_uri(source: SourceConfig, path: Path | None) -> str:
+def source_uri(source: SourceConfig, path: Path | None, root: Path | None = None) -> str:
+    """Where the rows came from, as written into records and the catalog: a path relative to the
+    project root when the file is under it (so an artifact's bytes do not depend on where the
+    project is checked out: a copied or moved project reuses it byte for byte), else the absolute
+    path, or the hub dataset id.
+
+    >>> source_uri(SourceConfig(name="a", format="alpaca", path="x"), Path("/p/data/a.json"), Path("/p"))
+    'data/a.json'
+    """
     if path is not None:
+        if root is not None and path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
         return str(path)
     return f"hf://{source.hf_dataset}@{source.hf_revision or 'main'}/{source.hf_split}"
 
@@ -991,11 +1001,12 @@ def check_columns(source: SourceConfig) -> None:
         )
 
 
-def read_source(source: SourceConfig, path: Path | None) -> StageOutput:
+def read_source(source: SourceConfig, path: Path | None, root: Path | None = None) -> StageOutput:
     """Read every row of one source: records for rows that became messages, a decision and an
-    examples row for every row read. Raises SourceError when the source yields no valid row."""
+    examples row for every row read. Raises SourceError when the source yields no valid row.
+    `root` (the project root) makes `source_uri` relative to it."""
     check_columns(source)
-    uri = source_uri(source, path)
+    uri = source_uri(source, path, root)
     category = None if source.category == "auto" else source.category
     provenance = {
         "source": source.name, "source_format": source.format, "source_uri": uri,
@@ -1054,4 +1065,4 @@ def read_source(source: SourceConfig, path: Path | None) -> StageOutput:
 def ingest_stage(call: StageCall) -> StageOutput:
     source = SourceConfig.model_validate(call.config)
     path = Path(call.params["path"]) if call.params.get("path") else None
-    return read_source(source, path)
+    return read_source(source, path, Path(call.root))

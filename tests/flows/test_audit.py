@@ -73,7 +73,8 @@ def test_explain_a_near_duplicate(warehouse, ids):
     report = json.loads(result.output)
     example = report["example"]
     # the raw source line is the one in the file at source_row
-    path = Path(example["source_uri"])
+    path = warehouse.parent.parent / example["source_uri"]  # relative to the project root
+    assert not Path(example["source_uri"]).is_absolute()
     if example["source_format"] in ("openai", "sharegpt"):  # JSON Lines: 1-based line numbers
         line = path.read_text(encoding="utf-8").splitlines()[example["source_row"] - 1]
         assert report["raw"].strip() == line.strip()

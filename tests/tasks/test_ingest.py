@@ -729,6 +729,8 @@ def test_ingest_stage_writes_records_decisions_and_examples(tmp_path):
     assert (manifest.n_in, manifest.n_out) == (4, 3)
     assert sorted(f.name for f in manifest.files) == ["decisions.parquet", "examples.parquet", "records-00000.parquet"]
     assert pq.read_table(manifest.file("examples.parquet")).num_rows == 4
+    # under the project root, the source is named relative to it: the bytes do not depend on the checkout
+    assert set(pq.read_table(manifest.file("examples.parquet")).column("source_uri").to_pylist()) == {"a.jsonl"}
     assert execute(call, ingest_stage.compute)[1] is True  # found on disk the second time
 
 
