@@ -220,14 +220,14 @@ def load_prompts(path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- models --
-def _load_model(location: str | Path, device: str, what: str):
-    """A causal LM from a folder or hub id: safetensors weights only, no remote code."""
+def _load_model(location: str | Path, device: str, what: str, revision: str | None = None):
+    """A causal LM from a folder or hub id (at `revision`): safetensors weights only, no remote code."""
     from transformers import AutoModelForCausalLM
 
     require_safetensors(location, what)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(location), dtype="auto", use_safetensors=True, trust_remote_code=False
+            str(location), dtype="auto", use_safetensors=True, trust_remote_code=False, revision=revision
         )
     except OSError as exc:
         unsafe = missing_safetensors_error(exc, location, what)
@@ -249,8 +249,10 @@ def _require_safe_adapter(folder: Path) -> None:
         )
 
 
-def _base_then_tuned(tuned_dir: Path, base_location: str | Path) -> Iterator[tuple[str, Any, Any]]:
+def _base_then_tuned(tuned_dir: Path, base_location: str | Path,
+                     base_revision: str | None = None) -> Iterator[tuple[str, Any, Any]]:
     """Yield ("base", model, tokenizer) then ("tuned", model, tokenizer), holding one model at a time.
+    A hub base is loaded at `base_revision`, the commit the train stage trained from.
 
     Both are measured with the tuned folder's tokenizer (the same vocabulary as the base; it is the
     one saved with the template that was trained), so the two losses count the same tokens.
@@ -268,16 +270,17 @@ def _base_then_tuned(tuned_dir: Path, base_location: str | Path) -> Iterator[tup
         require_safetensors(tuned_dir, TUNED_MODEL)
     has_tokenizer = (tuned_dir / "tokenizer_config.json").exists()
     tokenizer = AutoTokenizer.from_pretrained(str(tuned_dir if has_tokenizer else base_location),
-                                              trust_remote_code=False)
+                                              trust_remote_code=False, revision=None if has_tokenizer else base_revision)
     if is_adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_load_model(base_location, device, BASE_MODEL), str(tuned_dir)).eval()
+        model = PeftModel.from_pretrained(_load_model(base_location, device, BASE_MODEL, base_revision),
+                                          str(tuned_dir)).eval()
         with model.disable_adapter():
             yield "base", model, tokenizer
         yield "tuned", model, tokenizer
         return
-    yield "base", _load_model(base_location, device, BASE_MODEL), tokenizer
+    yield "base", _load_model(base_location, device, BASE_MODEL, base_revision), tokenizer
     gc.collect()  # the caller dropped its reference to the base model before asking for the next
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -328,7 +331,8 @@ def regression_flag(tuned_ppl: float, base_ppl: float, tolerance: float) -> bool
 
 def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, eval_rows: list[dict],
                    general_texts: list[str], cfg: EvalConfig, max_length: int, out_dir: Path,
-                   mask_audit: dict | None = None, prompts: list[str] | None = None) -> dict[str, Any]:
+                   mask_audit: dict | None = None, prompts: list[str] | None = None,
+                   base_revision: str | None = None) -> dict[str, Any]:
     """Measure base and tuned, write report.json, report.md and generations.json into out_dir.
 
     `prompts`: extra prompts to generate (already read); when None and eval.prompts is set, that
@@ -344,7 +348,7 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
     texts = list(general_texts)[: cfg.max_general_texts]
 
     measured: dict[str, dict[str, Any]] = {}
-    for label, model, tokenizer in _base_then_tuned(tuned_dir, base_location):
+    for label, model, tokenizer in _base_then_tuned(tuned_dir, base_location, base_revision):
         measured[label] = _measure(model, tokenizer, template, eval_rows, texts, [i["prompt"] for i in items], cfg, max_length)
         del model  # lets the generator free a full base model before loading the tuned one
 
@@ -528,5 +532,6 @@ def evaluate_stage(call: StageCall) -> StageOutput:
         eval_rows, general, cfg, call.config["max_length"], out_dir,
         mask_audit=json.loads(audit_path.read_text(encoding="utf-8")) if audit_path.is_file() else None,
         prompts=prompts,
+        base_revision=None if base_folder.is_dir() else trained.stats["model"].get("revision"),
     )
     return evaluate_stage_output(result, out_dir, model_id=trained.key)

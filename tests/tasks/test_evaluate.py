@@ -306,6 +306,14 @@ def test_models_and_tokenizer_load_as_safetensors_without_remote_code(folders, f
     assert all(kwargs["use_safetensors"] is True for name, kwargs in from_pretrained_calls if name != "AutoTokenizer")
 
 
+def test_a_hub_base_is_loaded_at_the_revision_it_was_trained_from(folders, from_pretrained_calls):
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    for _label, _model, _tokenizer in _base_then_tuned(folders / "tuned", folders / "base", base_revision=revision):
+        pass
+    models = [kwargs for name, kwargs in from_pretrained_calls if name == "AutoModelForCausalLM"]
+    assert [kwargs.get("revision") for kwargs in models] == [revision, None]  # base pinned; tuned is a folder
+
+
 @pytest.mark.parametrize("which", ["tuned", "base"])
 def test_a_model_folder_with_only_pytorch_model_bin_is_refused(folders, tmp_path, pickled_copy, from_pretrained_calls,
                                                                which):
