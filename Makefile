@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test fuzz ui serve bench clean-warehouse
+.PHONY: install demo test fuzz ui serve bench bench-quick clean-warehouse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,9 +43,16 @@ ui: install
 serve: install
 	$(VENV)/bin/sftflow serve
 
-# Benchmarks print `RATIO <name> <measured> <goal> <pass|fail>` lines (bench/).
+# Benchmarks print `RATIO <name> <measured> <goal> <pass|fail>` lines and write build/bench/*.json;
+# bench/report.py turns those records into docs/BENCHMARKS.md. bench-quick: small sizes, minutes.
+BENCHES := bench/orchestration.py
 bench: install
-	$(PY) bench/orchestration.py
+	for b in $(BENCHES); do $(PY) $$b || exit 1; done
+	$(PY) bench/report.py
+
+bench-quick: install
+	for b in $(BENCHES); do $(PY) $$b --quick || exit 1; done
+	$(PY) bench/report.py --results build/bench-quick --out build/bench-quick/BENCHMARKS.md
 
 clean-warehouse:
 	rm -rf data/warehouse

@@ -9,17 +9,15 @@ catalog writes, summary), timed with a wall clock, on a fresh copy of the projec
 
 Prints `RATIO unchanged_rerun_vs_cold_<mode> <measured> 0.05 <pass|fail>` and the Prefect
 overhead of the cold run (flow wall time minus the stages' own compute seconds, over the cold
-command's wall time), and writes build/bench/orchestration.json.
+command's wall time), and writes build/bench/orchestration.json (bench/common.py).
 
-    .venv/bin/python bench/orchestration.py [--recipe deployments/recipes/demo.yaml] [--set k=v ...]
+    .venv/bin/python bench/orchestration.py [--quick] [--recipe deployments/recipes/demo.yaml] [--set k=v ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -28,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, Ratio, report
+
 SFTFLOW = [sys.executable, "-m", "flows.cli"]
 GOAL_RERUN = 0.05
 GOAL_OVERHEAD = 0.02
@@ -102,29 +101,37 @@ def measure(mode: str, recipe: str, overrides: list[str], workdir: Path) -> dict
             **{k: round(v, 2) for k, v in flows.items()}}
 
 
+QUICK_TRAIN = ["train.max_steps=10", "train.tiny.hidden_size=64", "train.tiny.num_hidden_layers=2",
+               "train.tiny.intermediate_size=128", "eval.max_new_tokens=4", "eval.max_general_texts=8"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="deployments/recipes/demo.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--modes", default="served,ephemeral")
+    parser.add_argument("--quick", action="store_true", help="a 10-step training run instead of the recipe's")
     args = parser.parse_args()
-    results = []
+    overrides = [*(QUICK_TRAIN if args.quick else []), *args.overrides]
+    results, ratios = [], []
     with tempfile.TemporaryDirectory(prefix="sftflow-bench-") as tmp:
         for mode in args.modes.split(","):
-            result = measure(mode, args.recipe, args.overrides, Path(tmp))
+            result = measure(mode, args.recipe, overrides, Path(tmp))
             results.append(result)
             print(f"{mode}: cold {result['cold_s']} s, unchanged re-run {result['warm_s']} s "
                   f"(flow {result['warm_flow_s']} s); cold flow {result['cold_flow_s']} s of which stage compute "
                   f"{result['cold_compute_s']} s", flush=True)
-            print(f"RATIO unchanged_rerun_vs_cold_{mode} {result['ratio']:.4f} {GOAL_RERUN} "
-                  f"{'pass' if result['ratio'] <= GOAL_RERUN else 'fail'}", flush=True)
-            print(f"RATIO orchestration_overhead_of_cold_{mode} {result['orchestration_overhead_share']:.4f} {GOAL_OVERHEAD} "
-                  f"{'pass' if result['orchestration_overhead_share'] <= GOAL_OVERHEAD else 'fail'}", flush=True)
-    out = REPO / "build" / "bench" / "orchestration.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "platform": platform.platform()},
-                               "recipe": args.recipe, "overrides": args.overrides, "results": results}, indent=2))
+            ratios += [
+                Ratio(f"unchanged_rerun_vs_cold_{mode}", result["ratio"], GOAL_RERUN, higher_is_better=False,
+                      note=f"{mode}: whole `sftflow run` commands, cold {result['cold_s']} s vs unchanged "
+                           f"{result['warm_s']} s"),
+                Ratio(f"orchestration_overhead_of_cold_{mode}", result["orchestration_overhead_share"], GOAL_OVERHEAD,
+                      higher_is_better=False,
+                      note=f"{mode}: (flow wall {result['cold_flow_s']} s - stage compute {result['cold_compute_s']} s)"
+                           f" / cold command {result['cold_s']} s"),
+            ]
+    report("orchestration", ratios, {"recipe": args.recipe, "overrides": overrides, "results": results},
+           quick=args.quick, libraries=("prefect", "duckdb"))
 
 
 if __name__ == "__main__":

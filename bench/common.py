@@ -1,0 +1,96 @@
+"""What every benchmark shares: goals as RATIO lines, and a JSON record of the run.
+
+A benchmark measures sftflow and its peer side by side in one process run, then calls
+`report(name, ratios, details)`. That prints one `RATIO <name> <measured> <goal> <pass|fail>`
+line per goal (the format DESIGN.md fixes) and writes `<results dir>/<name>.json` with the
+machine, library versions and the exact command, from which bench/report.py generates
+docs/BENCHMARKS.md. Nothing in the docs table is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "build" / "bench"
+QUICK_RESULTS_DIR = REPO / "build" / "bench-quick"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One goal: `measured` must be >= `goal` (higher_is_better) or <= `goal`."""
+
+    name: str
+    measured: float
+    goal: float
+    higher_is_better: bool = True
+    note: str = ""  # how it was measured, one line, for the docs table
+
+    @property
+    def passed(self) -> bool:
+        return self.measured >= self.goal if self.higher_is_better else self.measured <= self.goal
+
+    def line(self) -> str:
+        return f"RATIO {self.name} {self.measured:.4g} {self.goal:g} {'pass' if self.passed else 'fail'}"
+
+
+def machine() -> dict[str, Any]:
+    """The facts a reader needs to compare numbers: CPU, cores, memory, Python, OS."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": memory_gib,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def versions(*distributions: str) -> dict[str, str]:
+    found = {}
+    for name in distributions:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def results_dir(quick: bool) -> Path:
+    return QUICK_RESULTS_DIR if quick else RESULTS_DIR
+
+
+def report(name: str, ratios: list[Ratio], details: dict[str, Any], *, quick: bool = False,
+           libraries: tuple[str, ...] = ()) -> Path:
+    """Print the RATIO lines and write `<results dir>/<name>.json`; returns that path."""
+    for ratio in ratios:
+        print(ratio.line(), flush=True)
+    record = {
+        "benchmark": name,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "quick": quick,
+        "machine": machine(),
+        "versions": versions("sftflow", *libraries),
+        "ratios": [{**asdict(r), "passed": r.passed} for r in ratios],
+        "details": details,
+    }
+    out = results_dir(quick) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    return out
