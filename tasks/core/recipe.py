@@ -112,6 +112,12 @@ class NearDedupConfig(Section):
     rows: int = Field(8, ge=1, description="LSH rows per band r.")
     min_shingles: int = Field(3, ge=1, description="Rows with fewer shingles skip near-dedup (exact path only).")
     seed: int = Field(1, description="MinHash permutation seed.")
+    backend: Literal["numpy", "datasketch"] = Field(
+        "numpy",
+        description="`numpy`: datasketch's hash and permutations applied to many rows per numpy call, "
+        "LSH bands bucketed by sorting; `datasketch`: MinHash.bulk + MinHashLSH, the reference. "
+        "Both give identical decisions.",
+    )
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "NearDedupConfig":

@@ -14,13 +14,16 @@ from tasks.core.hashing import short_hash
 from tasks.core.recipe import DedupConfig
 from tasks.core.records import RECORD_SCHEMA, records_from_rows
 from tasks.dedup import (
+    band_candidate_pairs,
     candidate_pairs,
     clusters,
     conversation_text,
     deduplicate,
     dedup_stage,
     minhashes,
+    shingle_hashes,
     shingles,
+    signature_matrix,
 )
 
 CFG = DedupConfig()  # the recipe defaults: threshold 0.8, 128 perms, 5-grams, 16 bands x 8 rows
@@ -319,3 +322,63 @@ def test_exact_duplicate_of_a_near_duplicate_points_at_the_survivor():
     assert decisions["b"]["reason"] == "near_duplicate" and decisions["b"]["dup_of"] == "a"
     assert decisions["c"]["reason"] == "exact_duplicate" and decisions["c"]["dup_of"] == "a"
     assert json.loads(decisions["c"]["detail"])["exact_of"] == "b"
+
+
+# ------------------------------------------------------------------ numpy backend = datasketch --
+REFERENCE = DedupConfig.model_validate({"near": {"backend": "datasketch"}})
+
+
+def graded_rows(n_pairs: int = 40) -> list[dict]:
+    """Pairs 1 to 7 spread-out word edits apart (Jaccard ~0.92 down to ~0.55), an exact copy, a short row."""
+    rows = []
+    for k in range(n_pairs):
+        text = words(120, seed=3000 + k)
+        edited = list(text)
+        n_edits = 1 + k // 6
+        for position in range(0, 120, 120 // n_edits)[:n_edits]:
+            edited[position + k % 7] = f"edit{position}"
+        rows += [record(f"g{k:02d}a", " ".join(text)), record(f"g{k:02d}b", " ".join(edited))]
+    rows += [record("copy", rows[0]["messages"][1]["content"]), record("short", "ok")]
+    return rows
+
+
+def test_numpy_signatures_equal_datasketch_minhash_values():
+    from datasketch import MinHash
+
+    sets = [shingles(" ".join(words(n, seed=n)), 5) for n in (5, 6, 40, 300)] + [[]]
+    matrix = signature_matrix([shingle_hashes(s) for s in sets], num_perm=64, seed=3)
+    for row, grams in zip(matrix, sets):
+        reference = MinHash(num_perm=64, seed=3)
+        for gram in grams:
+            reference.update(gram)
+        assert row.tolist() == reference.hashvalues.tolist()
+
+
+def test_numpy_signatures_span_passes(monkeypatch):
+    # rows split across several numpy passes (and a row larger than one pass) give the same values
+    import tasks.dedup as dedup
+
+    hashes = [shingle_hashes(shingles(" ".join(words(n, seed=n)), 3)) for n in (50, 7, 120, 30)]
+    whole = signature_matrix(hashes, 32, 1)
+    monkeypatch.setattr(dedup, "SHINGLES_PER_PASS", 40)
+    assert (signature_matrix(hashes, 32, 1) == whole).all()
+
+
+def test_band_buckets_equal_minhash_lsh_candidates():
+    rows = graded_rows()
+    grams = [shingles(conversation_text(r["messages"]), 5) for r in rows]
+    sketches = minhashes(grams, 128, 1)
+    matrix = signature_matrix([shingle_hashes(g) for g in grams], 128, 1)
+    expected = candidate_pairs(sketches, CFG.near)
+    assert 0 < len(expected) < len(rows) ** 2 / 2
+    assert [tuple(p) for p in band_candidate_pairs(matrix, 16, 8).tolist()] == expected
+
+
+def test_numpy_backend_decides_exactly_like_datasketch():
+    rows = graded_rows()
+    ours, reference = deduplicate(table(rows), CFG), deduplicate(table(rows), REFERENCE)
+    assert CFG.near.backend == "numpy"
+    assert 5 < ours.stats["near_duplicates"] < 40  # the graded pairs fall on both sides of 0.8
+    assert ours.decisions.equals(reference.decisions)
+    assert ours.records.equals(reference.records)
+    assert ours.stats == reference.stats
