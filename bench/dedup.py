@@ -20,8 +20,12 @@ Both sides get the same rows and the recipe-default NearDedupConfig (5-grams, 12
   `MinHash.jaccard`, then the same clustering; the same text extraction and shingling functions.
 - `reference`: `deduplicate` with `backend="datasketch"` (MinHash.bulk + MinHashLSH), whose
   decisions ours must reproduce exactly.
+- `datatrove`: datatrove's four-step MinHash pipeline (bench/peers/datatrove_minhash.py), in its
+  own virtual environment under build/bench-venvs/ (created from PyPI on first use), on the same
+  documents written as JSONL; its own wall time of the four steps, imports excluded. Skipped,
+  and said so in the record, when it cannot be installed.
 
-Goals: docs/s of ours >= 4x per_row; recall >= 0.9 on planted pairs with Jaccard >= 0.8 (the
+Goals: docs/s of ours >= 4x per_row and >= 1x datatrove; recall >= 0.9 on planted pairs with Jaccard >= 0.8 (the
 variant dropped as a near duplicate of its base); precision >= 0.95 (near-duplicate drops whose
 exact Jaccard to the row they duplicate is >= 0.8); decisions identical to the reference.
 
@@ -32,8 +36,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from collections import defaultdict
 from typing import Any
 
@@ -49,6 +57,10 @@ from tasks.core.recipe import DedupConfig  # noqa: E402
 from tasks.dedup import clusters, conversation_text, deduplicate, shingles  # noqa: E402
 
 GOAL_SPEEDUP = 4.0
+GOAL_VS_DATATROVE = 1.0
+DATATROVE_VENV = REPO / "build" / "bench-venvs" / "datatrove"
+# datatrove and the packages its MinHash steps and JSONL reader import (not all are its dependencies).
+DATATROVE_PACKAGES = ("datatrove==0.10.1", "regex", "tokenizers", "orjson")
 GOAL_RECALL = 0.9
 GOAL_PRECISION = 0.95
 NEGATIVE_LEVELS = (0.3, 0.5, 0.6, 0.7)
@@ -179,6 +191,42 @@ def per_row_dedup(records: pa.Table, cfg: DedupConfig) -> dict[str, str]:
     return dropped
 
 
+def datatrove_python() -> tuple[Path | None, str]:
+    """The datatrove venv's interpreter (created on first use), or None and why not."""
+    python = DATATROVE_VENV / "bin" / "python"
+    if not python.exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(DATATROVE_VENV)], check=True, capture_output=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *DATATROVE_PACKAGES],
+                           check=True, capture_output=True, text=True, timeout=900)
+        except (subprocess.SubprocessError, OSError) as error:
+            detail = getattr(error, "stderr", "") or str(error)
+            return None, f"datatrove could not be installed: {detail.strip().splitlines()[-1:]}"
+    return python, "installed"
+
+
+def datatrove_peer(records: pa.Table, cfg: DedupConfig) -> dict[str, Any]:
+    """Run datatrove's MinHash pipeline on the same texts: {"seconds", "removed"} or {"skipped"}."""
+    python, status = datatrove_python()
+    if python is None:
+        return {"skipped": status}
+    near = cfg.near
+    with tempfile.TemporaryDirectory(prefix="sftflow-bench-datatrove-") as tmp:
+        source = Path(tmp) / "input" / "docs.jsonl"
+        source.parent.mkdir()
+        with source.open("w", encoding="utf-8") as out:
+            for example_id, messages in zip(records.column("example_id").to_pylist(),
+                                            records.column("messages").to_pylist()):
+                out.write(json.dumps({"id": example_id, "text": conversation_text(messages)}) + "\n")
+        done = subprocess.run(
+            [str(python), str(REPO / "bench" / "peers" / "datatrove_minhash.py"), str(source),
+             str(Path(tmp) / "work"), str(near.bands), str(near.rows), str(near.ngram)],
+            capture_output=True, text=True)
+        if done.returncode != 0:
+            return {"skipped": f"datatrove run failed: {done.stderr.strip().splitlines()[-1:]}"}
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def near_drops(decisions: pa.Table) -> dict[str, str]:
     rows = decisions.to_pylist()
     return {r["example_id"]: r["dup_of"] for r in rows if r["reason"] == "near_duplicate"}
@@ -241,6 +289,12 @@ def main() -> None:
     baseline, baseline_seconds = timed(per_row_dedup, records, cfg)
     print(f"  per_row    {baseline_seconds:8.2f}s  {n_docs / baseline_seconds:9.0f} docs/s", flush=True)
 
+    peer = datatrove_peer(records, cfg)
+    if "seconds" in peer:
+        print(f"  datatrove  {peer['seconds']:8.2f}s  {n_docs / peer['seconds']:9.0f} docs/s", flush=True)
+    else:
+        print(f"  datatrove  skipped: {peer['skipped']}", flush=True)
+
     identical = ours.decisions.equals(reference.decisions) and ours.records.equals(reference.records)
     same_as_per_row = near_drops(ours.decisions) == baseline
     measured = quality(near_drops(ours.decisions), pairs, records, cfg.near.ngram)
@@ -249,6 +303,9 @@ def main() -> None:
         Ratio("dedup_docs_per_s_vs_datasketch_per_row", speedup, GOAL_SPEEDUP,
               note=f"{n_docs} docs: ours {n_docs / ours_seconds:.0f} docs/s, per-row datasketch "
                    f"{n_docs / baseline_seconds:.0f} docs/s"),
+        *([Ratio("dedup_docs_per_s_vs_datatrove", peer["seconds"] / ours_seconds, GOAL_VS_DATATROVE,
+                 note=f"datatrove's 4-step MinHash pipeline, 1 worker: {n_docs / peer['seconds']:.0f} docs/s")]
+          if "seconds" in peer else []),
         Ratio("dedup_recall_planted_j_ge_0.8", measured["recall"], GOAL_RECALL,
               note=f"{measured['n_positive_pairs']} planted pairs with exact Jaccard >= 0.8"),
         Ratio("dedup_precision", measured["precision"], GOAL_PRECISION,
@@ -263,6 +320,11 @@ def main() -> None:
         "docs_per_s": {"ours": round(n_docs / ours_seconds), "reference": round(n_docs / reference_seconds),
                        "per_row": round(n_docs / baseline_seconds)},
         "near_drops_equal_per_row_baseline": same_as_per_row,
+        "datatrove": ({"seconds": round(peer["seconds"], 3), "docs_per_s": round(n_docs / peer["seconds"]),
+                       "n_removed": len(peer["removed"]),
+                       "n_removed_also_dropped_by_ours": len(set(peer["removed"]) & set(near_drops(ours.decisions))),
+                       "packages": list(DATATROVE_PACKAGES)}
+                      if "seconds" in peer else peer),
         "stats": ours.stats,
         **measured,
     }
