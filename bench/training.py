@@ -130,7 +130,8 @@ def build_model_factory(conversations: list[dict[str, Any]], device: str, workdi
         tokenizer = AutoTokenizer.from_pretrained(folder)
 
         def make_model():
-            return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32)
+            return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32,
+                                                        use_safetensors=True)
 
         return make_model, tokenizer, {"model": "builtin:tiny-llama", **tiny.model_dump()}
 

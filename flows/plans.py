@@ -35,7 +35,8 @@ def plan_ingest(source: SourceConfig, ws: Workspace) -> StageCall:
 
 def plan_normalize(recipe: Recipe, ingested: Manifest, ws: Workspace) -> StageCall:
     label = ingested.stats.get("source", "")
-    return _plan("normalize", normalize, recipe.normalize.canonical(), [ingested], ws, label=label)
+    return _plan("normalize", normalize, recipe.normalize.canonical(), [ingested], ws, label=label,
+                 params={"runner": recipe.runner.canonical()})
 
 
 def plan_dedup(recipe: Recipe, normalized: list[Manifest], ws: Workspace) -> StageCall:
@@ -48,7 +49,8 @@ def plan_filter(recipe: Recipe, deduped: Manifest, ws: Workspace) -> StageCall:
     # The key names the tokenizer that really counts tokens, not the train model it came from.
     config["length"]["tokenizer"] = resolve_tokenizer_spec(recipe.filters.length.tokenizer, recipe.train.model)
     external = filters.filter_input_hashes(FilterConfig.model_validate(config), ws.resolve_input)
-    return _plan("filter", filters, config, [deduped], ws, extra_input_hashes=external)
+    return _plan("filter", filters, config, [deduped], ws, extra_input_hashes=external,
+                 params={"runner": recipe.runner.canonical()})
 
 
 def plan_score(recipe: Recipe, filtered: Manifest, ws: Workspace) -> StageCall:

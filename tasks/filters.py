@@ -8,6 +8,8 @@ evidence complete in the catalog, so a threshold can be re-tuned with SQL before
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -16,8 +18,9 @@ import pyarrow as pa
 
 from tasks.core.reasons import Reason
 from tasks.core.recipe import FilterConfig
-from tasks.core.records import DecisionLog, StageOutput
-from tasks.core.stage import StageCall, read_records, stage_task
+from tasks.core.parts import map_parts, sum_counts
+from tasks.core.records import DecisionLog, PartedOutput, StageOutput
+from tasks.core.stage import RECORDS_PREFIX, StageCall, stage_task
 from tasks.core.workspace import Workspace
 from tasks.decontaminate import contamination_hits, eval_set_fingerprints, load_eval_ngrams
 from tasks.tokens import BUILTIN_MINILM, TokenCounter, load_token_counter, tokenizer_fingerprint
@@ -186,12 +189,37 @@ def filter_input_hashes(cfg: FilterConfig, resolve: Callable[[str], Path]) -> li
     return hashes
 
 
-# ------------------------------------------------------------------------- Prefect wrapper --
-@stage_task("filter")
-def filter_stage(call: StageCall) -> StageOutput:
-    cfg = FilterConfig.model_validate(call.config)
-    ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
+@functools.lru_cache(maxsize=4)
+def _measures(config_json: str, root: str, warehouse: str) -> tuple[TokenCounter, ToxicityScorer | None, dict[str, set]]:
+    """Tokenizer, toxicity scorer and eval-set n-grams, loaded once per process for all its parts."""
+    cfg = FilterConfig.model_validate_json(config_json)
+    ws = Workspace.from_env(root=root, warehouse=warehouse)
     counter = load_token_counter(cfg.length.tokenizer or BUILTIN_MINILM, ws.resolve_input)
     scorer = load_toxicity_scorer(cfg.toxicity, ws.resolve_input) if cfg.toxicity.enabled else None
     eval_ngrams = load_eval_ngrams(cfg.decontaminate.eval_sets, cfg.decontaminate.ngram, ws.resolve_input)
-    return filter_records(read_records(call.inputs), cfg, counter, scorer, eval_ngrams)
+    return counter, scorer, eval_ngrams
+
+
+def filter_part(call: StageCall, records: pa.Table) -> StageOutput:
+    """One records part of the input (tasks.core.parts runs one per part)."""
+    counter, scorer, eval_ngrams = _measures(json.dumps(call.config, sort_keys=True), call.root, call.warehouse)
+    return filter_records(records, FilterConfig.model_validate(call.config), counter, scorer, eval_ngrams)
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stage's stats from its parts': counts add up, the rest is the same in every part."""
+    first = parts[0]
+    return {
+        **first,
+        "n_in": sum(p["n_in"] for p in parts),
+        "n_out": sum(p["n_out"] for p in parts),
+        "reasons": sum_counts([p["reasons"] for p in parts]),
+        "rows_with_hits_by_set": sum_counts([p["rows_with_hits_by_set"] for p in parts]),
+    }
+
+
+# ------------------------------------------------------------------------- Prefect wrapper --
+@stage_task("filter")
+def filter_stage(call: StageCall) -> PartedOutput:
+    paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
+    return map_parts(call, "tasks.filters:filter_part", merge_stats, paths)

@@ -114,6 +114,35 @@ class ArtifactWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class TableAppender:
+    """One Parquet file of an artifact written a table at a time (a row group or more each), with
+    the same options as ArtifactWriter.write_table; registered in the artifact on `close`."""
+
+    def __init__(self, writer: ArtifactWriter, name: str):
+        self.writer, self.name = writer, name
+        self.n_rows = 0
+        self._file: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+
+    def append(self, table: pa.Table) -> None:
+        if self._file is None:
+            path = self.writer.tmp / self.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = pq.ParquetWriter(path, table.schema, compression="zstd")
+            self._schema = table.schema
+        elif table.schema != self._schema:  # e.g. a column that is all null in this part
+            table = table.cast(self._schema)
+        self._file.write_table(table)
+        self.n_rows += table.num_rows
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        path = self.writer.tmp / self.name
+        self.writer._files.append(ArtifactFile(name=self.name, sha256=sha256_file(path), n_rows=self.n_rows))
+
+
 class ArtifactStore:
     def __init__(self, artifacts_dir: Path):
         self.root = artifacts_dir

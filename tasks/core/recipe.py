@@ -362,6 +362,22 @@ class EvalConfig(Section):
 
 
 # ----------------------------------------------------------------------------------- recipe --
+class RunnerConfig(Section):
+    """Where per-part work runs: normalize and filter compute each records part (<= 50,000 rows)
+    of their input as its own task. Not part of any cache key: artifacts are byte-identical on
+    every runner."""
+
+    kind: Literal["sequential", "processes", "dask"] = Field(
+        "sequential",
+        description="`sequential`: in the stage's process; `processes`: Prefect's ProcessPoolTaskRunner; "
+        "`dask`: prefect-dask's DaskTaskRunner (install the `dask` extra).",
+    )
+    workers: int = Field(2, ge=1, description="Processes for `processes`, and for `dask` without an address (a LocalCluster).")
+    address: str | None = Field(
+        None, description="Dask scheduler address (e.g. tcp://10.0.0.5:8786); the warehouse must be on a "
+        "filesystem the workers share.")
+
+
 class Recipe(Section):
     """A whole run: where the data comes from and how each stage treats it."""
 
@@ -375,6 +391,7 @@ class Recipe(Section):
     mix: MixConfig = Field(default_factory=MixConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @field_validator("sources")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
@@ -124,3 +124,16 @@ class StageOutput:
     # Files or folders already written elsewhere (a trained model, plots, reports), moved into
     # the artifact under the given relative name and hashed like every other file.
     files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class PartedOutput:
+    """A stage output produced one part at a time, so a stage never holds the corpus in memory.
+
+    `parts` yields partial StageOutputs (records, decisions and extra tables of one part, in a
+    fixed order); the stage writes each as it comes. `stats` is called once `parts` is
+    exhausted and returns the whole stage's stats (with `n_in`).
+    """
+
+    parts: Iterable[StageOutput]
+    stats: Callable[[], dict[str, Any]]

@@ -16,11 +16,11 @@ from typing import Any, Callable
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.core.artifacts import ArtifactStore, Manifest, read_tables
+from tasks.core.artifacts import ArtifactStore, Manifest, TableAppender, read_tables
 from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
 from tasks.core.failpoints import failpoint
 from tasks.core.hashing import short_hash
-from tasks.core.records import StageOutput
+from tasks.core.records import PartedOutput, StageOutput
 
 RECORDS_PREFIX = "records"
 DECISIONS_FILE = "decisions.parquet"
@@ -77,32 +77,58 @@ def read_records(manifests: list[Manifest]) -> pa.Table:
     return read_tables([p for m in manifests for p in m.files_named(RECORDS_PREFIX)])
 
 
-def execute(call: StageCall, compute: Callable[[StageCall], StageOutput]) -> tuple[Manifest, bool]:
-    """Load the committed artifact for `call.key`, or compute and commit it. Returns (manifest, hit)."""
+def execute(call: StageCall, compute: Callable[[StageCall], StageOutput | PartedOutput]) -> tuple[Manifest, bool]:
+    """Load the committed artifact for `call.key`, or compute and commit it. Returns (manifest, hit).
+
+    A PartedOutput is written as it is produced: each part's records become their own
+    `records-NNNNN.parquet` files (split at PART_ROWS) and its decisions and extra tables are
+    appended to one Parquet file each, so memory holds one part at a time.
+    """
     store = call.store
     existing = store.load(call.stage, call.key)
     if existing is not None:
         return existing, True
     started = time.perf_counter()
     output = compute(call)
-    failpoint(f"{call.stage}:computed")
+    whole = isinstance(output, StageOutput)
+    if whole:
+        failpoint(f"{call.stage}:computed")
+    parts = [output] if whole else output.parts
     writer = store.writer(call.stage, call.key)
     try:
-        n_parts = max(1, math.ceil(output.records.num_rows / PART_ROWS))
-        for part in range(n_parts):
-            chunk = output.records.slice(part * PART_ROWS, PART_ROWS)
-            writer.write_table(f"{RECORDS_PREFIX}-{part:05d}.parquet", chunk)
-        writer.write_table(DECISIONS_FILE, output.decisions)
-        for name, table in output.extra.items():
-            writer.write_table(name if name.endswith(".parquet") else f"{name}.parquet", table)
-        for name, source in output.files.items():
+        n_out = n_records_files = 0
+        records_schema = None
+        appended: dict[str, TableAppender] = {}
+        files: dict[str, Path] = {}
+        for part in parts:
+            records_schema = part.records.schema
+            for start in range(0, part.records.num_rows, PART_ROWS):
+                writer.write_table(f"{RECORDS_PREFIX}-{n_records_files:05d}.parquet",
+                                   part.records.slice(start, PART_ROWS))
+                n_records_files += 1
+            n_out += part.records.num_rows
+            for name, table in [(DECISIONS_FILE, part.decisions), *part.extra.items()]:
+                name = name if name.endswith(".parquet") else f"{name}.parquet"
+                if name not in appended:
+                    appended[name] = TableAppender(writer, name)
+                appended[name].append(table)
+            files.update(part.files)
+        if not whole:
+            failpoint(f"{call.stage}:computed")
+        if not n_records_files:  # no kept row: one empty file keeps the schema readable
+            empty = records_schema.empty_table() if records_schema is not None else pa.table({})
+            writer.write_table(f"{RECORDS_PREFIX}-00000.parquet", empty)
+        for table in appended.values():
+            table.close()
+        for name, source in files.items():
             writer.add_path(name, source)
         failpoint(f"{call.stage}:written")
-        n_in = output.stats.get("n_in", output.decisions.num_rows)
-        stats = {**output.stats, "compute_seconds": round(time.perf_counter() - started, 3)}
+        stats = output.stats if whole else output.stats()
+        n_in = stats.get("n_in", appended[DECISIONS_FILE].n_rows if DECISIONS_FILE in appended else 0)
+        stats = {**stats, "compute_seconds": round(time.perf_counter() - started, 3)}
         manifest = writer.commit(
             inputs=[m.key for m in call.inputs], config_hash=call.config_hash, code_hash=call.code_hash,
-            n_in=int(n_in), n_out=int(output.stats.get("n_out", output.records.num_rows)), stats=stats,
+            n_in=int(n_in), n_out=int(stats.get("n_out", n_out)), stats=stats,
         )
     except BaseException:
         writer.abort()

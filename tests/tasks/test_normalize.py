@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 import unicodedata
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.core.artifacts import ArtifactStore
+from tasks.core.hashing import short_hash
 from tasks.core.reasons import Reason
 from tasks.core.recipe import NormalizeConfig
 from tasks.core.records import RECORD_SCHEMA, records_from_rows
-from tasks.core.stage import StageCall
+from tasks.core.stage import StageCall, execute
 from tasks.normalize import (
     LIBRARIES,
     content_hash,
+    edge_chars,
     normalize_records,
     normalize_stage,
     normalize_text,
@@ -48,6 +53,24 @@ def test_inner_whitespace_is_kept():
 def test_bom_and_zero_width_space_at_edges_are_trimmed():
     assert normalize_text("\ufeffhello\u200b ") == "hello"
     assert normalize_text("\u200b \u3000") == ""
+
+
+# The rule normalize_text implements, as a pattern: what it trims is checked against it.
+EDGE_RUNS = re.compile(r"^[\s\ufeff\u200b]+|[\s\ufeff\u200b]+$")
+
+
+def test_trimmed_characters_are_exactly_those_of_the_edge_pattern():
+    edge = re.compile(r"[\s\ufeff\u200b]")
+    assert set(edge_chars()) == {chr(c) for c in range(sys.maxunicode + 1) if edge.match(chr(c))}
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "\n", "a\n", "a \n\n", "\r\r\n x \r\n", " \u200b\ufeff a b \u3000\n", "\u0301a", "e\u0301 ",
+    "\x85x\x1c", "\u2028line\u2029", "cafe\u0301\r\n\t", "\u00a0nbsp\u00a0", "x\u200b\u200by",
+])
+def test_normalize_text_equals_its_pattern_definition(text):
+    expected = EDGE_RUNS.sub("", unicodedata.normalize("NFC", text).replace("\r\n", "\n"))
+    assert normalize_text(text) == expected
 
 
 # ------------------------------------------------------------------------ validate_messages --
@@ -142,6 +165,17 @@ def test_content_hash_is_stable_and_short():
     messages = [t(U, "What is 2 + 2?"), t(A, "4")]
     assert content_hash(messages) == content_hash([dict(m) for m in messages])
     assert len(content_hash(messages)) == 32
+
+
+@pytest.mark.parametrize("messages", [
+    [],
+    [t(U, 'say "hi" \\ back\n\ttab'), t(A, "\x00\x1f\x7f \u2028 caf\u00e9 \U0001f600")],
+    [{"role": "system", "content": None}, t(U, " a\r\nb "), t(A, "</script>")],
+    [{"role": None, "content": "x"}],  # not text: the generic canonical JSON
+])
+def test_content_hash_is_the_short_hash_of_the_normalized_pairs(messages):
+    pairs = [[m["role"], normalize_text(m.get("content") or "")] for m in messages]
+    assert content_hash(messages) == short_hash(pairs)
 
 
 def test_content_hash_equal_for_decomposed_and_precomposed_text():
@@ -266,9 +300,11 @@ def test_stage_wrapper_reads_inputs_and_config(tmp_path):
     ingested = writer.commit(inputs=[], config_hash="c", code_hash="h", n_in=1, n_out=1, stats={})
     call = StageCall(stage="normalize", key="k2", code_hash="h", config={"trim_trailing_turns": False},
                      config_hash="c", inputs=[ingested], root=str(tmp_path), warehouse=str(tmp_path))
-    out = normalize_stage.compute(call)
-    assert out.decisions.column("reason").to_pylist() == ["non_alternating"]  # the config was applied
-    assert out.records.num_rows == 0
+    manifest, hit = execute(call, normalize_stage.compute)  # per part, written part by part
+    decisions = pq.read_table(manifest.file("decisions.parquet"))
+    assert decisions.column("reason").to_pylist() == ["non_alternating"]  # the config was applied
+    assert (hit, manifest.n_in, manifest.n_out) == (False, 1, 0)
+    assert pq.read_table(manifest.files_named("records")[0]).schema.names[:2] == ["example_id", "content_hash"]
 
 
 def test_mixed_trailing_turns_are_listed_when_trimming_is_off():

@@ -1,0 +1,130 @@
+"""Per-part stage work: one task per records part of a stage's input, run where `runner` says.
+
+Row-local stages (normalize, filter) do not need the whole corpus at once: each records part of
+their input (at most PART_ROWS rows) is computed on its own. The recipe's `runner` section picks
+where those part tasks run, without changing a byte of the artifact:
+
+- `sequential` (default): one after another in the stage's own process;
+- `processes`: Prefect's ProcessPoolTaskRunner, `workers` local processes;
+- `dask`: prefect-dask's DaskTaskRunner, on the Dask scheduler at `address`, or on a
+  LocalCluster of `workers` single-threaded processes when no address is given.
+
+Every part task writes its output tables as Parquet into a scratch folder next to the artifact
+(so a Dask cluster needs the warehouse on a shared filesystem) and returns only JSON: its stats.
+The stage then reads the parts back in input order and writes the artifact itself, so the
+artifact bytes depend on the input and the code, never on which runner ran the parts or in
+which order they finished. The runner is not part of any cache key for the same reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow.parquet as pq
+
+from tasks.core.artifacts import TMP_PREFIX
+from tasks.core.recipe import RunnerConfig
+from tasks.core.records import PartedOutput, StageOutput
+
+RECORDS, DECISIONS, EXTRA_DIR = "records.parquet", "decisions.parquet", "extra"
+
+
+def compute_part(function: str, call: dict[str, Any], input_path: str, out_dir: str) -> dict[str, Any]:
+    """Run `function` ("module:name", taking (StageCall, records part) and returning a
+    StageOutput) on one records part; write its tables under `out_dir`; return its stats.
+
+    Module-level and addressed by name, so any worker process can import and run it."""
+    from tasks.core.stage import StageCall
+
+    module, name = function.split(":")
+    output: StageOutput = getattr(importlib.import_module(module), name)(
+        StageCall.model_validate(call), pq.read_table(input_path))
+    out = Path(out_dir)
+    (out / EXTRA_DIR).mkdir(parents=True, exist_ok=True)
+    pq.write_table(output.records, out / RECORDS)
+    pq.write_table(output.decisions, out / DECISIONS)
+    for extra_name, table in output.extra.items():
+        pq.write_table(table, out / EXTRA_DIR / f"{extra_name}.parquet")
+    return {"stats": output.stats}
+
+
+def read_part(out_dir: Path) -> StageOutput:
+    extra = {p.stem: pq.read_table(p) for p in sorted((out_dir / EXTRA_DIR).glob("*.parquet"))}
+    return StageOutput(records=pq.read_table(out_dir / RECORDS), decisions=pq.read_table(out_dir / DECISIONS),
+                       extra=extra)
+
+
+def task_runner(cfg: RunnerConfig):
+    """The Prefect task runner for `cfg`, or None for sequential."""
+    if cfg.kind == "processes":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=cfg.workers)
+    if cfg.kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as error:  # an optional extra: say how to get it
+            raise RuntimeError("runner.kind: dask needs prefect-dask: pip install 'sftflow[dask]'") from error
+        if cfg.address:
+            return DaskTaskRunner(address=cfg.address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    return None
+
+
+def map_parts(call: Any, function: str, merge_stats: Callable[[list[dict[str, Any]]], dict[str, Any]],
+              records_paths: list[Path]) -> PartedOutput:
+    """Compute `function` over every records part of the stage's input; a PartedOutput in input order.
+
+    `merge_stats` turns the parts' stats (in input order) into the stage's stats."""
+    cfg = RunnerConfig.model_validate(call.params.get("runner") or {})
+    scratch = call.store.stage_dir(call.stage) / f"{TMP_PREFIX}parts-{call.key}"
+    payload = call.model_dump(mode="json")
+    collected: list[dict[str, Any]] = []
+
+    def part_dir(index: int) -> Path:
+        return scratch / f"part-{index:05d}"
+
+    def parts() -> Iterator[StageOutput]:
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            runner = task_runner(cfg)
+            if runner is None:
+                for index, path in enumerate(records_paths):  # compute one, hand it on, next
+                    collected.append(compute_part(function, payload, str(path), str(part_dir(index))))
+                    yield read_part(part_dir(index))
+                return
+            from prefect import task
+            from prefect.cache_policies import NO_CACHE
+
+            part_task = task(compute_part, name=f"{call.stage}-part", persist_result=False, cache_policy=NO_CACHE)
+            with runner:
+                futures = [
+                    runner.submit(part_task.with_options(task_run_name=f"{call.stage}[part {index}]"),
+                                  {"function": function, "call": payload, "input_path": str(path),
+                                   "out_dir": str(part_dir(index))})
+                    for index, path in enumerate(records_paths)
+                ]
+                collected.extend(future.result() for future in futures)
+            for index in range(len(records_paths)):
+                yield read_part(part_dir(index))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return PartedOutput(parts=parts(), stats=lambda: merge_stats([c["stats"] for c in collected]))
+
+
+def sum_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
+    """Key-wise sums, keys sorted.
+
+    >>> sum_counts([{"kept": 2, "x": 1}, {"kept": 3}])
+    {'kept': 5, 'x': 1}
+    """
+    total: dict[str, int] = {}
+    for counts in dicts:
+        for key, value in counts.items():
+            total[key] = total.get(key, 0) + value
+    return dict(sorted(total.items()))
