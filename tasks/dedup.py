@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.core.recipe import DedupConfig, NearDedupConfig
 from tasks.core.reasons import Reason
-from tasks.core.records import DecisionLog, StageOutput
-from tasks.core.stage import StageCall, read_records, stage_task
+from tasks.core.records import DecisionLog, PartedOutput, StageOutput
+from tasks.core.stage import RECORDS_PREFIX, StageCall, stage_task
 
 if TYPE_CHECKING:
     from datasketch import LeanMinHash
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 # datasketch is imported where it is used: importing it pulls in scipy (about 0.9 s), which
 # every `sftflow` command would pay for while only planning a run.
 
-LIBRARIES = ("datasketch", "numpy")  # numpy: datasketch's hash values and permutations
+LIBRARIES = ("datasketch", "numpy")
+DECIDING_COLUMNS = ("example_id", "content_hash", "messages")  # numpy: datasketch's hash values and permutations
 
 # Unicode word characters: punctuation and case never separate two texts that say the same words.
 WORD = re.compile(r"\w+")
@@ -321,15 +323,16 @@ def _shingles_of(records: pa.Table, positions: Sequence[int], ngram: int) -> Ite
 
 
 def _near_pairs(
-    shingled: Sequence[Any], cfg: NearDedupConfig
+    rows: np.ndarray | Sequence[Sequence[bytes]], cfg: NearDedupConfig
 ) -> tuple[list[tuple[int, int, float]], int, Callable[[int, int], float]]:
-    """(verified pairs, number of candidate pairs, estimated Jaccard of two rows) for one backend."""
+    """(verified pairs, number of candidate pairs, estimated Jaccard of two rows) for one backend:
+    `rows` is the signature matrix (numpy) or every row's shingles (datasketch)."""
     if cfg.backend == "numpy":
-        signatures = signature_matrix(shingled, cfg.num_perm, cfg.seed)
+        signatures = rows
         pairs = band_candidate_pairs(signatures, cfg.bands, cfg.rows)
         return (verified_signature_pairs(pairs, signatures, cfg.threshold), len(pairs),
                 lambda i, j: signature_jaccard(signatures, i, j))
-    sketches = minhashes(shingled, cfg.num_perm, cfg.seed)
+    sketches = minhashes(rows, cfg.num_perm, cfg.seed)
     candidates = candidate_pairs(sketches, cfg)
     return (verified_pairs(candidates, sketches, cfg.threshold), len(candidates),
             lambda i, j: sketches[i].jaccard(sketches[j]))
@@ -338,6 +341,14 @@ def _near_pairs(
 # ------------------------------------------------------------------------------------ stage --
 def deduplicate(records: pa.Table, cfg: DedupConfig) -> StageOutput:
     """Exact dedup on content_hash, then MinHash-LSH near dedup over the exact representatives."""
+    decisions, kept, stats = dedup_decisions(records, cfg)
+    return StageOutput(records=records.filter(pa.array(kept, pa.bool_())), decisions=decisions, stats=stats)
+
+
+def dedup_decisions(records: pa.Table, cfg: DedupConfig) -> tuple[pa.Table, list[bool], dict[str, Any]]:
+    """(decisions in example_id order, kept flag per input row, stats) of `deduplicate`.
+
+    Reads only the example_id, content_hash and messages columns of `records`."""
     example_ids = records.column("example_id").to_pylist()
     _check_ids(example_ids)
     n_rows = len(example_ids)
@@ -362,15 +373,29 @@ def deduplicate(records: pa.Table, cfg: DedupConfig) -> StageOutput:
     if near.enabled and representatives:
         _check_bands(near)
         eligible: list[int] = []
-        shingled: list[Any] = []  # per eligible row: shingle hashes (numpy) or shingles (datasketch)
+        # numpy: signature rows filled a batch at a time, so only one batch of shingle hashes is
+        # ever held; datasketch (the reference): every row's shingles, hashed at the end.
+        signatures = np.empty((len(representatives), near.num_perm), dtype=np.uint32)
+        pending: list[Any] = []
         for position, grams in zip(representatives, _shingles_of(records, representatives, near.ngram)):
             if len(grams) < near.min_shingles:  # too little text for a meaningful Jaccard
                 n_skipped += 1
                 outcome[position] = (Reason.KEPT, None, {"near_skipped_n_shingles": len(grams)}, None)
-            else:
-                eligible.append(position)
-                shingled.append(shingle_hashes(grams) if near.backend == "numpy" else grams)
-        verified, n_candidates, similarity = _near_pairs(shingled, near)
+                continue
+            eligible.append(position)
+            if near.backend != "numpy":
+                pending.append(grams)
+                continue
+            pending.append(shingle_hashes(grams))
+            if len(pending) == ROWS_PER_TEXT_BATCH:
+                signatures[len(eligible) - len(pending) : len(eligible)] = signature_matrix(pending, near.num_perm, near.seed)
+                pending = []
+        if near.backend == "numpy":
+            if pending:
+                signatures[len(eligible) - len(pending) : len(eligible)] = signature_matrix(pending, near.num_perm, near.seed)
+            verified, n_candidates, similarity = _near_pairs(signatures[: len(eligible)], near)
+        else:
+            verified, n_candidates, similarity = _near_pairs(pending, near)
         near_clusters = clusters(len(eligible), verified)
         for representative, *members in near_clusters:  # indices into `eligible`, sorted
             rep_position = eligible[representative]
@@ -395,21 +420,33 @@ def deduplicate(records: pa.Table, cfg: DedupConfig) -> StageOutput:
         reason, score, detail, dup_of = outcome.get(position, (Reason.KEPT, None, None, None))
         log.add(example_ids[position], reason, score=score, detail=detail, dup_of=dup_of)
     reasons = [outcome[p][0] if p in outcome else Reason.KEPT for p in range(n_rows)]
-    kept_positions = [p for p, reason in enumerate(reasons) if reason is Reason.KEPT]
-    return StageOutput(
-        records=records.take(pa.array(kept_positions, type=pa.int64())),  # input order kept
-        decisions=log.to_table(),
-        stats={
-            "n_in": n_rows,
-            "exact_duplicates": reasons.count(Reason.EXACT_DUPLICATE),
-            "near_duplicates": reasons.count(Reason.NEAR_DUPLICATE),
-            "near_skipped_few_shingles": n_skipped,
-            "clusters": len(near_clusters),
-            "candidate_pairs": n_candidates,
-        },
-    )
+    stats = {
+        "n_in": n_rows,
+        "exact_duplicates": reasons.count(Reason.EXACT_DUPLICATE),
+        "near_duplicates": reasons.count(Reason.NEAR_DUPLICATE),
+        "near_skipped_few_shingles": n_skipped,
+        "clusters": len(near_clusters),
+        "candidate_pairs": n_candidates,
+    }
+    return log.to_table(), [reason is Reason.KEPT for reason in reasons], stats
 
 
 @stage_task("dedup")
-def dedup_stage(call: StageCall) -> StageOutput:
-    return deduplicate(read_records(call.inputs), DedupConfig.model_validate(call.config))
+def dedup_stage(call: StageCall) -> PartedOutput:
+    """Decide over the whole input (duplicates cross parts), from the three columns that needs;
+    then write the kept rows part by part: the other columns are never all in memory at once."""
+    paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
+    needed = pa.concat_tables([pq.read_table(path, columns=list(DECIDING_COLUMNS)) for path in paths])
+    decisions, kept, stats = dedup_decisions(needed, DedupConfig.model_validate(call.config))
+    del needed
+
+    def parts() -> Iterator[StageOutput]:
+        offset = 0
+        for index, path in enumerate(paths):
+            table = pq.read_table(path)
+            mask = pa.array(kept[offset : offset + table.num_rows], pa.bool_())
+            offset += table.num_rows
+            yield StageOutput(records=table.filter(mask),
+                              decisions=decisions if index == 0 else decisions.slice(0, 0))
+
+    return PartedOutput(parts(), lambda: stats)

@@ -17,14 +17,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.core.reasons import Reason
 from tasks.core.recipe import ScoreConfig
-from tasks.core.records import DecisionLog, StageOutput
-from tasks.core.stage import StageCall, read_records, stage_task
+from tasks.core.parts import sum_counts
+from tasks.core.records import DecisionLog, PartedOutput, StageOutput
+from tasks.core.stage import RECORDS_PREFIX, StageCall, stage_task
 from tasks.core.workspace import Workspace
 from tasks.scorers import QualityScorer, load_quality_scorer, prompt_response
 
@@ -132,45 +134,84 @@ def _passthrough(records: pa.Table) -> StageOutput:
     )
 
 
-def score_records(records: pa.Table, cfg: ScoreConfig, scorer: QualityScorer | None) -> StageOutput:
-    """Score every row, rank it within its group and keep the top `cfg.keep_top_fraction`."""
+def _merge_passthrough_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"n_in": sum(p["n_in"] for p in parts), "scorer": None,
+            "kept_by_category": sum_counts([p["kept_by_category"] for p in parts]),
+            "dropped_by_category": sum_counts([p["dropped_by_category"] for p in parts])}
+
+
+def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scorer: QualityScorer | None) -> PartedOutput:
+    """Score every row, rank it within its group and keep the top `cfg.keep_top_fraction`.
+
+    `tables()` yields the input's records parts in order; it is called twice. The first pass
+    scores every part and keeps only ids, groups and scores (the ranking needs all rows); the
+    second turns each part into its decisions and kept rows. Memory holds one part's
+    conversations at a time.
+    """
     if not cfg.enabled:
-        return _passthrough(records)
+        part_stats: list[dict[str, Any]] = []
+
+        def unscored() -> Iterator[StageOutput]:
+            for table in tables():
+                output = _passthrough(table)
+                part_stats.append(output.stats)
+                yield output
+
+        return PartedOutput(unscored(), lambda: _merge_passthrough_stats(part_stats))
     if scorer is None:
         raise ValueError("score.enabled is true but no scorer was given; build one with load_quality_scorer")
-    ids = records.column("example_id").to_pylist()
-    categories = records.column("category").to_pylist()
-    scores = _score_rows(records, scorer)
+    ids: list[str] = []
+    categories: list[str | None] = []
+    scores: list[float] = []
+    for table in tables():
+        ids += table.column("example_id").to_pylist()
+        categories += table.column("category").to_pylist()
+        scores += _score_rows(table, scorer)
     groups = categories if cfg.per_category else [GLOBAL_GROUP] * len(ids)
     ranks = rank_groups(ids, groups, scores, cfg.keep_top_fraction)
 
-    log = DecisionLog()
-    for example_id, group, score, rank in zip(ids, groups, scores, ranks):
-        reason = Reason.KEPT if rank.kept else Reason.BELOW_TOP_FRACTION
-        detail: dict[str, Any] = {"percentile": rank.percentile, "group": group, "cutoff_score": rank.cutoff_score}
-        log.add(example_id, reason, score=score, detail=detail)
+    def parts() -> Iterator[StageOutput]:
+        offset = 0
+        for table in tables():
+            rows = range(offset, offset + table.num_rows)
+            offset += table.num_rows
+            log = DecisionLog()
+            for i in rows:
+                reason = Reason.KEPT if ranks[i].kept else Reason.BELOW_TOP_FRACTION
+                detail: dict[str, Any] = {"percentile": ranks[i].percentile, "group": groups[i],
+                                          "cutoff_score": ranks[i].cutoff_score}
+                log.add(ids[i], reason, score=scores[i], detail=detail)
+            scored = _with_score_columns(table, scores[rows.start:rows.stop],
+                                         [ranks[i].percentile for i in rows])
+            yield StageOutput(records=scored.filter(pa.array([ranks[i].kept for i in rows], pa.bool_())),
+                              decisions=log.to_table())
 
     kept_mask = [rank.kept for rank in ranks]
-    scored = _with_score_columns(records, scores, [rank.percentile for rank in ranks])
-    return StageOutput(
-        records=scored.filter(pa.array(kept_mask, pa.bool_())),
-        decisions=log.to_table(),
-        stats={
-            "n_in": len(ids),
-            "scorer": scorer.name,
-            "per_category": cfg.per_category,
-            "keep_top_fraction": cfg.keep_top_fraction,
-            "kept_by_category": _count_by_category(categories, kept_mask),
-            "dropped_by_category": _count_by_category(categories, [not k for k in kept_mask]),
-            "score_mean_by_category": _mean_by_category(categories, scores),
-        },
-    )
+    stats = {
+        "n_in": len(ids),
+        "scorer": scorer.name,
+        "per_category": cfg.per_category,
+        "keep_top_fraction": cfg.keep_top_fraction,
+        "kept_by_category": _count_by_category(categories, kept_mask),
+        "dropped_by_category": _count_by_category(categories, [not k for k in kept_mask]),
+        "score_mean_by_category": _mean_by_category(categories, scores),
+    }
+    return PartedOutput(parts(), lambda: stats)
+
+
+def score_records(records: pa.Table, cfg: ScoreConfig, scorer: QualityScorer | None) -> StageOutput:
+    """`score_parts` on one in-memory table, as one StageOutput."""
+    output = score_parts(lambda: [records], cfg, scorer)
+    parts = list(output.parts)
+    return StageOutput(records=pa.concat_tables([p.records for p in parts]),
+                       decisions=pa.concat_tables([p.decisions for p in parts]), stats=output.stats())
 
 
 # ------------------------------------------------------------------------------ Prefect task --
 @stage_task("score")
-def score_stage(call: StageCall) -> StageOutput:
+def score_stage(call: StageCall) -> PartedOutput:
     cfg = ScoreConfig.model_validate(call.config)
     ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
     scorer = load_quality_scorer(cfg, ws.resolve_input) if cfg.enabled else None
-    return score_records(read_records(call.inputs), cfg, scorer)
+    paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
+    return score_parts(lambda: (pq.read_table(path) for path in paths), cfg, scorer)

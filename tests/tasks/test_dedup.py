@@ -382,3 +382,13 @@ def test_numpy_backend_decides_exactly_like_datasketch():
     assert ours.decisions.equals(reference.decisions)
     assert ours.records.equals(reference.records)
     assert ours.stats == reference.stats
+
+
+def test_signature_batches_do_not_change_decisions(monkeypatch):
+    # rows hashed 7 at a time (texts and signature rows) decide exactly as in one batch
+    import tasks.dedup as dedup
+
+    rows = graded_rows()
+    whole = deduplicate(table(rows), CFG)
+    monkeypatch.setattr(dedup, "ROWS_PER_TEXT_BATCH", 7)
+    assert deduplicate(table(rows), CFG).decisions.equals(whole.decisions)

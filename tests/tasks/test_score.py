@@ -6,14 +6,15 @@ import json
 import random
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.core.artifacts import ArtifactStore
 from tasks.core.reasons import Reason
 from tasks.core.recipe import ScoreConfig
 from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, records_from_rows
-from tasks.core.stage import StageCall
-from tasks.score import GLOBAL_GROUP, keep_count, rank_groups, score_records, score_stage
+from tasks.core.stage import StageCall, execute
+from tasks.score import GLOBAL_GROUP, keep_count, rank_groups, score_parts, score_records, score_stage
 
 
 class ResponseNumberScorer:
@@ -198,6 +199,21 @@ def test_stage_wrapper_reads_input_artifact(tmp_path):
     manifest = writer.commit(inputs=[], config_hash="c", code_hash="x", n_in=15, n_out=15, stats={})
     call = StageCall(stage="score", key="k2", code_hash="x", config=ScoreConfig(enabled=False).canonical(),
                      config_hash="c", inputs=[manifest], root=str(tmp_path), warehouse=str(warehouse))
-    out = score_stage.compute(call)
-    assert out.records.num_rows == 15 and out.decisions.num_rows == 15
+    manifest, _ = execute(call, score_stage.compute)
+    assert (manifest.n_in, manifest.n_out) == (15, 15)
+    assert pq.read_table(manifest.file("decisions.parquet")).num_rows == 15
     assert score_stage.stage == "score"
+
+
+@pytest.mark.parametrize("per_category", [True, False])
+def test_parts_rank_across_parts_like_one_table(per_category):
+    # the ranking is global: scoring 3 parts gives the decisions and rows of the whole table
+    whole = qa_and_code()
+    cfg = ScoreConfig(keep_top_fraction=0.6, per_category=per_category)
+    reference = score_records(whole, cfg, ResponseNumberScorer())
+    parted = score_parts(lambda: [whole.slice(0, 4), whole.slice(4, 6), whole.slice(10)], cfg, ResponseNumberScorer())
+    parts = list(parted.parts)
+    assert len(parts) == 3
+    assert pa.concat_tables([p.decisions for p in parts]).to_pylist() == reference.decisions.to_pylist()
+    assert pa.concat_tables([p.records for p in parts]).to_pylist() == reference.records.to_pylist()
+    assert parted.stats() == reference.stats
