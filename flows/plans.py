@@ -71,9 +71,13 @@ def plan_train(recipe: Recipe, mixed: Manifest, ws: Workspace, data_card: dict[s
         external.append(sha256_file(ws.resolve_input(recipe.train.chat_template)))
     # Where it runs changes the result (bf16, attention kernel): a CPU model is no cache hit on a GPU.
     external.append(f"device={train.training_device()}")
+    params: dict[str, Any] = {"data_card": data_card}
+    if recipe.train.accelerate_config:  # processes and machines change the global batch: keyed by bytes
+        config_file = ws.resolve_input(recipe.train.accelerate_config)
+        external.append(f"accelerate_config={sha256_file(config_file)}")
+        params["accelerate_config"] = str(config_file)
     # The data card is descriptive (it names this run): a parameter, not part of the key.
-    return _plan("train", train, recipe.train.canonical(), [mixed], ws, extra_input_hashes=external,
-                 params={"data_card": data_card})
+    return _plan("train", train, recipe.train.canonical(), [mixed], ws, extra_input_hashes=external, params=params)
 
 
 def plan_evaluate(recipe: Recipe, trained: Manifest, mixed: Manifest, ws: Workspace) -> StageCall:

@@ -40,14 +40,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.core.recipe import SLUG, MixConfig
-from tasks.core.records import DecisionLog, StageOutput
+from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.reasons import Reason
 from tasks.core.stage import StageCall, read_records, stage_task
 
@@ -276,8 +276,11 @@ def _check_rows(ids: list[str | None], categories: list[str | None], tokens: lis
 
 
 # ------------------------------------------------------------------------------------- main --
-def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
-    """Eval split, target shares and counts, deterministic sampling, shards, one decision per row."""
+def mix_parts(records: pa.Table, cfg: MixConfig) -> PartedOutput:
+    """Eval split, target shares and counts, deterministic sampling, shards, one decision per row.
+
+    The plan needs only ids, categories, tokens and scores; the shards are then cut and handed
+    on one (split, category) at a time, so only one category's rows are copied at once."""
     names = records.column_names
     ids = records["example_id"].to_pylist()
     categories = records["category"].to_pylist()
@@ -316,15 +319,21 @@ def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
         i = mixture[position]
         train_order.setdefault(categories[i], []).append(i)
 
-    extra: dict[str, pa.Table] = {}
     shard_stats: list[dict[str, Any]] = []
-    for split, by_category in ((TRAIN, train_order), (EVAL, eval_rows)):
-        for category in sorted(by_category):
-            table = _with_split(records.take(pa.array(by_category[category], pa.int64())), split)
-            for name, part in split_shards(table, split, category, cfg.shard_rows):
-                extra[name] = part
-                shard_stats.append({"name": name, "split": split, "category": category,
-                                    "n_rows": part.num_rows, "n_tokens": _sum_tokens(part)})
+    no_rows, no_decisions = records.schema.empty_table(), DecisionLog().to_table()
+
+    def shards() -> Iterator[StageOutput]:
+        """One part per (split, category): its shards are written before the next is cut."""
+        for split, by_category in ((TRAIN, train_order), (EVAL, eval_rows)):
+            for category in sorted(by_category):
+                table = _with_split(records.take(pa.array(by_category[category], pa.int64())), split)
+                extra: dict[str, pa.Table] = {}
+                for name, part in split_shards(table, split, category, cfg.shard_rows):
+                    extra[name] = part
+                    shard_stats.append({"name": name, "split": split, "category": category,
+                                        "n_rows": part.num_rows, "n_tokens": _sum_tokens(part)})
+                yield StageOutput(records=no_rows, decisions=no_decisions, extra=extra)
+        yield StageOutput(records=no_rows, decisions=decisions.to_table())
 
     decisions = DecisionLog()
     for i in order:
@@ -368,10 +377,18 @@ def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
         "shards": shard_stats,
         "mixture": mixture_stats,
     }
-    return StageOutput(records=records.schema.empty_table(), decisions=decisions.to_table(),
-                       extra=extra, stats=stats)
+    return PartedOutput(shards(), lambda: stats)
+
+
+def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
+    """`mix_parts` collected into one StageOutput (shards in `extra`)."""
+    output = mix_parts(records, cfg)
+    parts = list(output.parts)
+    return StageOutput(records=records.schema.empty_table(), decisions=parts[-1].decisions,
+                       extra={name: table for part in parts for name, table in part.extra.items()},
+                       stats=output.stats())
 
 
 @stage_task("mix")
-def mix_stage(call: StageCall) -> StageOutput:
-    return mix_records(read_records(call.inputs), MixConfig.model_validate(call.config))
+def mix_stage(call: StageCall) -> PartedOutput:
+    return mix_parts(read_records(call.inputs), MixConfig.model_validate(call.config))

@@ -258,9 +258,16 @@ def load_tokenizer(location: str, cfg: TrainConfig):
 
 
 # ---------------------------------------------------------------------------------- launch --
-def launch_command(job_path: Path, num_processes: int, use_cpu: bool) -> list[str]:
-    """`accelerate launch` through this interpreter (no reliance on PATH)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+def launch_command(job_path: Path, num_processes: int, use_cpu: bool, config_file: Path | None = None) -> list[str]:
+    """`accelerate launch` through this interpreter (no reliance on PATH).
+
+    With `config_file` (train.accelerate_config) the launch is the file's: processes, machines,
+    machine rank, FSDP/DeepSpeed. Without it, one machine, `num_processes` processes, and no
+    mixed precision from accelerate (SFTConfig's bf16 decides it)."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file is not None:
+        return [*launcher, "--config_file", str(config_file), "-m", "tasks.train_worker", str(job_path)]
+    command = [*launcher, "--num_processes", str(num_processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if use_cpu:  # explicit thread count: accelerate otherwise warns that it picked one
         threads = max(1, (os.cpu_count() or 1) // num_processes)
@@ -515,7 +522,9 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
         sft=kwargs, attn_implementation=attention, sample_ids=[r["example_id"] for r in roundtrip_rows],
     )
     job_path = job.write(work / "job.json")
-    command = launch_command(job_path, cfg.num_processes, use_cpu=device == "cpu")
+    accelerate_config = call.params.get("accelerate_config")
+    command = launch_command(job_path, cfg.num_processes, use_cpu=device == "cpu",
+                             config_file=Path(accelerate_config) if accelerate_config else None)
     run_logged(command, Path(call.root), reports / "train.log", echo=echo)
 
     adapter_config = output_dir / "adapter_config.json"

@@ -325,6 +325,10 @@ class TrainConfig(Section):
     save_steps: int = Field(50, ge=1, description="Checkpoint interval in steps (resume point).")
     logging_steps: int = Field(5, ge=1, description="Log interval in steps.")
     num_processes: int = Field(1, ge=1, description="Processes for accelerate launch (GPUs).")
+    accelerate_config: str | None = Field(
+        None, description="An accelerate config file (`accelerate config`: several GPUs or machines, FSDP, "
+        "DeepSpeed); replaces num_processes and the launcher's defaults. Its bytes enter the train key. "
+        "See docs/scaling.md.")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
 
     @model_validator(mode="after")

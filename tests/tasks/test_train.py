@@ -101,6 +101,36 @@ def test_launch_command_uses_this_interpreter_and_cpu_flag(tmp_path):
     assert "--cpu" not in launch_command(tmp_path / "job.json", 1, use_cpu=False)
 
 
+def test_an_accelerate_config_file_decides_the_launch(tmp_path):
+    # several GPUs or machines: the file's settings, not the single-machine defaults
+    command = launch_command(tmp_path / "job.json", 4, use_cpu=False, config_file=tmp_path / "multi.yaml")
+    assert command[3:5] == ["--config_file", str(tmp_path / "multi.yaml")]
+    assert "--num_machines" not in command and "--num_processes" not in command
+    assert command[-3:] == ["-m", "tasks.train_worker", str(tmp_path / "job.json")]
+
+
+def test_the_accelerate_config_bytes_enter_the_train_key(tmp_path):
+    from flows.plans import plan_train
+    from tasks.core.artifacts import Manifest
+    from tasks.core.recipe import Recipe
+    from tasks.core.workspace import Workspace
+
+    ws = Workspace.from_env(root=tmp_path, warehouse=tmp_path / "wh")
+    (tmp_path / "multi.yaml").write_text("num_processes: 8\nnum_machines: 2\n")
+    mixed = Manifest(stage="mix", key="m", path=str(tmp_path), files=[], inputs=[], config_hash="c", code_hash="h",
+                     n_in=1, n_out=1, stats={}, created_at="2026-01-01T00:00:00+00:00")
+
+    def key(extra: dict) -> str:
+        recipe = Recipe.model_validate({"name": "r", "sources": [{"name": "s", "path": "a.jsonl", "format": "openai"}],
+                                        "train": extra})
+        return plan_train(recipe, mixed, ws, {}).key
+
+    with_file = key({"accelerate_config": "multi.yaml"})
+    assert with_file != key({})
+    (tmp_path / "multi.yaml").write_text("num_processes: 16\nnum_machines: 2\n")
+    assert key({"accelerate_config": "multi.yaml"}) != with_file
+
+
 def test_roundtrip_sample_counts_copies_once_and_is_order_independent():
     rows = [{"example_id": f"e{i % 30}", "messages": []} for i in range(90)]
     sample = sample_rows(rows, 32, seed=0, salt="s")
