@@ -17,6 +17,7 @@ from flows.publish import publish_run
 from flows.stage_runner import RunContext
 from tasks.core.cache_keys import project_code_version
 from tasks.core.locks import lock_wait_seconds, workspace_lock
+from tasks.core.parts import run_runner
 from tasks.core.recipe import load_recipe
 from tasks.core.workspace import Workspace
 from tasks.dedup import dedup_stage
@@ -51,10 +52,11 @@ def sftflow_pipeline(
                                flow_run_id=flow_run.get_id(),
                                n_planned=2 * len(recipe.sources) + 4 + N_AFTER_DATA[only])
         try:
-            ingested = [run.run(ingest_stage, plan_ingest(source, ws)) for source in recipe.sources]
-            normalized = [run.run(normalize_stage, plan_normalize(recipe, m, ws)) for m in ingested]
-            deduped = run.run(dedup_stage, plan_dedup(recipe, normalized, ws))
-            filtered = run.run(filter_stage, plan_filter(recipe, deduped, ws))
+            with run_runner(recipe.runner) as runner:  # where normalize's and filter's parts run
+                ingested = [run.run(ingest_stage, plan_ingest(source, ws)) for source in recipe.sources]
+                normalized = [run.run(normalize_stage, plan_normalize(recipe, m, ws, runner)) for m in ingested]
+                deduped = run.run(dedup_stage, plan_dedup(recipe, normalized, ws))
+                filtered = run.run(filter_stage, plan_filter(recipe, deduped, ws, runner))
             scored = run.run(score_stage, plan_score(recipe, filtered, ws))
             mixed = run.run(mix_stage, plan_mix(recipe, scored, ws))
             data_card = run.publish_data_card()

@@ -33,10 +33,11 @@ def plan_ingest(source: SourceConfig, ws: Workspace) -> StageCall:
                  params={"path": str(path) if path else None})
 
 
-def plan_normalize(recipe: Recipe, ingested: Manifest, ws: Workspace) -> StageCall:
+def plan_normalize(recipe: Recipe, ingested: Manifest, ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
     label = ingested.stats.get("source", "")
+    # The runner (where parts run) is a parameter, not part of the key: the bytes do not depend on it.
     return _plan("normalize", normalize, recipe.normalize.canonical(), [ingested], ws, label=label,
-                 params={"runner": recipe.runner.canonical()})
+                 params={"runner": runner or recipe.runner.canonical()})
 
 
 def plan_dedup(recipe: Recipe, normalized: list[Manifest], ws: Workspace) -> StageCall:
@@ -44,13 +45,13 @@ def plan_dedup(recipe: Recipe, normalized: list[Manifest], ws: Workspace) -> Sta
     return _plan("dedup", dedup, recipe.dedup.canonical(), sorted(normalized, key=lambda m: m.content_hash), ws)
 
 
-def plan_filter(recipe: Recipe, deduped: Manifest, ws: Workspace) -> StageCall:
+def plan_filter(recipe: Recipe, deduped: Manifest, ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
     config = recipe.filters.canonical()
     # The key names the tokenizer that really counts tokens, not the train model it came from.
     config["length"]["tokenizer"] = resolve_tokenizer_spec(recipe.filters.length.tokenizer, recipe.train.model)
     external = filters.filter_input_hashes(FilterConfig.model_validate(config), ws.resolve_input)
     return _plan("filter", filters, config, [deduped], ws, extra_input_hashes=external,
-                 params={"runner": recipe.runner.canonical()})
+                 params={"runner": runner or recipe.runner.canonical()})
 
 
 def plan_score(recipe: Recipe, filtered: Manifest, ws: Workspace) -> StageCall:

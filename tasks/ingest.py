@@ -56,9 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.core.hashing import sha256_file, sha256_tree, short_hash
+from tasks.core.hashing import HASH_CHARS, sha256_file, sha256_text, sha256_tree, short_hash
 from tasks.core.reasons import Reason
 from tasks.core.recipe import SourceConfig
 from tasks.core.records import (
@@ -67,7 +68,6 @@ from tasks.core.records import (
     RECORD_SCHEMA,
     DecisionLog,
     StageOutput,
-    records_from_rows,
 )
 from tasks.core.stage import StageCall, stage_task
 from tasks.core.workspace import PathNotAllowed, is_hub_id
@@ -170,9 +170,13 @@ def json_type(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+# What json.dumps(value, ensure_ascii=False, default=str) builds on every call, made once.
+_PREVIEW_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def raw_preview(value: Any) -> str:
     """A parsed row as JSON text, cut to RAW_PREVIEW_CHARS (the catalog's `examples.raw`)."""
-    return escape_surrogates(json.dumps(value, ensure_ascii=False, default=str)[:RAW_PREVIEW_CHARS])
+    return escape_surrogates(_PREVIEW_ENCODER.encode(value)[:RAW_PREVIEW_CHARS])
 
 
 # A lone surrogate comes from an unpaired "\ud800"-style escape; it is not Unicode text and UTF-8
@@ -188,6 +192,13 @@ def escape_surrogates(text: str) -> str:
     'a\\\\ud800b'
     """
     return text if text.isascii() else _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _storable(text: str) -> bool:
+    """Whether text holds neither NUL nor a lone surrogate (what _check_storable refuses)."""
+    if "\x00" not in text and text.isascii():  # the common case, tested at C speed
+        return True
+    return _NOT_TEXT.search(text) is None
 
 
 def _check_storable(text: str, what: str) -> None:
@@ -229,13 +240,24 @@ def _require_text(value: Any, what: str, *, present: bool = True) -> str:
 
 def _required_field(row: dict[str, Any], source: SourceConfig, logical: str) -> str:
     name = _column(source, logical)
-    return _require_text(row.get(name), _quoted(source, logical), present=name in row)
+    value = row.get(name)
+    if type(value) is str and _storable(value):  # valid text: skip building the field's name
+        return value
+    return _require_text(value, _quoted(source, logical), present=name in row)
 
 
 def _optional_field(row: dict[str, Any], source: SourceConfig, logical: str) -> str:
     """Text of an optional field; absent and null both read as ''."""
     value = row.get(_column(source, logical))
-    return "" if value is None else _require_text(value, _quoted(source, logical))
+    if value is None:
+        return ""
+    if type(value) is str and _storable(value):
+        return value
+    return _require_text(value, _quoted(source, logical))
+
+
+# How json.dumps(..., ensure_ascii=False) writes a string (the C encoder when it is built).
+_json_string = json.encoder.encode_basestring
 
 
 def _compact_json(value: Any) -> str:
@@ -1012,14 +1034,18 @@ def read_source(source: SourceConfig, path: Path | None, root: Path | None = Non
         "source": source.name, "source_format": source.format, "source_uri": uri,
         "origin": source.origin, "license": source.license,
     }
-    records: list[dict[str, Any]] = []
-    examples: list[dict[str, Any]] = []
+    # Column by column: the tables are built from one list per column, not from a dict per row.
+    examples: dict[str, list[Any]] = {"example_id": [], "source_row": [], "raw": []}
+    records: dict[str, list[Any]] = {"example_id": [], "source_row": [], "source_location": [], "messages": []}
     decisions = DecisionLog()
     quarantined: Counter[str] = Counter()
     first_problems: list[str] = []
+    example_id_of = _example_ids(source.name)
     for row in source_rows(source, path):
-        example_id = short_hash(source.name, row.source_row)
-        examples.append({"example_id": example_id, "source_row": row.source_row, "raw": row.raw, **provenance})
+        example_id = example_id_of(row.source_row)
+        examples["example_id"].append(example_id)
+        examples["source_row"].append(row.source_row)
+        examples["raw"].append(row.raw)
         try:
             if row.problem is not None:
                 raise row.problem
@@ -1032,26 +1058,26 @@ def read_source(source: SourceConfig, path: Path | None, root: Path | None = Non
                 first_problems.append(f"{row.location}: {problem.reason.value}: {error}")
             continue
         decisions.add(example_id, Reason.KEPT)
-        records.append({
-            "example_id": example_id, "content_hash": None, "source_row": row.source_row,
-            "source_location": row.location, "category": category, "messages": messages, **provenance,
-        })
-    n_in = len(examples)
+        records["example_id"].append(example_id)
+        records["source_row"].append(row.source_row)
+        records["source_location"].append(row.location)
+        records["messages"].append(messages)
+    n_in = len(examples["example_id"])
     if not n_in:
         raise SourceError(
             f"source {source.name!r} ({uri}): the source holds no rows (an empty file, only blank lines, "
             "or an empty array); point `path` at the data, or remove the source from the recipe"
         )
-    if not records:
+    if not records["example_id"]:
         raise SourceError(
             f"source {source.name!r} ({uri}): 0 of {n_in} rows could be read; first problems: "
             f"{'; '.join(first_problems)}; check the file and the source's `format` ({source.format}) "
             "and `columns` in the recipe"
         )
     return StageOutput(
-        records=records_from_rows(records, RECORD_SCHEMA),
+        records=_columns_table(records, {**provenance, "content_hash": None, "category": category}, RECORD_SCHEMA),
         decisions=decisions.to_table(),
-        extra={"examples": records_from_rows(examples, EXAMPLE_SCHEMA)},
+        extra={"examples": _columns_table(examples, provenance, EXAMPLE_SCHEMA)},
         stats={
             "n_in": n_in,
             "n_quarantined": sum(quarantined.values()),
@@ -1059,6 +1085,31 @@ def read_source(source: SourceConfig, path: Path | None, root: Path | None = Non
             "quarantined_by_reason": dict(sorted(quarantined.items())),
         },
     )
+
+
+def _example_ids(source_name: str) -> Callable[[int], str]:
+    """`row -> short_hash(source_name, row)`, with the constant part of the hashed text made once.
+
+    short_hash hashes the canonical JSON of [name, row]: for a string and an int that is
+    '[' + the JSON string + ',' + the int's digits + ']' (tests compare the two).
+    """
+    prefix = "[" + _json_string(source_name) + ","
+
+    def example_id(source_row: int) -> str:
+        if type(source_row) is not int:
+            return short_hash(source_name, source_row)
+        return sha256_text(f"{prefix}{source_row}]")[:HASH_CHARS]
+
+    return example_id
+
+
+def _columns_table(columns: dict[str, list[Any]], constants: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """A table from one list per column plus columns holding one value on every row: the same
+    arrays as Table.from_pylist of the equivalent rows (so the same Parquet bytes)."""
+    n_rows = len(next(iter(columns.values())))
+    arrays = [pa.array(columns[f.name] if f.name in columns else [constants[f.name]] * n_rows, type=f.type)
+              for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 @stage_task("ingest")

@@ -18,7 +18,10 @@ normalize differently under a newer Python.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+import sys
 import unicodedata
 from collections import Counter
 from typing import Any
@@ -26,17 +29,26 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.categories import AUTO, classify_category
-from tasks.core.hashing import short_hash
+from tasks.core.hashing import HASH_CHARS, sha256_text, short_hash
 from tasks.core.reasons import Reason
 from tasks.core.recipe import NormalizeConfig
-from tasks.core.records import RECORD_SCHEMA, ROLES, DecisionLog, StageOutput
-from tasks.core.stage import StageCall, read_records, stage_task
+from tasks.core.parts import map_parts, sum_counts
+from tasks.core.records import RECORD_SCHEMA, ROLES, DecisionLog, PartedOutput, StageOutput
+from tasks.core.stage import RECORDS_PREFIX, StageCall, stage_task
 
 LIBRARIES: tuple[str, ...] = ("unicodedata",)  # stdlib only: the Unicode database version enters the key
 
-# Unicode whitespace plus a byte-order mark (leaked from the start of a file) and zero-width
+# Trimmed from both ends of a turn: Unicode whitespace (`str.isspace`, the same test as the
+# regex class `\s`) plus a byte-order mark (leaked from the start of a file) and zero-width
 # spaces, which make a turn look empty to a reader while it is not empty to `str.strip`.
-_EDGE_SPACE = re.compile(r"^[\s\ufeff\u200b]+|[\s\ufeff\u200b]+$")
+EXTRA_EDGE_CHARS = "\ufeff\u200b"
+
+
+@functools.cache
+def edge_chars() -> str:
+    """Every character normalize_text trims, for `str.strip` (built on first use: it scans
+    all code points, which an import should not pay for)."""
+    return "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) + EXTRA_EDGE_CHARS
 
 # Which role may follow which. A user turn expects an answer; an assistant turn may call a tool;
 # tool results come back in one or more tool turns and are read by the assistant.
@@ -62,6 +74,9 @@ _TEMPLATE_TOKEN = re.compile("|".join(TEMPLATE_TOKEN_PATTERNS))
 
 Messages = list[dict[str, str]]
 
+# How json.dumps(..., ensure_ascii=False) writes a string (the C encoder when it is built).
+_json_string = json.encoder.encode_basestring
+
 
 def normalize_text(text: str) -> str:
     """Unicode NFC, Windows line ends to "\\n", and no leading/trailing whitespace.
@@ -71,8 +86,11 @@ def normalize_text(text: str) -> str:
     >>> normalize_text("  caf\\u0065\\u0301\\r\\nbar \\n")
     'café\\nbar'
     """
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n")
-    return _EDGE_SPACE.sub("", text)
+    if not text.isascii():  # ASCII text is already NFC
+        text = unicodedata.normalize("NFC", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    return text.strip(edge_chars())
 
 
 def normalize_messages(messages: list[dict[str, Any]] | None) -> Messages:
@@ -182,7 +200,14 @@ def content_hash(messages: list[dict[str, Any]]) -> str:
     ...     content_hash([{"role": "user", "content": "cafe\\u0301 "}])
     True
     """
-    return short_hash([[m["role"], normalize_text(m.get("content") or "")] for m in messages])
+    pairs = [[m["role"], normalize_text(m.get("content") or "")] for m in messages]
+    if all(type(role) is str for role, _ in pairs):
+        # The canonical JSON short_hash would hash, spelled out: a list of [role, text] string
+        # pairs has no keys to sort, and json.dumps encodes each string with this same function.
+        canonical = "[[" + ",".join(["[" + _json_string(role) + "," + _json_string(text) + "]"
+                                     for role, text in pairs]) + "]]"
+        return sha256_text(canonical)[:HASH_CHARS]
+    return short_hash(pairs)
 
 
 def source_location(row: dict[str, Any]) -> str:
@@ -196,34 +221,72 @@ def source_location(row: dict[str, Any]) -> str:
     return row.get("source_location") or f"source_row {row.get('source_row')}"
 
 
-def _records_table(rows: list[dict[str, Any]], source: pa.Table) -> pa.Table:
-    """Kept rows as a table: the base columns in RECORD_SCHEMA's types, then the input's extras."""
-    extra_fields = [f for f in source.schema if f.name not in RECORD_SCHEMA.names]
+def _records_table(records: pa.Table, kept: list[int], computed: dict[str, list[Any]]) -> pa.Table:
+    """Kept rows as a table: the base columns in RECORD_SCHEMA's types, then the input's extras.
+
+    Columns are built whole: `computed` ones from Python lists, the others taken from the input
+    when their type already matches (converted from Python values otherwise, missing ones null),
+    each as one contiguous array, the layout Table.from_pylist gives; Parquet pages, hence the
+    artifact's bytes, depend on it.
+    """
+    extra_fields = [f for f in records.schema if f.name not in RECORD_SCHEMA.names]
     schema = pa.schema(list(RECORD_SCHEMA) + extra_fields)
-    return pa.Table.from_pylist(rows, schema=schema)
+    names = set(records.schema.names)
+    indices = pa.array(kept, type=pa.int64())
+    arrays = []
+    for field in schema:
+        if field.name in computed:
+            arrays.append(pa.array(computed[field.name], type=field.type))
+        elif field.name not in names:
+            arrays.append(pa.nulls(len(kept), type=field.type))
+        elif records.schema.field(field.name).type == field.type:
+            arrays.append(records.column(field.name).take(indices).combine_chunks())
+        else:
+            values = records.column(field.name).to_pylist()
+            arrays.append(pa.array([values[i] for i in kept], type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _column_values(records: pa.Table, name: str) -> list[Any]:
+    """A column as Python values; all None when the table has no such column (as row.get gives)."""
+    if name in records.schema.names:
+        return records.column(name).to_pylist()
+    return [None] * records.num_rows
 
 
 def normalize_records(records: pa.Table, cfg: NormalizeConfig) -> StageOutput:
     """Normalize, validate, hash and categorize every row; one decision per input row."""
     decisions = DecisionLog()
-    kept_rows: list[dict[str, Any]] = []
+    kept: list[int] = []
+    kept_messages: list[Messages] = []
+    kept_hashes: list[str] = []
+    kept_categories: list[str] = []
     categories: Counter[str] = Counter()
-    for row in records.to_pylist():
-        messages, reason, error = validate_messages(row.get("messages"), cfg.trim_trailing_turns, cfg.reject_template_tokens)
+    # Column by column: only the columns the checks read become Python objects; the others are
+    # carried over as Arrow data.
+    example_ids = records.column("example_id").to_pylist()
+    all_messages = _column_values(records, "messages")
+    fixed_categories = _column_values(records, "category")
+    for index, (example_id, raw_messages) in enumerate(zip(example_ids, all_messages)):
+        messages, reason, error = validate_messages(raw_messages, cfg.trim_trailing_turns, cfg.reject_template_tokens)
         if reason is not None:
-            decisions.add(row["example_id"], reason, detail={"location": source_location(row), "error": error})
+            row = {"source_location": _value_at(records, "source_location", index),
+                   "source_row": _value_at(records, "source_row", index)}
+            decisions.add(example_id, reason, detail={"location": source_location(row), "error": error})
             continue
-        n_trimmed = len(row.get("messages") or []) - len(messages)
+        n_trimmed = len(raw_messages or []) - len(messages)
         if n_trimmed:
-            decisions.add(row["example_id"], Reason.KEPT_TRIMMED, detail={"trimmed_turns": n_trimmed})
+            decisions.add(example_id, Reason.KEPT_TRIMMED, detail={"trimmed_turns": n_trimmed})
         else:
-            decisions.add(row["example_id"], Reason.KEPT)
+            decisions.add(example_id, Reason.KEPT)
         # A source-fixed category is the recipe author's decision; only `auto` rows are guessed.
-        fixed = row.get("category")
+        fixed = fixed_categories[index]
         category = fixed if fixed and fixed != AUTO else classify_category(messages)
         categories[category] += 1
-        kept_rows.append({**row, "messages": messages, "content_hash": content_hash(messages),
-                          "category": category})
+        kept.append(index)
+        kept_messages.append(messages)
+        kept_hashes.append(content_hash(messages))
+        kept_categories.append(category)
 
     decision_table = decisions.to_table()
     reasons = Counter(decision_table.column("reason").to_pylist())
@@ -233,9 +296,31 @@ def normalize_records(records: pa.Table, cfg: NormalizeConfig) -> StageOutput:
         "categories": dict(sorted(categories.items())),
         "reasons": dict(sorted(reasons.items())),
     }
-    return StageOutput(records=_records_table(kept_rows, records), decisions=decision_table, stats=stats)
+    computed = {"messages": kept_messages, "content_hash": kept_hashes, "category": kept_categories}
+    return StageOutput(records=_records_table(records, kept, computed), decisions=decision_table, stats=stats)
+
+
+def _value_at(records: pa.Table, name: str, index: int) -> Any:
+    """One cell as a Python value (None when the table has no such column): for the rare dropped row."""
+    return records.column(name)[index].as_py() if name in records.schema.names else None
+
+
+def normalize_part(call: StageCall, records: pa.Table) -> StageOutput:
+    """One records part of the input (tasks.core.parts runs one per part)."""
+    return normalize_records(records, NormalizeConfig.model_validate(call.config))
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stage's stats from its parts' (counts add up)."""
+    return {
+        "n_in": sum(p["n_in"] for p in parts),
+        "unidata_version": unicodedata.unidata_version,
+        "categories": sum_counts([p["categories"] for p in parts]),
+        "reasons": sum_counts([p["reasons"] for p in parts]),
+    }
 
 
 @stage_task("normalize")
-def normalize_stage(call: StageCall) -> StageOutput:
-    return normalize_records(read_records(call.inputs), NormalizeConfig.model_validate(call.config))
+def normalize_stage(call: StageCall) -> PartedOutput:
+    paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
+    return map_parts(call, "tasks.normalize:normalize_part", merge_stats, paths)

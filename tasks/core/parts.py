@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -44,10 +45,11 @@ def compute_part(function: str, call: dict[str, Any], input_path: str, out_dir: 
         StageCall.model_validate(call), pq.read_table(input_path))
     out = Path(out_dir)
     (out / EXTRA_DIR).mkdir(parents=True, exist_ok=True)
-    pq.write_table(output.records, out / RECORDS)
-    pq.write_table(output.decisions, out / DECISIONS)
-    for extra_name, table in output.extra.items():
-        pq.write_table(table, out / EXTRA_DIR / f"{extra_name}.parquet")
+    for table, path in [(output.records, out / RECORDS), (output.decisions, out / DECISIONS),
+                        *((t, out / EXTRA_DIR / f"{n}.parquet") for n, t in output.extra.items())]:
+        # Arrow's own list field names ("item"), not Parquet's compliant "element": the table read
+        # back is then the very table computed, and the artifact bytes those of a direct write.
+        pq.write_table(table, path, compression="none", use_compliant_nested_type=False)
     return {"stats": output.stats}
 
 
@@ -73,6 +75,19 @@ def task_runner(cfg: RunnerConfig):
         return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": None})
     return None
+
+
+@contextmanager
+def run_runner(cfg: RunnerConfig) -> Iterator[dict[str, Any]]:
+    """The runner settings a whole run passes to its stages: `dask` without an address gets one
+    LocalCluster for the run (started here, stopped after it), not one per stage."""
+    if cfg.kind != "dask" or cfg.address:
+        yield cfg.canonical()
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield {**cfg.canonical(), "address": cluster.scheduler_address}
 
 
 def map_parts(call: Any, function: str, merge_stats: Callable[[list[dict[str, Any]]], dict[str, Any]],

@@ -18,10 +18,12 @@ from tasks.core.workspace import PathNotAllowed
 from tasks.ingest import (
     RowProblem,
     SourceError,
+    _example_ids,
     alpaca_messages,
     check_hub_id,
     ingest_stage,
     openai_messages,
+    raw_preview,
     read_source,
     sharegpt_messages,
     source_fingerprint,
@@ -694,6 +696,20 @@ def test_example_id_is_stable_per_source_and_row(tmp_path):
     assert ids == again == [short_hash("one", n) for n in (1, 2, 3)]
     assert len(set(ids)) == 3
     assert set(ids).isdisjoint(other)
+
+
+@pytest.mark.parametrize("name", ["one", "alpaca_en-demo_2"])
+def test_example_ids_are_the_short_hash_of_name_and_row(name):
+    example_id = _example_ids(name)
+    assert [example_id(n) for n in (0, 1, 41, 10**12)] == [short_hash(name, n) for n in (0, 1, 41, 10**12)]
+
+
+@pytest.mark.parametrize("value", [
+    {"instruction": 'a "quoted" \\ line\n', "n": 1.5, "ok": True, "none": None, "nested": [{"x": "caf\u00e9"}]},
+    ["not", "an", "object"], "text", 10**30,
+])
+def test_raw_preview_is_the_rows_json(value):
+    assert raw_preview(value) == json.dumps(value, ensure_ascii=False, default=str)[:RAW_PREVIEW_CHARS]
 
 
 def test_source_fingerprint_follows_the_bytes(tmp_path):
