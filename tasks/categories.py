@@ -100,6 +100,21 @@ CREATIVE_REQUEST = re.compile(
 CREATIVE_WORDS = re.compile(r"\b(?:imagine|fictional|creative|creatively|once\s+upon\s+a\s+time)\b", _FLAGS)
 
 
+# Literals without which a pattern cannot match: every alternative of the pattern contains one. Why: scanning a long answer with a case-insensitive alternation
+# costs ~100x a substring test, and most texts contain none of these. Only ASCII texts are
+# prefiltered: there, IGNORECASE matches exactly what `lower()` finds; non-ASCII texts (where
+# Unicode case folding has exceptions such as the Kelvin sign) always go to the regex.
+CODE_SYNTAX_LITERALS = ("```", "def", "class", "function", "#include", "import", "console.log")
+CODE_TOPIC_LITERALS = ("python", "java", "kotlin", "php", "golang", "haskell", "bash", "html", "css", "json",
+                       "sql", "regex", "regular", "numpy", "program", "source", "compiler", "debug", "script",
+                       "c++", "c#", "function", "method", "class")
+MATH_WORDS_LITERALS = ("solve", "calculat", "comput", "equation", "integra", "derivative", "differentiate",
+                       "probability", "percent", "arithmetic", "algebra", "geometry", "trigonometry", "theorem",
+                       "factorial", "square", "prime", "fraction", "greatest", "least")
+CREATIVE_REQUEST_LITERALS = ("write", "compose", "create", "tell", "make", "invent")
+CREATIVE_WORDS_LITERALS = ("imagine", "fictional", "creative", "once")
+
+
 def _texts(messages: Iterable[dict[str, Any]], roles: tuple[str, ...]) -> list[str]:
     return [m.get("content") or "" for m in messages if m.get("role") in roles]
 
@@ -108,18 +123,32 @@ def _any(pattern: re.Pattern[str], texts: list[str]) -> bool:
     return any(pattern.search(text) for text in texts)
 
 
+def _any_prefiltered(pattern: re.Pattern[str], literals: tuple[str, ...], texts: list[str]) -> bool:
+    """`_any(pattern, texts)`, skipping the regex on ASCII texts that hold none of `literals`."""
+    for text in texts:
+        if text.isascii():
+            lowered = text.lower()
+            if not any(literal in lowered for literal in literals):
+                continue
+        if pattern.search(text):
+            return True
+    return False
+
+
 def is_code(user: list[str], user_and_assistant: list[str]) -> bool:
-    return _any(CODE_SYNTAX, user_and_assistant) or _any(CODE_TOPIC, user)
+    return (_any_prefiltered(CODE_SYNTAX, CODE_SYNTAX_LITERALS, user_and_assistant)
+            or _any_prefiltered(CODE_TOPIC, CODE_TOPIC_LITERALS, user))
 
 
 def is_math(user: list[str]) -> bool:
-    if _any(ARITHMETIC, user) or _any(MATH_WORDS, user):
+    if _any(ARITHMETIC, user) or _any_prefiltered(MATH_WORDS, MATH_WORDS_LITERALS, user):
         return True
     return any(HOW_MANY.search(text) and DIGIT.search(text) for text in user)
 
 
 def is_creative(user: list[str]) -> bool:
-    return _any(CREATIVE_REQUEST, user) or _any(CREATIVE_WORDS, user)
+    return (_any_prefiltered(CREATIVE_REQUEST, CREATIVE_REQUEST_LITERALS, user)
+            or _any_prefiltered(CREATIVE_WORDS, CREATIVE_WORDS_LITERALS, user))
 
 
 def classify_category(messages: list[dict[str, Any]]) -> str:

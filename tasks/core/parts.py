@@ -9,8 +9,10 @@ where those part tasks run, without changing a byte of the artifact:
 - `dask`: prefect-dask's DaskTaskRunner, on the Dask scheduler at `address`, or on a
   LocalCluster of `workers` single-threaded processes when no address is given.
 
-Every part task writes its output tables as Parquet into a scratch folder next to the artifact
-(so a Dask cluster needs the warehouse on a shared filesystem) and returns only JSON: its stats.
+On `processes` and `dask`, every part task writes its output tables as Parquet into a scratch
+folder next to the artifact (so a Dask cluster needs the warehouse on a shared filesystem) and
+returns only JSON: its stats (`sequential` hands the tables on in memory; the round trip through
+the scratch file is lossless, tests/core/test_parts.py checks the bytes).
 The stage then reads the parts back in input order and writes the artifact itself, so the
 artifact bytes depend on the input and the code, never on which runner ran the parts or in
 which order they finished. The runner is not part of any cache key for the same reason.
@@ -40,9 +42,7 @@ def compute_part(function: str, call: dict[str, Any], input_path: str, out_dir: 
     Module-level and addressed by name, so any worker process can import and run it."""
     from tasks.core.stage import StageCall
 
-    module, name = function.split(":")
-    output: StageOutput = getattr(importlib.import_module(module), name)(
-        StageCall.model_validate(call), pq.read_table(input_path))
+    output = _function(function)(StageCall.model_validate(call), pq.read_table(input_path))
     out = Path(out_dir)
     (out / EXTRA_DIR).mkdir(parents=True, exist_ok=True)
     for table, path in [(output.records, out / RECORDS), (output.decisions, out / DECISIONS),
@@ -51,6 +51,11 @@ def compute_part(function: str, call: dict[str, Any], input_path: str, out_dir: 
         # back is then the very table computed, and the artifact bytes those of a direct write.
         pq.write_table(table, path, compression="none", use_compliant_nested_type=False)
     return {"stats": output.stats}
+
+
+def _function(function: str) -> Callable[[Any, Any], StageOutput]:
+    module, name = function.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def read_part(out_dir: Path) -> StageOutput:
@@ -107,10 +112,11 @@ def map_parts(call: Any, function: str, merge_stats: Callable[[list[dict[str, An
         shutil.rmtree(scratch, ignore_errors=True)
         try:
             runner = task_runner(cfg)
-            if runner is None:
-                for index, path in enumerate(records_paths):  # compute one, hand it on, next
-                    collected.append(compute_part(function, payload, str(path), str(part_dir(index))))
-                    yield read_part(part_dir(index))
+            if runner is None:  # compute one, hand it on, next; no scratch file needed in-process
+                for path in records_paths:
+                    output = _function(function)(call, pq.read_table(path))
+                    collected.append({"stats": output.stats})
+                    yield output
                 return
             from prefect import task
             from prefect.cache_policies import NO_CACHE

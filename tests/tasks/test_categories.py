@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.categories import AUTO, CATEGORIES, classify_category
 
@@ -153,3 +155,21 @@ def test_deterministic_and_total():
     assert {classify_category(messages) for _ in range(5)} == {"creative"}
     assert classify_category([]) == "qa"
     assert classify_category([{"role": "user", "content": None}]) == "qa"
+
+
+# The literal prefilter must never change an answer: on any text, prefiltered == plain regex.
+_PIECES = ["def f(", "class A:", "```", "function (", "#include <", "from a import b", "console.log(",
+           "python", "C++", "c#", "write a function", "code the program", "Java", "SQL", "debugging",
+           "regular expression", " ", "\n", "x", "é", "\u212a", "ſ", "DEF g (", "CLASS B extends", "impl",
+           "Solve", "calculation", "square root", "prime numbers", "Write a", "tell me", "make up", "poem",
+           "story", "Imagine", "once upon a time", "fractions", "Greatest common divisor", "3", "theorem"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=8), max_size=12).map("".join))
+def test_the_literal_prefilters_never_change_a_match(text):
+    import tasks.categories as c
+
+    for name in ("CODE_SYNTAX", "CODE_TOPIC", "MATH_WORDS", "CREATIVE_REQUEST", "CREATIVE_WORDS"):
+        pattern, literals = getattr(c, name), getattr(c, f"{name}_LITERALS")
+        assert c._any_prefiltered(pattern, literals, [text]) == bool(pattern.search(text)), name
