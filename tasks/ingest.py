@@ -48,6 +48,7 @@ ignored: ShareGPT's `tools`, OpenAI's `tool_call_id` and `name`, any extra metad
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import sys
@@ -67,9 +68,10 @@ from tasks.core.records import (
     RAW_PREVIEW_CHARS,
     RECORD_SCHEMA,
     DecisionLog,
+    PartedOutput,
     StageOutput,
 )
-from tasks.core.stage import StageCall, stage_task
+from tasks.core.stage import PART_ROWS, StageCall, stage_task
 from tasks.core.workspace import PathNotAllowed, is_hub_id
 
 LIBRARIES = ("pyarrow", "datasets")
@@ -1024,9 +1026,20 @@ def check_columns(source: SourceConfig) -> None:
 
 
 def read_source(source: SourceConfig, path: Path | None, root: Path | None = None) -> StageOutput:
+    """`read_source_parts` collected into one StageOutput (for tests and small sources)."""
+    output = read_source_parts(source, path, root)
+    parts = list(output.parts)
+    return StageOutput(
+        records=pa.concat_tables([p.records for p in parts]), decisions=pa.concat_tables([p.decisions for p in parts]),
+        extra={"examples": pa.concat_tables([p.extra["examples"] for p in parts])}, stats=output.stats())
+
+
+def read_source_parts(source: SourceConfig, path: Path | None, root: Path | None = None,
+                      rows_per_part: int = PART_ROWS) -> PartedOutput:
     """Read every row of one source: records for rows that became messages, a decision and an
-    examples row for every row read. Raises SourceError when the source yields no valid row.
-    `root` (the project root) makes `source_uri` relative to it."""
+    examples row for every row read, handed on every `rows_per_part` rows read (memory holds one
+    part, whatever the file's size). Raises SourceError, after the last part, when the source
+    yielded no valid row. `root` (the project root) makes `source_uri` relative to it."""
     check_columns(source)
     uri = source_uri(source, path, root)
     category = None if source.category == "auto" else source.category
@@ -1034,57 +1047,73 @@ def read_source(source: SourceConfig, path: Path | None, root: Path | None = Non
         "source": source.name, "source_format": source.format, "source_uri": uri,
         "origin": source.origin, "license": source.license,
     }
-    # Column by column: the tables are built from one list per column, not from a dict per row.
-    examples: dict[str, list[Any]] = {"example_id": [], "source_row": [], "raw": []}
-    records: dict[str, list[Any]] = {"example_id": [], "source_row": [], "source_location": [], "messages": []}
-    decisions = DecisionLog()
     quarantined: Counter[str] = Counter()
     first_problems: list[str] = []
+    totals = {"n_in": 0, "n_records": 0}
     example_id_of = _example_ids(source.name)
-    for row in source_rows(source, path):
-        example_id = example_id_of(row.source_row)
-        examples["example_id"].append(example_id)
-        examples["source_row"].append(row.source_row)
-        examples["raw"].append(row.raw)
-        try:
-            if row.problem is not None:
-                raise row.problem
-            messages = row_messages(row.value, source)
-        except RowProblem as problem:
-            error = escape_surrogates(problem.message)  # messages quote the row's own strings
-            decisions.add(example_id, problem.reason, detail={"location": row.location, "error": error})
-            quarantined[problem.reason.value] += 1
-            if len(first_problems) < FIRST_PROBLEMS_SHOWN:
-                first_problems.append(f"{row.location}: {problem.reason.value}: {error}")
-            continue
-        decisions.add(example_id, Reason.KEPT)
-        records["example_id"].append(example_id)
-        records["source_row"].append(row.source_row)
-        records["source_location"].append(row.location)
-        records["messages"].append(messages)
-    n_in = len(examples["example_id"])
-    if not n_in:
-        raise SourceError(
-            f"source {source.name!r} ({uri}): the source holds no rows (an empty file, only blank lines, "
-            "or an empty array); point `path` at the data, or remove the source from the recipe"
-        )
-    if not records["example_id"]:
-        raise SourceError(
-            f"source {source.name!r} ({uri}): 0 of {n_in} rows could be read; first problems: "
-            f"{'; '.join(first_problems)}; check the file and the source's `format` ({source.format}) "
-            "and `columns` in the recipe"
-        )
-    return StageOutput(
-        records=_columns_table(records, {**provenance, "content_hash": None, "category": category}, RECORD_SCHEMA),
-        decisions=decisions.to_table(),
-        extra={"examples": _columns_table(examples, provenance, EXAMPLE_SCHEMA)},
-        stats={
-            "n_in": n_in,
+
+    def parts() -> Iterator[StageOutput]:
+        rows = source_rows(source, path)
+        while True:
+            # Column by column: the tables are built from one list per column, not from a dict per row.
+            examples: dict[str, list[Any]] = {"example_id": [], "source_row": [], "raw": []}
+            records: dict[str, list[Any]] = {"example_id": [], "source_row": [], "source_location": [], "messages": []}
+            decisions = DecisionLog()
+            for row in itertools.islice(rows, rows_per_part):
+                example_id = example_id_of(row.source_row)
+                examples["example_id"].append(example_id)
+                examples["source_row"].append(row.source_row)
+                examples["raw"].append(row.raw)
+                try:
+                    if row.problem is not None:
+                        raise row.problem
+                    messages = row_messages(row.value, source)
+                except RowProblem as problem:
+                    error = escape_surrogates(problem.message)  # messages quote the row's own strings
+                    decisions.add(example_id, problem.reason, detail={"location": row.location, "error": error})
+                    quarantined[problem.reason.value] += 1
+                    if len(first_problems) < FIRST_PROBLEMS_SHOWN:
+                        first_problems.append(f"{row.location}: {problem.reason.value}: {error}")
+                    continue
+                decisions.add(example_id, Reason.KEPT)
+                records["example_id"].append(example_id)
+                records["source_row"].append(row.source_row)
+                records["source_location"].append(row.location)
+                records["messages"].append(messages)
+            n_read = len(examples["example_id"])
+            if not n_read and totals["n_in"]:
+                break
+            totals["n_in"] += n_read
+            totals["n_records"] += len(records["example_id"])
+            if not totals["n_in"]:
+                raise SourceError(
+                    f"source {source.name!r} ({uri}): the source holds no rows (an empty file, only blank lines, "
+                    "or an empty array); point `path` at the data, or remove the source from the recipe"
+                )
+            yield StageOutput(
+                records=_columns_table(records, {**provenance, "content_hash": None, "category": category},
+                                       RECORD_SCHEMA),
+                decisions=decisions.to_table(),
+                extra={"examples": _columns_table(examples, provenance, EXAMPLE_SCHEMA)},
+            )
+            if n_read < rows_per_part:
+                break
+        if not totals["n_records"]:
+            raise SourceError(
+                f"source {source.name!r} ({uri}): 0 of {totals['n_in']} rows could be read; first problems: "
+                f"{'; '.join(first_problems)}; check the file and the source's `format` ({source.format}) "
+                "and `columns` in the recipe"
+            )
+
+    def stats() -> dict[str, Any]:
+        return {
+            "n_in": totals["n_in"],
             "n_quarantined": sum(quarantined.values()),
             "source": source.name,
             "quarantined_by_reason": dict(sorted(quarantined.items())),
-        },
-    )
+        }
+
+    return PartedOutput(parts(), stats)
 
 
 def _example_ids(source_name: str) -> Callable[[int], str]:
@@ -1113,7 +1142,7 @@ def _columns_table(columns: dict[str, list[Any]], constants: dict[str, Any], sch
 
 
 @stage_task("ingest")
-def ingest_stage(call: StageCall) -> StageOutput:
+def ingest_stage(call: StageCall) -> PartedOutput:
     source = SourceConfig.model_validate(call.config)
     path = Path(call.params["path"]) if call.params.get("path") else None
-    return read_source(source, path, Path(call.root))
+    return read_source_parts(source, path, Path(call.root))

@@ -784,3 +784,34 @@ def test_real_glaive_toolcall_demo_every_row_accounted_for():
     )
     assert quarantined.stats["quarantined_by_reason"] == {"tool_turn_quarantined": n_tool_rows}
     assert quarantined.records.num_rows + quarantined.stats["n_quarantined"] == 300
+
+
+def test_parts_of_a_source_concatenate_to_the_whole(tmp_path):
+    # a source read 7 rows at a time gives the same tables, decisions and stats as in one part
+    from tasks.ingest import read_source_parts
+
+    path = tmp_path / "rows.jsonl"
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]})
+             for i in range(20)]
+    lines[3] = "{broken"
+    path.write_text("\n".join(lines) + "\n")
+    source = SourceConfig(name="s", path="rows.jsonl", format="openai")
+    whole = read_source_parts(source, path, tmp_path, rows_per_part=1000)
+    parted = read_source_parts(source, path, tmp_path, rows_per_part=7)
+    one, many = list(whole.parts), list(parted.parts)
+    assert (len(one), len(many)) == (1, 3)
+    for name in ("records", "decisions"):
+        assert pa.concat_tables([getattr(p, name) for p in many]).equals(getattr(one[0], name))
+    assert pa.concat_tables([p.extra["examples"] for p in many]).equals(one[0].extra["examples"])
+    assert parted.stats() == whole.stats() and parted.stats()["n_in"] == 20
+
+
+def test_a_source_of_exactly_one_full_part_ends_cleanly(tmp_path):
+    from tasks.ingest import read_source_parts
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant",
+                                                     "content": f"a{i}"}]}) + "\n" for i in range(4)))
+    parts = list(read_source_parts(SourceConfig(name="s", path="rows.jsonl", format="openai"), path, tmp_path,
+                                   rows_per_part=4).parts)
+    assert [p.records.num_rows for p in parts] == [4]
