@@ -98,7 +98,12 @@ def detoxify_scorer_name(model: str, huggingface_config_path: str | Path | None,
 
 
 class DetoxifyScorer:
-    """A detoxify model's `toxicity` output, scored in length-sorted batches."""
+    """A detoxify model's `toxicity` output, scored in batches of texts of similar token count.
+
+    The model runs as stored (fp32), so scores match detoxify's own `predict`. int8 dynamic
+    quantization of the Linear layers was tried and is not offered: on bench/toxicity.py's
+    checkpoint it changed more than 1 in 100 keep/drop decisions at the default threshold.
+    """
 
     def __init__(
         self,
@@ -107,6 +112,7 @@ class DetoxifyScorer:
         batch_size: int = 32,
         device: str = "cpu",
         checkpoint_sha256: str | None = None,
+        max_batch_tokens: int = 2048,
     ) -> None:
         from detoxify.detoxify import MODEL_URLS, Detoxify
 
@@ -141,29 +147,53 @@ class DetoxifyScorer:
         self._column = self._detox.class_names.index(TOXICITY_CLASS)
         self._max_tokens = _max_input_tokens(self._detox.tokenizer, self._detox.model.config)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.device = device
         self.name = detoxify_scorer_name(model, huggingface_config_path, digest)
 
     def score(self, texts: list[str]) -> list[float]:
         import torch
 
+        if not texts:
+            return []
         model, tokenizer = self._detox.model, self._detox.tokenizer
         model.eval()
-        # Longest first, so batches hold texts of similar length (little padding) and the
-        # largest batch, which sets peak memory, comes first.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        # Tokenized once, unpadded, so batches can be formed by exact token count: each batch then
+        # holds texts of nearly equal length and pads little. Padding is most of the work when
+        # short prompts and long answers share a batch (every row costs as much as the longest,
+        # and attention grows with its square). Longest first: the largest batch, which sets
+        # peak memory, comes first.
+        encoded = tokenizer(list(texts), truncation=True, max_length=self._max_tokens)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        order = sorted(range(len(texts)), key=lengths.__getitem__, reverse=True)
         scores: list[float] = [0.0] * len(texts)
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                inputs = tokenizer(
-                    [texts[i] for i in batch], return_tensors="pt", padding=True, truncation=True,
-                    max_length=self._max_tokens,
+            for batch in self._batches(order, lengths):
+                inputs = tokenizer.pad(
+                    {key: [values[i] for i in batch] for key, values in encoded.items()}, return_tensors="pt"
                 ).to(model.device)
                 probs = torch.sigmoid(model(**inputs).logits[:, self._column].float()).tolist()
                 for index, prob in zip(batch, probs):
                     scores[index] = float(prob)
         return scores
+
+    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Consecutive texts of `order` (longest first), at most batch_size of them and at most
+        max_batch_tokens padded positions (rows times the first, widest text) per batch.
+
+        The token cap makes long texts go in smaller batches: the long tail's first batch would
+        otherwise pad its shorter members up to the longest text, and padded positions cost as
+        much as real ones.
+        """
+        batches: list[list[int]] = []
+        for index in order:
+            batch = batches[-1] if batches else None
+            if (batch is None or len(batch) >= self.batch_size
+                    or (len(batch) + 1) * lengths[batch[0]] > self.max_batch_tokens):
+                batches.append([index])
+            else:
+                batch.append(index)
+        return batches
 
 
 def _max_input_tokens(tokenizer, config) -> int:
@@ -225,4 +255,4 @@ def load_toxicity_scorer(
         return ProfanityCheckScorer()
     model, config_path = _resolve_detoxify_paths(cfg, resolve)
     return DetoxifyScorer(model, config_path, batch_size=cfg.batch_size, device=device,
-                          checkpoint_sha256=cfg.checkpoint_sha256)
+                          checkpoint_sha256=cfg.checkpoint_sha256, max_batch_tokens=cfg.max_batch_tokens)

@@ -211,6 +211,14 @@ def scan_source(text: str, path: str = "<snippet>") -> tuple[list[Finding], int]
     return scanner.findings, scanner.prefect_sites
 
 
+# Reviewed exceptions, each with its reason: (file, rule).
+ALLOWED = {
+    # Detoxify's checkpoint format is a torch pickle: the toxicity benchmark writes one, for
+    # Detoxify (and the project's pinned-hash loader) to read back, from weights it just built.
+    ("bench/toxicity.py", "pickle-writer"),
+}
+
+
 def project_sources() -> list[Path]:
     return sorted(p for folder in SOURCE_FOLDERS for p in (REPO / folder).rglob("*.py")
                   if "__pycache__" not in p.parts)
@@ -222,7 +230,7 @@ def test_project_source_has_no_unsafe_pattern():
     findings, prefect_sites = [], 0
     for path in files:
         found, sites = scan_source(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
-        findings += found
+        findings += [f for f in found if (f.path, f.rule) not in ALLOWED]
         prefect_sites += sites
     # the scan really covered the project: its stage wrapper and flow are among what it examined
     scanned = {str(p.relative_to(REPO)) for p in files}

@@ -122,6 +122,9 @@ def connect_readonly(path: Path, retry_seconds: float = 10.0) -> duckdb.DuckDBPy
                     config={"enable_external_access": False, "lock_configuration": True})
 
 
+WRITER_MEMORY_LIMIT = "1GB"
+
+
 def _connect(path: Path, retry_seconds: float, **kwargs: Any) -> duckdb.DuckDBPyConnection:
     """duckdb.connect, retried while another process holds the file lock (DuckDB allows one writer)."""
     deadline = time.monotonic() + retry_seconds
@@ -155,7 +158,9 @@ class Catalog:
     @contextlib.contextmanager
     def connect(self, retry_seconds: float = 60.0, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """A write transaction on the working database, published to `path` once committed."""
-        con = _connect(self.writer_path, retry_seconds)
+        # DuckDB's default memory limit is 80% of the machine's RAM; the flow process shares the
+        # machine with its stages, so the writer gets a fixed budget and spills beyond it.
+        con = _connect(self.writer_path, retry_seconds, config={"memory_limit": WRITER_MEMORY_LIMIT})
         try:
             con.execute("BEGIN TRANSACTION")
             try:

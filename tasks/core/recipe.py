@@ -176,7 +176,13 @@ class ToxicityConfig(Section):
     huggingface_config_path: str | None = Field(
         None, description="detoxify offline: local folder with the transformer config and tokenizer."
     )
-    batch_size: int = Field(32, ge=1, description="Texts per detoxify forward pass.")
+    batch_size: int = Field(32, ge=1, description="Texts per detoxify forward pass, at most.")
+    max_batch_tokens: int = Field(
+        2048, ge=1,
+        description="detoxify: padded token positions per forward pass, at most (texts are batched by "
+        "token count, longest first, so long texts go in smaller batches and little is padded). "
+        "A text longer than this is scored alone. Raise it on a GPU, where larger batches pay.",
+    )
 
     @field_validator("checkpoint_sha256")
     @classmethod

@@ -97,6 +97,40 @@ def test_detoxify_batches_restore_input_order(tiny_checkpoint, pin):
     assert batched.score(TEXTS[::-1]) == pytest.approx(scores[::-1], abs=1e-5)
 
 
+def test_detoxify_batches_group_texts_by_token_count(tiny_checkpoint, pin):
+    """Batches hold texts of adjacent token counts, longest first: padding is the least possible."""
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=2, checkpoint_sha256=pin)
+    model = scorer._detox.model
+    seen: list[tuple[int, int]] = []  # (padded width, real tokens) per forward pass
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        mask = kwargs["attention_mask"]
+        seen.append((mask.shape[1], int(mask.sum())))
+        return forward(*args, **kwargs)
+
+    model.forward = recording
+    # Character length misleads here: one long unknown word is a single token, "a a a a a a" six.
+    texts = ["supercalifragilisticexpialidocious", "you are a nice kind person", "a a a a a a", "hello",
+             "the cat", "what is this"]
+    scorer.score(texts)
+    lengths = sorted((len(ids) for ids in scorer._detox.tokenizer(texts)["input_ids"]), reverse=True)
+    assert [width for width, _ in seen] == lengths[::2]  # each batch as wide as its longest text
+    assert sum(real for _, real in seen) == sum(lengths)
+
+
+def test_detoxify_batches_cap_padded_tokens(tiny_checkpoint, pin):
+    """max_batch_tokens bounds rows x width: long texts go in smaller batches, a too-long one alone."""
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=4, max_batch_tokens=12, checkpoint_sha256=pin)
+    lengths = [14, 6, 6, 5, 3, 3, 3, 3, 3]  # longest first, as score() orders them
+    batches = scorer._batches(list(range(len(lengths))), lengths)
+    assert batches == [[0], [1, 2], [3, 4], [5, 6, 7, 8]]
+    assert all(len(b) * lengths[b[0]] <= 12 for b in batches[1:])  # the 14-token text is alone
+    capped = scorer.score(TEXTS)
+    assert capped == pytest.approx(DetoxifyScorer(str(tiny_checkpoint), None, checkpoint_sha256=pin).score(TEXTS),
+                                   abs=1e-5)
+
+
 def test_detoxify_uses_the_toxicity_output(tiny_checkpoint, pin):
     import torch
 
@@ -125,6 +159,7 @@ def test_load_confines_paths_and_matches_planned_name(tiny_checkpoint, pin):
                          checkpoint_sha256=pin)
     scorer = load_toxicity_scorer(cfg, ws.resolve_input)
     assert isinstance(scorer, DetoxifyScorer) and scorer.batch_size == 2
+    assert scorer.max_batch_tokens == cfg.max_batch_tokens == ToxicityConfig.model_fields["max_batch_tokens"].default
     assert scorer.name == toxicity_scorer_name(cfg, ws.resolve_input)
     assert len(scorer.score(TEXTS)) == len(TEXTS)
 
