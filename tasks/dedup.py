@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 # every `sftflow` command would pay for while only planning a run.
 
 LIBRARIES = ("datasketch", "numpy")
-DECIDING_COLUMNS = ("example_id", "content_hash", "messages")  # numpy: datasketch's hash values and permutations
+KEY_COLUMNS = ("example_id", "content_hash")
+DECIDING_COLUMNS = (*KEY_COLUMNS, "messages")  # numpy: datasketch's hash values and permutations
 
 # Unicode word characters: punctuation and case never separate two texts that say the same words.
 WORD = re.compile(r"\w+")
@@ -322,6 +323,27 @@ def _shingles_of(records: pa.Table, positions: Sequence[int], ngram: int) -> Ite
             yield shingles(conversation_text(messages), ngram)
 
 
+def _message_batches(column: pa.ChunkedArray) -> Iterator[list[Any]]:
+    for start in range(0, len(column), ROWS_PER_TEXT_BATCH):
+        yield column.slice(start, ROWS_PER_TEXT_BATCH).to_pylist()
+
+
+def signatures_in_order(batches: Iterable[list[Any]], n_rows: int, cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(shingle count per row, signature matrix) of all rows, in input order, a batch at a time:
+    only one batch of conversations and shingle hashes is ever held."""
+    n_shingles = np.zeros(n_rows, dtype=np.int64)
+    signatures = np.empty((n_rows, cfg.num_perm), dtype=np.uint32)
+    start = 0
+    for batch in batches:
+        hashes = [shingle_hashes(shingles(conversation_text(m), cfg.ngram)) for m in batch]
+        n_shingles[start : start + len(batch)] = [len(h) for h in hashes]
+        signatures[start : start + len(batch)] = signature_matrix(hashes, cfg.num_perm, cfg.seed)
+        start += len(batch)
+    if start != n_rows:
+        raise ValueError(f"dedup: {start} conversations for {n_rows} rows")
+    return n_shingles, signatures
+
+
 def _near_pairs(
     rows: np.ndarray | Sequence[Sequence[bytes]], cfg: NearDedupConfig
 ) -> tuple[list[tuple[int, int, float]], int, Callable[[int, int], float]]:
@@ -345,10 +367,16 @@ def deduplicate(records: pa.Table, cfg: DedupConfig) -> StageOutput:
     return StageOutput(records=records.filter(pa.array(kept, pa.bool_())), decisions=decisions, stats=stats)
 
 
-def dedup_decisions(records: pa.Table, cfg: DedupConfig) -> tuple[pa.Table, list[bool], dict[str, Any]]:
+def dedup_decisions(
+    records: pa.Table, cfg: DedupConfig, messages: Callable[[], Iterable[list[Any]]] | None = None
+) -> tuple[pa.Table, list[bool], dict[str, Any]]:
     """(decisions in example_id order, kept flag per input row, stats) of `deduplicate`.
 
-    Reads only the example_id, content_hash and messages columns of `records`."""
+    Reads the example_id and content_hash columns of `records`; `messages()` yields the rows'
+    conversations in input order, in batches (default: from the table's messages column). The
+    datasketch backend reads the messages column of `records` itself."""
+    if messages is None:
+        messages = lambda: _message_batches(records.column("messages"))  # noqa: E731
     example_ids = records.column("example_id").to_pylist()
     _check_ids(example_ids)
     n_rows = len(example_ids)
@@ -372,30 +400,28 @@ def dedup_decisions(records: pa.Table, cfg: DedupConfig) -> tuple[pa.Table, list
     near_clusters: list[list[int]] = []
     if near.enabled and representatives:
         _check_bands(near)
-        eligible: list[int] = []
-        # numpy: signature rows filled a batch at a time, so only one batch of shingle hashes is
-        # ever held; datasketch (the reference): every row's shingles, hashed at the end.
-        signatures = np.empty((len(representatives), near.num_perm), dtype=np.uint32)
-        pending: list[Any] = []
-        for position, grams in zip(representatives, _shingles_of(records, representatives, near.ngram)):
-            if len(grams) < near.min_shingles:  # too little text for a meaningful Jaccard
-                n_skipped += 1
-                outcome[position] = (Reason.KEPT, None, {"near_skipped_n_shingles": len(grams)}, None)
-                continue
-            eligible.append(position)
-            if near.backend != "numpy":
-                pending.append(grams)
-                continue
-            pending.append(shingle_hashes(grams))
-            if len(pending) == ROWS_PER_TEXT_BATCH:
-                signatures[len(eligible) - len(pending) : len(eligible)] = signature_matrix(pending, near.num_perm, near.seed)
-                pending = []
         if near.backend == "numpy":
-            if pending:
-                signatures[len(eligible) - len(pending) : len(eligible)] = signature_matrix(pending, near.num_perm, near.seed)
-            verified, n_candidates, similarity = _near_pairs(signatures[: len(eligible)], near)
-        else:
-            verified, n_candidates, similarity = _near_pairs(pending, near)
+            # Every row's shingle count and signature in input order, from batches of messages
+            # (the stage streams them from its input parts), then the eligible representatives'.
+            n_shingles, row_signatures = signatures_in_order(messages(), n_rows, near)
+            eligible = [p for p in representatives if n_shingles[p] >= near.min_shingles]
+            signatures = row_signatures[np.array(eligible, dtype=np.int64)]
+            del row_signatures
+            skipped = [p for p in representatives if n_shingles[p] < near.min_shingles]
+            verified, n_candidates, similarity = _near_pairs(signatures, near)
+        else:  # the reference: every representative's shingles, hashed by datasketch
+            eligible, shingled, skipped, n_shingles = [], [], [], {}
+            for position, grams in zip(representatives, _shingles_of(records, representatives, near.ngram)):
+                n_shingles[position] = len(grams)
+                if len(grams) < near.min_shingles:
+                    skipped.append(position)
+                else:
+                    eligible.append(position)
+                    shingled.append(grams)
+            verified, n_candidates, similarity = _near_pairs(shingled, near)
+        for position in skipped:  # too little text for a meaningful Jaccard
+            outcome[position] = (Reason.KEPT, None, {"near_skipped_n_shingles": int(n_shingles[position])}, None)
+        n_skipped = len(skipped)
         near_clusters = clusters(len(eligible), verified)
         for representative, *members in near_clusters:  # indices into `eligible`, sorted
             rep_position = eligible[representative]
@@ -435,9 +461,18 @@ def dedup_decisions(records: pa.Table, cfg: DedupConfig) -> tuple[pa.Table, list
 def dedup_stage(call: StageCall) -> PartedOutput:
     """Decide over the whole input (duplicates cross parts), from the three columns that needs;
     then write the kept rows part by part: the other columns are never all in memory at once."""
+    cfg = DedupConfig.model_validate(call.config)
     paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
-    needed = pa.concat_tables([pq.read_table(path, columns=list(DECIDING_COLUMNS)) for path in paths])
-    decisions, kept, stats = dedup_decisions(needed, DedupConfig.model_validate(call.config))
+    # The datasketch reference shingles representatives in example_id order: it needs every
+    # conversation at hand. The numpy backend reads them part by part, in input order.
+    columns = list(DECIDING_COLUMNS if cfg.near.enabled and cfg.near.backend == "datasketch" else KEY_COLUMNS)
+    needed = pa.concat_tables([pq.read_table(path, columns=columns) for path in paths])
+
+    def messages() -> Iterator[list[Any]]:
+        for path in paths:
+            yield from _message_batches(pq.read_table(path, columns=["messages"]).column("messages"))
+
+    decisions, kept, stats = dedup_decisions(needed, cfg, messages)
     del needed
 
     def parts() -> Iterator[StageOutput]:

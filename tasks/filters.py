@@ -160,7 +160,7 @@ def filter_records(
         measured = measured.append_column(name, column)
     kept = measured.filter(pa.array(keep, pa.bool_()))
 
-    reasons = Counter(row["reason"] for row in log.rows)
+    reasons = Counter(log.columns["reason"])
     stats = {
         "n_in": records.num_rows,
         "n_out": kept.num_rows,

@@ -75,11 +75,17 @@ def records_from_rows(rows: Iterable[dict[str, Any]], schema: pa.Schema = RECORD
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-@dataclass
 class DecisionLog:
-    """Collects one decision per judged example; refuses reasons outside the vocabulary."""
+    """Collects one decision per judged example; refuses reasons outside the vocabulary.
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    Stored as one list per column, not a dict per row: a stage deciding over a million rows
+    (dedup, score, mix) holds six lists instead of a million dicts.
+    """
+
+    COLUMNS = ("example_id", "kept", "reason", "score", "detail", "dup_of")
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {name: [] for name in self.COLUMNS}
 
     def add(
         self,
@@ -91,22 +97,27 @@ class DecisionLog:
         dup_of: str | None = None,
     ) -> None:
         reason = Reason(reason)  # raises ValueError for a reason outside the closed vocabulary
-        self.rows.append(
-            {
-                "example_id": example_id,
-                "kept": reason in KEPT_REASONS,
-                "reason": reason.value,
-                "score": None if score is None else float(score),
-                "detail": json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None,
-                "dup_of": dup_of,
-            }
-        )
+        columns = self.columns
+        columns["example_id"].append(example_id)
+        columns["kept"].append(reason in KEPT_REASONS)
+        columns["reason"].append(reason.value)
+        columns["score"].append(None if score is None else float(score))
+        columns["detail"].append(json.dumps(detail, sort_keys=True, ensure_ascii=False) if detail else None)
+        columns["dup_of"].append(dup_of)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The decisions as dicts (for small logs and tests)."""
+        return [dict(zip(self.COLUMNS, values)) for values in zip(*self.columns.values())]
 
     def to_table(self) -> pa.Table:
-        return pa.Table.from_pylist(self.rows, schema=DECISION_SCHEMA)
+        # One contiguous array per column, the layout Table.from_pylist gives (the Parquet bytes
+        # depend on it).
+        return pa.Table.from_arrays([pa.array(self.columns[f.name], type=f.type) for f in DECISION_SCHEMA],
+                                    schema=DECISION_SCHEMA)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.columns["example_id"])
 
 
 @dataclass

@@ -392,3 +392,26 @@ def test_signature_batches_do_not_change_decisions(monkeypatch):
     whole = deduplicate(table(rows), CFG)
     monkeypatch.setattr(dedup, "ROWS_PER_TEXT_BATCH", 7)
     assert deduplicate(table(rows), CFG).decisions.equals(whole.decisions)
+
+
+def test_stage_over_parts_decides_like_one_table(tmp_path):
+    # the stage streams conversations part by part; its decisions and rows are the in-memory ones
+    import pyarrow.parquet as pq
+
+    from tasks.core.artifacts import ArtifactStore
+    from tasks.core.stage import StageCall, execute
+
+    whole = table(graded_rows())
+    writer = ArtifactStore(tmp_path / "artifacts").writer("normalize", "in")
+    for part, start in enumerate(range(0, whole.num_rows, 30)):
+        writer.write_table(f"records-{part:05d}.parquet", whole.slice(start, 30))
+    normalized = writer.commit(inputs=[], config_hash="c", code_hash="h", n_in=whole.num_rows,
+                               n_out=whole.num_rows, stats={})
+    call = StageCall(stage="dedup", key="d", code_hash="h", config=CFG.canonical(), config_hash="c",
+                     inputs=[normalized], root=str(tmp_path), warehouse=str(tmp_path))
+    manifest, _ = execute(call, dedup_stage.compute)
+    reference = deduplicate(whole, CFG)
+    assert pq.read_table(manifest.file("decisions.parquet")).equals(reference.decisions)
+    kept = pa.concat_tables([pq.read_table(p) for p in manifest.files_named("records")])
+    assert kept.column("example_id").to_pylist() == reference.records.column("example_id").to_pylist()
+    assert {k: v for k, v in manifest.stats.items() if k != "compute_seconds"} == reference.stats
