@@ -36,6 +36,12 @@ def render(records: list[dict]) -> str:
         for ratio in record["ratios"]:
             if ratio.get("note"):
                 lines.append(f"- `{ratio['name']}`: {ratio['note']}")
+        stages = record.get("details", {}).get("stages")
+        if stages:  # per-stage throughput (bench/scale.py)
+            lines += ["", "| stage | in | out | seconds | rows/s |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {s['stage']}{' ' + s['label'] if s.get('label') else ''} | {s['n_in']} | {s['n_out']} | "
+                      f"{s['seconds']} | {s['rows_per_s']} |" for s in stages]
+            lines.append("")
         lines += [
             f"- command: `{record['command']}`{' (quick mode)' if record.get('quick') else ''}",
             f"- finished: {record['finished_at']}",
