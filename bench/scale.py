@@ -180,22 +180,13 @@ class TreeMemory:
 
 # -------------------------------------------------------------------------------- the run --
 def ledger(catalog: Path, run_id: str) -> dict[str, Any]:
+    from tasks.core.audit import UNACCOUNTED_ROWS_SQL
     from tasks.core.catalog import connect_readonly
 
     with connect_readonly(catalog) as con:
         rows = con.execute("SELECT stage, n_in, n_kept, n_dropped FROM ledger_by_run l JOIN stage_order o "
                            "USING (stage) WHERE run_id = ? ORDER BY ordinal", [run_id]).fetchall()
-        lost = con.execute(
-            """WITH keys AS (SELECT key FROM stage_runs WHERE run_id = ?),
-                    read_rows AS (SELECT example_id FROM decisions
-                                  WHERE stage = 'ingest' AND artifact_id IN (SELECT key FROM keys)),
-                    dropped AS (SELECT example_id FROM decisions
-                                WHERE NOT kept AND artifact_id IN (SELECT key FROM keys)),
-                    sharded AS (SELECT se.example_id FROM shard_examples se JOIN shards s USING (shard_id)
-                                WHERE s.artifact_id IN (SELECT key FROM keys))
-               SELECT count(*) FROM read_rows
-               WHERE example_id NOT IN (SELECT example_id FROM dropped)
-                 AND example_id NOT IN (SELECT example_id FROM sharded)""", [run_id]).fetchone()[0]
+        lost = con.execute(UNACCOUNTED_ROWS_SQL, [run_id]).fetchone()[0]
         stages = con.execute("SELECT stage, label, n_in, n_out, seconds, cache_hit FROM stage_runs sr "
                              "JOIN stage_order o USING (stage) WHERE run_id = ? ORDER BY ordinal, label",
                              [run_id]).fetchall()

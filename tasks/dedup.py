@@ -18,6 +18,7 @@ pairs, `clusters`) with two interchangeable backends for the middle three (`dedu
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from hashlib import sha1
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from tasks.core.recipe import DedupConfig, NearDedupConfig
 from tasks.core.reasons import Reason
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import RECORDS_PREFIX, StageCall, stage_task
+from tasks.core.stage import StageCall, records_paths, stage_task
 
 if TYPE_CHECKING:
     from datasketch import LeanMinHash
@@ -158,6 +159,7 @@ def _fmix32(values: np.ndarray) -> np.ndarray:
     return values ^ (values >> np.uint32(16))
 
 
+@functools.lru_cache(maxsize=8)  # signature_matrix runs once per batch of rows: build them once
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from datasketch import MinHash
 
@@ -462,7 +464,7 @@ def dedup_stage(call: StageCall) -> PartedOutput:
     """Decide over the whole input (duplicates cross parts), from the three columns that needs;
     then write the kept rows part by part: the other columns are never all in memory at once."""
     cfg = DedupConfig.model_validate(call.config)
-    paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
+    paths = records_paths(call.inputs)
     # The datasketch reference shingles representatives in example_id order: it needs every
     # conversation at hand. The numpy backend reads them part by part, in input order.
     columns = list(DECIDING_COLUMNS if cfg.near.enabled and cfg.near.backend == "datasketch" else KEY_COLUMNS)

@@ -20,7 +20,7 @@ from tasks.core.reasons import Reason
 from tasks.core.recipe import FilterConfig
 from tasks.core.parts import map_parts, sum_counts
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import RECORDS_PREFIX, StageCall, stage_task
+from tasks.core.stage import StageCall, stage_task
 from tasks.core.workspace import Workspace
 from tasks.decontaminate import contamination_hits, eval_set_fingerprints, load_eval_ngrams
 from tasks.tokens import BUILTIN_MINILM, TokenCounter, load_token_counter, tokenizer_fingerprint
@@ -221,5 +221,4 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------- Prefect wrapper --
 @stage_task("filter")
 def filter_stage(call: StageCall) -> PartedOutput:
-    paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
-    return map_parts(call, "tasks.filters:filter_part", merge_stats, paths)
+    return map_parts(call, "tasks.filters:filter_part", merge_stats)

@@ -34,7 +34,7 @@ from tasks.core.reasons import Reason
 from tasks.core.recipe import NormalizeConfig
 from tasks.core.parts import map_parts, sum_counts
 from tasks.core.records import RECORD_SCHEMA, ROLES, DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import RECORDS_PREFIX, StageCall, stage_task
+from tasks.core.stage import StageCall, stage_task
 
 LIBRARIES: tuple[str, ...] = ("unicodedata",)  # stdlib only: the Unicode database version enters the key
 
@@ -322,5 +322,4 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 @stage_task("normalize")
 def normalize_stage(call: StageCall) -> PartedOutput:
-    paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
-    return map_parts(call, "tasks.normalize:normalize_part", merge_stats, paths)
+    return map_parts(call, "tasks.normalize:normalize_part", merge_stats)

@@ -26,7 +26,7 @@ from tasks.core.reasons import Reason
 from tasks.core.recipe import ScoreConfig
 from tasks.core.parts import sum_counts
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import RECORDS_PREFIX, StageCall, stage_task
+from tasks.core.stage import StageCall, records_paths, stage_task
 from tasks.core.workspace import Workspace
 from tasks.scorers import QualityScorer, load_quality_scorer, prompt_response
 
@@ -213,5 +213,5 @@ def score_stage(call: StageCall) -> PartedOutput:
     cfg = ScoreConfig.model_validate(call.config)
     ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
     scorer = load_quality_scorer(cfg, ws.resolve_input) if cfg.enabled else None
-    paths = [path for m in call.inputs for path in m.files_named(RECORDS_PREFIX)]
+    paths = records_paths(call.inputs)
     return score_parts(lambda: (pq.read_table(path) for path in paths), cfg, scorer)

@@ -27,6 +27,22 @@ class NotFound(LookupError):
     """The id names nothing in the catalog (or a prefix names several things)."""
 
 
+# Rows one run read (ingest decisions) that are neither in one of its shards nor dropped by one
+# of its stages, for a run_id parameter: the ledger rule "nothing is lost silently" as a count.
+UNACCOUNTED_ROWS_SQL = """
+WITH keys AS (SELECT key FROM stage_runs WHERE run_id = ?),
+     read_rows AS (SELECT example_id FROM decisions
+                   WHERE stage = 'ingest' AND artifact_id IN (SELECT key FROM keys)),
+     dropped AS (SELECT example_id FROM decisions
+                 WHERE NOT kept AND artifact_id IN (SELECT key FROM keys)),
+     sharded AS (SELECT se.example_id FROM shard_examples se JOIN shards s USING (shard_id)
+                 WHERE s.artifact_id IN (SELECT key FROM keys))
+SELECT count(*) FROM read_rows
+WHERE example_id NOT IN (SELECT example_id FROM dropped)
+  AND example_id NOT IN (SELECT example_id FROM sharded)
+"""
+
+
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
     cursor = con.execute(sql, params)
     columns = [d[0] for d in cursor.description]

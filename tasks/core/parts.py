@@ -95,11 +95,13 @@ def run_runner(cfg: RunnerConfig) -> Iterator[dict[str, Any]]:
         yield {**cfg.canonical(), "address": cluster.scheduler_address}
 
 
-def map_parts(call: Any, function: str, merge_stats: Callable[[list[dict[str, Any]]], dict[str, Any]],
-              records_paths: list[Path]) -> PartedOutput:
+def map_parts(call: Any, function: str, merge_stats: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> PartedOutput:
     """Compute `function` over every records part of the stage's input; a PartedOutput in input order.
 
     `merge_stats` turns the parts' stats (in input order) into the stage's stats."""
+    from tasks.core.stage import records_paths as input_parts
+
+    records_paths = input_parts(call.inputs)
     cfg = RunnerConfig.model_validate(call.params.get("runner") or {})
     scratch = call.store.stage_dir(call.stage) / f"{TMP_PREFIX}parts-{call.key}"
     payload = call.model_dump(mode="json")

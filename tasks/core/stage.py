@@ -72,9 +72,14 @@ def plan_stage(
     )
 
 
+def records_paths(manifests: list[Manifest]) -> list[Path]:
+    """The records parts of input artifacts, in order."""
+    return [p for m in manifests for p in m.files_named(RECORDS_PREFIX)]
+
+
 def read_records(manifests: list[Manifest]) -> pa.Table:
     """The concatenated records of input artifacts."""
-    return read_tables([p for m in manifests for p in m.files_named(RECORDS_PREFIX)])
+    return read_tables(records_paths(manifests))
 
 
 def execute(call: StageCall, compute: Callable[[StageCall], StageOutput | PartedOutput]) -> tuple[Manifest, bool]:

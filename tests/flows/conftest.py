@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.audit import UNACCOUNTED_ROWS_SQL
 from tasks.core.catalog import connect_readonly
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,19 +96,7 @@ def _assert_ledger_balances(root: Path, run_id: str) -> None:
         for stage, n_in, n_kept, n_dropped in rows:
             assert n_in == n_kept + n_dropped, stage
         # Every row read is either in a shard of this run's mix or has a drop decision in this run.
-        lost = con.execute(
-            """WITH keys AS (SELECT key FROM stage_runs WHERE run_id = ?),
-                    read_rows AS (SELECT example_id FROM decisions
-                                  WHERE stage = 'ingest' AND artifact_id IN (SELECT key FROM keys)),
-                    dropped AS (SELECT example_id FROM decisions
-                                WHERE NOT kept AND artifact_id IN (SELECT key FROM keys)),
-                    sharded AS (SELECT se.example_id FROM shard_examples se JOIN shards s USING (shard_id)
-                                WHERE s.artifact_id IN (SELECT key FROM keys))
-               SELECT count(*) FROM read_rows
-               WHERE example_id NOT IN (SELECT example_id FROM dropped)
-                 AND example_id NOT IN (SELECT example_id FROM sharded)""",
-            [run_id],
-        ).fetchone()[0]
+        lost = con.execute(UNACCOUNTED_ROWS_SQL, [run_id]).fetchone()[0]
         assert lost == 0
         # the audit views answer for the latest run: nothing it put in a shard shows up as dropped
         if run_id == con.execute("SELECT run_id FROM runs WHERE status = 'completed' "
