@@ -38,9 +38,12 @@ def render(records: list[dict]) -> str:
                 lines.append(f"- `{ratio['name']}`: {ratio['note']}")
         stages = record.get("details", {}).get("stages")
         if stages:  # per-stage throughput (bench/scale.py)
-            lines += ["", "| stage | in | out | seconds | rows/s |", "|---|---:|---:|---:|---:|"]
+            with_peak = any(s.get("peak_rss_tree_bytes") for s in stages)
+            lines += ["", "| stage | in | out | seconds | rows/s |" + (" peak RSS GiB |" if with_peak else ""),
+                      "|---|---:|---:|---:|---:|" + ("---:|" if with_peak else "")]
             lines += [f"| {s['stage']}{' ' + s['label'] if s.get('label') else ''} | {s['n_in']} | {s['n_out']} | "
-                      f"{s['seconds']} | {s['rows_per_s']} |" for s in stages]
+                      f"{s['seconds']} | {s['rows_per_s']} |"
+                      + (f" {(s.get('peak_rss_tree_bytes') or 0) / 2**30:.2f} |" if with_peak else "") for s in stages]
             lines.append("")
         lines += [
             f"- command: `{record['command']}`{' (quick mode)' if record.get('quick') else ''}",

@@ -134,6 +134,7 @@ class TreeMemory:
         self.pid, self.interval_s = pid, interval_s
         self.peak_bytes = 0
         self.root_hwm_bytes = 0
+        self.samples: list[tuple[float, int, int]] = []  # (epoch seconds, tree RSS, flow process RSS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -144,6 +145,11 @@ class TreeMemory:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+
+    def peaks_between(self, start_s: float, end_s: float) -> tuple[int, int]:
+        """(tree, flow process) peak RSS bytes sampled in (start_s, end_s]."""
+        window = [(tree, root) for t, tree, root in self.samples if start_s < t <= end_s]
+        return max((tree for tree, _ in window), default=0), max((root for _, root in window), default=0)
 
     def _children(self) -> dict[int, list[int]]:
         tree: dict[int, list[int]] = {}
@@ -174,6 +180,7 @@ class TreeMemory:
                 total += self._status_kib(pid, "VmRSS") * 1024
                 todo += tree.get(pid, [])
             self.peak_bytes = max(self.peak_bytes, total)
+            self.samples.append((time.time(), total, self._status_kib(self.pid, "VmRSS") * 1024))
             self.root_hwm_bytes = max(self.root_hwm_bytes, self._status_kib(self.pid, "VmHWM") * 1024)
             self._stop.wait(self.interval_s)
 
@@ -190,10 +197,15 @@ def ledger(catalog: Path, run_id: str) -> dict[str, Any]:
         stages = con.execute("SELECT stage, label, n_in, n_out, seconds, cache_hit FROM stage_runs sr "
                              "JOIN stage_order o USING (stage) WHERE run_id = ? ORDER BY ordinal, label",
                              [run_id]).fetchall()
+        # When each stage's last artifact was committed (second precision): the memory timeline
+        # is cut at these instants to attribute its peaks to stages.
+        ends = con.execute("SELECT stage, max(epoch(created_at)) FROM artifacts JOIN stage_order o USING (stage) "
+                           "WHERE run_id = ? GROUP BY stage, ordinal ORDER BY ordinal", [run_id]).fetchall()
     return {
         "by_stage": [dict(zip(("stage", "n_in", "n_kept", "n_dropped"), r)) for r in rows],
         "balanced": all(n_in == kept + dropped for _, n_in, kept, dropped in rows) and lost == 0,
         "rows_lost": lost,
+        "stage_ends": [(stage, float(end)) for stage, end in ends],
         "stages": [{"stage": s, "label": label, "n_in": n_in, "n_out": n_out, "seconds": round(sec, 2),
                     "rows_per_s": round(n_in / sec) if sec else None, "cache_hit": hit}
                    for s, label, n_in, n_out, sec, hit in stages],
@@ -224,7 +236,7 @@ def main() -> None:
         env.update(SFTFLOW_ROOT=str(root), SFTFLOW_DATA_DIRS=str(DATA_DIR), PREFECT_HOME=str(root / "prefect-home"),
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
         command = [sys.executable, "-m", "flows.cli", "run", "scale.yaml", "--only", "data"]
-        started = time.perf_counter()
+        started, started_epoch = time.perf_counter(), time.time()
         process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         with TreeMemory(process.pid) as memory:
@@ -242,9 +254,20 @@ def main() -> None:
         shutil.rmtree(root / "data" / "warehouse", ignore_errors=True)
 
     peak_gib = memory.peak_bytes / 2**30
+    # Peak tree RSS while each stage ran: from the previous stage's commit (or the start) to this
+    # stage's commit; "finish" is the catalog's last writes and the server's shutdown.
+    peaks, previous = {}, started_epoch
+    for stage, end in checked.pop("stage_ends"):
+        peaks[stage] = memory.peaks_between(previous, end + 1.0)
+        previous = end + 1.0
+    peaks["finish"] = memory.peaks_between(previous, float("inf"))
+    for stage in checked["stages"]:
+        stage["peak_rss_tree_bytes"], stage["peak_rss_flow_process_bytes"] = peaks.get(stage["stage"], (None, None))
     for stage in checked["stages"]:
         print(f"  {stage['stage']:<9} {stage['label']:<10} in {stage['n_in']:>8}  out {stage['n_out']:>8}  "
-              f"{stage['seconds']:>8.1f}s  {stage['rows_per_s'] or 0:>8} rows/s", flush=True)
+              f"{stage['seconds']:>8.1f}s  {stage['rows_per_s'] or 0:>8} rows/s  "
+              f"peak tree {(stage['peak_rss_tree_bytes'] or 0) / 2**30:.2f} GiB, flow process "
+              f"{(stage['peak_rss_flow_process_bytes'] or 0) / 2**30:.2f} GiB", flush=True)
     print(f"  wall {wall:.0f}s, peak RSS (process tree) {peak_gib:.2f} GiB, flow process VmHWM "
           f"{memory.root_hwm_bytes / 2**30:.2f} GiB, ledger balanced: {checked['balanced']}", flush=True)
     ratios = [
@@ -255,7 +278,8 @@ def main() -> None:
                    f"{checked['rows_lost']}"),
     ]
     details = {"n_rows": n_rows, "source_bytes": source.stat().st_size, "wall_seconds": round(wall, 1),
-               "peak_rss_tree_bytes": memory.peak_bytes, "flow_process_vmhwm_bytes": memory.root_hwm_bytes,
+               "peak_rss_tree_bytes": memory.peak_bytes, "peak_rss_tree_bytes_after_mix": peaks["finish"][0],
+               "flow_process_vmhwm_bytes": memory.root_hwm_bytes,
                "command": " ".join(command[2:]), "recipe": RECIPE.format(source="data/scale.jsonl"), **checked}
     report("scale", ratios, details, quick=args.quick, libraries=("pyarrow", "duckdb", "prefect", "datasketch"))
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -52,23 +54,31 @@ def run(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    from flows.operate import running_local_server
+    from flows.operate import TemporaryServer, ephemeral_startup_timeout_s, running_local_server
 
     api_url = running_local_server()
+    temporary = None
     if api_url:
         # Report to the `sftflow ui` server that is up (set before Prefect is imported).
         os.environ["PREFECT_API_URL"] = api_url
         console.print(f"reporting to the Prefect server at {api_url}")
+    elif not os.environ.get("PREFECT_API_URL"):
+        temporary = TemporaryServer()  # comes up while the pipeline is imported below
+        # Stopped at exit, after Prefect's own exit hooks (registered later, so run earlier)
+        # have sent the run's last logs and events to it.
+        atexit.register(temporary.stop)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(int(ephemeral_startup_timeout_s())))
 
     if wait_seconds is not None:
         os.environ[LOCK_WAIT_ENV] = str(wait_seconds)  # read by the flow, wherever it runs
-    from flows.pipeline import sftflow_pipeline
-
     try:
-        summary = sftflow_pipeline(
-            recipe_path=str(recipe), overrides=list(set_), only=only,
-            root=str(root) if root else None, warehouse=str(warehouse) if warehouse else None,
-        )
+        from flows.pipeline import sftflow_pipeline
+
+        with _reporting_to(temporary):
+            summary = sftflow_pipeline(
+                recipe_path=str(recipe), overrides=list(set_), only=only,
+                root=str(root) if root else None, warehouse=str(warehouse) if warehouse else None,
+            )
     except WorkspaceBusy as exc:
         console.print(f"[red]busy:[/red] {exc}")
         raise typer.Exit(BUSY_EXIT_CODE) from None
@@ -76,6 +86,33 @@ def run(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     print_summary(summary)
+
+
+@contextlib.contextmanager
+def _reporting_to(temporary: Any) -> Iterator[None]:
+    """Point Prefect at the run's early-started temporary server, when it is up and Prefect's
+    settings (a profile may name a server) leave the run to a temporary server at all."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from flows.operate import ephemeral_startup_timeout_s
+
+    settings = get_current_settings()
+    if temporary is None or settings.api.url or not settings.server.ephemeral.enabled:
+        yield
+        return
+    if not temporary.wait_ready(ephemeral_startup_timeout_s()):
+        console.print(f"[yellow]note:[/yellow] the early Prefect server {temporary.failure()}; "
+                      "Prefect starts its own temporary server instead")
+        temporary.stop()
+        yield
+        return
+    # Child processes (part workers) read the environment; this process reads its settings.
+    os.environ["PREFECT_API_URL"] = temporary.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: temporary.api_url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -8,8 +8,13 @@ parameters.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -89,6 +94,70 @@ def running_local_server(port: int = DEFAULT_UI_PORT) -> str | None:
         return None
     url = local_api_url(port)
     return url if server_is_up(url) else None
+
+
+class TemporaryServer:
+    """Prefect's temporary API server for one `sftflow run`, started before the flow is imported.
+
+    Prefect starts the same server itself (uvicorn serving `prefect.server.api.server:create_app`
+    in ephemeral mode) at the flow's first API call, but only after importing that module into
+    the flow process (about 6 s here) and only then waiting for the server's own start-up; an
+    unchanged re-run spends most of its time there. Prefect has no way to start it without the
+    import, so this starts the same command as a child process first, lets it come up while the
+    flow process imports the pipeline, and points the run at it. If it does not come up, the run
+    falls back to Prefect's own temporary server.
+    """
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind((LOOPBACK, 0))
+            self.port = probe.getsockname()[1]
+        self.api_url = local_api_url(self.port)
+        self._stderr = tempfile.TemporaryFile()
+        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # no import of prefect
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+             "prefect.server.api.server:create_app", "--host", LOOPBACK, "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"],
+            env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the server answers its health check within timeout_s (False if it exited)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if server_is_up(self.api_url):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def failure(self) -> str:
+        """Why the server is not up, for the fallback's message."""
+        code = self.process.poll()
+        self._stderr.seek(0)
+        tail = self._stderr.read()[-1000:].decode("utf-8", "replace").strip()
+        state = f"exited with code {code}" if code is not None else "did not answer in time"
+        return f"{state}{': ' + tail if tail else ''}"
+
+    def stop(self) -> None:
+        if self._stderr.closed:  # stopped already
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._stderr.close()
+
+
+def ephemeral_startup_timeout_s() -> float:
+    """How long a run waits for its temporary server: Prefect's setting when the user set it, else
+    120 s (Prefect's 20 s default is too short for a first start that creates the database on a
+    small machine)."""
+    return float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 120)
 
 
 def ui_server_command(port: int, warehouse: Path) -> tuple[list[str], dict[str, str]]:

@@ -63,3 +63,42 @@ def test_serve_without_a_server_says_how_to_start_one():
 def test_stage_artifact_keys_use_prefects_alphabet():
     assert stage_artifact_key("normalize", "My Source_2") == "sftflow-normalize-my-source-2"
     assert stage_artifact_key("mix", None) == "sftflow-mix"
+
+
+def test_a_temporary_server_that_dies_is_reported_and_stopped():
+    server = operate.TemporaryServer()
+    server.process.kill()
+    assert server.wait_ready(5) is False
+    assert server.failure().startswith("exited with code")
+    server.stop()
+    server.stop()  # a second stop (the exit hook) is harmless
+    assert server.process.poll() is not None
+
+
+def test_run_without_a_server_uses_the_early_temporary_server(tmp_path):
+    """A first `sftflow run` on a machine with no Prefect server and a fresh Prefect home: the
+    temporary server started before the pipeline's imports serves the run (Prefect starts none of
+    its own), its first start (database creation) is not cut short, and it is gone at exit."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "rows.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "Name a prime number."}, '
+        '{"role": "assistant", "content": "Seven is a prime number: its only divisors are one and seven."}]}\n',
+        encoding="utf-8")
+    (root / "recipe.yaml").write_text(
+        "name: tiny\nsources:\n  - {name: rows, path: data/rows.jsonl, format: openai, category: qa}\n"
+        "score: {enabled: false}\nmix: {eval_fraction: 0.0}\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "recipe.yaml", "--only", "data"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Finished in state Completed" in output
+    assert "Starting temporary server" not in output  # Prefect's own was not needed
+    port = int(output.split("View at http://127.0.0.1:")[1].split("/")[0])
+    assert not operate.server_is_up(operate.local_api_url(port))  # stopped with the run
