@@ -39,17 +39,23 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
+import tempfile
 from collections import Counter
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tasks.core.recipe import SLUG, MixConfig
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.reasons import Reason
-from tasks.core.stage import StageCall, read_records, stage_task
+from tasks.core.artifacts import TMP_PREFIX
+from tasks.core.stage import PART_ROWS, StageCall, records_paths, stage_task
 
 LIBRARIES = ("numpy", "pyarrow")
 
@@ -226,13 +232,6 @@ def shard_name(split: str, category: str, part: int) -> str:
     return f"shards/{split}/{category}-{part:05d}.parquet"
 
 
-def split_shards(table: pa.Table, split: str, category: str, shard_rows: int) -> list[tuple[str, pa.Table]]:
-    """Cut a split's rows of one category into named parts of at most `shard_rows` rows."""
-    n_parts = math.ceil(table.num_rows / shard_rows)
-    return [(shard_name(split, category, part), table.slice(part * shard_rows, shard_rows))
-            for part in range(n_parts)]
-
-
 def _with_split(table: pa.Table, split: str) -> pa.Table:
     if SPLIT_COLUMN in table.column_names:  # re-mixing mixed shards: the new split wins
         table = table.drop_columns([SPLIT_COLUMN])
@@ -275,17 +274,111 @@ def _check_rows(ids: list[str | None], categories: list[str | None], tokens: lis
                                  "re-run the filter stage, or set mix.total_rows instead")
 
 
+# ---------------------------------------------------------------------------------- spooling --
+# Shards hold rows in sampled (shuffled) order, which is unrelated to input order, and upsampled
+# rows appear several times. Rather than hold the input in memory to `take` from it, mix routes
+# every input part's rows to spool files (Arrow IPC) of at most SPOOL_ROWS output rows each,
+# then reads one spool file at a time, puts its rows in shard order and cuts its shards. No
+# library does this two-step external gather for Arrow tables, so it is written here.
+SPOOL_ROWS = PART_ROWS
+ORDER_COLUMN = "__mix_output_position"
+
+
+@dataclass(frozen=True)
+class SpoolGroup:
+    """Consecutive shards of one (split, category) block, spooled to one file."""
+
+    index: int
+    split: str
+    category: str
+    start: int  # first output position (over all blocks, in shard order)
+    stop: int
+    first_shard: int  # shard number, within the block, of the group's first shard
+
+    @property
+    def file_name(self) -> str:
+        return f"spool-{self.index:05d}.arrow"
+
+
+def _spool_groups(blocks: list[tuple[str, str, list[int]]], shard_rows: int) -> list[SpoolGroup]:
+    """Cut every block into groups of whole shards holding at most max(SPOOL_ROWS, shard_rows) rows."""
+    shards_per_group = max(1, SPOOL_ROWS // shard_rows)
+    groups, start = [], 0
+    for split, category, rows in blocks:
+        n_shards = math.ceil(len(rows) / shard_rows)
+        for first in range(0, n_shards, shards_per_group):
+            n_rows = min(len(rows), (first + shards_per_group) * shard_rows) - first * shard_rows
+            groups.append(SpoolGroup(len(groups), split, category, start, start + n_rows, first))
+            start += n_rows
+    return groups
+
+
+def _spool(tables: Callable[[list[str] | None], Iterable[pa.Table]], blocks: list[tuple[str, str, list[int]]],
+           groups: list[SpoolGroup], spool_dir: Path) -> None:
+    """One pass over the input parts: every output row's input row, with its output position,
+    appended to its group's spool file."""
+    shutil.rmtree(spool_dir, ignore_errors=True)
+    spool_dir.mkdir(parents=True)
+    sources = np.fromiter((i for _, _, rows in blocks for i in rows), dtype=np.int64)
+    by_source = np.argsort(sources, kind="stable")  # output positions, by input row
+    sorted_sources = sources[by_source]
+    group_starts = np.array([g.start for g in groups], dtype=np.int64)
+    writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+    try:
+        offset = 0
+        for table in tables(None):
+            lo, hi = np.searchsorted(sorted_sources, [offset, offset + table.num_rows])
+            positions = by_source[lo:hi]  # the output positions this part feeds
+            group_ids = np.searchsorted(group_starts, positions, side="right") - 1
+            order = np.argsort(group_ids, kind="stable")
+            positions, group_ids = positions[order], group_ids[order]
+            rows = table.take(pa.array(sources[positions] - offset)).append_column(
+                ORDER_COLUMN, pa.array(positions, pa.int64()))
+            bounds = np.flatnonzero(np.diff(group_ids)) + 1
+            for start, stop in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(group_ids)]))):
+                if stop > start:
+                    group = int(group_ids[start])
+                    if group not in writers:
+                        writers[group] = pa.ipc.new_file(spool_dir / groups[group].file_name, rows.schema)
+                    writers[group].write_table(rows.slice(int(start), int(stop - start)))
+            offset += table.num_rows
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
+def _cut(group: SpoolGroup, spool_dir: Path, shard_rows: int) -> Iterator[tuple[str, pa.Table]]:
+    """The group's shards, named and in shard order, from its spool file."""
+    with pa.OSFile(str(spool_dir / group.file_name)) as source:
+        spooled = pa.ipc.open_file(source).read_all()
+    table = _with_split(spooled.take(pc.sort_indices(spooled[ORDER_COLUMN])).drop_columns([ORDER_COLUMN]), group.split)
+    del spooled
+    for k, start in enumerate(range(0, table.num_rows, shard_rows)):
+        yield shard_name(group.split, group.category, group.first_shard + k), table.slice(start, shard_rows)
+
+
 # ------------------------------------------------------------------------------------- main --
-def mix_parts(records: pa.Table, cfg: MixConfig) -> PartedOutput:
+def mix_parts(schema: pa.Schema, tables: Callable[[list[str] | None], Iterable[pa.Table]], cfg: MixConfig,
+              spool_dir: Path) -> PartedOutput:
     """Eval split, target shares and counts, deterministic sampling, shards, one decision per row.
 
-    The plan needs only ids, categories, tokens and scores; the shards are then cut and handed
-    on one (split, category) at a time, so only one category's rows are copied at once."""
-    names = records.column_names
-    ids = records["example_id"].to_pylist()
-    categories = records["category"].to_pylist()
-    tokens = records[TOKENS_COLUMN].to_pylist() if TOKENS_COLUMN in names else None
-    scores = records[SCORE_COLUMN].to_pylist() if SCORE_COLUMN in names else [None] * len(ids)
+    `tables(columns)` yields the input's records parts in order (only `columns`, or all columns
+    for None); `schema` is theirs. The plan needs only ids, categories, tokens and scores, read
+    first. The shards are then written in two streaming steps (`_spool`, `_cut`), so memory
+    holds one input part or one spool file of rows, never the whole input."""
+    names = schema.names
+    plan_columns = [c for c in ("example_id", "category", TOKENS_COLUMN, SCORE_COLUMN) if c in names]
+    missing = {"example_id", "category"} - set(names)
+    if missing:
+        raise ValueError(f"mix: the input has no {sorted(missing)} column; mix needs the records of the score "
+                         "(or filter) stage, which carry example_id and category")
+    plan = pa.concat_tables(list(tables(plan_columns)))
+    n_in = plan.num_rows
+    ids = plan["example_id"].to_pylist()
+    categories = plan["category"].to_pylist()
+    tokens = plan[TOKENS_COLUMN].to_pylist() if TOKENS_COLUMN in names else None
+    scores = plan[SCORE_COLUMN].to_pylist() if SCORE_COLUMN in names else [None] * len(ids)
+    del plan
     _check_rows(ids, categories, tokens, cfg, names)
 
     # Canonical order (by example_id) makes every step below independent of the input order.
@@ -320,19 +413,21 @@ def mix_parts(records: pa.Table, cfg: MixConfig) -> PartedOutput:
         train_order.setdefault(categories[i], []).append(i)
 
     shard_stats: list[dict[str, Any]] = []
-    no_rows, no_decisions = records.schema.empty_table(), DecisionLog().to_table()
+    no_rows, no_decisions = schema.empty_table(), DecisionLog().to_table()
+    # The output rows in shard order: (split, category) blocks, each in its sampled order.
+    blocks = [(split, category, by_category[category])
+              for split, by_category in ((TRAIN, train_order), (EVAL, eval_rows)) for category in sorted(by_category)]
 
     def shards() -> Iterator[StageOutput]:
-        """One part per (split, category): its shards are written before the next is cut."""
-        for split, by_category in ((TRAIN, train_order), (EVAL, eval_rows)):
-            for category in sorted(by_category):
-                table = _with_split(records.take(pa.array(by_category[category], pa.int64())), split)
-                extra: dict[str, pa.Table] = {}
-                for name, part in split_shards(table, split, category, cfg.shard_rows):
-                    extra[name] = part
-                    shard_stats.append({"name": name, "split": split, "category": category,
-                                        "n_rows": part.num_rows, "n_tokens": _sum_tokens(part)})
-                yield StageOutput(records=no_rows, decisions=no_decisions, extra=extra)
+        """One part per spool file: its shards are written before the next is read."""
+        groups = _spool_groups(blocks, cfg.shard_rows)
+        _spool(tables, blocks, groups, spool_dir)
+        for group in groups:
+            extra = dict(_cut(group, spool_dir, cfg.shard_rows))
+            for name, part in extra.items():
+                shard_stats.append({"name": name, "split": group.split, "category": group.category,
+                                    "n_rows": part.num_rows, "n_tokens": _sum_tokens(part)})
+            yield StageOutput(records=no_rows, decisions=no_decisions, extra=extra)
         yield StageOutput(records=no_rows, decisions=decisions.to_table())
 
     decisions = DecisionLog()
@@ -366,7 +461,7 @@ def mix_parts(records: pa.Table, cfg: MixConfig) -> PartedOutput:
         })
     n_eval = sum(len(rows) for rows in eval_rows.values())
     stats = {
-        "n_in": records.num_rows,
+        "n_in": n_in,
         "n_out": n_train + n_eval,
         "n_train_rows": n_train,
         "n_eval_rows": n_eval,
@@ -381,9 +476,11 @@ def mix_parts(records: pa.Table, cfg: MixConfig) -> PartedOutput:
 
 
 def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
-    """`mix_parts` collected into one StageOutput (shards in `extra`)."""
-    output = mix_parts(records, cfg)
-    parts = list(output.parts)
+    """`mix_parts` of one in-memory table, collected into one StageOutput (shards in `extra`)."""
+    with tempfile.TemporaryDirectory(prefix="sftflow-mix-") as spool_dir:
+        output = mix_parts(records.schema, lambda columns: [records.select(columns) if columns else records], cfg,
+                           Path(spool_dir))
+        parts = list(output.parts)
     return StageOutput(records=records.schema.empty_table(), decisions=parts[-1].decisions,
                        extra={name: table for part in parts for name, table in part.extra.items()},
                        stats=output.stats())
@@ -391,4 +488,23 @@ def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
 
 @stage_task("mix")
 def mix_stage(call: StageCall) -> PartedOutput:
-    return mix_parts(read_records(call.inputs), MixConfig.model_validate(call.config))
+    paths = records_paths(call.inputs)
+    if not paths:
+        raise ValueError("mix: the input artifacts hold no records parts")
+    schema = pq.read_schema(paths[0])
+
+    def tables(columns: list[str] | None) -> Iterator[pa.Table]:
+        for path in paths:
+            yield pq.read_table(path, columns=columns)
+
+    # Spool files live beside the artifact (same disk, swept like any unfinished folder).
+    spool_dir = call.store.stage_dir(call.stage) / f"{TMP_PREFIX}spool-{call.key}"
+    output = mix_parts(schema, tables, MixConfig.model_validate(call.config), spool_dir)
+
+    def parts() -> Iterator[StageOutput]:
+        try:
+            yield from output.parts
+        finally:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+
+    return PartedOutput(parts(), output.stats)

@@ -284,3 +284,40 @@ def test_unusable_rows_are_refused_with_the_example_named():
                                   pa.array(["../x", "code", "code"], pa.string()))
     with pytest.raises(ValueError, match="not a lowercase slug"):
         mix_records(bad_slug, cfg())
+
+
+def test_streamed_shards_equal_the_one_table_mix_whatever_the_parts_and_spool_sizes(tmp_path, monkeypatch):
+    """mix_parts reads the input part by part and gathers shard rows through spool files; with
+    parts of 4 rows and spool files of at most 3 rows (upsampled rows, eval rows, several
+    categories) it writes the same shards, decisions and stats as from one table, and every
+    shard row is its input row, as often as its decision's copies say."""
+    import tasks.mix as mix
+
+    records = make_records({"code": 9, "qa": 4, "math": 6})
+    config = cfg(shares={"code": 0.5, "qa": 0.3, "math": 0.2}, total_rows=40, max_upsample=3.0,
+                 eval_fraction=0.2, shard_rows=2)
+    whole = mix_records(records, config)
+
+    monkeypatch.setattr(mix, "SPOOL_ROWS", 3)
+    output = mix.mix_parts(records.schema,
+                           lambda columns: [records.slice(start, 4).select(columns) if columns else records.slice(start, 4)
+                                            for start in range(0, records.num_rows, 4)],
+                           config, tmp_path / "spool")
+    parts = list(output.parts)
+    streamed = {name: table for part in parts for name, table in part.extra.items()}
+    assert list(streamed) == list(whole.extra)
+    assert all(streamed[name].equals(whole.extra[name]) for name in whole.extra)
+    assert parts[-1].decisions.equals(whole.decisions) and output.stats() == whole.stats
+
+    by_id = {row["example_id"]: row for row in records.to_pylist()}
+    copies = Counter()
+    for name, table in streamed.items():
+        for row in table.to_pylist():
+            assert {k: v for k, v in row.items() if k != "split"} == by_id[row["example_id"]]
+            copies[(row["split"], row["example_id"])] += 1
+    for decision in whole.decisions.to_pylist():
+        if decision["reason"] == "selected":
+            assert copies[("train", decision["example_id"])] == json.loads(decision["detail"])["copies"]
+        elif decision["reason"] == "held_out_eval":
+            assert copies[("eval", decision["example_id"])] == 1
+    assert sum(copies.values()) == sum(s["n_rows"] for s in whole.stats["shards"])

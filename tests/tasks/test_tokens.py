@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,33 @@ def test_folders_outside_the_workspace_and_unknown_builtins_refused(tmp_path):
 
 
 def test_tokenizers_are_loaded_without_remote_code(from_pretrained_calls):
-    load_token_counter(BUILTIN_MINILM)
+    load_token_counter(str(minilm_folder()))  # a local folder goes through transformers
     assert [name for name, _ in from_pretrained_calls] == ["AutoTokenizer"]
     assert from_pretrained_calls[0][1]["trust_remote_code"] is False
+
+
+def test_builtin_minilm_counts_equal_the_transformers_fast_tokenizer():
+    """The builtin counter reads tokenizer.json with `tokenizers` (no torch in filter workers);
+    its counts must be transformers' counts for the same folder, on every kind of text."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tasks.tokens import BUILTIN_MINILM, HFTokenCounter, RustTokenCounter, load_token_counter, minilm_folder
+
+    texts = ["", " ", "Hello, world!", "naïve café — Ünïcödé, accents and CAPITALS", "日本語のテキストと中文",
+             "emoji 🤖🚀 and tabs\tand\nnewlines", "x" * 5000, " ".join(["supercalifragilistic"] * 600),
+             "def f(x):\n    return x ** 2  # code", "<s>[INST] special-looking [/INST]</s> [CLS] [SEP] [PAD]",
+             "\u200bzero\u00a0width and non-breaking", "12345678901234567890 3.14159 1e-9"]
+    samples = Path(__file__).resolve().parents[2] / "data" / "samples" / "openai.jsonl"
+    for line in samples.read_text(encoding="utf-8").splitlines():
+        try:
+            texts += [m["content"] for m in json.loads(line)["messages"] if isinstance(m.get("content"), str)]
+        except (ValueError, KeyError, TypeError):
+            continue
+    builtin = load_token_counter(BUILTIN_MINILM)
+    assert isinstance(builtin, RustTokenCounter)
+    reference = HFTokenCounter(AutoTokenizer.from_pretrained(str(minilm_folder()), use_fast=True), builtin.name)
+    assert len(texts) > 100
+    assert builtin.count(texts) == reference.count(texts)
+    assert builtin.count(["x " * 3000])[0] == 3000  # never truncated
