@@ -15,7 +15,9 @@ its rows/s at small sizes is in the demo's stage table. Mix keeps every availabl
 
 Peak memory is sampled every 0.1 s from /proc over the whole process tree of the command (the
 flow process and the temporary Prefect server it starts), summing RSS; the flow process's own
-high-water mark (VmHWM) is reported beside it. Goal: the tree's peak <= 4 GiB. Rows/s per stage
+high-water mark (VmHWM) is reported beside it. The samples are also cut at each stage's commit
+time (its artifact's created_at) to report the peak of the tree and of the flow process while each
+stage ran. Goal: the tree's peak <= 4 GiB. Rows/s per stage
 come from the catalog's stage_runs; the ledger check is the one the tests use: every stage's
 n_in = kept + dropped, and every row read is in a shard or has a drop decision.
 
