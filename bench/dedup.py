@@ -11,13 +11,14 @@ pairs right at the 0.8 threshold fall either way by chance, whatever the impleme
 per-level detection rates are in the JSON record.
 
 Both sides get the same rows and the recipe-default NearDedupConfig (5-grams, 128 permutations,
-16 bands x 8 rows, threshold 0.8):
+threshold 0.8, bands and rows derived from it: 13 x 7):
 
 - `ours`: `tasks.dedup.deduplicate` (exact pass, shingles, signatures, LSH, verification,
-  clusters, one decision per row), timed end to end.
+  greedy representatives, one decision per row), timed end to end.
 - `per_row`: what common tools do: one `datasketch.MinHash` per row updated shingle by shingle
   (`MinHash.update`), inserted into a `MinHashLSH` and queried back, candidates verified with
-  `MinHash.jaccard`, then the same clustering; the same text extraction and shingling functions.
+  `MinHash.jaccard`, then the same greedy representatives in the same survivor order; the same
+  text extraction and shingling functions.
 - `reference`: `deduplicate` with `backend="datasketch"` (MinHash.bulk + MinHashLSH), whose
   decisions ours must reproduce exactly.
 - `datatrove`: datatrove's four-step MinHash pipeline (bench/peers/datatrove_minhash.py), in its
@@ -54,7 +55,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tasks.core.recipe import DedupConfig  # noqa: E402
-from tasks.dedup import clusters, conversation_text, deduplicate, shingles  # noqa: E402
+from tasks.dedup import (  # noqa: E402
+    conversation_text, deduplicate, greedy_representatives, response_units, row_shingles, shingles,
+)
 
 GOAL_SPEEDUP = 4.0
 GOAL_VS_DATATROVE = 1.0
@@ -142,7 +145,8 @@ def corpus(n_docs: int, ngram: int) -> tuple[pa.Table, list[dict[str, Any]]]:
         variant, jaccard = planted_variant(docs[base], target, words, ngram, rng)
         pairs.append({"base": base, "variant": len(docs), "level": target, "jaccard": jaccard})
         docs.append(variant)
-    # Ids in a shuffled order, so the representative (smallest id) is the base or the variant by chance.
+    # Ids in a shuffled order, so which of base and variant survives (the longer response, then
+    # the smaller id) does not follow from the order they were made in.
     order = rng.permutation(len(docs))
     example_ids = [f"doc-{int(rank):07d}" for rank in order]
     texts = [" ".join(doc) for doc in docs]
@@ -164,11 +168,12 @@ def per_row_dedup(records: pa.Table, cfg: DedupConfig) -> dict[str, str]:
 
     near = cfg.near
     ids = records.column("example_id").to_pylist()
-    order = sorted(range(len(ids)), key=ids.__getitem__)
     messages = records.column("messages").to_pylist()
+    # the stage's survivor order (no source priority here): longest response, then smallest id
+    order = sorted(range(len(ids)), key=lambda p: (-response_units(messages[p]), ids[p]))
     eligible, signatures = [], []
     for position in order:
-        grams = shingles(conversation_text(messages[position]), near.ngram)
+        grams = row_shingles(messages[position], near)
         if len(grams) < near.min_shingles:
             continue
         signature = MinHash(num_perm=near.num_perm, seed=near.seed)
@@ -176,18 +181,19 @@ def per_row_dedup(records: pa.Table, cfg: DedupConfig) -> dict[str, str]:
             signature.update(gram)
         eligible.append(position)
         signatures.append(signature)
-    lsh = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm, params=(near.bands, near.rows))
+    lsh = MinHashLSH(threshold=near.threshold, num_perm=near.num_perm, params=near.lsh_params)
     for index, signature in enumerate(signatures):
         lsh.insert(index, signature)
     verified = set()
     for index, signature in enumerate(signatures):
         for other in lsh.query(signature):
-            if other > index and signature.jaccard(signatures[other]) >= near.threshold:
-                verified.add((index, other))
+            jaccard = signature.jaccard(signatures[other])
+            if other > index and jaccard >= near.threshold:
+                verified.add((index, other, jaccard))
     dropped = {}
-    for representative, *members in clusters(len(eligible), sorted(verified)):
-        for member in members:
-            dropped[ids[eligible[member]]] = ids[eligible[representative]]
+    for member, assignment in enumerate(greedy_representatives(len(eligible), sorted(verified))):
+        if assignment is not None:
+            dropped[ids[eligible[member]]] = ids[eligible[assignment[0]]]
     return dropped
 
 
@@ -217,10 +223,10 @@ def datatrove_peer(records: pa.Table, cfg: DedupConfig) -> dict[str, Any]:
         with source.open("w", encoding="utf-8") as out:
             for example_id, messages in zip(records.column("example_id").to_pylist(),
                                             records.column("messages").to_pylist()):
-                out.write(json.dumps({"id": example_id, "text": conversation_text(messages)}) + "\n")
+                out.write(json.dumps({"id": example_id, "text": conversation_text(messages, near.roles)}) + "\n")
         done = subprocess.run(
             [str(python), str(REPO / "bench" / "peers" / "datatrove_minhash.py"), str(source),
-             str(Path(tmp) / "work"), str(near.bands), str(near.rows), str(near.ngram)],
+             str(Path(tmp) / "work"), *map(str, near.lsh_params), str(near.ngram)],
             capture_output=True, text=True)
         if done.returncode != 0:
             return {"skipped": f"datatrove run failed: {done.stderr.strip().splitlines()[-1:]}"}
@@ -232,21 +238,19 @@ def near_drops(decisions: pa.Table) -> dict[str, str]:
     return {r["example_id"]: r["dup_of"] for r in rows if r["reason"] == "near_duplicate"}
 
 
-def quality(dropped: dict[str, str], pairs: list[dict[str, Any]], records: pa.Table, ngram: int) -> dict[str, Any]:
+def quality(dropped: dict[str, str], pairs: list[dict[str, Any]], records: pa.Table, cfg: DedupConfig) -> dict[str, Any]:
     """Recall on planted pairs with Jaccard >= 0.8; precision of the drops against exact Jaccard."""
     positives = [p for p in pairs if p["jaccard"] >= 0.8]
 
-    def found(pair: dict[str, Any]) -> bool:
-        later, earlier = max(pair["base"], pair["variant"]), min(pair["base"], pair["variant"])
-        return dropped.get(later) == earlier
+    def found(pair: dict[str, Any]) -> bool:  # either row may survive (longest response first)
+        return dropped.get(pair["variant"]) == pair["base"] or dropped.get(pair["base"]) == pair["variant"]
 
     by_level: dict[float, list[bool]] = defaultdict(list)
     for pair in pairs:
         by_level[pair["level"]].append(found(pair))
-    texts = dict(zip(records.column("example_id").to_pylist(),
-                     (conversation_text(m) for m in records.column("messages").to_pylist())))
-    correct = sum(exact_jaccard(shingles(texts[d], ngram), shingles(texts[r], ngram)) >= 0.8
-                  for d, r in dropped.items())
+    grams = dict(zip(records.column("example_id").to_pylist(),
+                     (row_shingles(m, cfg.near) for m in records.column("messages").to_pylist())))
+    correct = sum(exact_jaccard(grams[d], grams[r]) >= 0.8 for d, r in dropped.items())
     return {
         "recall": sum(map(found, positives)) / len(positives),
         "precision": correct / len(dropped) if dropped else 1.0,
@@ -297,7 +301,7 @@ def main() -> None:
 
     identical = ours.decisions.equals(reference.decisions) and ours.records.equals(reference.records)
     same_as_per_row = near_drops(ours.decisions) == baseline
-    measured = quality(near_drops(ours.decisions), pairs, records, cfg.near.ngram)
+    measured = quality(near_drops(ours.decisions), pairs, records, cfg)
     speedup = baseline_seconds / ours_seconds
     ratios = [
         Ratio("dedup_docs_per_s_vs_datasketch_per_row", speedup, GOAL_SPEEDUP,

@@ -32,6 +32,12 @@ more texts than a round's); each round is scored by both sides back to back, the
 first alternating, so that load from other processes on the machine hits both alike. Both run in
 this one process with the same torch thread count.
 
+Long texts: Detoxify.predict truncates a text at the 512-token limit; DetoxifyScorer never does,
+it scores the text's token windows and takes the max (`texts_over_limit` counts such texts, whose
+scores may then differ from the peer's). Apart from the ratios, the run also times the filter
+stage's own path once, `score_turns(texts, ours, "sentence")` (every sentence a window), and
+reports it as `ours_sentence_windows` (a detail, not a ratio: the peer has no such mode).
+
 Prints `RATIO toxicity_samples_per_s_vs_detoxify <ours/peer> 3 ...` and
 `RATIO toxicity_decision_agreement <share> 0.99 ...` (drop when score >= the ToxicityConfig
 default threshold, ours against Detoxify's fp32 scores), and writes build/bench/toxicity.json.
@@ -55,7 +61,7 @@ from common import REPO, Ratio, report
 sys.path.insert(0, str(REPO))
 
 from tasks.core.recipe import ToxicityConfig  # noqa: E402
-from tasks.toxicity import DetoxifyScorer  # noqa: E402
+from tasks.toxicity import DetoxifyScorer, score_turns  # noqa: E402
 
 ALPACA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]  # detoxify original
@@ -246,11 +252,15 @@ def main() -> None:
                     ours_all += got
             print(f"round {index + 1}/{len(rounds)}: peer {len(peer_all) / peer_s:.1f} samples/s, "
                   f"ours {len(ours_all) / ours_s:.1f} samples/s", flush=True)
+        t0 = time.perf_counter()
+        by_sentence = score_turns(texts, ours, "sentence")
+        sentence_s = time.perf_counter() - t0
 
     threshold = defaults.threshold
     agree = sum((a >= threshold) == (b >= threshold) for a, b in zip(ours_all, peer_all)) / len(texts)
     peer_rate, ours_rate = len(texts) / peer_s, len(texts) / ours_s
     tokens = [len(ids) for ids in ours._detox.tokenizer(texts, truncation=True)["input_ids"]]
+    untruncated = [len(ids) for ids in ours._encode(texts)["input_ids"]]
     details = {
         "texts": len(texts), "text_source": source, "rounds": len(rounds), "round_size": round_size,
         "torch_threads": threads, "peer_batch_size": PEER_BATCH, "ours_batch_size": defaults.batch_size,
@@ -261,6 +271,11 @@ def main() -> None:
         "threshold": threshold, "peer_dropped": sum(s >= threshold for s in peer_all),
         "ours_dropped": sum(s >= threshold for s in ours_all),
         "max_abs_score_difference": round(max(abs(a - b) for a, b in zip(ours_all, peer_all)), 5),
+        "texts_over_limit": sum(n > MAX_TOKENS for n in untruncated),
+        "ours_sentence_windows": {"windows": sum(r.n_windows for r in by_sentence),
+                                  "seconds": round(sentence_s, 2),
+                                  "samples_per_s": round(len(texts) / sentence_s, 2),
+                                  "dropped": sum(r.score is not None and r.score >= threshold for r in by_sentence)},
         "tokens_per_text": {"mean": round(sum(tokens) / len(tokens), 1), "max": max(tokens),
                             "median": sorted(tokens)[len(tokens) // 2]},
         # Token positions each side runs through the model: what sorting saves, before any other cost.

@@ -138,11 +138,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(reasons)
     if summary["mixture"]:
         mixture = Table(title="realized mixture (train split)")
-        for col in ("category", "target", "realized", "train rows", "unique", "eval rows"):
-            mixture.add_column(col, justify="left" if col == "category" else "right")
+        for col in ("category", "target", "realized", "train rows", "unique", "eval rows", "outcome"):
+            mixture.add_column(col, justify="left" if col in ("category", "outcome") else "right")
         for m in summary["mixture"]:
+            # realized_share is in the targets' unit (tokens under mix.total_tokens); outcome says
+            # whether the category held its share, was scaled down, filled, or short
             mixture.add_row(m["category"], f"{m['target_share']:.3f}", f"{m['realized_share']:.3f}",
-                            str(m["n_rows"]), str(m["n_unique"]), str(m["n_eval"]))
+                            str(m["n_rows"]), str(m["n_unique"]), str(m["n_eval"]), str(m.get("outcome", "")))
         console.print(mixture)
     if summary.get("evals"):
         evals = Table(title="evaluation (tuned model; *_base = the model before training)")
@@ -208,6 +210,9 @@ def write_rows(columns: list[str], rows: list[tuple], format: str) -> None:
 @app.command()
 def explain(
     example_id: str = typer.Argument(..., help="An example_id (or a unique prefix of 6+ characters)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Show the row as this model was trained on it "
+                                        "(its own upstream artifacts), and only their decisions."),
+    run: Optional[str] = typer.Option(None, "--run", help="Show the row as this run read it, and only its decisions."),
     format: str = typer.Option("table", "--format", help="table | json"),
     warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
 ) -> None:
@@ -217,13 +222,20 @@ def explain(
 
     ws, con = _audit_connection(warehouse, format)
     with con:
-        report = _audit_call(lambda: explain_row(con, ArtifactStore(ws.artifacts_dir), example_id))
+        report = _audit_call(lambda: explain_row(con, ArtifactStore(ws.artifacts_dir), example_id,
+                                                 model_id=model, run_id=run))
     if format == "json":
         sys.stdout.write(json.dumps(report, default=str, indent=2, ensure_ascii=False) + "\n")
         return
     ex = report["example"]
     console.print(f"[bold]example {ex['example_id']}[/bold]  source {ex['source']} ({ex['source_format']}) "
                   f"{ex['source_uri']} row {ex['source_row']}  category {ex['category'] or '—'}")
+    versions = report["versions"]
+    as_of = report["as_of"]
+    scope = (f"as model {as_of['model_id']} was trained on it" if as_of and "model_id" in as_of
+             else f"as run {as_of['run_id']} read it" if as_of else "the newest")
+    console.print(f"version {report['version']} of {len(versions)} ({scope}; ingest artifact {ex['artifact_id']})",
+                  markup=False, highlight=False)
     console.print("[bold]source line[/bold]")
     console.print(report["raw"] if report["raw"] is not None else "—", markup=False, highlight=False)
     normalized = report["normalized"]
@@ -235,15 +247,24 @@ def explain(
     else:
         for m in normalized["messages"]:
             console.print(f"  {m['role']:>9}: {m['content']}", markup=False, highlight=False)
-    write_rows(["stage", "kept", "reason", "score", "detail", "dup_of", "run", "latest run"],
+    write_rows(["stage", "kept", "reason", "score", "detail", "dup_of", "version", "run", "latest run"],
                [(d["stage"], d["kept"], d["reason"], d["score"],
                  json.dumps(d["detail"]) if isinstance(d["detail"], (dict, list)) else d["detail"],
-                 d["dup_of"], d["decided_in_run"], d["in_latest_run"]) for d in report["decisions"]], "table")
+                 d["dup_of"], d["version"], d["decided_in_run"], d["in_latest_run"]) for d in report["decisions"]],
+               "table")
     if report["shards"]:
-        write_rows(["shard", "split", "copies", "latest run"],
-                   [(s["shard_id"], s["split"], s["n_copies"], s["in_latest_run"]) for s in report["shards"]],
-                   "table")
+        write_rows(["shard", "split", "copies", "version", "latest run"],
+                   [(s["shard_id"], s["split"], s["n_copies"], s["version"], s["in_latest_run"])
+                    for s in report["shards"]], "table")
+    if len(versions) > 1:  # the source was edited between runs: the row read differently
+        write_rows(["version", "ingest artifact", "read by runs", "last read", "source line"],
+                   [(v["version"], v["ingest_artifact_id"], ", ".join(v["runs"]), v["last_read"],
+                     (v["raw"] or "")[:80]) for v in versions], "table")
     console.print(f"trained models: {', '.join(report['trained_models']) or '—'}")
+    other = [m for m in report["models"] if not m["same_text"]]
+    if other:
+        console.print("trained on other text at this place: "
+                      + ", ".join(f"{m['model_id']} (version {m['version']})" for m in other))
 
 
 @app.command()
@@ -273,6 +294,10 @@ def lineage(
     write_rows(["shard", "split", "category", "rows", "unique examples", "tokens"],
                [(s["shard_id"], s["split"], s["category"], s["n_rows"], s["n_unique_examples"], s["n_tokens"])
                 for s in report["shards"]], "table")
+    if report["dropped_by_train"]:
+        write_rows(["dropped by train", "reason", "detail"],
+                   [(d["example_id"], d["reason"], json.dumps(d["detail"]) if isinstance(d["detail"], dict)
+                     else d["detail"]) for d in report["dropped_by_train"]], "table")
     console.print(f"[bold]{report['n_train_examples']} example ids trained on[/bold]")
     sys.stdout.write("\n".join(report["example_ids"]) + "\n")
 

@@ -1,8 +1,10 @@
 """What each stage reads from the recipe and the outside world: the inputs of its cache key.
 
 One function per stage turns (recipe, input manifests) into a StageCall whose key covers the
-stage's code, the recipe section it reads, its input artifacts, the bytes of any file it reads
-directly (source files, eval sets, local models) and the library versions that change its output.
+stage's code, the recipe section it reads (less its UNKEYED fields), what it reads from its input
+artifacts (`Manifest.data_hash`), the bytes or pinned revisions of any file or model it reads
+directly (source files, eval sets, tokenizers, checkpoints), the device where that changes numbers,
+and the library versions that change its output.
 """
 
 from __future__ import annotations
@@ -17,13 +19,25 @@ from tasks.core.recipe import FilterConfig, Recipe, SourceConfig
 from tasks.core.stage import StageCall, plan_stage
 from tasks.core.workspace import Workspace
 from tasks.scorers import model_fingerprint
-from tasks.tokens import resolve_tokenizer_spec
+from tasks.tokens import resolve_tokenizer_revision, resolve_tokenizer_spec
+
+# Recipe fields a stage reads that change how it computes, not what it writes: they travel in the
+# call's config but stay out of its key (tasks.core.stage.keyed_config; docs/caching.md, "Fields
+# that are not in a key", says why each one is safe there). Anything not listed here is keyed.
+UNKEYED: dict[str, tuple[str, ...]] = {
+    # Both backends compute the same candidate pairs and decisions (tests/tasks/test_dedup.py).
+    "dedup": ("near.backend",),
+    # How many texts go through detoxify per forward pass; profanity-check does not batch.
+    "filter": ("toxicity.batch_size", "toxicity.max_batch_tokens"),
+    # Pairs per forward pass of the scorer.
+    "score": ("batch_size",),
+}
 
 
 def _plan(stage: str, module: Any, config: dict[str, Any], inputs: list[Manifest], ws: Workspace,
           **kwargs: Any) -> StageCall:
     return plan_stage(stage, module.__name__, config, inputs, module.LIBRARIES,
-                      root=ws.root, warehouse=ws.warehouse, **kwargs)
+                      root=ws.root, warehouse=ws.warehouse, unkeyed=UNKEYED.get(stage, ()), **kwargs)
 
 
 def plan_ingest(source: SourceConfig, ws: Workspace) -> StageCall:
@@ -41,14 +55,18 @@ def plan_normalize(recipe: Recipe, ingested: Manifest, ws: Workspace, runner: di
 
 
 def plan_dedup(recipe: Recipe, normalized: list[Manifest], ws: Workspace) -> StageCall:
-    # Inputs in content order: listing the sources in another order changes nothing.
-    return _plan("dedup", dedup, recipe.dedup.canonical(), sorted(normalized, key=lambda m: m.content_hash), ws)
+    # Inputs in data-hash order: listing the sources in another order changes nothing.
+    return _plan("dedup", dedup, recipe.dedup.canonical(), sorted(normalized, key=lambda m: m.data_hash), ws)
 
 
 def plan_filter(recipe: Recipe, deduped: Manifest, ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
     config = recipe.filters.canonical()
-    # The key names the tokenizer that really counts tokens, not the train model it came from.
-    config["length"]["tokenizer"] = resolve_tokenizer_spec(recipe.filters.length.tokenizer, recipe.train.model)
+    # The key names the tokenizer that really counts tokens, not the train model it came from, and
+    # the hub revision it is loaded at (train.revision when it is the train model's tokenizer).
+    length = recipe.filters.length
+    config["length"]["tokenizer"] = resolve_tokenizer_spec(length.tokenizer, recipe.train.model)
+    config["length"]["tokenizer_revision"] = resolve_tokenizer_revision(
+        length.tokenizer, length.tokenizer_revision, recipe.train.model, recipe.train.revision)
     external = filters.filter_input_hashes(FilterConfig.model_validate(config), ws.resolve_input)
     return _plan("filter", filters, config, [deduped], ws, extra_input_hashes=external,
                  params={"runner": runner or recipe.runner.canonical()})

@@ -1,10 +1,11 @@
 """What a run shows in the Prefect UI: one artifact per stage, the run's cards, plots and reports.
 
 Keys (lowercase, dashes: Prefect's rule) stay the same from run to run, so the UI's Artifacts page
-keeps each one's history: `sftflow-<stage>[-<source>]` (counts and drop reasons per stage),
+keeps each one's history: `sftflow-<stage>[-<source>]` (counts and drops by reason per stage, counted
+from the stage's decisions file, the same rows the catalog loads),
 `sftflow-mask-audit`, `sftflow-loss-plot` (an image: the PNG inlined as a data URL, so it shows
 without a file server), `sftflow-model-card`, `sftflow-eval-report`, `sftflow-data-card`, and
-`sftflow-run` (ledger, realized mixture and links to the others).
+`sftflow-run` (ledger, drops by stage and reason, realized mixture and links to the others).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
-from tasks.core.artifacts import Manifest
+from tasks.core.artifacts import DECISIONS_FILE, Manifest
 
 ARTIFACT_KEYS = {
     "mask_audit": "sftflow-mask-audit",
@@ -24,6 +27,9 @@ ARTIFACT_KEYS = {
     "data_card": "sftflow-data-card",
     "run": "sftflow-run",
 }
+# Columns of a stage's table artifact; every line has all of them (empty where they do not apply).
+STAGE_TABLE_COLUMNS = ("stage", "source", "rows in", "rows out", "dropped", "reason", "cache hit", "seconds",
+                       "artifact")
 
 
 def stage_artifact_key(stage: str, label: str | None) -> str:
@@ -36,22 +42,67 @@ def stage_artifact_key(stage: str, label: str | None) -> str:
     return "sftflow-" + "".join(c if c.isalnum() or c == "-" else "-" for c in slug)
 
 
+def drops_by_reason(manifest: Manifest) -> dict[str, int]:
+    """Rows the stage dropped, by reason, most first (ties by name), counted from its decisions
+    file: the file the catalog loads, so the UI and `sftflow sql` show the same numbers. Stages
+    without decisions (train, evaluate) give {}."""
+    path = manifest.file(DECISIONS_FILE)
+    if not path.is_file():
+        return {}
+    decisions = pq.read_table(path, columns=["kept", "reason"])
+    dropped = decisions.filter(pc.invert(decisions["kept"])).group_by("reason").aggregate([("reason", "count")])
+    counts = zip(dropped["reason"].to_pylist(), dropped["reason_count"].to_pylist())
+    return dict(sorted(counts, key=lambda rn: (-rn[1], rn[0])))
+
+
+def stage_table(row: dict[str, Any], manifest: Manifest) -> list[dict[str, Any]]:
+    """The stage's counts line, then one line per drop reason."""
+    drops = drops_by_reason(manifest)
+    table = [{"stage": row["stage"], "source": row["label"] or "-", "rows in": row["n_in"],
+              "rows out": row["n_out"], "dropped": sum(drops.values()), "reason": "(all)",
+              "cache hit": row["cache_hit"], "seconds": row["seconds"], "artifact": manifest.key}]
+    table += [{"stage": row["stage"], "source": row["label"] or "-", "dropped": n, "reason": reason}
+              for reason, n in drops.items()]
+    return [{column: line.get(column) for column in STAGE_TABLE_COLUMNS} for line in table]
+
+
 def publish_stage(row: dict[str, Any], manifest: Manifest, run_id: str) -> None:
     """The stage's counts, and one line per drop reason."""
-    reasons = manifest.stats.get("reasons", {})
-    table = [{"stage": row["stage"], "source": row["label"] or "-", "rows in": row["n_in"],
-              "rows out": row["n_out"], "cache hit": row["cache_hit"], "seconds": row["seconds"],
-              "artifact": manifest.key}]
-    table += [{"stage": row["stage"], "source": f"reason: {r}", "rows in": None, "rows out": n,
-               "cache hit": None, "seconds": None, "artifact": None} for r, n in sorted(reasons.items())]
+    table = stage_table(row, manifest)
+    if manifest.stage == "mix":
+        table += [{"stage": "mix", "source": line, "rows in": None, "rows out": None, "cache hit": None,
+                   "seconds": None, "artifact": None} for line in mix_policy_lines(manifest.stats)]
+    table = [{column: line.get(column) for column in STAGE_TABLE_COLUMNS} for line in table]  # one shape
     create_table_artifact(key=stage_artifact_key(row["stage"], row["label"]), table=table,
-                          description=f"{row['stage']} counts for run {run_id}")
+                          description=f"{row['stage']} counts and drops by reason for run {run_id}")
     if manifest.stage == "train":
         publish_training(manifest, run_id)
     elif manifest.stage == "evaluate":
         create_markdown_artifact(key=ARTIFACT_KEYS["eval_report"],
                                  markdown=manifest.file("report.md").read_text(encoding="utf-8"),
                                  description=f"evaluation report, run {run_id}")
+
+
+def mix_policy_lines(stats: dict[str, Any]) -> list[str]:
+    """What mix did about short categories and categories left out of mix.shares, in words.
+
+    >>> for line in mix_policy_lines({"short_category": {"policy": "scale_down", "outcome": "scaled_down",
+    ...         "short_categories": [{"category": "code", "n_available": 40, "n_cap": 120, "n_needed": 200}],
+    ...         "n_train_rows_target": 400, "n_train_rows": 240}, "categories_not_in_shares": ["math"]}):
+    ...     print(line)
+    short category code: 40 rows, at most 120 under max_upsample, 200 needed
+    policy scale_down: scaled_down (train rows 400 -> 240)
+    not in mix.shares (not sampled): math
+    """
+    policy = stats.get("short_category") or {}
+    lines = [f"short category {s['category']}: {s['n_available']} rows, at most {s['n_cap']} under max_upsample, "
+             f"{s['n_needed']} needed" for s in policy.get("short_categories", [])]
+    if policy:
+        lines.append(f"policy {policy['policy']}: {policy['outcome']} "
+                     f"(train rows {policy['n_train_rows_target']} -> {policy['n_train_rows']})")
+    if stats.get("categories_not_in_shares"):
+        lines.append("not in mix.shares (not sampled): " + ", ".join(stats["categories_not_in_shares"]))
+    return lines
 
 
 def publish_training(manifest: Manifest, run_id: str) -> None:
@@ -77,6 +128,29 @@ def publish_data_card(markdown: str, run_id: str) -> None:
                              description=f"data card, run {run_id}")
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def drop_reason_lines(summary: dict[str, Any]) -> list[str]:
+    """The run's drops by stage and reason (the summary's catalog query), stages in ledger order.
+
+    >>> print("\\n".join(drop_reason_lines({"ledger": [{"stage": "dedup"}, {"stage": "filter"}],
+    ...     "drop_reasons": [{"stage": "filter", "reason": "toxic", "n": 2},
+    ...                      {"stage": "dedup", "reason": "exact_duplicate", "n": 5}]})))
+    | stage | reason | dropped |
+    |---|---|---:|
+    | dedup | exact_duplicate | 5 |
+    | filter | toxic | 2 |
+    """
+    if not summary.get("drop_reasons"):
+        return ["No rows dropped."]
+    order = {r["stage"]: i for i, r in enumerate(summary.get("ledger", []))}
+    rows = sorted(summary["drop_reasons"], key=lambda d: (order.get(d["stage"], len(order)), -d["n"], d["reason"]))
+    return ["| stage | reason | dropped |", "|---|---|---:|"] + [
+        f"| {d['stage']} | {d['reason']} | {d['n']} |" for d in rows]
+
+
 def publish_run(summary: dict[str, Any]) -> None:
     """The run's ledger and realized mixture, and links to its cards and reports."""
     lines = [f"# sftflow run `{summary['run_id']}` — recipe `{summary['recipe']}`", ""]
@@ -89,11 +163,18 @@ def publish_run(summary: dict[str, Any]) -> None:
     lines += [f"- {name}: `{path}`" for name, path in sorted(summary.get("cards", {}).items())]
     lines += ["", "## Ledger", "", "| stage | in | kept | dropped |", "|---|---:|---:|---:|"]
     lines += [f"| {r['stage']} | {r['n_in']} | {r['n_kept']} | {r['n_dropped']} |" for r in summary["ledger"]]
+    lines += ["", "## Drops by reason", ""] + drop_reason_lines(summary)
     lines += ["", "## Realized mixture", "",
-              "| category | target share | realized share | train rows | unique | eval rows |",
-              "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {m['category']} | {m['target_share']:.3f} | {m['realized_share']:.3f} | {m['n_rows']} | "
-              f"{m['n_unique']} | {m['n_eval']} |" for m in summary["mixture"]]
+              "Shares are of the unit the targets use (`share unit`: rows, or tokens with mix.total_tokens); "
+              "`outcome`: held, short (max_upsample limits it), scaled_down (the whole mixture shrank so every "
+              "share holds), filled (took a short category's rows), not_in_shares / zero_share (not sampled).", "",
+              "| category | share unit | target share | realized share | realized, rows | realized, tokens | "
+              "train rows | unique | eval rows | outcome |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {m['category']} | {m.get('share_unit', 'rows')} | {m['target_share']:.3f} | "
+              f"{m['realized_share']:.3f} | {_share(m.get('realized_share_rows'))} | "
+              f"{_share(m.get('realized_share_tokens'))} | {m['n_rows']} | {m['n_unique']} | {m['n_eval']} | "
+              f"{m.get('outcome', '')} |" for m in summary["mixture"]]
     if summary.get("evals"):
         lines += ["", "## Evaluation", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {m['metric']} | {m['value']:.4g} |" for m in summary["evals"]]

@@ -21,7 +21,7 @@ from tasks.core.catalog import Catalog
 from tasks.core.recipe import Recipe, recipe_canonical_json
 from tasks.core.stage import StageCall
 from tasks.core.workspace import Workspace
-from tasks.model_card import render_data_card
+from tasks.model_card import render_data_card, toxicity_card
 
 
 class EmptyStageError(RuntimeError):
@@ -165,6 +165,9 @@ class RunContext:
             "ledger": summary["ledger"],
             "drops": summary["drop_reasons"],
             "mixture": summary["mixture"],
+            # the toxicity scorer, its window, and the rows it could not judge (script)
+            "toxicity": toxicity_card(next((r.manifest.stats for r in reversed(self.results)
+                                            if r.call.stage == "filter"), None)),
             "artifacts": [{"stage": r.call.stage, "label": r.call.label, "key": r.call.key,
                            "sha256": r.manifest.content_hash} for r in self.results],
         }

@@ -1,12 +1,30 @@
 """Dedup stage: drop exact duplicates (same content_hash) and near duplicates (MinHash + LSH).
 
 Every input row gets exactly one decision: kept, exact_duplicate or near_duplicate, the last two
-with `dup_of` naming the row that stays. Representatives are always the smallest example_id of
-their group, and all work happens in example_id order, so the outcome never depends on the order
-in which upstream artifacts happened to list the rows.
+with `dup_of` naming the row that stays.
+
+Which row survives. Rows are ranked by the survivor rule (`DedupConfig`): the position of the
+row's source in `dedup.source_priority` (unlisted sources after the listed ones), then, with
+`prefer: longest_response` (default), the most assistant text in text units, then the smallest
+example_id. The rank is a total order over example_ids, so the outcome never depends on the
+order in which upstream artifacts list the rows. An exact-duplicate group keeps its best-ranked
+row; exact groups share their messages, so the same rule decides near duplicates.
+
+What near-dedup compares. The contents of the turns in `dedup.near.roles` (default user,
+assistant and tool: a system prompt or tool schema shared by many rows says nothing about
+whether two rows are the same example), shingled into n-grams of `tasks/text_units.py` units:
+`ngram` words, or `ngram_unspaced` characters for rows written mostly in scripts without spaces.
+
+No chains. Representatives are chosen greedily: rows are visited in survivor order; a row with a
+verified pair (MinHash estimate >= threshold) to an already kept representative is dropped as a
+duplicate of the best-matching one, otherwise it becomes a representative itself. So every
+near-duplicate drop reaches the threshold with its own `dup_of`; a near copy of a near copy that
+is far from the representative stays. (Connected components would drop a sliding-window chain
+down to rows with Jaccard 0.4 to the survivor.)
 
 The near path is split into small functions (`shingles`, signatures, candidate pairs, verified
-pairs, `clusters`) with two interchangeable backends for the middle three (`dedup.near.backend`):
+pairs, `greedy_representatives`) with two interchangeable backends for the middle three
+(`dedup.near.backend`):
 
 - `datasketch`, the reference: `MinHash.bulk`, `MinHashLSH`, `LeanMinHash.jaccard`.
 - `numpy` (default): datasketch's own hash function and permutation parameters, applied to
@@ -19,7 +37,6 @@ pairs, `clusters`) with two interchangeable backends for the middle three (`dedu
 from __future__ import annotations
 
 import functools
-import re
 from collections import defaultdict
 from hashlib import sha1
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -32,6 +49,7 @@ from tasks.core.recipe import DedupConfig, NearDedupConfig
 from tasks.core.reasons import Reason
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.stage import StageCall, records_paths, stage_task
+from tasks.text_units import text_units, unspaced_char_count
 
 if TYPE_CHECKING:
     from datasketch import LeanMinHash
@@ -40,37 +58,94 @@ if TYPE_CHECKING:
 # every `sftflow` command would pay for while only planning a run.
 
 LIBRARIES = ("datasketch", "numpy")
-KEY_COLUMNS = ("example_id", "content_hash")
-DECIDING_COLUMNS = (*KEY_COLUMNS, "messages")  # numpy: datasketch's hash values and permutations
-
-# Unicode word characters: punctuation and case never separate two texts that say the same words.
-WORD = re.compile(r"\w+")
+# What decides besides the messages (read part by part): ids, exact hashes, survivor priority.
+KEY_COLUMNS = ("example_id", "content_hash", "source")
 
 
 # ------------------------------------------------------------------------------- near: text --
-def conversation_text(messages: Iterable[dict[str, Any]] | None) -> str:
-    """All turns' contents joined; roles are left out so a reformatted dialogue still matches.
+def conversation_text(messages: Iterable[dict[str, Any]] | None, roles: Sequence[str] | str = "all") -> str:
+    """The contents of the turns whose role is in `roles` (`all`: every turn), joined.
 
-    >>> conversation_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
+    Roles themselves are left out, so a reformatted dialogue still matches.
+
+    >>> turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+    ...          {"role": "assistant", "content": "Hello!"}]
+    >>> conversation_text(turns)
+    'Be brief.\\nHi\\nHello!'
+    >>> conversation_text(turns, ["user", "assistant", "tool"])
     'Hi\\nHello!'
     """
-    return "\n".join(turn.get("content") or "" for turn in (messages or []))
+    every = roles == "all"
+    return "\n".join(turn.get("content") or "" for turn in (messages or []) if every or turn.get("role") in roles)
 
 
-def shingles(text: str, n: int) -> list[bytes]:
-    """Distinct word n-grams of `text` (lowercased, punctuation-insensitive), as UTF-8 bytes.
+def response_units(messages: Iterable[dict[str, Any]] | None) -> int:
+    """Text units in the assistant turns: the `longest_response` survivor rule's measure.
 
-    Bytes because datasketch's default hash (SHA-1) takes bytes; order of first appearance keeps
-    the output deterministic (MinHash itself does not care about order).
+    >>> response_units([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there! 你好"}])
+    4
+    """
+    return sum(len(text_units(t.get("content") or "")) for t in (messages or []) if t.get("role") == "assistant")
+
+
+def shingles(text: str, n: int, n_unspaced: int | None = None) -> list[bytes]:
+    """Distinct n-grams of the text units of `text` (tasks/text_units.py), as UTF-8 bytes.
+
+    Units are lowercase words, or single characters in scripts written without spaces; when
+    `n_unspaced` is given and most units are such characters, the n-grams are `n_unspaced`
+    long instead of `n`. Bytes because datasketch's default hash (SHA-1) takes bytes; order of
+    first appearance keeps the output deterministic (MinHash itself does not care about order).
 
     >>> shingles("The cat sat. The cat sat!", 3)
     [b'the cat sat', b'cat sat the', b'sat the cat']
     >>> shingles("too short", 3)
     []
+    >>> [gram.decode() for gram in shingles("请写一首诗", 5, n_unspaced=3)]
+    ['请 写 一', '写 一 首', '一 首 诗']
     """
-    words = WORD.findall(text.lower())
-    grams = map(" ".join, zip(*(words[i:] for i in range(n))))  # every run of n consecutive words
+    units = text_units(text)
+    unspaced = unspaced_char_count(text) if n_unspaced is not None else 0
+    return unit_shingles(units, n_unspaced if n_unspaced is not None and 2 * unspaced > len(units) else n)
+
+
+def unit_shingles(units: Sequence[str], n: int) -> list[bytes]:
+    """Distinct runs of `n` consecutive units, joined by spaces, in order of first appearance."""
+    grams = map(" ".join, zip(*(units[i:] for i in range(n))))
     return [gram.encode("utf-8") for gram in dict.fromkeys(grams)]
+
+
+def row_features(messages: Iterable[dict[str, Any]] | None, cfg: NearDedupConfig) -> tuple[list[bytes], int]:
+    """(the shingles near-dedup compares, assistant text units) of one row, each turn split into
+    units once: the shingles are those of `conversation_text(messages, cfg.roles)` (units never
+    span the newline between turns), the count is `response_units`."""
+    every = cfg.roles == "all"
+    units: list[str] = []
+    n_unspaced = n_response = 0
+    for turn in messages or []:
+        role, content = turn.get("role"), turn.get("content") or ""
+        compared = every or role in cfg.roles
+        if not compared and role != "assistant":
+            continue
+        turn_units = text_units(content)
+        if role == "assistant":
+            n_response += len(turn_units)
+        if compared:
+            units += turn_units
+            n_unspaced += unspaced_char_count(content)
+    n = cfg.ngram_unspaced if 2 * n_unspaced > len(units) else cfg.ngram
+    return unit_shingles(units, n), n_response
+
+
+def row_shingles(messages: Iterable[dict[str, Any]] | None, cfg: NearDedupConfig) -> list[bytes]:
+    """The shingles near-dedup compares for one row under `cfg` (roles, ngram, ngram_unspaced).
+
+    >>> from tasks.core.recipe import NearDedupConfig
+    >>> turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi twice."},
+    ...          {"role": "assistant", "content": "Hi! Hi!"}]
+    >>> row_shingles(turns, NearDedupConfig(ngram=4)) == shingles("Say hi twice. Hi! Hi!", 4)
+    True
+    """
+    return row_features(messages, cfg)[0]
 
 
 # ------------------------------------------------------------------------- near: signatures --
@@ -90,21 +165,19 @@ def minhashes(shingle_sets: Sequence[Sequence[bytes]], num_perm: int, seed: int)
 def candidate_pairs(signatures: Sequence[LeanMinHash], cfg: NearDedupConfig) -> list[tuple[int, int]]:
     """Index pairs (i < j) that share at least one LSH band bucket, sorted.
 
-    The bands are set explicitly (params=(b, r)) rather than derived from the threshold, so the
-    recall curve is the recipe's and not an optimizer's choice. Two sets with Jaccard s collide
-    in one band of r rows with probability s^r, so they become candidates with
-        P(candidate | s) = 1 - (1 - s^r)^b.
-    For b=16, r=8 this S-curve is steepest near (1/b)^(1/r) = 0.707: P = 0.947 at s = 0.8,
-    0.9999 at s = 0.9, but 0.61 at s = 0.7, 0.061 at s = 0.5 and 0.010 at s = 0.4 — pairs
-    below ~0.5 are rarely even candidates. Candidates are only suspects: `verified_pairs`
-    checks each against the threshold before anything is dropped.
+    The bands are `cfg.lsh_params`: the recipe's, or derived from the threshold
+    (tasks/core/dedup_lsh.py), passed as params=(b, r) so datasketch does not pick its own.
+    Two sets with Jaccard s become candidates with P(candidate | s) = 1 - (1 - s^r)^b; for the
+    default threshold 0.8 the derived 13 x 7 gives 0.953 at s = 0.8, 0.993 at s = 0.85,
+    0.31 at s = 0.6 and 0.003 at s = 0.3. Candidates are only suspects: `verified_pairs` checks
+    each against the threshold before anything is dropped.
     """
-    _check_bands(cfg)
+    bands, rows = cfg.lsh_params
     if len(signatures) < 2:
         return []
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=(bands, rows))
     with lsh.insertion_session() as session:
         for index, signature in enumerate(signatures):
             session.insert(index, signature, check_duplication=False)
@@ -245,32 +318,30 @@ def verified_signature_pairs(pairs: np.ndarray, signatures: np.ndarray, threshol
     return verified
 
 
-def clusters(n_items: int, pairs: Iterable[tuple[int, ...]]) -> list[list[int]]:
-    """Connected components (size >= 2) of the graph with `pairs` as edges; each sorted, by minimum.
+def greedy_representatives(n_items: int, pairs: Iterable[tuple[int, int, float]]) -> list[tuple[int, float] | None]:
+    """For items 0..n-1 visited in that order (the survivor order): None for a representative,
+    or (representative, estimate) for an item dropped as its near duplicate.
 
-    Components can chain: A~B and B~C put A and C together even when A and C alone fall below
-    the threshold. That is the usual choice for dedup (a near-copy of a near-copy is still
-    redundant training data), and it is deterministic: components do not depend on edge order.
+    An item is dropped only when one of its verified pairs leads to an earlier item that is
+    itself a representative; of several, the one with the highest estimate (then the earliest)
+    is named. A near copy of a dropped row is therefore never dropped on that row's account:
+    there are no chains.
 
-    >>> clusters(5, [(3, 4), (0, 1), (1, 3)])
-    [[0, 1, 3, 4]]
+    >>> greedy_representatives(4, [(0, 1, 0.9), (1, 2, 0.85), (2, 3, 0.95), (0, 3, 0.8)])
+    [None, (0, 0.9), None, (2, 0.95)]
     """
-    parent = list(range(n_items))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]  # path halving
-            x = parent[x]
-        return x
-
-    for i, j, *_ in pairs:
-        root_i, root_j = find(i), find(j)
-        if root_i != root_j:  # the smaller index becomes the root: roots are component minima
-            parent[max(root_i, root_j)] = min(root_i, root_j)
-    members: dict[int, list[int]] = defaultdict(list)
-    for x in range(n_items):
-        members[find(x)].append(x)
-    return sorted(group for group in members.values() if len(group) > 1)
+    earlier: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for i, j, estimate in pairs:
+        first, second = min(i, j), max(i, j)
+        earlier[second].append((first, estimate))
+    assigned: list[tuple[int, float] | None] = [None] * n_items
+    for item in range(n_items):
+        best: tuple[int, float] | None = None
+        for other, estimate in earlier.get(item, ()):
+            if assigned[other] is None and (best is None or (-estimate, other) < (-best[1], best[0])):
+                best = (other, estimate)
+        assigned[item] = best
+    return assigned
 
 
 # ------------------------------------------------------------------------------------ exact --
@@ -288,14 +359,21 @@ def _check_ids(example_ids: list[Any]) -> None:
         seen.add(example_id)
 
 
-def exact_groups(example_ids: Sequence[str], content_hashes: Sequence[str | None]) -> list[list[int]]:
-    """Row positions grouped by content_hash, each group sorted by example_id (representative first).
+def exact_groups(
+    example_ids: Sequence[str], content_hashes: Sequence[str | None], rank: Callable[[int], Any] | None = None
+) -> list[list[int]]:
+    """Row positions grouped by content_hash, each group in survivor order (representative first),
+    groups in their representatives' order. `rank(position)` is the survivor sort key (default:
+    the example_id).
 
     >>> exact_groups(["b", "a", "c"], ["h1", "h1", "h2"])
     [[1, 0], [2]]
+    >>> exact_groups(["b", "a", "c"], ["h1", "h1", "h2"], rank=lambda p: (p != 0, ["b", "a", "c"][p]))
+    [[0, 1], [2]]
     """
+    key = rank or example_ids.__getitem__
     groups: dict[str, list[int]] = defaultdict(list)
-    for position in sorted(range(len(example_ids)), key=example_ids.__getitem__):
+    for position in sorted(range(len(example_ids)), key=key):
         content_hash = content_hashes[position]
         if content_hash is None:
             raise ValueError(
@@ -303,63 +381,73 @@ def exact_groups(example_ids: Sequence[str], content_hashes: Sequence[str | None
                 "normalize's output, run normalize on this source first"
             )
         groups[content_hash].append(position)
-    return sorted(groups.values(), key=lambda group: example_ids[group[0]])
+    return sorted(groups.values(), key=lambda group: key(group[0]))
+
+
+def source_ranks(sources: Sequence[str | None], priority: Sequence[str]) -> list[int]:
+    """Each row's place in `dedup.source_priority`; unlisted sources share the place after it.
+
+    >>> source_ranks(["web", "curated", "other"], ["curated", "web"])
+    [1, 0, 2]
+    """
+    place = {name: index for index, name in enumerate(priority)}
+    return [place.get(source, len(priority)) for source in sources]  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- near: glue --
-def _check_bands(cfg: NearDedupConfig) -> None:
-    if cfg.bands < 2:  # datasketch's MinHashLSH refuses a single band; both backends agree
-        raise ValueError(
-            f"dedup.near.bands = {cfg.bands}: MinHashLSH needs at least 2 bands; set "
-            "dedup.near.bands >= 2 in the recipe (bands * rows must stay <= num_perm)"
-        )
-
-
-def _shingles_of(records: pa.Table, positions: Sequence[int], ngram: int) -> Iterator[list[bytes]]:
-    """Shingles of each row at `positions`, in that order; messages become Python objects a
-    batch at a time, so memory holds one batch of conversations, not the corpus."""
-    column = records.column("messages")
-    for start in range(0, len(positions), ROWS_PER_TEXT_BATCH):
-        batch = pa.array(positions[start : start + ROWS_PER_TEXT_BATCH], type=pa.int64())
-        for messages in column.take(batch).to_pylist():
-            yield shingles(conversation_text(messages), ngram)
-
-
 def _message_batches(column: pa.ChunkedArray) -> Iterator[list[Any]]:
     for start in range(0, len(column), ROWS_PER_TEXT_BATCH):
         yield column.slice(start, ROWS_PER_TEXT_BATCH).to_pylist()
 
 
-def signatures_in_order(batches: Iterable[list[Any]], n_rows: int, cfg: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(shingle count per row, signature matrix) of all rows, in input order, a batch at a time:
-    only one batch of conversations and shingle hashes is ever held."""
+def near_inputs(
+    batches: Iterable[list[Any]], wanted: np.ndarray, cfg: NearDedupConfig, keep_shingles: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[int, list[bytes]]]:
+    """What the near pass needs of each row, from its conversations in input order, a batch at a
+    time (only one batch of conversations and shingle hashes is ever held): (shingle count,
+    assistant text units, signature matrix or None, {position: shingles} when `keep_shingles`).
+
+    Rows not `wanted` (exact duplicates) are not shingled: they count 0 and keep the empty-set
+    signature. `keep_shingles` (the datasketch reference) keeps shingle lists instead of
+    computing signatures here.
+    """
+    n_rows = len(wanted)
     n_shingles = np.zeros(n_rows, dtype=np.int64)
-    signatures = np.empty((n_rows, cfg.num_perm), dtype=np.uint32)
+    n_units = np.zeros(n_rows, dtype=np.int64)
+    signatures = None if keep_shingles else np.empty((n_rows, cfg.num_perm), dtype=np.uint32)
+    kept: dict[int, list[bytes]] = {}
     start = 0
     for batch in batches:
-        hashes = [shingle_hashes(shingles(conversation_text(m), cfg.ngram)) for m in batch]
-        n_shingles[start : start + len(batch)] = [len(h) for h in hashes]
-        signatures[start : start + len(batch)] = signature_matrix(hashes, cfg.num_perm, cfg.seed)
+        if start + len(batch) > n_rows:
+            raise ValueError(f"dedup: more conversations than the {n_rows} rows")
+        grams: list[list[bytes]] = []
+        for position, messages in enumerate(batch, start):
+            if wanted[position]:
+                row_grams, n_units[position] = row_features(messages, cfg)
+                grams.append(row_grams)
+            else:
+                grams.append([])
+        n_shingles[start : start + len(batch)] = [len(g) for g in grams]
+        if signatures is not None:
+            signatures[start : start + len(batch)] = signature_matrix(
+                [shingle_hashes(g) for g in grams], cfg.num_perm, cfg.seed)
+        else:
+            kept.update((position, g) for position, g in enumerate(grams, start) if wanted[position])
         start += len(batch)
     if start != n_rows:
         raise ValueError(f"dedup: {start} conversations for {n_rows} rows")
-    return n_shingles, signatures
+    return n_shingles, n_units, signatures, kept
 
 
-def _near_pairs(
-    rows: np.ndarray | Sequence[Sequence[bytes]], cfg: NearDedupConfig
-) -> tuple[list[tuple[int, int, float]], int, Callable[[int, int], float]]:
-    """(verified pairs, number of candidate pairs, estimated Jaccard of two rows) for one backend:
-    `rows` is the signature matrix (numpy) or every row's shingles (datasketch)."""
+def _near_pairs(rows: np.ndarray | Sequence[Sequence[bytes]], cfg: NearDedupConfig) -> tuple[list[tuple[int, int, float]], int]:
+    """(verified pairs, number of candidate pairs) for one backend: `rows` is the signature
+    matrix (numpy) or every row's shingles (datasketch), in survivor order."""
     if cfg.backend == "numpy":
-        signatures = rows
-        pairs = band_candidate_pairs(signatures, cfg.bands, cfg.rows)
-        return (verified_signature_pairs(pairs, signatures, cfg.threshold), len(pairs),
-                lambda i, j: signature_jaccard(signatures, i, j))
+        pairs = band_candidate_pairs(rows, *cfg.lsh_params)
+        return verified_signature_pairs(pairs, rows, cfg.threshold), len(pairs)
     sketches = minhashes(rows, cfg.num_perm, cfg.seed)
     candidates = candidate_pairs(sketches, cfg)
-    return (verified_pairs(candidates, sketches, cfg.threshold), len(candidates),
-            lambda i, j: sketches[i].jaccard(sketches[j]))
+    return verified_pairs(candidates, sketches, cfg.threshold), len(candidates)
 
 
 # ------------------------------------------------------------------------------------ stage --
@@ -374,70 +462,77 @@ def dedup_decisions(
 ) -> tuple[pa.Table, list[bool], dict[str, Any]]:
     """(decisions in example_id order, kept flag per input row, stats) of `deduplicate`.
 
-    Reads the example_id and content_hash columns of `records`; `messages()` yields the rows'
-    conversations in input order, in batches (default: from the table's messages column). The
-    datasketch backend reads the messages column of `records` itself."""
+    Reads the example_id, content_hash and (when present) source columns of `records`;
+    `messages()` yields the rows' conversations in input order, in batches (default: from the
+    table's messages column)."""
     if messages is None:
         messages = lambda: _message_batches(records.column("messages"))  # noqa: E731
     example_ids = records.column("example_id").to_pylist()
     _check_ids(example_ids)
     n_rows = len(example_ids)
+    if "source" in records.column_names:
+        sources = records.column("source").to_pylist()
+    elif cfg.source_priority:
+        raise ValueError("dedup: dedup.source_priority is set but the records have no source column")
+    else:
+        sources = [None] * n_rows
+    source_rank = source_ranks(sources, cfg.source_priority)
     # decision per row position: (reason, score, detail, dup_of)
     outcome: dict[int, tuple[Reason, float | None, dict[str, Any] | None, str | None]] = {}
 
+    def base_rank(position: int) -> tuple[int, str]:  # exact twins share their response length
+        return source_rank[position], example_ids[position]
+
     if cfg.exact:
-        groups = exact_groups(example_ids, records.column("content_hash").to_pylist())
+        groups = exact_groups(example_ids, records.column("content_hash").to_pylist(), base_rank)
     else:
-        groups = [[p] for p in sorted(range(n_rows), key=example_ids.__getitem__)]
+        groups = [[p] for p in sorted(range(n_rows), key=base_rank)]
     for representative, *duplicates in groups:
         for position in duplicates:
             outcome[position] = (
                 Reason.EXACT_DUPLICATE, 1.0, {"group_size": len(duplicates) + 1},
                 example_ids[representative],
             )
-    representatives = [group[0] for group in groups]  # already in example_id order
+    representatives = [group[0] for group in groups]
 
     near = cfg.near
-    n_skipped = n_candidates = 0
-    near_clusters: list[list[int]] = []
+    bands, rows = near.lsh_params
+    n_skipped = n_candidates = n_verified = 0
+    members: dict[int, list[tuple[int, float]]] = defaultdict(list)  # representative -> dropped
     if near.enabled and representatives:
-        _check_bands(near)
-        if near.backend == "numpy":
-            # Every row's shingle count and signature in input order, from batches of messages
-            # (the stage streams them from its input parts), then the eligible representatives'.
-            n_shingles, row_signatures = signatures_in_order(messages(), n_rows, near)
-            eligible = [p for p in representatives if n_shingles[p] >= near.min_shingles]
-            signatures = row_signatures[np.array(eligible, dtype=np.int64)]
-            del row_signatures
-            skipped = [p for p in representatives if n_shingles[p] < near.min_shingles]
-            verified, n_candidates, similarity = _near_pairs(signatures, near)
-        else:  # the reference: every representative's shingles, hashed by datasketch
-            eligible, shingled, skipped, n_shingles = [], [], [], {}
-            for position, grams in zip(representatives, _shingles_of(records, representatives, near.ngram)):
-                n_shingles[position] = len(grams)
-                if len(grams) < near.min_shingles:
-                    skipped.append(position)
-                else:
-                    eligible.append(position)
-                    shingled.append(grams)
-            verified, n_candidates, similarity = _near_pairs(shingled, near)
+        wanted = np.zeros(n_rows, dtype=bool)
+        wanted[representatives] = True
+        reference = near.backend == "datasketch"
+        n_shingles, n_units, row_signatures, row_grams = near_inputs(messages(), wanted, near, keep_shingles=reference)
+        longest = cfg.prefer == "longest_response"
+        order = sorted(representatives, key=lambda p: (source_rank[p], -int(n_units[p]) if longest else 0, example_ids[p]))
+        eligible = [p for p in order if n_shingles[p] >= near.min_shingles]
+        skipped = [p for p in order if n_shingles[p] < near.min_shingles]
+        if reference:
+            verified, n_candidates = _near_pairs([row_grams[p] for p in eligible], near)
+        else:
+            verified, n_candidates = _near_pairs(row_signatures[np.array(eligible, dtype=np.int64)], near)
+        del row_signatures, row_grams
+        n_verified = len(verified)
         for position in skipped:  # too little text for a meaningful Jaccard
             outcome[position] = (Reason.KEPT, None, {"near_skipped_n_shingles": int(n_shingles[position])}, None)
         n_skipped = len(skipped)
-        near_clusters = clusters(len(eligible), verified)
-        for representative, *members in near_clusters:  # indices into `eligible`, sorted
+        for item, assignment in enumerate(greedy_representatives(len(eligible), verified)):
+            if assignment is not None:
+                members[assignment[0]].append((item, assignment[1]))
+        for representative, dropped in members.items():  # indices into `eligible`
             rep_position = eligible[representative]
-            outcome[rep_position] = (Reason.KEPT, None, {"cluster_size": len(members) + 1}, None)
-            for member in members:
-                jaccard = similarity(member, representative)
-                outcome[eligible[member]] = (
-                    Reason.NEAR_DUPLICATE, jaccard,
-                    {"jaccard_to_representative": jaccard, "cluster_size": len(members) + 1},
+            size = len(dropped) + 1
+            outcome[rep_position] = (Reason.KEPT, None, {"cluster_size": size}, None)
+            for item, estimate in dropped:
+                outcome[eligible[item]] = (
+                    Reason.NEAR_DUPLICATE, estimate,
+                    {"jaccard_to_representative": estimate, "cluster_size": size},
                     example_ids[rep_position],
                 )
 
     # An exact duplicate whose representative was itself dropped as a near duplicate points at
-    # the row that survives (the near cluster's representative); its exact twin stays in detail.
+    # the row that survives (that row's near representative); its exact twin stays in detail.
     survivor = {example_ids[p]: dup_of for p, (r, _, _, dup_of) in outcome.items() if r is Reason.NEAR_DUPLICATE}
     for position, (reason, score, detail, dup_of) in list(outcome.items()):
         if reason is Reason.EXACT_DUPLICATE and dup_of in survivor:
@@ -453,22 +548,25 @@ def dedup_decisions(
         "exact_duplicates": reasons.count(Reason.EXACT_DUPLICATE),
         "near_duplicates": reasons.count(Reason.NEAR_DUPLICATE),
         "near_skipped_few_shingles": n_skipped,
-        "clusters": len(near_clusters),
+        "clusters": len(members),
         "candidate_pairs": n_candidates,
+        "verified_pairs": n_verified,
+        # the LSH banding used and P(candidate | J = threshold): the recall ceiling at the threshold
+        "bands": bands,
+        "rows": rows,
+        "expected_recall_at_threshold": round(near.expected_recall, 4),
     }
     return log.to_table(), [reason is Reason.KEPT for reason in reasons], stats
 
 
 @stage_task("dedup")
 def dedup_stage(call: StageCall) -> PartedOutput:
-    """Decide over the whole input (duplicates cross parts), from the three columns that needs;
-    then write the kept rows part by part: the other columns are never all in memory at once."""
+    """Decide over the whole input (duplicates cross parts), from the key columns that needs and
+    the conversations read part by part; then write the kept rows part by part: the other
+    columns are never all in memory at once."""
     cfg = DedupConfig.model_validate(call.config)
     paths = records_paths(call.inputs)
-    # The datasketch reference shingles representatives in example_id order: it needs every
-    # conversation at hand. The numpy backend reads them part by part, in input order.
-    columns = list(DECIDING_COLUMNS if cfg.near.enabled and cfg.near.backend == "datasketch" else KEY_COLUMNS)
-    needed = pa.concat_tables([pq.read_table(path, columns=columns) for path in paths])
+    needed = pa.concat_tables([pq.read_table(path, columns=list(KEY_COLUMNS)) for path in paths])
 
     def messages() -> Iterator[list[Any]]:
         for path in paths:

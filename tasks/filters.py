@@ -22,9 +22,11 @@ from tasks.core.parts import map_parts, sum_counts
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.stage import StageCall, stage_task
 from tasks.core.workspace import Workspace
-from tasks.decontaminate import contamination_hits, eval_set_fingerprints, load_eval_ngrams
+from tasks.decontaminate import EvalIndex, RowMatch, eval_set_fingerprints, load_eval_index
 from tasks.tokens import BUILTIN_MINILM, TokenCounter, load_token_counter, tokenizer_fingerprint
-from tasks.toxicity import ToxicityScorer, load_toxicity_scorer, toxicity_scorer_name
+from tasks.toxicity import (
+    RoleToxicity, ToxicityScorer, WindowMode, load_toxicity_scorer, score_turns, toxicity_scorer_name,
+)
 
 LIBRARIES = (
     "alt-profanity-check", "scikit-learn", "detoxify", "transformers", "tokenizers",
@@ -58,20 +60,29 @@ def count_tokens(messages_per_row: list[list[dict]], counter: TokenCounter) -> t
 
 
 def score_toxicity(
-    messages_per_row: list[list[dict]], scorer: ToxicityScorer, roles: tuple[str, ...]
-) -> list[dict[str, float]]:
-    """Per row: role -> max toxicity over that role's non-empty turns (roles without turns absent)."""
-    owners: list[tuple[int, str]] = []
+    messages_per_row: list[list[dict]], scorer: ToxicityScorer, roles: tuple[str, ...],
+    window: WindowMode = "sentence",
+) -> list[dict[str, RoleToxicity]]:
+    """Per row: role -> toxicity over that role's non-empty turns (roles without turns absent).
+
+    Each turn is scored by windows (tasks/toxicity.py `score_turns`); all windows of the table
+    go to the scorer in one call.
+    """
+    owners: list[tuple[int, str, int]] = []  # (row, role, message index)
     texts: list[str] = []
     for row, messages in enumerate(messages_per_row):
-        for message in messages:
+        for turn, message in enumerate(messages):
             if message["role"] in roles and (message["content"] or "").strip():
-                owners.append((row, message["role"]))
+                owners.append((row, message["role"], turn))
                 texts.append(message["content"])
-    per_row: list[dict[str, float]] = [{} for _ in messages_per_row]
-    for (row, role), value in zip(owners, scorer.score(texts)):
-        per_row[row][role] = max(value, per_row[row].get(role, 0.0))
+    per_row: list[dict[str, RoleToxicity]] = [{} for _ in messages_per_row]
+    for (row, role, turn), result in zip(owners, score_turns(texts, scorer, window)):
+        per_row[row].setdefault(role, RoleToxicity()).add(turn, result)
     return per_row
+
+
+def _role_score(by_role: dict[str, RoleToxicity], role: str) -> float | None:
+    return by_role[role].score if role in by_role else None
 
 
 def decide(
@@ -106,9 +117,12 @@ def filter_records(
     cfg: FilterConfig,
     counter: TokenCounter,
     toxicity: ToxicityScorer | None,
-    eval_ngrams: dict[str, set],
+    eval_index: EvalIndex | None,
 ) -> StageOutput:
-    """Measure every row, decide once per row, keep the passing rows with the measurement columns."""
+    """Measure every row, decide once per row, keep the passing rows with the measurement columns.
+
+    `eval_index` (tasks.decontaminate.load_eval_index) may be None or empty: nothing is contaminated.
+    """
     if cfg.toxicity.enabled and toxicity is None:
         raise ValueError("filters.toxicity is enabled but no toxicity scorer was given")
     example_ids = records.column("example_id").to_pylist()
@@ -120,39 +134,53 @@ def filter_records(
     judged_roles = tuple(dict.fromkeys(cfg.toxicity.roles))
     if cfg.toxicity.enabled:
         scored_roles = tuple(dict.fromkeys(ALWAYS_SCORED_ROLES + judged_roles))
-        toxicity_per_row = score_toxicity(messages_per_row, toxicity, scored_roles)
+        toxicity_per_row = score_toxicity(messages_per_row, toxicity, scored_roles, cfg.toxicity.window)
     else:
         toxicity_per_row = [{} for _ in messages_per_row]
 
-    ngram = cfg.decontaminate.ngram
-    hits_per_row = [contamination_hits(m, eval_ngrams, ngram) if eval_ngrams else {} for m in messages_per_row]
-    decon_hits = [sum(hits.values()) for hits in hits_per_row]
+    no_match = RowMatch(hits_by_set={}, matches=[])
+    decon_per_row = [eval_index.match(m) if eval_index else no_match for m in messages_per_row]
+    hits_per_row = [match.hits_by_set for match in decon_per_row]
+    decon_hits = [match.hits for match in decon_per_row]
 
     log = DecisionLog()
     keep: list[bool] = []
+    n_unjudged = n_unjudged_kept = 0
+    unjudged_scripts: Counter[str] = Counter()  # script -> rows
     for i, example_id in enumerate(example_ids):
         by_role = toxicity_per_row[i]
-        judged = [by_role[r] for r in judged_roles if r in by_role]
-        judged_max = max(judged) if judged else None
+        judged = [by_role[r].score for r in judged_roles if r in by_role and by_role[r].score is not None]
+        judged_max = max(judged) if judged else None  # None: no judged turn, or none the backend could read
+        unjudged = {r: t.unjudged_detail() for r, t in by_role.items() if t.unjudged}
         reason = decide(n_response[i], n_total[i], judged_max, decon_hits[i], cfg)
         detail: dict[str, Any] = {
             "n_tokens_prompt": n_prompt[i],
             "n_tokens_response": n_response[i],
             "n_tokens_total": n_total[i],
-            "toxicity_user": by_role.get("user"),
-            "toxicity_assistant": by_role.get("assistant"),
+            "toxicity_user": _role_score(by_role, "user"),
+            "toxicity_assistant": _role_score(by_role, "assistant"),
+            # which window scored highest, per role: {turn (message index), window, of, excerpt}
+            "toxicity_top_window": {r: t.top for r, t in by_role.items() if t.top} or None,
+            # windows the backend cannot read (script), per role: never counted as clean
+            "toxicity_unjudged": unjudged or None,
             "decon_hits_by_set": hits_per_row[i],
+            "decon_matches": decon_per_row[i].matches,  # [{eval_set, item: "file:line", by}], capped
         }
-        detail.update({f"toxicity_{r}": v for r, v in by_role.items() if r not in ALWAYS_SCORED_ROLES})
+        detail.update({f"toxicity_{r}": t.score for r, t in by_role.items() if r not in ALWAYS_SCORED_ROLES})
         log.add(example_id, reason, score=judged_max, detail=detail)
         keep.append(reason is Reason.KEPT)
+        judged_unjudged = [by_role[r].unjudged for r in judged_roles if r in by_role and by_role[r].unjudged]
+        if judged_unjudged:  # a role that can drop the row was (partly) not read: counted for the data card
+            n_unjudged += 1
+            n_unjudged_kept += reason is Reason.KEPT
+            unjudged_scripts.update({script for counts in judged_unjudged for script in counts})
 
     columns = {
         "n_tokens_prompt": pa.array(n_prompt, pa.int64()),
         "n_tokens_response": pa.array(n_response, pa.int64()),
         "n_tokens_total": pa.array(n_total, pa.int64()),
-        "toxicity_user": pa.array([t.get("user") for t in toxicity_per_row], pa.float64()),
-        "toxicity_assistant": pa.array([t.get("assistant") for t in toxicity_per_row], pa.float64()),
+        "toxicity_user": pa.array([_role_score(t, "user") for t in toxicity_per_row], pa.float64()),
+        "toxicity_assistant": pa.array([_role_score(t, "assistant") for t in toxicity_per_row], pa.float64()),
         "decon_hits": pa.array(decon_hits, pa.int64()),
     }
     measured = records
@@ -167,9 +195,14 @@ def filter_records(
         "reasons": dict(sorted(reasons.items())),
         "tokenizer": counter.name,
         "toxicity_scorer": toxicity.name if cfg.toxicity.enabled else None,
-        "eval_set_ngrams": {name: len(grams) for name, grams in eval_ngrams.items()},
+        "toxicity_window": cfg.toxicity.window if cfg.toxicity.enabled else None,
+        # rows whose judged roles hold windows the backend cannot read (by script), and how many were kept
+        "toxicity_unjudged_rows": n_unjudged,
+        "toxicity_unjudged_rows_kept": n_unjudged_kept,
+        "toxicity_unjudged_by_script": dict(sorted(unjudged_scripts.items())),
+        "eval_sets": eval_index.stats() if eval_index else {},  # keys used / ignored per set
         "rows_with_hits_by_set": {
-            name: sum(1 for hits in hits_per_row if hits.get(name)) for name in eval_ngrams
+            name: sum(1 for hits in hits_per_row if hits.get(name)) for name in (eval_index.sets if eval_index else {})
         },
     }
     return StageOutput(records=kept, decisions=log.to_table(), stats=stats)
@@ -181,7 +214,8 @@ def filter_input_hashes(cfg: FilterConfig, resolve: Callable[[str], Path]) -> li
     The tokenizer and toxicity model bytes (local folders/checkpoints) and the eval set files:
     editing any of them must re-run the stage even though the recipe text is unchanged.
     """
-    hashes = [f"tokenizer={tokenizer_fingerprint(cfg.length.tokenizer or BUILTIN_MINILM, resolve)}"]
+    tokenizer = tokenizer_fingerprint(cfg.length.tokenizer or BUILTIN_MINILM, resolve, cfg.length.tokenizer_revision)
+    hashes = [f"tokenizer={tokenizer}"]
     scorer = toxicity_scorer_name(cfg.toxicity, resolve)
     if scorer is not None:
         hashes.append(f"toxicity={scorer}")
@@ -190,20 +224,37 @@ def filter_input_hashes(cfg: FilterConfig, resolve: Callable[[str], Path]) -> li
 
 
 @functools.lru_cache(maxsize=4)
-def _measures(config_json: str, root: str, warehouse: str) -> tuple[TokenCounter, ToxicityScorer | None, dict[str, set]]:
-    """Tokenizer, toxicity scorer and eval-set n-grams, loaded once per process for all its parts."""
+def _measures(config_json: str, root: str, warehouse: str,
+              fingerprints: tuple[str, ...]) -> tuple[TokenCounter, ToxicityScorer | None, EvalIndex]:
+    """Tokenizer, toxicity scorer and eval-set n-grams, loaded once per process for all its parts.
+
+    Memoized by the config AND `fingerprints` (filter_input_hashes: the bytes or revisions of what
+    is loaded here): a long-lived worker or a second run in one process must not serve eval-set
+    n-grams, a tokenizer or a checkpoint that were edited since they were loaded.
+    """
     cfg = FilterConfig.model_validate_json(config_json)
     ws = Workspace.from_env(root=root, warehouse=warehouse)
-    counter = load_token_counter(cfg.length.tokenizer or BUILTIN_MINILM, ws.resolve_input)
+    counter = load_token_counter(cfg.length.tokenizer or BUILTIN_MINILM, ws.resolve_input, cfg.length.tokenizer_revision)
     scorer = load_toxicity_scorer(cfg.toxicity, ws.resolve_input) if cfg.toxicity.enabled else None
-    eval_ngrams = load_eval_ngrams(cfg.decontaminate.eval_sets, cfg.decontaminate.ngram, ws.resolve_input)
+    eval_ngrams = load_eval_index(cfg.decontaminate, ws.resolve_input)
     return counter, scorer, eval_ngrams
 
 
 def filter_part(call: StageCall, records: pa.Table) -> StageOutput:
     """One records part of the input (tasks.core.parts runs one per part)."""
-    counter, scorer, eval_ngrams = _measures(json.dumps(call.config, sort_keys=True), call.root, call.warehouse)
-    return filter_records(records, FilterConfig.model_validate(call.config), counter, scorer, eval_ngrams)
+    cfg = FilterConfig.model_validate(call.config)
+    ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
+    # Hashed again here, in the process that loads them: the memo below is keyed by these bytes.
+    fingerprints = tuple(filter_input_hashes(cfg, ws.resolve_input))
+    if call.input_hashes and list(fingerprints) != list(call.input_hashes):
+        # Computing now would store results of the new files under a key that names the old ones.
+        raise RuntimeError(
+            "filter: an eval set, the tokenizer or the toxicity checkpoint changed after this run was "
+            f"planned (planned {list(call.input_hashes)}, found {list(fingerprints)}); run again"
+        )
+    counter, scorer, eval_ngrams = _measures(json.dumps(call.config, sort_keys=True), call.root, call.warehouse,
+                                             fingerprints)
+    return filter_records(records, cfg, counter, scorer, eval_ngrams)
 
 
 def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,6 +266,9 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "n_out": sum(p["n_out"] for p in parts),
         "reasons": sum_counts([p["reasons"] for p in parts]),
         "rows_with_hits_by_set": sum_counts([p["rows_with_hits_by_set"] for p in parts]),
+        "toxicity_unjudged_rows": sum(p.get("toxicity_unjudged_rows", 0) for p in parts),
+        "toxicity_unjudged_rows_kept": sum(p.get("toxicity_unjudged_rows_kept", 0) for p in parts),
+        "toxicity_unjudged_by_script": sum_counts([p.get("toxicity_unjudged_by_script", {}) for p in parts]),
     }
 
 

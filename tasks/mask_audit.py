@@ -52,6 +52,19 @@ def tokenize_conversation(tokenizer, template: str, messages: list[dict], max_le
     return {key: values[:max_length] for key, values in full.items()}
 
 
+def supervised_counts(tokenizer, template: str, messages: list[dict], max_length: int) -> dict:
+    """Token and supervised-token counts of one conversation, before and after truncation as TRL does it.
+
+    `supervised_truncated == 0 < supervised` is a row TRL drops when not packing (and trains on
+    with no loss when packing): the train stage decides it `no_supervised_tokens`.
+    """
+    full = _tokenize_untruncated(tokenizer, template, messages)
+    mask = full["assistant_masks"]
+    first = next((position for position, bit in enumerate(mask) if bit), None)
+    return {"n_tokens": len(full["input_ids"]), "supervised": sum(mask),
+            "supervised_truncated": sum(mask[:max_length]), "first_supervised_position": first}
+
+
 def assistant_spans(tokenizer, template: str, messages) -> list[tuple[int, int]]:
     """[start, end) token spans of the assistant turns, found without the generation markers.
 

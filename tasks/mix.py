@@ -3,37 +3,57 @@
 The stage reads the scored records of all sources and writes Parquet shards
 `shards/<split>/<category>-<part>.parquet` (the input columns plus `split`); its `records` output
 is empty because the shards are the data. Every input row gets one decision: `held_out_eval`,
-`selected` (detail: how many copies the train split holds) or `not_sampled`.
+`selected` (detail: how many copies the train split holds) or `not_sampled`; every detail names
+the row's `prompt_group`.
 
 Choices this stage makes (and why):
 
-- **Eval first, by hash.** A row is eval when sha256(seed, example_id) mapped to [0, 1) is below
-  `eval_fraction`. The verdict depends on nothing but the row's own id, so adding, removing or
-  reordering other rows never moves a row between splits, and eval rows are never sampled into
-  train. Eval rows of every category are kept, including categories whose train share is 0: a
-  `held_out_eval` decision always points at a shard row.
-- **Target shares.** `mix.shares` when given: categories in the data but not in `shares` get 0
-  and are not sampled (their rows are `not_sampled`); categories named in `shares` but absent
-  from the data keep their target and are reported with 0 realized rows (`missing_categories`).
-  Without `shares`, each category's share is its number of train-available rows. `temperature`
-  T then reshapes either kind of share: p_c ∝ p_c^(1/T), renormalized (T>1 flattens towards
-  uniform, T<1 sharpens; zero shares stay zero).
-- **Target rows.** `total_rows` as given; with `total_tokens`, category c wants
-  share_c * total_tokens / mean_tokens_c rows (mean over its train-available rows; a category
-  without rows uses the mean of all train-available rows) and the total is the rounded sum of
-  those; by default the total is the number of train-available rows (all categories, also
-  those whose share is 0). Real-valued quotas become integers by the largest-remainder method
-  (ties by category name), so the counts sum exactly to the total.
-- **Upsampling cap, no redistribution.** A category gets at most floor(max_upsample * n_available)
-  rows. The shortfall is reported (`n_shortfall`) and not handed to other categories: moving it
-  would silently change the other categories' shares, which the recipe fixed; a smaller train
-  set with the recipe's proportions intact is the least surprising outcome.
+- **Eval first, by prompt.** A row's group is a hash of its normalized prompt: the user turns'
+  text units (tasks/text_units.py: lowercase words, one unit per character in scripts without
+  spaces), so case, punctuation and whitespace do not separate copies of one question. A group
+  is eval when sha256(seed, group) mapped to [0, 1) is below `eval_fraction`, so every row of a
+  group lands in the same split: the same prompt with two answers, or two near-copies of a
+  prompt, are never in both. The verdict depends on the prompt alone, not on example_id (which
+  is hash(source, row position)), so inserting, removing or reordering rows of a source moves no
+  other row between splits. System prompts are left out: a system prompt shared by many rows
+  would otherwise separate copies of one user question (the stricter grouping is the safe one
+  for leakage). A prompt with no text units at all (only emoji or punctuation) is grouped by the
+  row's content_hash instead. Eval rows of every category are kept, including categories whose
+  train share is 0: a `held_out_eval` decision always points at a shard row. (datasets'
+  `train_test_split` splits by row; grouping by prompt is what keeps such an eval honest.)
+- **Target shares.** `mix.shares` when given: a positive share naming a category without a
+  single input row is an error that lists the categories present (the recipe already refuses
+  names no source can produce). Categories in the data but not in `shares` get 0 and are not
+  sampled: their rows are `not_sampled` with detail "category not in mix.shares", and stats list
+  them (`categories_not_in_shares`). Without `shares`, each category's share is its number of
+  train-available rows. `temperature` T then reshapes either kind of share: p_c ∝ p_c^(1/T),
+  renormalized (T>1 flattens towards uniform, T<1 sharpens; zero shares stay zero).
+- **Target rows.** `total_rows` as given; with `total_tokens` the shares are token shares:
+  category c wants share_c * total_tokens / mean_tokens_c rows (mean over its train-available
+  rows; a category without rows uses the mean of all train-available rows) and the total is the
+  rounded sum of those; by default the total is the number of train-available rows (all
+  categories, also those whose share is 0). Real-valued quotas become integers by the
+  largest-remainder method (ties by category name), so the counts sum exactly to the total.
+  Realized shares are reported in the targets' unit (`share_unit`) and in both rows and tokens.
+- **Short categories (`short_category`).** A category gets at most floor(max_upsample *
+  n_available) rows. When its target is above that, `scale_down` (default) shrinks the whole
+  mixture to the largest total at which every category fits, so every share holds (to rounding,
+  at most 1 / total rows; in token mode also the token counts of the rows drawn); a smaller
+  train set with the recipe's proportions is the least surprising outcome. `fail` stops with an
+  error naming the category, its rows and the rows needed. `fill` keeps the total and hands the
+  gap to the other categories in proportion to their shares (their realized shares then differ
+  from the targets). Stats (`short_category`, each mixture row's `outcome`), the Prefect
+  artifact and the run summary say which happened.
 - **Sampling.** Per category, rows sorted by example_id; a target t over n rows gives every row
   t // n copies, and t % n further rows are drawn without replacement by
   numpy.random.default_rng(sha256(seed, category)). Sorting first makes the draw independent of
   input order. The train mixture (categories by name, rows by id, copies together) is then
   shuffled with a seeded rng and written per category in that shuffled order.
+- **data_hash.** sha256 over the output rows in shard order (split, category, then each row's
+  example_id, copy number and content_hash), independent of `shard_rows`: a key for the train
+  stage under which cutting the same rows into other files does not force a retrain.
 """
+
 
 from __future__ import annotations
 
@@ -56,12 +76,14 @@ from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.reasons import Reason
 from tasks.core.artifacts import TMP_PREFIX
 from tasks.core.stage import PART_ROWS, StageCall, records_paths, stage_task
+from tasks.text_units import text_units
 
 LIBRARIES = ("numpy", "pyarrow")
 
 TOKENS_COLUMN = "n_tokens_total"
 SCORE_COLUMN = "score"
 SPLIT_COLUMN = "split"
+MESSAGES_COLUMN = "messages"
 TRAIN, EVAL = "train", "eval"
 # Float products such as 1.15 * 100 land just below the integer they mean (114.999…); quotas
 # and caps are nudged by this much before flooring so they mean what the recipe says.
@@ -91,15 +113,48 @@ def derived_seed(*parts: Any) -> int:
     return int.from_bytes(_digest(*parts)[:8], "big")
 
 
-def eval_assignment(example_ids: Iterable[str], eval_fraction: float, seed: int) -> list[bool]:
-    """True for the rows that go to the eval split: hash(seed, example_id) in [0, 1) < eval_fraction.
+PROMPT_ROLES = ("user",)
+TURN_SEPARATOR = "\x1e"  # between turns; text_units never yields it (it is not \w)
 
-    Each verdict depends only on that row's id and the seed, never on other rows or their order.
+
+def normalized_prompt(messages: Iterable[dict[str, Any]] | None) -> str:
+    """The prompt as the eval split compares it: the user turns' text units (tasks/text_units.py:
+    lowercase words, one unit per character in scripts without spaces), so case, punctuation and
+    whitespace never separate two copies of one question.
+
+    >>> normalized_prompt([{"role": "system", "content": "Be brief."},
+    ...                    {"role": "user", "content": "What's  the CAPITAL of France?"},
+    ...                    {"role": "assistant", "content": "Paris."}])
+    'what s the capital of france'
+    """
+    return TURN_SEPARATOR.join(" ".join(text_units(m.get("content") or "")) for m in messages or ()
+                               if m.get("role") in PROMPT_ROLES)
+
+
+def prompt_group(messages: Iterable[dict[str, Any]] | None, fallback: str) -> str:
+    """The row's eval-split group: a 64-bit hex hash of its normalized prompt, or of `fallback`
+    (the row's content_hash) when the prompt has no text units at all (a prompt of only emoji or
+    punctuation), so that such rows do not all fall into one group.
+
+    >>> hi = prompt_group([{"role": "user", "content": "Hi!"}], "x")
+    >>> hi == prompt_group([{"role": "user", "content": "  hi"}], "y")
+    True
+    """
+    prompt = normalized_prompt(messages)
+    key = ("prompt", prompt) if prompt.replace(TURN_SEPARATOR, "") else ("row", fallback)
+    return _digest("mix-prompt-group", *key)[:8].hex()
+
+
+def eval_assignment(group_keys: Iterable[str], eval_fraction: float, seed: int) -> list[bool]:
+    """True for the rows that go to the eval split: hash(seed, group key) in [0, 1) < eval_fraction.
+
+    Each verdict depends only on that row's group key (its prompt group) and the seed, never on
+    other rows, their order or their ids, so rows of one group always share a split.
 
     >>> eval_assignment(["a", "b"], 0.0, 0)
     [False, False]
     """
-    return [unit_interval("mix-eval", seed, example_id) < eval_fraction for example_id in example_ids]
+    return [unit_interval("mix-eval", seed, key) < eval_fraction for key in group_keys]
 
 
 # ----------------------------------------------------------------------------- target sizes --
@@ -124,7 +179,8 @@ def apply_temperature(shares: dict[str, float], temperature: float | None) -> di
 def target_shares(available: dict[str, int], cfg: MixConfig) -> dict[str, float]:
     """Target share of the train mixture per category (see the module docstring for the rules).
 
-    Keys: every category of `available` and of `cfg.shares`, sorted.
+    Keys: every category of `available` (the categories in the input, with their train-available
+    rows) and of `cfg.shares`, sorted.
 
     >>> target_shares({"qa": 30, "code": 10}, MixConfig())
     {'code': 0.25, 'qa': 0.75}
@@ -206,6 +262,76 @@ def upsample_cap(n_available: int, max_upsample: float) -> int:
     (11, 21)
     """
     return math.floor(max_upsample * n_available + FLOAT_SLACK)
+
+
+@dataclass(frozen=True)
+class FittedCounts:
+    """Train rows per category after the short-category policy, and what the policy did."""
+
+    counts: dict[str, int]
+    total: int  # sum of counts
+    short: list[str]  # categories whose target exceeded their upsampling cap (sorted)
+    outcome: str  # "held" (no category short), "scaled_down", "filled", or "short" (fill could not)
+
+
+def short_category_error(category: str, n_available: int, cap: int, needed: int, share: float,
+                         total: int, cfg: MixConfig) -> ValueError:
+    return ValueError(
+        f"mix: category {category!r} cannot fill its share: it has {n_available} train rows, so at most "
+        f"{cap} under max_upsample {cfg.max_upsample:g}, and its share {share:.4g} of {total} train rows needs "
+        f"{needed} rows. mix.short_category is 'fail'; set it to scale_down (shrink the whole mixture so "
+        "every share holds) or fill (let the other categories fill the gap), lower the share, or raise "
+        "max_upsample")
+
+
+def fit_counts(quotas: dict[str, float], total: int, caps: dict[str, int], policy: str) -> FittedCounts:
+    """Integer train rows per category from real-valued `quotas` (summing to about `total`), each at
+    most its cap, by the short-category `policy` (`fail` is checked by the caller, which can name
+    the rows; here it behaves like no policy: counts are capped and the rest is shortfall).
+
+    scale_down: the largest total T' <= total whose apportioned counts all fit their caps
+    (starting from total * min(cap/quota), stepping down while rounding overshoots a cap).
+    fill: categories that overshoot are pinned at their caps and the rest of the total is
+    apportioned among the others by their quotas, repeated until nothing overshoots.
+
+    >>> fit_counts({"qa": 50.0, "code": 50.0}, 100, {"qa": 300, "code": 25}, "scale_down").counts
+    {'qa': 25, 'code': 25}
+    >>> fit_counts({"qa": 50.0, "code": 50.0}, 100, {"qa": 300, "code": 25}, "fill").counts
+    {'qa': 75, 'code': 25}
+    """
+    counts = apportion(quotas, total)
+    short = sorted(c for c in quotas if counts[c] > caps[c])
+    if not short:
+        return FittedCounts(counts, total, [], "held")
+    if policy == "scale_down":
+        quota_sum = sum(quotas.values())
+        factor = min(caps[c] * quota_sum / (quotas[c] * total) for c in quotas if quotas[c] > 0)
+        scaled_total = min(total, math.floor(total * factor + FLOAT_SLACK))
+        while scaled_total > 0:
+            counts = apportion(quotas, scaled_total)
+            if all(counts[c] <= caps[c] for c in quotas):
+                break
+            scaled_total -= 1
+        else:
+            counts = {c: 0 for c in quotas}
+        return FittedCounts(counts, scaled_total, short, "scaled_down")
+    if policy == "fill":
+        pinned: set[str] = set()
+        while True:
+            open_quotas = {c: q for c, q in quotas.items() if c not in pinned}
+            left = total - sum(caps[c] for c in pinned)
+            if not any(q > 0 for q in open_quotas.values()):
+                counts = {c: caps[c] if c in pinned else 0 for c in quotas}
+                break
+            counts = {**apportion(open_quotas, left), **{c: caps[c] for c in pinned}}
+            over = {c for c in open_quotas if counts[c] > caps[c]}
+            if not over:
+                break
+            pinned |= over
+        n_rows = sum(counts.values())
+        return FittedCounts(counts, n_rows, short, "filled" if n_rows == total else "short")
+    counts = {c: min(n, caps[c]) for c, n in counts.items()}
+    return FittedCounts(counts, sum(counts.values()), short, "short")
 
 
 # --------------------------------------------------------------------------------- sampling --
@@ -358,46 +484,100 @@ def _cut(group: SpoolGroup, spool_dir: Path, shard_rows: int) -> Iterator[tuple[
 
 
 # ------------------------------------------------------------------------------------- main --
+def _plan_columns(schema: pa.Schema, tables: Callable[[list[str] | None], Iterable[pa.Table]]) -> dict[str, list]:
+    """The columns the plan needs, read part by part: ids, categories, content hashes, tokens,
+    scores, and each row's prompt group (from its messages, which are not kept)."""
+    names = schema.names
+    missing = {"example_id", "category"} - set(names)
+    if missing:
+        raise ValueError(f"mix: the input has no {sorted(missing)} column; mix needs the records of the score "
+                         "(or filter) stage, which carry example_id and category")
+    wanted = ("example_id", "category", "content_hash", TOKENS_COLUMN, SCORE_COLUMN, MESSAGES_COLUMN)
+    plan: dict[str, list] = {"ids": [], "categories": [], "hashes": [], "tokens": [], "scores": [], "groups": []}
+    for part in tables([c for c in wanted if c in names]):
+        ids = part["example_id"].to_pylist()
+        hashes = part["content_hash"].to_pylist() if "content_hash" in names else [None] * len(ids)
+        messages = part[MESSAGES_COLUMN].to_pylist() if MESSAGES_COLUMN in names else [None] * len(ids)
+        plan["ids"] += ids
+        plan["categories"] += part["category"].to_pylist()
+        plan["hashes"] += hashes
+        plan["tokens"] += part[TOKENS_COLUMN].to_pylist() if TOKENS_COLUMN in names else [None] * len(ids)
+        plan["scores"] += part[SCORE_COLUMN].to_pylist() if SCORE_COLUMN in names else [None] * len(ids)
+        plan["groups"] += [prompt_group(m, h or i) for m, h, i in zip(messages, hashes, ids)]
+        del messages
+    if TOKENS_COLUMN not in names:
+        plan["tokens"] = None
+    return plan
+
+
+def data_hash(blocks: list[tuple[str, str, list[int]]], ids: list[str], hashes: list[str | None]) -> str:
+    """sha256 of the output rows in shard order: split and category of each block, then each row's
+    example_id, copy number and content_hash. Shard boundaries (`shard_rows`) do not enter it, so
+    two mixes that differ only in how the same rows are cut into files hash the same.
+
+    >>> data_hash([("train", "qa", [0, 0])], ["a"], ["h"]) == data_hash([("train", "qa", [0])], ["a"], ["h"])
+    False
+    """
+    digest = hashlib.sha256()
+    for split, category, rows in blocks:
+        digest.update(f"block\x1f{split}\x1f{category}\n".encode())
+        seen: Counter[int] = Counter()
+        for i in rows:
+            digest.update(f"{ids[i]}\x1f{seen[i]}\x1f{hashes[i] or ''}\n".encode())
+            seen[i] += 1
+    return digest.hexdigest()
+
+
 def mix_parts(schema: pa.Schema, tables: Callable[[list[str] | None], Iterable[pa.Table]], cfg: MixConfig,
               spool_dir: Path) -> PartedOutput:
     """Eval split, target shares and counts, deterministic sampling, shards, one decision per row.
 
     `tables(columns)` yields the input's records parts in order (only `columns`, or all columns
-    for None); `schema` is theirs. The plan needs only ids, categories, tokens and scores, read
-    first. The shards are then written in two streaming steps (`_spool`, `_cut`), so memory
-    holds one input part or one spool file of rows, never the whole input."""
+    for None); `schema` is theirs. The plan needs only ids, categories, hashes, tokens, scores and
+    prompt groups, read first. The shards are then written in two streaming steps (`_spool`,
+    `_cut`), so memory holds one input part or one spool file of rows, never the whole input."""
     names = schema.names
-    plan_columns = [c for c in ("example_id", "category", TOKENS_COLUMN, SCORE_COLUMN) if c in names]
-    missing = {"example_id", "category"} - set(names)
-    if missing:
-        raise ValueError(f"mix: the input has no {sorted(missing)} column; mix needs the records of the score "
-                         "(or filter) stage, which carry example_id and category")
-    plan = pa.concat_tables(list(tables(plan_columns)))
-    n_in = plan.num_rows
-    ids = plan["example_id"].to_pylist()
-    categories = plan["category"].to_pylist()
-    tokens = plan[TOKENS_COLUMN].to_pylist() if TOKENS_COLUMN in names else None
-    scores = plan[SCORE_COLUMN].to_pylist() if SCORE_COLUMN in names else [None] * len(ids)
+    plan = _plan_columns(schema, tables)
+    ids, categories, hashes, tokens, scores, prompt_groups = (
+        plan["ids"], plan["categories"], plan["hashes"], plan["tokens"], plan["scores"], plan["groups"])
     del plan
+    n_in = len(ids)
     _check_rows(ids, categories, tokens, cfg, names)
 
-    # Canonical order (by example_id) makes every step below independent of the input order.
-    is_eval = dict(zip(ids, eval_assignment(ids, cfg.eval_fraction, cfg.seed)))
-    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    # Eval by prompt group; then canonical order (by example_id) makes every step below
+    # independent of the input order.
+    is_eval = eval_assignment(prompt_groups, cfg.eval_fraction, cfg.seed)
+    order = sorted(range(n_in), key=lambda i: ids[i])
     train_rows: dict[str, list[int]] = {}
     eval_rows: dict[str, list[int]] = {}
     for i in order:
-        (eval_rows if is_eval[ids[i]] else train_rows).setdefault(categories[i], []).append(i)
+        (eval_rows if is_eval[i] else train_rows).setdefault(categories[i], []).append(i)
 
-    available = {c: len(rows) for c, rows in train_rows.items()}
+    in_data = Counter(categories)
+    _check_shares_exist(cfg, in_data)
+    available = {c: len(train_rows.get(c, [])) for c in sorted(in_data)}
     shares = target_shares(available, cfg)
     mean_tokens = None
     if cfg.total_tokens is not None:
         all_train = [i for rows in train_rows.values() for i in rows]
         mean_tokens = {c: sum(tokens[i] for i in rows) / len(rows) for c, rows in train_rows.items()}
         mean_tokens["*"] = sum(tokens[i] for i in all_train) / len(all_train) if all_train else 0.0
-    total_rows_target, wanted = target_counts(shares, available, cfg, mean_tokens)
-    counts = {c: min(wanted[c], upsample_cap(available.get(c, 0), cfg.max_upsample)) for c in shares}
+    total_rows_target, quotas = row_quotas(shares, available, cfg, mean_tokens)
+    wanted = apportion(quotas, total_rows_target)
+    caps = {c: upsample_cap(available.get(c, 0), cfg.max_upsample) for c in shares}
+    short = sorted(c for c in shares if wanted[c] > caps[c])
+    if short and cfg.short_category == "fail":
+        c = short[0]
+        raise short_category_error(c, available.get(c, 0), caps[c], wanted[c], shares[c], total_rows_target, cfg)
+    fitted = fit_counts(quotas, total_rows_target, caps, cfg.short_category)
+    if fitted.total == 0 and total_rows_target > 0:
+        c = next((c for c in short if caps[c] == 0), short[0])
+        raise ValueError(f"mix: category {c!r} has a share of {shares[c]:.4g} but no train rows (its "
+                         f"{in_data[c]} rows are all in the eval split), so mix.short_category "
+                         f"'{cfg.short_category}' leaves an empty train mixture; lower eval_fraction or remove "
+                         "the category from mix.shares" + ("" if cfg.short_category == "fill" else
+                                                          ", or use short_category: fill"))
+    counts = fitted.counts
 
     copies: dict[int, int] = {}
     for category, rows in train_rows.items():
@@ -430,34 +610,50 @@ def mix_parts(schema: pa.Schema, tables: Callable[[list[str] | None], Iterable[p
             yield StageOutput(records=no_rows, decisions=no_decisions, extra=extra)
         yield StageOutput(records=no_rows, decisions=decisions.to_table())
 
+    not_in_shares = sorted(c for c in in_data if cfg.shares is not None and c not in cfg.shares)
     decisions = DecisionLog()
     for i in order:
-        if is_eval[ids[i]]:
-            decisions.add(ids[i], Reason.HELD_OUT_EVAL, score=scores[i])
+        in_group = {"prompt_group": prompt_groups[i]}
+        if is_eval[i]:
+            decisions.add(ids[i], Reason.HELD_OUT_EVAL, score=scores[i], detail=in_group)
         elif copies[i] > 0:
-            decisions.add(ids[i], Reason.SELECTED, score=scores[i], detail={"copies": copies[i]})
+            decisions.add(ids[i], Reason.SELECTED, score=scores[i], detail={"copies": copies[i], **in_group})
+        elif categories[i] in not_in_shares:
+            decisions.add(ids[i], Reason.NOT_SAMPLED, score=scores[i],
+                          detail={"category": categories[i], "why": "category not in mix.shares", **in_group})
         else:
             category = categories[i]
             decisions.add(ids[i], Reason.NOT_SAMPLED, score=scores[i],
                           detail={"category_target_rows": counts[category],
-                                  "category_available_rows": available[category]})
+                                  "category_available_rows": available[category], **in_group})
 
     n_train = len(mixture)
+    train_tokens = None if tokens is None else sum(tokens[i] or 0 for i in mixture)
+    share_unit = "tokens" if cfg.total_tokens is not None else "rows"
     mixture_stats = []
     for category in shares:
         rows = train_rows.get(category, [])
         n_rows = sum(copies[i] for i in rows)
+        n_tokens = None if tokens is None else sum((tokens[i] or 0) * copies[i] for i in rows)
+        share_rows = n_rows / n_train if n_train else 0.0
+        share_tokens = None if n_tokens is None else (n_tokens / train_tokens if train_tokens else 0.0)
         mixture_stats.append({
             "category": category,
             "target_share": shares[category],
-            "realized_share": n_rows / n_train if n_train else 0.0,
+            # in `share_unit`, the unit of the targets: tokens with total_tokens, else rows
+            "realized_share": share_tokens if share_unit == "tokens" else share_rows,
+            "realized_share_rows": share_rows,
+            "realized_share_tokens": share_tokens,
+            "share_unit": share_unit,
             "n_available": available.get(category, 0),
             "n_rows": n_rows,
             "n_unique": sum(1 for i in rows if copies[i] > 0),
             "n_eval": len(eval_rows.get(category, [])),
-            "n_tokens": None if tokens is None else sum((tokens[i] or 0) * copies[i] for i in rows),
-            "n_target": wanted[category],
-            "n_shortfall": wanted[category] - counts[category],
+            "n_tokens": n_tokens,
+            "n_target": wanted[category],  # train rows the recipe asked for, before the policy
+            "n_cap": caps[category],  # most rows max_upsample allows
+            "n_shortfall": max(0, wanted[category] - caps[category]),  # rows the category could not supply
+            "outcome": _outcome(category, cfg, fitted, wanted, counts, not_in_shares),
         })
     n_eval = sum(len(rows) for rows in eval_rows.values())
     stats = {
@@ -465,14 +661,53 @@ def mix_parts(schema: pa.Schema, tables: Callable[[list[str] | None], Iterable[p
         "n_out": n_train + n_eval,
         "n_train_rows": n_train,
         "n_eval_rows": n_eval,
+        "n_train_tokens": train_tokens,
         "total_rows_target": total_rows_target,
         "total_tokens_target": cfg.total_tokens,
+        "share_unit": share_unit,
         "shortfall_rows": sum(m["n_shortfall"] for m in mixture_stats),
-        "missing_categories": sorted(c for c in shares if shares[c] > 0 and c not in train_rows),
+        "short_category": {
+            "policy": cfg.short_category,
+            "outcome": fitted.outcome,
+            "short_categories": [{"category": c, "n_available": available.get(c, 0), "n_cap": caps[c],
+                                  "n_needed": wanted[c]} for c in fitted.short],
+            "n_train_rows_target": total_rows_target,
+            "n_train_rows": n_train,
+        },
+        "categories_not_in_shares": not_in_shares,
+        "eval_split": {"by": "prompt", "n_groups": len(set(prompt_groups)),
+                       "n_eval_groups": len({g for g, e in zip(prompt_groups, is_eval) if e})},
+        "data_hash": data_hash(blocks, ids, hashes),
         "shards": shard_stats,
         "mixture": mixture_stats,
     }
     return PartedOutput(shards(), lambda: stats)
+
+
+def _check_shares_exist(cfg: MixConfig, in_data: Counter) -> None:
+    """A positive share for a category without a single input row is an error (a typo, or a
+    category an earlier stage removed entirely), naming the categories that exist."""
+    absent = sorted(c for c, share in (cfg.shares or {}).items() if share > 0 and c not in in_data)
+    if absent:
+        present = ", ".join(f"{c} ({n} rows)" for c, n in sorted(in_data.items())) or "none"
+        raise ValueError(f"mix.shares names {', '.join(repr(c) for c in absent)}, which has no rows in the "
+                         f"mix input; the categories in the input are: {present}")
+
+
+def _outcome(category: str, cfg: MixConfig, fitted: FittedCounts, wanted: dict[str, int],
+             counts: dict[str, int], not_in_shares: list[str]) -> str:
+    """What happened to one category: not_in_shares, zero_share, short (limited by max_upsample),
+    scaled_down (held its share in a smaller mixture), filled (took rows of a short category),
+    or held (got what the recipe asked)."""
+    if category in not_in_shares:
+        return "not_in_shares"
+    if cfg.shares is not None and cfg.shares.get(category, 0.0) == 0:
+        return "zero_share"
+    if category in fitted.short:
+        return "short"
+    if fitted.outcome == "scaled_down":
+        return "scaled_down"
+    return "filled" if counts[category] > wanted[category] else "held"
 
 
 def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:

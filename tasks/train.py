@@ -10,6 +10,12 @@ Choices this stage makes (and why):
 - **Training runs in a child process** (`accelerate launch`, `--cpu` without CUDA): an OOM kill
   or a CUDA crash fails this task with the tail of the training log, never the flow process,
   and `train.num_processes` GPUs work the same way.
+- **Every train row gets a decision** (one per example_id; upsampled copies share it): rows that
+  truncation to max_length leaves without a supervised token are dropped as
+  `no_supervised_tokens` (TRL would drop them silently, or train on them with no loss when
+  packing) and the worker never sees them, so the catalog's lineage lists exactly the rows
+  trained on. Rows with no supervised token even untruncated are a template problem: they stay
+  and the audit stops the run.
 - **Masks are audited before launching** (tasks/mask_audit.py): a template that supervises
   nothing, supervises prompts, or never the end-of-turn token stops the stage with an actionable
   error and `mask_audit.json` in the work folder, instead of an hour of training on the wrong
@@ -51,11 +57,12 @@ from tasks.chat_template import end_of_turn_token, select_chat_template
 from tasks.core.artifacts import ArtifactStore, Manifest
 from tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
 from tasks.core.recipe import TrainConfig
-from tasks.core.records import DECISION_SCHEMA, StageOutput, empty_records
+from tasks.core.reasons import Reason
+from tasks.core.records import DecisionLog, StageOutput, empty_records
 from tasks.core.stage import StageCall, stage_task
 from tasks.core.weights import require_safetensors
 from tasks.core.workspace import Workspace
-from tasks.mask_audit import audit_masks, check_audit, tokenize_conversation
+from tasks.mask_audit import audit_masks, check_audit, supervised_counts, tokenize_conversation
 from tasks.model_card import render_model_card
 from tasks.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
 from tasks.train_worker import (
@@ -211,6 +218,34 @@ def sample_rows(rows: list[dict[str, Any]], n_rows: int, seed: int, salt: str) -
         unique.setdefault(row["example_id"], row)
     ids = sorted(unique)
     return [unique[ids[i]] for i in seeded_order(ids, seed, salt)[:n_rows]]
+
+
+def supervision_decisions(rows: list[dict[str, Any]], tokenizer, template: str,
+                          max_length: int) -> tuple[DecisionLog, set[str]]:
+    """One decision per distinct example_id of `rows`: `no_supervised_tokens` when truncation to
+    max_length (keeping the start, as TRL does) leaves no supervised token although the whole
+    conversation has some, else `kept`. Returns the log and the dropped ids.
+
+    Every distinct row is tokenized once (the audit only samples): the rows dropped here are
+    exactly the rows TRL would drop, which the worker re-checks on its own dataset.
+    """
+    log, dropped = DecisionLog(), set()
+    seen: set[str] = set()
+    for row in rows:
+        example_id = row["example_id"]
+        if example_id in seen:
+            continue
+        seen.add(example_id)
+        counts = supervised_counts(tokenizer, template, row["messages"], max_length)
+        if counts["supervised"] and not counts["supervised_truncated"]:
+            log.add(example_id, Reason.NO_SUPERVISED_TOKENS, score=float(counts["n_tokens"]), detail={
+                "max_length": max_length, "n_tokens": counts["n_tokens"],
+                "supervised_tokens_before_truncation": counts["supervised"],
+                "first_supervised_position": counts["first_supervised_position"]})
+            dropped.add(example_id)
+        else:
+            log.add(example_id, Reason.KEPT)
+    return log, dropped
 
 
 def audit_sample(rows: list[dict[str, Any]], max_rows: int, seed: int) -> list[dict[str, Any]]:
@@ -416,6 +451,7 @@ def audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
         "n_examples": audit.get("n_examples"),
         "supervised_token_share": (audit.get("supervised_token_share") or {}).get("overall"),
         "n_zero_supervised": audit.get("n_zero_supervised"),
+        "n_dropped_no_supervised_tokens": audit.get("n_dropped_no_supervised_tokens"),
         "non_assistant_supervised": audit.get("non_assistant_supervised"),
         "end_of_turn_supervised": eot.get("ok"),
         "end_of_turn_share_of_examples": eot.get("share_of_examples"),
@@ -504,7 +540,16 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     template, template_origin = select_chat_template(tokenizer, cfg.chat_template, workspace.resolve_input)
     (reports / CHAT_TEMPLATE_FILE).write_bytes(template.encode("utf-8"))
 
-    audit = audit_masks(audit_sample(train_rows, AUDIT_MAX_ROWS, cfg.seed), tokenizer, template, cfg.max_length)
+    decisions, dropped = supervision_decisions(train_rows, tokenizer, template, cfg.max_length)
+    trained_rows = [r for r in train_rows if r["example_id"] not in dropped]
+    if dropped:
+        print(f"[train] {len(dropped)} of {len(decisions)} train examples have no supervised token after "
+              f"truncation to max_length={cfg.max_length}: dropped as no_supervised_tokens", flush=True)
+    # The audit describes what the trainer will see; with every row dropped it describes them all,
+    # and check_audit names the truncation problem.
+    audit = audit_masks(audit_sample(trained_rows or train_rows, AUDIT_MAX_ROWS, cfg.seed), tokenizer, template,
+                        cfg.max_length)
+    audit["n_dropped_no_supervised_tokens"] = len(dropped)
     audit_path = _write_json(reports / "mask_audit.json", audit)
     try:
         check_audit(audit)
@@ -514,12 +559,13 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
 
     kwargs = sft_kwargs(cfg, device, float(audit["mean_tokens"]), has_eval=bool(eval_files))
     attention = attn_implementation(cfg, device)
-    roundtrip_rows = sample_rows(train_rows, max(ROUNDTRIP_ROWS, MIN_ROUNDTRIP_ROWS), cfg.seed, "train-roundtrip")
+    roundtrip_rows = sample_rows(trained_rows, max(ROUNDTRIP_ROWS, MIN_ROUNDTRIP_ROWS), cfg.seed, "train-roundtrip")
     job = TrainJob(
         base_model=location, revision=None if builtin else cfg.revision, trust_remote_code=cfg.trust_remote_code,
         chat_template=template, train_files=[str(p) for p in train_files], eval_files=[str(p) for p in eval_files],
         checkpoint_dir=str(work / "checkpoints"), output_dir=str(output_dir), method=cfg.method, lora=cfg.lora,
         sft=kwargs, attn_implementation=attention, sample_ids=[r["example_id"] for r in roundtrip_rows],
+        exclude_example_ids=sorted(dropped),
     )
     job_path = job.write(work / "job.json")
     accelerate_config = call.params.get("accelerate_config")
@@ -561,7 +607,7 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
         "template_origin": template_origin, "max_length": cfg.max_length, "packing": kwargs["packing"],
         "device": device, "attn_implementation": attention, "sft": kwargs, "metrics": metrics,
         "mask_audit": summary, "roundtrip": {k: roundtrip[k] for k in ("ok", "n_rows_checked", "template_byte_identical")},
-        "n_train_rows": len(train_rows), "n_eval_rows": mix.stats.get("n_eval_rows"),
+        "n_train_rows": len(trained_rows), "n_eval_rows": mix.stats.get("n_eval_rows"),
     }
     (reports / "MODEL_CARD.md").write_text(render_model_card(call.params.get("data_card") or {}, train_summary),
                                            encoding="utf-8")
@@ -573,8 +619,12 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
                  "roundtrip.json", "MODEL_CARD.md", CHAT_TEMPLATE_FILE, TRAINED_SEQUENCES_FILE, "train.log"):
         files[name] = reports / name
     stats = {
-        "n_in": len(train_rows),
-        "n_out": int(roundtrip.get("n_trained_sequences") or 0),
+        # the ledger counts distinct train examples: n_in = kept + dropped (no_supervised_tokens)
+        "n_in": len(decisions),
+        "n_out": len(decisions) - len(dropped),
+        "n_train_rows": len(trained_rows),  # upsampled copies counted
+        "n_dropped_no_supervised_tokens": len(dropped),
+        "n_trained_sequences": int(roundtrip.get("n_trained_sequences") or 0),
         "model": {"base_model": cfg.model, "method": cfg.method, "path": "model",
                   # what evaluate loads as the base: the artifact's base_model/ for builtin models
                   "base_location": None if cfg.model.startswith("builtin:") else location,
@@ -588,7 +638,7 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
         "roundtrip_ok": roundtrip["ok"],
         "work_dir": str(work),
     }
-    return StageOutput(records=empty_records(), decisions=DECISION_SCHEMA.empty_table(), files=files, stats=stats)
+    return StageOutput(records=empty_records(), decisions=decisions.to_table(), files=files, stats=stats)
 
 
 @stage_task("train")

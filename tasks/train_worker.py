@@ -74,6 +74,12 @@ class TrainJob(BaseModel):
         "how it tokenized them itself, to tell a tokenization mismatch from a saving mismatch.",
     )
 
+    exclude_example_ids: list[str] = Field(
+        default_factory=list,
+        description="example_ids of train rows the train stage dropped as no_supervised_tokens "
+        "(truncation leaves them nothing to learn from); left out of the train dataset.",
+    )
+
     @classmethod
     def read(cls, path: str | Path) -> "TrainJob":
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
@@ -172,13 +178,18 @@ def train_metrics(train_output_metrics: dict[str, Any], tokens_processed: int | 
 
 
 # --------------------------------------------------------------------------------- the run --
-def load_messages(files: list[str], cache_dir: Path):
-    """A datasets.Dataset of the shards' `messages` only (TRL would treat other columns as input)."""
+def load_messages(files: list[str], cache_dir: Path, exclude_ids: list[str] | None = None):
+    """A datasets.Dataset of the shards' `messages` only (TRL would treat other columns as input),
+    without the rows whose example_id is in `exclude_ids` (the train stage's drops)."""
     from datasets import load_dataset
 
     dataset = load_dataset("parquet", data_files=list(files), split="train", cache_dir=str(cache_dir))
     if MESSAGES_COLUMN not in dataset.column_names:
         raise ValueError(f"train shards {files[0]}...: no `{MESSAGES_COLUMN}` column (found {dataset.column_names})")
+    if exclude_ids:
+        excluded = set(exclude_ids)
+        dataset = dataset.filter(lambda ids: [i not in excluded for i in ids], input_columns="example_id",
+                                 batched=True)
     return dataset.select_columns([MESSAGES_COLUMN])
 
 
@@ -316,7 +327,7 @@ def run(job: TrainJob) -> None:
     checkpoint_dir = Path(job.checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = checkpoint_dir.parent / "datasets-cache"
-    train_dataset = load_messages(job.train_files, cache_dir)
+    train_dataset = load_messages(job.train_files, cache_dir, job.exclude_example_ids)
     wants_eval = job.eval_files and job.sft.get("eval_strategy", "no") != "no"
     eval_dataset = load_messages(job.eval_files, cache_dir) if wants_eval else None
 
@@ -334,7 +345,8 @@ def run(job: TrainJob) -> None:
 
     if not args.packing and len(trainer.train_dataset) < len(train_dataset):
         # TRL drops rows that truncation left with no supervised token, without a word; the
-        # audit samples rows, so this count is the check that covers every row.
+        # train stage already left them out (no_supervised_tokens), so any drop here means the
+        # stage's tokenization and TRL's disagree: stop rather than train on an unrecorded set.
         raise RuntimeError(
             f"{len(train_dataset) - len(trainer.train_dataset)} of {len(train_dataset)} train rows have no "
             f"supervised token after truncation to max_length={args.max_length}: raise train.max_length "

@@ -24,6 +24,7 @@ from tasks.core.hashing import sha256_file, short_hash
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"  # a writer's folder before commit: never read, swept after a crash
+DECISIONS_FILE = "decisions.parquet"  # the stage's decision log: the catalog reads it, no later stage does
 
 
 class ArtifactFile(BaseModel):
@@ -51,8 +52,32 @@ class Manifest(BaseModel):
 
     @property
     def content_hash(self) -> str:
-        """Hash of the artifact's bytes (through its files' hashes): what downstream keys use."""
+        """Hash of all the artifact's bytes (through its files' hashes): its identity in the catalog."""
         return short_hash(sorted((f.name, f.sha256) for f in self.files))
+
+    @property
+    def data_hash(self) -> str:
+        """Hash of what later stages read from this artifact: what downstream cache keys use.
+
+        Later stages read records parts and extra tables, never the decision log (only the
+        catalog does), so a reworded decision detail does not re-run them. A stage whose bytes
+        depend on a layout its readers ignore declares its own `stats["data_hash"]` (mix: the
+        rows of both splits, independent of shard boundaries, so `mix.shard_rows` does not
+        retrain).
+
+        >>> f = lambda name, sha: ArtifactFile(name=name, sha256=sha)
+        >>> m = Manifest(stage="s", key="k", path="/", config_hash="c", code_hash="c", n_in=1, n_out=1,
+        ...              created_at="", files=[f("records-00000.parquet", "a"), f(DECISIONS_FILE, "b")])
+        >>> reworded = m.model_copy(update={"files": [f("records-00000.parquet", "a"), f(DECISIONS_FILE, "B")]})
+        >>> reworded.data_hash == m.data_hash, reworded.content_hash == m.content_hash
+        (True, False)
+        >>> m.model_copy(update={"stats": {"data_hash": "rows"}}).data_hash
+        'rows'
+        """
+        declared = self.stats.get("data_hash")
+        if declared:
+            return str(declared)
+        return short_hash(sorted((f.name, f.sha256) for f in self.files if f.name != DECISIONS_FILE))
 
     def file(self, name: str) -> Path:
         return Path(self.path) / name

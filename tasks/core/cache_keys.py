@@ -1,7 +1,9 @@
 """Cache keys: the one definition of "has this stage's output already been computed?".
 
-key = hash(stage name, code fingerprint, canonical JSON of the recipe section the stage reads,
-content hashes of its inputs, versions of the libraries/models that change its output).
+key = hash(stage name, code fingerprint, canonical JSON of the recipe section the stage reads (less
+the fields that change how, not what, it computes), data hashes of its inputs (what it reads of
+them: not their decision logs), versions of the libraries/models that change its output).
+tasks/core/stage.py: plan_stage assembles them; docs/caching.md lists what is and is not keyed.
 
 The code fingerprint is the source of the stage's module plus every project module it imports,
 followed transitively (found by parsing imports, not by running them). Prefect's TASK_SOURCE

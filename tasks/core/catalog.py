@@ -31,7 +31,9 @@ from tasks.core.artifacts import Manifest
 from tasks.core.failpoints import failpoint
 
 STAGES = ("ingest", "normalize", "dedup", "filter", "score", "mix", "train", "evaluate")
-DATA_STAGES = STAGES[:6]  # the stages that judge rows: the ledger covers these
+# The stages that judge rows. The ledger covers them and train, which decides every distinct
+# train row too (kept, or dropped as `no_supervised_tokens` when truncation leaves it nothing).
+DATA_STAGES = STAGES[:6]
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -46,10 +48,14 @@ CREATE TABLE IF NOT EXISTS artifacts (
     config_hash VARCHAR, code_hash VARCHAR, created_at TIMESTAMP, run_id VARCHAR,
     n_in BIGINT, n_out BIGINT, stats VARCHAR);
 CREATE TABLE IF NOT EXISTS artifact_inputs (artifact_id VARCHAR, input_artifact_id VARCHAR);
-CREATE TABLE IF NOT EXISTS examples (
-    example_id VARCHAR PRIMARY KEY, source VARCHAR, source_format VARCHAR, source_uri VARCHAR,
-    source_row BIGINT, content_hash VARCHAR, category VARCHAR, origin VARCHAR, license VARCHAR,
-    raw VARCHAR, artifact_id VARCHAR);
+-- Provenance is immutable: a row is stored once per ingest artifact that read it (a source
+-- edited and re-run gives row N new content under the same example_id, in a new artifact), and
+-- its normalized identity once per normalize artifact. Nothing here is ever updated.
+CREATE TABLE IF NOT EXISTS example_versions (
+    example_id VARCHAR, artifact_id VARCHAR, source VARCHAR, source_format VARCHAR, source_uri VARCHAR,
+    source_row BIGINT, origin VARCHAR, license VARCHAR, raw VARCHAR);
+CREATE TABLE IF NOT EXISTS example_normalized (
+    example_id VARCHAR, artifact_id VARCHAR, content_hash VARCHAR, category VARCHAR);
 CREATE TABLE IF NOT EXISTS decisions (
     run_id VARCHAR, stage VARCHAR, example_id VARCHAR, kept BOOLEAN, reason VARCHAR,
     score DOUBLE, detail VARCHAR, dup_of VARCHAR, artifact_id VARCHAR);
@@ -65,10 +71,14 @@ CREATE TABLE IF NOT EXISTS models (
     path VARCHAR, run_id VARCHAR);
 CREATE TABLE IF NOT EXISTS evals (model_id VARCHAR, metric VARCHAR, value DOUBLE, detail VARCHAR,
     artifact_id VARCHAR, run_id VARCHAR);
+"""
+
+VIEWS = f"""
 CREATE OR REPLACE TABLE stage_order AS
     SELECT * FROM (VALUES {", ".join(f"('{s}', {i})" for i, s in enumerate(STAGES))}) t(stage, ordinal);
 
--- Per run and stage: rows the stage received, and the decisions of the artifacts it used.
+-- Per run and stage (data stages and train): rows the stage received, and the decisions of the
+-- artifacts it used.
 CREATE OR REPLACE VIEW ledger_by_run AS
 WITH d AS (
     SELECT artifact_id, count(*) FILTER (WHERE kept) AS n_kept,
@@ -78,6 +88,8 @@ SELECT sr.run_id, sr.stage, sum(sr.n_in) AS n_in, sum(coalesce(d.n_kept, 0)) AS 
        sum(coalesce(d.n_dropped, 0)) AS n_dropped, sum(sr.n_out) AS n_out
 FROM stage_runs sr LEFT JOIN d ON d.artifact_id = sr.key
 WHERE sr.stage IN ({", ".join(f"'{s}'" for s in DATA_STAGES)})
+   -- train artifacts written before train made decisions have none: they are left out
+   OR (sr.stage = 'train' AND d.artifact_id IS NOT NULL)
 GROUP BY sr.run_id, sr.stage;
 
 -- The ledger of the most recent finished run, in pipeline order.
@@ -94,12 +106,73 @@ SELECT sr.stage, sr.label, sr.key AS artifact_id, sr.cache_hit, sr.run_id
 FROM stage_runs sr
 WHERE sr.run_id = (SELECT run_id FROM runs WHERE status = 'completed' ORDER BY finished_at DESC LIMIT 1);
 
--- Why was a row dropped in the latest run? One line per dropping decision, with the row's source.
+-- Every artifact's upstream artifacts, transitively (the artifact itself excluded).
+CREATE OR REPLACE VIEW artifact_upstream AS
+WITH RECURSIVE up(artifact_id, upstream_id) AS (
+    SELECT artifact_id, input_artifact_id FROM artifact_inputs
+    UNION SELECT up.artifact_id, ai.input_artifact_id FROM up JOIN artifact_inputs ai ON ai.artifact_id = up.upstream_id)
+SELECT artifact_id, upstream_id FROM up;
+
+-- The rows as the latest completed run read them (its ingest and normalize artifacts).
+CREATE OR REPLACE VIEW latest_examples AS
+SELECT ev.example_id, ev.source, ev.source_format, ev.source_uri, ev.source_row, n.content_hash, n.category,
+       ev.origin, ev.license, ev.raw, ev.artifact_id
+FROM example_versions ev JOIN latest_artifacts la ON la.artifact_id = ev.artifact_id AND la.stage = 'ingest'
+LEFT JOIN (SELECT en.example_id, en.content_hash, en.category FROM example_normalized en
+           JOIN latest_artifacts la ON la.artifact_id = en.artifact_id AND la.stage = 'normalize') n
+     USING (example_id);
+
+-- The newest version of each row: as read by the ingest artifact a run used most recently (any
+-- run, failed or running ones included), with the newest normalize of that ingest artifact.
+CREATE OR REPLACE VIEW examples AS
+WITH used AS (
+    SELECT a.artifact_id, coalesce(max(r.started_at), any_value(a.created_at)) AS last_used
+    FROM artifacts a LEFT JOIN stage_runs sr ON sr.key = a.artifact_id LEFT JOIN runs r ON r.run_id = sr.run_id
+    WHERE a.stage IN ('ingest', 'normalize') GROUP BY a.artifact_id),
+newest AS (
+    SELECT ev.* FROM example_versions ev LEFT JOIN used u USING (artifact_id)
+    QUALIFY row_number() OVER (PARTITION BY ev.example_id ORDER BY u.last_used DESC NULLS LAST, ev.artifact_id DESC) = 1),
+normalized AS (
+    SELECT ai.input_artifact_id AS ingest_artifact_id, en.example_id, en.content_hash, en.category
+    FROM example_normalized en JOIN artifact_inputs ai ON ai.artifact_id = en.artifact_id
+    LEFT JOIN used u ON u.artifact_id = en.artifact_id
+    QUALIFY row_number() OVER (PARTITION BY ai.input_artifact_id, en.example_id
+                               ORDER BY u.last_used DESC NULLS LAST, en.artifact_id DESC) = 1)
+SELECT e.example_id, e.source, e.source_format, e.source_uri, e.source_row, n.content_hash, n.category,
+       e.origin, e.license, e.raw, e.artifact_id
+FROM newest e LEFT JOIN normalized n ON n.ingest_artifact_id = e.artifact_id AND n.example_id = e.example_id;
+
+-- What each model was trained on, as of its own run: the train-split rows of the mix it read,
+-- less the rows its train stage dropped, each with the source row as the model's own upstream
+-- ingest (and normalize) artifacts read it. Editing a source later changes nothing here.
+CREATE OR REPLACE VIEW model_examples AS
+WITH trained AS (
+    SELECT m.model_id, m.artifact_id AS train_artifact_id, se.example_id, sum(se.n_copies) AS n_copies
+    FROM models m JOIN artifact_inputs ai ON ai.artifact_id = m.artifact_id
+    JOIN shards s ON s.artifact_id = ai.input_artifact_id AND s.split = 'train'
+    JOIN shard_examples se ON se.shard_id = s.shard_id
+    GROUP BY ALL),
+upstream AS (
+    SELECT up.artifact_id, up.upstream_id, a.stage FROM artifact_upstream up
+    JOIN artifacts a ON a.artifact_id = up.upstream_id AND a.stage IN ('ingest', 'normalize'))
+SELECT t.model_id, t.example_id, t.n_copies, ev.source, ev.source_format, ev.source_uri, ev.source_row,
+       en.content_hash, en.category, ev.origin, ev.license, ev.raw, ev.artifact_id AS ingest_artifact_id
+FROM trained t
+JOIN upstream ui ON ui.artifact_id = t.train_artifact_id AND ui.stage = 'ingest'
+JOIN example_versions ev ON ev.artifact_id = ui.upstream_id AND ev.example_id = t.example_id
+LEFT JOIN (SELECT un.artifact_id AS train_artifact_id, en.* FROM upstream un
+           JOIN example_normalized en ON en.artifact_id = un.upstream_id WHERE un.stage = 'normalize') en
+     ON en.train_artifact_id = t.train_artifact_id AND en.example_id = t.example_id
+WHERE NOT EXISTS (SELECT 1 FROM decisions d
+                  WHERE d.artifact_id = t.train_artifact_id AND d.example_id = t.example_id AND NOT d.kept);
+
+-- Why was a row dropped in the latest run? One line per dropping decision, with the row's source
+-- as that run read it.
 CREATE OR REPLACE VIEW drops AS
 SELECT d.example_id, d.stage, d.reason, d.score, d.detail, d.dup_of, e.source, e.source_uri,
        e.source_row, d.run_id AS decided_in_run
 FROM decisions d JOIN latest_artifacts la ON la.artifact_id = d.artifact_id
-LEFT JOIN examples e USING (example_id)
+LEFT JOIN latest_examples e USING (example_id)
 WHERE NOT d.kept;
 
 -- The realized vs target mixture and the shards of the latest run.
@@ -154,6 +227,8 @@ class Catalog:
             shutil.copyfile(self.path, self.writer_path)
         with self.connect() as con:
             con.execute(SCHEMA)
+            _migrate_examples_table(con)
+            con.execute(VIEWS)
 
     @contextlib.contextmanager
     def connect(self, retry_seconds: float = 60.0, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -220,8 +295,8 @@ class Catalog:
     def register_artifact(self, manifest: Manifest, run_id: str) -> bool:
         """Insert the artifact, its lineage and its rows once; returns False if already known.
 
-        Provenance (`examples`) is refreshed on every use, cache hits included, so it always
-        describes the artifacts of the latest run (a source edited and reverted points back).
+        Provenance is stored per artifact (`example_versions`, `example_normalized`) and never
+        rewritten: a later run that reads an edited source adds a new version beside the old one.
         """
         with self.connect() as con:
             return _register(con, manifest, run_id)
@@ -249,10 +324,7 @@ def _insert_stage_run(con: duckdb.DuckDBPyConnection, run_id: str, manifest: Man
 
 
 def _register(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> bool:
-    """Insert the artifact, its lineage and its rows once (False if known); refresh provenance."""
-    refresh = _PROVENANCE_REFRESH.get(manifest.stage)
-    if refresh:
-        refresh(con, manifest)
+    """Insert the artifact, its lineage, its rows and its provenance once (False if known)."""
     known = con.execute("SELECT 1 FROM artifacts WHERE artifact_id = ?", [manifest.key]).fetchone()
     if known:
         return False
@@ -277,35 +349,48 @@ def _register(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -
     return True
 
 
-def _register_examples(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+def _register_examples(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> None:
+    """Every row the ingest artifact read, as it read it: one version per (example_id, artifact)."""
     path = manifest.file("examples.parquet")
     if not path.is_file():
         return
-    # A changed source file gives row N new content under the same example_id: the newest
-    # ingest wins for provenance; decisions of older artifacts stay as they were.
     con.execute(
-        """INSERT INTO examples
-           SELECT example_id, source, source_format, source_uri, source_row, NULL, NULL, origin,
-                  license, raw, ? FROM read_parquet(?)
-           ON CONFLICT (example_id) DO UPDATE SET source = excluded.source,
-               source_format = excluded.source_format, source_uri = excluded.source_uri,
-               source_row = excluded.source_row, origin = excluded.origin, license = excluded.license,
-               raw = excluded.raw, artifact_id = excluded.artifact_id, content_hash = NULL,
-               category = NULL""",
+        """INSERT INTO example_versions
+           SELECT example_id, ?, source, source_format, source_uri, source_row, origin, license, raw
+           FROM read_parquet(?)""",
         [manifest.key, str(path)],
     )
 
 
-def _register_normalized(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+def _register_normalized(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> None:
+    """content_hash and category of every row the normalize artifact kept, under that artifact."""
     parts = [str(p) for p in manifest.files_named("records")]
     if not parts:
         return
     con.execute(
-        """UPDATE examples SET content_hash = r.content_hash, category = r.category
-           FROM (SELECT example_id, content_hash, category FROM read_parquet(?)) r
-           WHERE examples.example_id = r.example_id""",
-        [parts],
+        "INSERT INTO example_normalized SELECT example_id, ?, content_hash, category FROM read_parquet(?)",
+        [manifest.key, parts],
     )
+
+
+def _migrate_examples_table(con: duckdb.DuckDBPyConnection) -> None:
+    """A catalog from before versioned provenance has an `examples` table (one row per example_id,
+    overwritten by every ingest): its rows become the versions of the artifacts they name, and the
+    table makes way for the `examples` view. Versions it had already overwritten are lost."""
+    kind = con.execute("SELECT table_type FROM information_schema.tables "
+                       "WHERE table_schema = 'main' AND table_name = 'examples'").fetchone()
+    if not kind or kind[0] != "BASE TABLE":
+        return
+    con.execute("""INSERT INTO example_versions
+                   SELECT example_id, artifact_id, source, source_format, source_uri, source_row, origin, license, raw
+                   FROM examples""")
+    con.execute("""INSERT INTO example_normalized
+                   SELECT e.example_id, ai.artifact_id, e.content_hash, e.category FROM examples e
+                   JOIN artifact_inputs ai ON ai.input_artifact_id = e.artifact_id
+                   JOIN artifacts a ON a.artifact_id = ai.artifact_id AND a.stage = 'normalize'
+                   WHERE e.content_hash IS NOT NULL""")
+    con.execute("DROP VIEW IF EXISTS drops")  # the old view reads the table
+    con.execute("DROP TABLE examples")
 
 
 def _register_shards(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> None:
@@ -327,9 +412,6 @@ def _register_shards(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id:
             [manifest.key, row["category"], row["target_share"], row["realized_share"], row["n_available"],
              row["n_rows"], row["n_unique"], row["n_eval"], row["n_tokens"]],
         )
-
-
-_PROVENANCE_REFRESH = {"ingest": _register_examples, "normalize": _register_normalized}
 
 
 def _register_model(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -> None:
@@ -354,7 +436,8 @@ def _register_evals(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: 
         )
 
 
-_STAGE_REGISTRARS = {"mix": _register_shards, "train": _register_model, "evaluate": _register_evals}
+_STAGE_REGISTRARS = {"ingest": _register_examples, "normalize": _register_normalized, "mix": _register_shards,
+                     "train": _register_model, "evaluate": _register_evals}
 
 
 def _now() -> datetime:

@@ -54,5 +54,11 @@ class Reason(StrEnum):
     # --- mix --------------------------------------------------------------------------------
     NOT_SAMPLED = "not_sampled"  # the category's target was reached without this row
 
+    # --- train ------------------------------------------------------------------------------
+    # Truncation to train.max_length leaves no supervised (assistant) token: TRL would drop the
+    # row (or, packed, train on it with no loss), so the train stage drops it with this decision
+    # and lineage does not list it as trained.
+    NO_SUPERVISED_TOKENS = "no_supervised_tokens"
+
 
 KEPT_REASONS = frozenset({Reason.KEPT, Reason.KEPT_TRIMMED, Reason.SELECTED, Reason.HELD_OUT_EVAL})

@@ -14,7 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.categories import AUTO, CATEGORIES
 from tasks.core.hashing import canonical_json, short_hash
+from tasks.core import dedup_lsh
 
 Role = Literal["system", "user", "assistant", "tool"]
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
@@ -102,14 +104,40 @@ class NormalizeConfig(Section):
 
 # ------------------------------------------------------------------------------------ dedup --
 class NearDedupConfig(Section):
-    """MinHash + LSH near-duplicate detection (datasketch) over word n-gram shingles."""
+    """MinHash + LSH near-duplicate detection over n-gram shingles of the turns that make the example.
+
+    Shingles are n-grams of `tasks/text_units.py` units: words in scripts written with spaces,
+    characters in scripts without (Han, kana, Thai, ...). A row is dropped only as a near
+    duplicate of a kept representative whose estimated Jaccard with it reaches the threshold
+    (docs/data-decisions.md, Dedup).
+    """
 
     enabled: bool = Field(True, description="Run near-duplicate detection after the exact pass.")
     threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard at or above which rows are duplicates.")
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
-    ngram: int = Field(5, ge=1, description="Word n-gram size of the shingles.")
-    bands: int = Field(16, ge=2, description="LSH bands b (datasketch needs at least 2); with r rows the S-curve midpoint is (1/b)^(1/r).")
-    rows: int = Field(8, ge=1, description="LSH rows per band r.")
+    roles: list[Role] | Literal["all"] = Field(
+        default_factory=lambda: ["user", "assistant", "tool"],
+        description="Turns compared: their contents, joined. The default leaves system turns out, so "
+        "rows that share one long system prompt or tool schema but ask and answer different things "
+        "are not near duplicates; `all` compares the whole conversation. Exact dedup always hashes "
+        "the whole normalized conversation.",
+    )
+    ngram: int = Field(5, ge=1, description="Shingle size in words, for text in scripts written with spaces.")
+    ngram_unspaced: int = Field(
+        3, ge=1,
+        description="Shingle size in characters, for rows whose text units are mostly characters of "
+        "scripts written without spaces (Chinese, Japanese, Thai, ...): a character carries less "
+        "than a word, and with 5-character shingles one changed character in a 45-character row "
+        "already falls below Jaccard 0.8.",
+    )
+    bands: int | None = Field(
+        None, ge=2,
+        description="LSH bands b (at least 2). Default: derived with `rows` from threshold and num_perm "
+        "(b*r <= num_perm, P(candidate | J = threshold) >= 0.95, fewest candidates below it). Set "
+        "both or neither; explicit values whose recall at the threshold, 1-(1-t^r)^b, is below 0.9 "
+        "are refused.",
+    )
+    rows: int | None = Field(None, ge=1, description="LSH rows per band r; see `bands`.")
     min_shingles: int = Field(3, ge=1, description="Rows with fewer shingles skip near-dedup (exact path only).")
     seed: int = Field(1, description="MinHash permutation seed.")
     backend: Literal["numpy", "datasketch"] = Field(
@@ -119,20 +147,73 @@ class NearDedupConfig(Section):
         "Both give identical decisions.",
     )
 
+    @field_validator("roles")
+    @classmethod
+    def _some_roles(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError("dedup.near.roles is empty: list the roles to compare, or `all`")
+        return value
+
     @model_validator(mode="after")
     def _bands_fit(self) -> "NearDedupConfig":
-        if self.bands * self.rows > self.num_perm:
+        if (self.bands is None) != (self.rows is None):
             raise ValueError(
-                f"dedup.near: bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}"
+                "dedup.near: set both `bands` and `rows`, or neither (then both are derived from "
+                "the threshold)"
+            )
+        bands, rows = self.lsh_params
+        if bands * rows > self.num_perm:
+            raise ValueError(f"dedup.near: bands*rows = {bands * rows} exceeds num_perm = {self.num_perm}")
+        recall = self.expected_recall
+        if self.bands is not None and recall < dedup_lsh.MIN_RECALL:
+            derived = dedup_lsh.derive_bands(self.threshold, self.num_perm)
+            raise ValueError(
+                f"dedup.near.bands = {bands} and dedup.near.rows = {rows} find only {recall:.0%} of "
+                f"pairs at the threshold {self.threshold} (P(candidate | J) = 1-(1-J^r)^b; the "
+                f"S-curve midpoint (1/b)^(1/r) is {dedup_lsh.s_curve_midpoint(bands, rows):.2f}); "
+                f"at least {dedup_lsh.MIN_RECALL:.0%} is needed. Remove bands and rows to derive "
+                f"them ({derived[0]} x {derived[1]} here), or choose ones whose midpoint lies just "
+                "below the threshold"
             )
         return self
 
+    @property
+    def lsh_params(self) -> tuple[int, int]:
+        """(bands, rows): the recipe's, or derived from threshold and num_perm."""
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        return dedup_lsh.derive_bands(self.threshold, self.num_perm)
+
+    @property
+    def expected_recall(self) -> float:
+        """P(candidate | J = threshold): the share of pairs at the threshold LSH lets through."""
+        return dedup_lsh.candidate_probability(self.threshold, *self.lsh_params)
+
 
 class DedupConfig(Section):
-    """Exact (content_hash) then near-duplicate removal; representatives are the smallest example_id."""
+    """Exact (content_hash) then near-duplicate removal; survivors by source_priority, prefer, example_id."""
 
     exact: bool = Field(True, description="Drop rows whose normalized messages hash equal.")
     near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    source_priority: list[str] = Field(
+        default_factory=list,
+        description="Source names whose rows survive a duplicate group first, in this order; "
+        "sources not listed come after them, equal to each other.",
+    )
+    prefer: Literal["longest_response", "example_id"] = Field(
+        "longest_response",
+        description="Next survivor rule among rows of equal source priority: `longest_response` keeps "
+        "the row with the most assistant text (in text units); `example_id` only the last rule. "
+        "Ties always go to the smallest example_id, so the survivor never depends on input order.",
+    )
+
+    @field_validator("source_priority")
+    @classmethod
+    def _unique_sources(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"dedup.source_priority names {repeated} more than once")
+        return value
 
 
 # ---------------------------------------------------------------------------------- filters --
@@ -146,6 +227,13 @@ class LengthConfig(Section):
         description="Tokenizer that counts tokens: a hub id or local folder. Default: the train "
         "model's tokenizer; for builtin models (whose tokenizer is trained after mixing) the "
         "packaged MiniLM WordPiece tokenizer (`builtin:minilm`).",
+    )
+    tokenizer_revision: str | None = Field(
+        None,
+        description="Hub revision (commit hash, tag or branch) the `tokenizer` hub id is loaded at; "
+        "part of the filter's cache key. Default: `train.revision` when the tokenizer is the train "
+        "model's. Unpinned, a tokenizer changed on the hub is not detected; a local folder is keyed "
+        "by its files' bytes instead.",
     )
 
 
@@ -183,6 +271,25 @@ class ToxicityConfig(Section):
         "token count, longest first, so long texts go in smaller batches and little is padded). "
         "A text longer than this is scored alone. Raise it on a GPU, where larger batches pay.",
     )
+    window: Literal["sentence", "turn"] = Field(
+        "sentence",
+        description="What one score covers; a turn's toxicity is the max over its windows. sentence: "
+        "each sentence (cut at . ! ? and line breaks), so one insult in a long answer is not "
+        "diluted by the rest; turn: the whole turn. Either way a window is cut again, with "
+        "half-window overlap, where the backend stops reading it whole: profanity-check every 32 "
+        "words, detoxify at the model's token limit (nothing is truncated). The top window's index "
+        "and an excerpt are recorded in the decision detail.",
+    )
+    judged_scripts: list[str] | None = Field(
+        None,
+        description="Scripts the model can judge (Unicode script names: Latin, Cyrillic, Greek, Han, "
+        "...). A window whose letters are mostly in other scripts is not scored but recorded as "
+        "unjudged (decision detail `toxicity_unjudged`, stage stats, data card); such a row is kept "
+        "unless another check drops it. Default: Latin for profanity-check and detoxify "
+        "original/unbiased or a checkpoint file (English models), Latin and Cyrillic for detoxify "
+        "multilingual (en, fr, es, it, pt, tr, ru), the documented choice for non-English data.",
+        min_length=1,
+    )
 
     @field_validator("checkpoint_sha256")
     @classmethod
@@ -193,20 +300,55 @@ class ToxicityConfig(Section):
             )
         return value.lower() if value is not None else None
 
+    @field_validator("judged_scripts")
+    @classmethod
+    def _script_names(cls, value: list[str] | None) -> list[str] | None:
+        # Script names as tasks/toxicity.py derives them from Unicode names: "latin" -> "Latin".
+        return None if value is None else sorted({name.strip().title() for name in value})
+
 
 class EvalSetConfig(Section):
-    """A benchmark whose n-grams must not appear in training data."""
+    """A benchmark whose items must not appear in training data."""
 
     name: str = Field(description="Name recorded with each hit.")
-    path: str = Field(description="JSONL/JSON/Parquet with a `text` field, or any of the three chat formats.")
+    path: str = Field(
+        description="JSONL/JSON/Parquet with a `text` field, or any of the three chat formats; decisions "
+        "name a matched item as `path:line`."
+    )
     format: Literal["text", "alpaca", "sharegpt", "openai"] = Field("text", description="Row layout of the file.")
 
 
 class DecontaminateConfig(Section):
-    """N-gram overlap decontamination against eval sets."""
+    """Eval-set decontamination: unit n-gram overlap, and whole-text matching of short eval prompts."""
 
     eval_sets: list[EvalSetConfig] = Field(default_factory=list, description="Eval sets to check against.")
-    ngram: int = Field(13, ge=3, description="Word n-gram length; one shared n-gram marks a row contaminated.")
+    ngram: int = Field(
+        13,
+        ge=3,
+        description="n-gram length in text units (words; one unit per character in Chinese, Japanese, "
+        "Thai and other scripts written without spaces); one shared n-gram marks a row contaminated.",
+    )
+    min_item_units: int = Field(
+        3,
+        ge=1,
+        description="Eval prompts shorter than `ngram` units are matched whole (their unit sequence, "
+        "anywhere inside a user or assistant turn) when they have at least this many units; shorter "
+        "ones are not used (counted as `items_without_keys`). Set it to `ngram` to match n-grams only.",
+    )
+    max_ngram_item_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="An n-gram (or short prompt) found in more than this share of an eval set's distinct "
+        "items is template text (a shared instruction line) and is not used. A key of one item is "
+        "always used; 1.0 with `max_ngram_items: null` uses every key.",
+    )
+    max_ngram_items: int | None = Field(
+        50,
+        ge=1,
+        description="Also not used: a key found in more than this many distinct items of one eval set "
+        "(template lines of large sets, e.g. a per-subject preamble); null for no count limit.",
+    )
 
 
 class FilterConfig(Section):
@@ -229,10 +371,22 @@ class ScoreConfig(Section):
         "not a reward model).",
     )
     model: str | None = Field(None, description="reward-model: hub id or local folder.")
+    revision: str | None = Field(
+        None,
+        description="reward-model: hub revision (commit hash, tag or branch) of a hub `model`; part of "
+        "the score key. Unpinned, a model changed on the hub is not detected; a local folder is keyed "
+        "by its files' bytes instead.",
+    )
     keep_top_fraction: float = Field(0.8, gt=0, le=1, description="Share of each group kept (ceil).")
     per_category: bool = Field(True, description="Rank within each category instead of globally.")
     batch_size: int = Field(32, ge=1, description="Pairs per forward pass.")
-    max_length_tokens: int = Field(512, ge=16, description="Truncation length fed to the scorer.")
+    max_length_tokens: int = Field(
+        512, ge=16,
+        description="Tokens the scorer reads per pair. A longer pair loses the start of its prompt "
+        "first (the request nearest the answer is kept), the end of its response only when the "
+        "response alone does not fit; each decision records the tokens dropped from each side. "
+        "embedding-relevance embeds prompt and response separately, each capped at 256.",
+    )
 
 
 # -------------------------------------------------------------------------------------- mix --
@@ -257,6 +411,13 @@ class MixConfig(Section):
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Held-out eval split carved before mixing.")
     seed: int = Field(0, description="Seed of the eval split and of sampling.")
     shard_rows: int = Field(1000, ge=1, description="Rows per Parquet shard.")
+    short_category: Literal["scale_down", "fail", "fill"] = Field(
+        "scale_down",
+        description="When a category cannot fill its share under max_upsample: `scale_down` shrinks the "
+        "whole train mixture until every share holds; `fail` stops the mix stage naming the category, its "
+        "rows and the rows needed; `fill` keeps the total and lets the other categories fill the gap in "
+        "proportion to their shares (realized shares then differ from the targets, and are reported).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "MixConfig":
@@ -411,6 +572,35 @@ class Recipe(Section):
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
         return sources
+
+    @model_validator(mode="after")
+    def _mix_shares_name_producible_categories(self) -> "Recipe":
+        """A `mix.shares` name no source can produce is a typo: refuse it before anything runs.
+
+        Every source's category is known here: a fixed slug, or `auto`, whose labels are the closed
+        set of tasks/categories.py. (Whether such a category ends up with rows is checked at mix.)"""
+        if not self.mix.shares:
+            return self
+        producible = {s.category for s in self.sources if s.category != AUTO}
+        if any(s.category == AUTO for s in self.sources):
+            producible |= set(CATEGORIES)
+        unknown = sorted(set(self.mix.shares) - producible)
+        if unknown:
+            raise ValueError(
+                f"mix.shares names {', '.join(repr(c) for c in unknown)}, which no source can produce; the "
+                f"sources' categories are {', '.join(sorted(producible))} (a fixed `category`, or `auto`: "
+                f"{', '.join(CATEGORIES)})")
+        return self
+
+    @model_validator(mode="after")
+    def _source_priority_names_sources(self) -> "Recipe":
+        """`dedup.source_priority` names sources of this recipe: a typo would silently rank nothing."""
+        unknown = sorted(set(self.dedup.source_priority) - {s.name for s in self.sources})
+        if unknown:
+            raise ValueError(
+                f"dedup.source_priority names {', '.join(repr(n) for n in unknown)}, which is not a source of "
+                f"this recipe; the sources are {', '.join(s.name for s in self.sources)}")
+        return self
 
     def recipe_hash(self) -> str:
         return short_hash(self.canonical())

@@ -8,6 +8,7 @@ manifest on disk, so a wiped Prefect result store still skips finished work.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -16,14 +17,13 @@ from typing import Any, Callable
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.core.artifacts import ArtifactStore, Manifest, TableAppender, read_tables
+from tasks.core.artifacts import DECISIONS_FILE, ArtifactStore, Manifest, TableAppender, read_tables
 from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
 from tasks.core.failpoints import failpoint
 from tasks.core.hashing import short_hash
 from tasks.core.records import PartedOutput, StageOutput
 
 RECORDS_PREFIX = "records"
-DECISIONS_FILE = "decisions.parquet"
 PART_ROWS = 50_000  # rows per records part: bounded memory per file, few files for small runs
 
 
@@ -35,8 +35,9 @@ class StageCall(BaseModel):
     key: str
     label: str = ""  # e.g. the source name for per-source stages
     code_hash: str
-    config: dict[str, Any]
-    config_hash: str
+    config: dict[str, Any]  # the whole section the stage reads, unkeyed fields included
+    config_hash: str  # of the keyed part of `config`
+    unkeyed: list[str] = Field(default_factory=list)  # dotted fields of `config` left out of the key
     inputs: list[Manifest] = Field(default_factory=list)
     input_hashes: list[str] = Field(default_factory=list)  # non-artifact inputs (source file bytes)
     params: dict[str, Any] = Field(default_factory=dict)  # not in the key: e.g. resolved paths
@@ -46,6 +47,32 @@ class StageCall(BaseModel):
     @property
     def store(self) -> ArtifactStore:
         return ArtifactStore(Path(self.warehouse) / "artifacts")
+
+
+def keyed_config(config: dict[str, Any], unkeyed: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """`config` without the dotted fields in `unkeyed`: the part of it that enters the key.
+
+    Unkeyed fields change how a stage computes (batch sizes, an equivalent backend), not what it
+    writes. A field that is not in `config` is an error, so a renamed field cannot silently drop
+    out of this list and into the key.
+
+    >>> keyed_config({"threshold": 0.5, "toxicity": {"batch_size": 32, "roles": ["user"]}}, ["toxicity.batch_size"])
+    {'threshold': 0.5, 'toxicity': {'roles': ['user']}}
+    >>> keyed_config({"threshold": 0.5}, ["batch_size"])
+    Traceback (most recent call last):
+    ...
+    KeyError: "unkeyed field 'batch_size' is not in the stage's config"
+    """
+    keyed = copy.deepcopy(config)
+    for dotted in unkeyed:
+        *parents, last = dotted.split(".")
+        node: Any = keyed
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            raise KeyError(f"unkeyed field {dotted!r} is not in the stage's config")
+        del node[last]
+    return keyed
 
 
 def plan_stage(
@@ -60,15 +87,27 @@ def plan_stage(
     label: str = "",
     extra_input_hashes: list[str] | None = None,
     params: dict[str, Any] | None = None,
+    unkeyed: tuple[str, ...] | list[str] = (),
 ) -> StageCall:
-    """Compute the key of a stage execution from code, config, inputs and library versions."""
+    """Compute the key of a stage execution from code, config, inputs and library versions.
+
+    The key holds exactly what changes the stage's output:
+    - `config` minus its `unkeyed` fields (`keyed_config`); the stage still reads all of `config`;
+    - each input artifact's `data_hash` (what the stage reads from it: records and extra tables,
+      not the decision log), not its key and not the hash of all its bytes;
+    - `extra_input_hashes`: files and models read directly (their bytes or pinned revisions);
+    - the code fingerprint and the versions of `libraries`.
+    `params` travel with the call and stay out of the key (paths, the runner, the data card).
+    """
     code_hash = code_fingerprint(module)
-    input_hashes = [m.content_hash for m in inputs] + list(extra_input_hashes or [])
-    key = stage_key(stage, code_hash, config, input_hashes, library_versions(libraries))
+    keyed = keyed_config(config, unkeyed)
+    input_hashes = [m.data_hash for m in inputs] + list(extra_input_hashes or [])
+    key = stage_key(stage, code_hash, keyed, input_hashes, library_versions(libraries))
     return StageCall(
         stage=stage, key=key, label=label, code_hash=code_hash, config=config,
-        config_hash=short_hash(config), inputs=inputs, input_hashes=list(extra_input_hashes or []),
-        params=dict(params or {}), root=str(root), warehouse=str(warehouse),
+        config_hash=short_hash(keyed), unkeyed=list(unkeyed), inputs=inputs,
+        input_hashes=list(extra_input_hashes or []), params=dict(params or {}), root=str(root),
+        warehouse=str(warehouse),
     )
 
 

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import duckdb
+import pyarrow as pa
 import pytest
 
 from tasks.core.catalog import Catalog, connect_readonly
-from tasks.core.records import DecisionLog, StageOutput, records_from_rows
+from tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput, records_from_rows
 from tasks.core.reasons import Reason
 from tasks.core.stage import StageCall, execute
 
@@ -138,3 +141,123 @@ def test_record_stage_registers_once_and_records_every_use(tmp_path):
     assert cat.record_stage("r2", manifest, "", True, 0.01) is False
     assert cat.query("SELECT run_id, cache_hit FROM stage_runs ORDER BY run_id") == [("r1", False), ("r2", True)]
     assert cat.query("SELECT count(*) FROM decisions") == [(1,)]
+
+
+# ------------------------------------------------------------------ immutable provenance --
+def _example(example_id, row, raw):
+    return {"example_id": example_id, "source": "s", "source_format": "openai", "source_uri": "data/s.jsonl",
+            "source_row": row, "origin": None, "license": None, "raw": raw}
+
+
+def _ingest(rows):
+    """An ingest output: every row kept, its examples table with the raw lines."""
+    log = DecisionLog()
+    for r in rows:
+        log.add(r["example_id"], Reason.KEPT)
+    records = records_from_rows({"example_id": r["example_id"], "source": "s", "source_row": r["source_row"],
+                                 "messages": []} for r in rows)
+    return StageOutput(records=records, decisions=log.to_table(),
+                       extra={"examples": pa.Table.from_pylist(rows, schema=EXAMPLE_SCHEMA)})
+
+
+def _normalize(ids, category):
+    log = DecisionLog()
+    for i in ids:
+        log.add(i, Reason.KEPT)
+    records = records_from_rows({"example_id": i, "source": "s", "content_hash": f"h-{i}-{category}",
+                                 "category": category, "messages": []} for i in ids)
+    return StageOutput(records=records, decisions=log.to_table())
+
+
+def _mix(ids):
+    """A mix output whose one train shard holds `ids` (the shard written through `files`)."""
+    import pyarrow.parquet as pq
+
+    def compute(call):
+        shard = Path(call.warehouse) / f"shard-{call.key}.parquet"
+        pq.write_table(pa.table({"example_id": ids}), shard)
+        log = DecisionLog()
+        for i in ids:
+            log.add(i, Reason.SELECTED)
+        return StageOutput(records=records_from_rows([]), decisions=log.to_table(),
+                           files={"shards/train/qa-00000.parquet": shard},
+                           stats={"shards": [{"name": "shards/train/qa-00000.parquet", "split": "train",
+                                              "category": "qa", "n_rows": len(ids), "n_tokens": 0}]})
+    return compute
+
+
+def _train(ids, dropped):
+    log = DecisionLog()
+    for i in ids:
+        log.add(i, Reason.NO_SUPERVISED_TOKENS if i in dropped else Reason.KEPT)
+    return StageOutput(records=records_from_rows([]), decisions=log.to_table(),
+                       stats={"model": {"base_model": "builtin:tiny-llama", "method": "full", "path": "model"}})
+
+
+def _chain(tmp_path, cat, run_id, suffix, rows, category, dropped=()):
+    """ingest -> normalize -> mix -> train, each registered and used by `run_id`; returns the model id."""
+    ids = [r["example_id"] for r in rows]
+    cat.start_run(run_id, None, "demo", "rh", "cv", "{}", [])
+    steps = [("ingest", lambda call: _ingest(rows)), ("normalize", lambda call: _normalize(ids, category)),
+             ("mix", _mix(ids)), ("train", lambda call: _train(ids, set(dropped)))]
+    previous = []
+    for stage, compute in steps:
+        (Path(tmp_path) / "wh").mkdir(parents=True, exist_ok=True)
+        manifest, _hit = execute(_call(tmp_path, stage, f"{stage}-{suffix}", previous), compute)
+        cat.record_stage(run_id, manifest, "s" if stage in ("ingest", "normalize") else "", False, 0.1)
+        previous = [manifest]
+    cat.finish_run(run_id, "completed")
+    return previous[0].key
+
+
+def test_an_edited_source_adds_a_version_and_the_old_model_keeps_its_rows(tmp_path):
+    """Row 1 of a source, then a line inserted at the top: the same example_id now reads
+    differently. The first model's rows stay as its own run read them; `examples` shows the newest."""
+    cat = Catalog(tmp_path / "wh" / "catalog.duckdb")
+    old = [_example("e1", 1, '{"q": "old first"}'), _example("e2", 2, '{"q": "old second"}')]
+    first = _chain(tmp_path, cat, "r1", "a", old, "qa")
+    new = [_example("e1", 1, '{"q": "inserted"}'), _example("e2", 2, '{"q": "old first"}'),
+           _example("e3", 3, '{"q": "old second"}')]
+    second = _chain(tmp_path, cat, "r2", "b", new, "code", dropped={"e3"})
+
+    query = "SELECT example_id, raw, category FROM model_examples WHERE model_id = ? ORDER BY 1"
+    assert cat.query(query, [first]) == [("e1", '{"q": "old first"}', "qa"), ("e2", '{"q": "old second"}', "qa")]
+    # the second model: e3 was dropped by its train stage, so it is not among its trained rows
+    assert cat.query(query, [second]) == [("e1", '{"q": "inserted"}', "code"), ("e2", '{"q": "old first"}', "code")]
+    assert cat.query("SELECT example_id, raw, category, artifact_id FROM examples ORDER BY 1") == [
+        ("e1", '{"q": "inserted"}', "code", "ingest-b"), ("e2", '{"q": "old first"}', "code", "ingest-b"),
+        ("e3", '{"q": "old second"}', "code", "ingest-b")]
+    assert cat.query("SELECT count(*) FROM example_versions") == [(5,)]  # nothing overwritten
+    # a later run that reuses the first ingest artifact (the edit reverted) makes it the newest again
+    cat.start_run("r3", None, "demo", "rh", "cv", "{}", [])
+    again, hit = execute(_call(tmp_path, "ingest", "ingest-a"), lambda call: pytest.fail("cached"))
+    assert hit
+    cat.record_stage("r3", again, "s", True, 0.0)
+    cat.finish_run("r3", "completed")
+    assert cat.query("SELECT raw FROM examples WHERE example_id = 'e1'") == [('{"q": "old first"}',)]
+    assert cat.query("SELECT example_id, raw FROM latest_examples ORDER BY 1") == [
+        ("e1", '{"q": "old first"}'), ("e2", '{"q": "old second"}')]
+    # the ledger balances with the train stage in it: 3 in, 2 kept, 1 dropped
+    assert cat.query("SELECT n_in, n_kept, n_dropped FROM ledger_by_run WHERE run_id = 'r2' AND stage = 'train'") == [
+        (3, 2, 1)]
+
+
+def test_a_catalog_with_the_old_examples_table_is_migrated(tmp_path):
+    path = tmp_path / "c.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE artifacts (artifact_id VARCHAR PRIMARY KEY, stage VARCHAR, path VARCHAR, "
+                    "sha256 VARCHAR, config_hash VARCHAR, code_hash VARCHAR, created_at TIMESTAMP, run_id VARCHAR, "
+                    "n_in BIGINT, n_out BIGINT, stats VARCHAR)")
+        con.execute("CREATE TABLE artifact_inputs (artifact_id VARCHAR, input_artifact_id VARCHAR)")
+        con.execute("INSERT INTO artifacts (artifact_id, stage) VALUES ('i1', 'ingest'), ('n1', 'normalize')")
+        con.execute("INSERT INTO artifact_inputs VALUES ('n1', 'i1')")
+        con.execute("CREATE TABLE examples (example_id VARCHAR PRIMARY KEY, source VARCHAR, source_format VARCHAR, "
+                    "source_uri VARCHAR, source_row BIGINT, content_hash VARCHAR, category VARCHAR, origin VARCHAR, "
+                    "license VARCHAR, raw VARCHAR, artifact_id VARCHAR)")
+        con.execute("INSERT INTO examples VALUES ('e1', 's', 'openai', 'u', 1, 'h1', 'qa', NULL, NULL, '{}', 'i1')")
+    cat = Catalog(path)
+    assert cat.query("SELECT example_id, artifact_id, raw FROM example_versions") == [("e1", "i1", "{}")]
+    assert cat.query("SELECT example_id, content_hash, category, artifact_id FROM examples") == [
+        ("e1", "h1", "qa", "i1")]
+    assert cat.query("SELECT table_type FROM information_schema.tables WHERE table_name = 'examples'") == [
+        ("VIEW",)]

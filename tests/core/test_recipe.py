@@ -7,7 +7,7 @@ MINIMAL = {"name": "x", "sources": [{"name": "a", "path": "a.json", "format": "a
 
 def test_minimal_recipe_gets_documented_defaults():
     recipe = parse_recipe(MINIMAL)
-    assert recipe.dedup.near.threshold == 0.8 and recipe.dedup.near.bands == 16
+    assert recipe.dedup.near.threshold == 0.8 and recipe.dedup.near.lsh_params == (13, 7)
     assert recipe.filters.length.min_response_tokens == 10
     assert recipe.filters.decontaminate.ngram == 13
     assert recipe.score.keep_top_fraction == 0.8
@@ -89,3 +89,34 @@ def test_remote_code_is_off_by_default_and_allowed_with_a_commit():
     assert parse_recipe(MINIMAL).train.trust_remote_code is False
     pinned = parse_recipe({**MINIMAL, "train": {"model": "org/model", "trust_remote_code": True, "revision": COMMIT}})
     assert pinned.train.trust_remote_code and pinned.train.revision == COMMIT
+
+
+# ------------------------------------------------------------- mix.shares names (issue 13) --
+def test_misspelled_share_category_with_auto_sources_fails_naming_mix_shares_and_the_name():
+    with pytest.raises(RecipeError, match=r"mix\.shares names 'cdoe', which no source can produce.*code"):
+        parse_recipe({**MINIMAL, "mix": {"shares": {"qa": 0.5, "cdoe": 0.5}}})
+    assert parse_recipe({**MINIMAL, "mix": {"shares": {"qa": 0.5, "code": 0.5}}}).mix.shares == {"qa": 0.5, "code": 0.5}
+
+
+def test_share_names_with_fixed_categories_must_be_one_of_theirs():
+    sources = [{"name": "a", "path": "a.json", "format": "alpaca", "category": "legal"},
+               {"name": "b", "path": "b.json", "format": "alpaca", "category": "medical"}]
+    ok = parse_recipe({"name": "x", "sources": sources, "mix": {"shares": {"legal": 0.5, "medical": 0.5}}})
+    assert ok.mix.shares == {"legal": 0.5, "medical": 0.5}
+    with pytest.raises(RecipeError, match=r"mix\.shares names 'qa', which no source can produce; the sources' "
+                                          r"categories are legal, medical"):
+        parse_recipe({"name": "x", "sources": sources, "mix": {"shares": {"legal": 0.5, "qa": 0.5}}})
+    mixed = [sources[0], {"name": "c", "path": "c.json", "format": "alpaca"}]  # fixed + auto
+    assert parse_recipe({"name": "x", "sources": mixed, "mix": {"shares": {"legal": 0.5, "math": 0.5}}})
+
+
+def test_short_category_policy_defaults_to_scale_down_and_is_a_closed_choice():
+    assert parse_recipe(MINIMAL).mix.short_category == "scale_down"
+    with pytest.raises(RecipeError, match=r"mix\.short_category"):
+        parse_recipe({**MINIMAL, "mix": {"short_category": "shrink"}})
+
+
+def test_source_priority_must_name_a_source():
+    with pytest.raises(RecipeError, match=r"dedup\.source_priority names 'b'"):
+        parse_recipe({**MINIMAL, "dedup": {"source_priority": ["a", "b"]}})
+    assert parse_recipe({**MINIMAL, "dedup": {"source_priority": ["a"]}}).dedup.source_priority == ["a"]

@@ -36,9 +36,9 @@ def ids(warehouse) -> dict[str, str]:
             "SELECT example_id, dup_of FROM drops WHERE reason = 'near_duplicate' ORDER BY 1 LIMIT 1").fetchone()
         source, row = con.execute(
             """SELECT e.source, e.source_row FROM latest_shards s JOIN shard_examples se USING (shard_id)
-               JOIN examples e USING (example_id) WHERE s.split = 'train' ORDER BY 1, 2 LIMIT 1""").fetchone()
+               JOIN latest_examples e USING (example_id) WHERE s.split = 'train' ORDER BY 1, 2 LIMIT 1""").fetchone()
         quarantined = con.execute("SELECT example_id FROM drops WHERE reason = 'invalid_json'").fetchone()[0]
-        trained = con.execute("SELECT example_id FROM examples WHERE source = ? AND source_row = ?",
+        trained = con.execute("SELECT example_id FROM latest_examples WHERE source = ? AND source_row = ?",
                               [source, row]).fetchone()[0]
         model_id = con.execute("SELECT model_id FROM models").fetchone()[0]
     return {"EXAMPLE_ID": dropped, "SURVIVOR_ID": survivor, "SOURCE": source, "SOURCE_ROW": str(row),
@@ -120,7 +120,12 @@ def test_lineage_of_the_model(warehouse, ids):
             """SELECT DISTINCT se.example_id FROM latest_shards s JOIN shard_examples se USING (shard_id)
                WHERE s.split = 'train' ORDER BY 1""").fetchall()]
         train_rows = con.execute("SELECT sum(n_rows) FROM latest_shards WHERE split = 'train'").fetchone()[0]
+        as_view = con.execute("SELECT example_id, source, source_row, n_copies FROM model_examples "
+                              "WHERE model_id = ? ORDER BY 1", [ids["MODEL_ID"]]).fetchall()
     assert report["example_ids"] == expected and report["n_train_examples"] == len(expected)
+    # the same rows as the SQL view, each with its source row as the model's own ingest read it
+    assert [(r["example_id"], r["source"], r["source_row"], r["n_copies"]) for r in report["rows"]] == as_view
+    assert report["dropped_by_train"] == []
     assert sum(s["n_train_rows"] for s in report["sources"]) == train_rows
     assert sum(s["n_examples"] for s in report["sources"]) == len(expected)
     assert {s["split"] for s in report["shards"]} == {"train", "eval"}

@@ -105,3 +105,47 @@ def test_run_rejects_bad_override(tmp_path):
     result = runner.invoke(app, ["run", str(recipe), "--root", str(tmp_path), "--set", "filters.toxicity.treshold=1"])
     assert result.exit_code == 2
     assert "treshold" in result.output
+
+
+def _ingest_run(tmp_path, cat, run_id, key, raw):
+    """One run reading one source whose row 1 is `raw` (one ingest artifact, registered)."""
+    import pyarrow as pa
+
+    from tasks.core.reasons import Reason
+    from tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput, records_from_rows
+    from tasks.core.stage import StageCall, execute
+
+    def compute(call):
+        log = DecisionLog()
+        log.add("e1a2b3c4", Reason.KEPT)
+        example = {"example_id": "e1a2b3c4", "source": "s", "source_format": "openai", "source_uri": "s.jsonl",
+                   "source_row": 1, "origin": None, "license": None, "raw": raw}
+        return StageOutput(records=records_from_rows([{"example_id": "e1a2b3c4", "source": "s", "messages": []}]),
+                           decisions=log.to_table(),
+                           extra={"examples": pa.Table.from_pylist([example], schema=EXAMPLE_SCHEMA)})
+
+    call = StageCall(stage="ingest", key=key, code_hash="c", config={}, config_hash="h", inputs=[],
+                     root=str(tmp_path), warehouse=str(tmp_path / "wh"))
+    cat.start_run(run_id, None, "demo", "rh", "cv", "{}", [])
+    manifest, _hit = execute(call, compute)
+    cat.record_stage(run_id, manifest, "s", False, 0.1)
+    cat.finish_run(run_id, "completed")
+
+
+def test_explain_shows_every_version_of_an_edited_row(tmp_path):
+    cat = Catalog(tmp_path / "wh" / "catalog.duckdb")
+    _ingest_run(tmp_path, cat, "run-one", "ingest-one", '{"q": "first text"}')
+    _ingest_run(tmp_path, cat, "run-two", "ingest-two", '{"q": "inserted above"}')
+    wh = str(tmp_path / "wh")
+    newest = runner.invoke(app, ["explain", "e1a2b3", "--warehouse", wh], env={"COLUMNS": "200"})
+    assert newest.exit_code == 0, newest.output
+    assert "version 2 of 2" in newest.output and "inserted above" in newest.output
+    assert "run-one" in newest.output  # the versions table names the runs that read each text
+    old = json.loads(runner.invoke(app, ["explain", "e1a2b3", "--run", "run-one", "--format", "json",
+                                         "--warehouse", wh]).output)
+    assert old["raw"] == '{"q": "first text"}' and old["version"] == 1 and old["as_of"] == {"run_id": "run-one"}
+    assert [d["artifact_id"] for d in old["decisions"]] == ["ingest-one"]
+    both = runner.invoke(app, ["explain", "e1a2b3", "--run", "run-one", "--model", "abcdef", "--warehouse", wh])
+    assert both.exit_code == 1 and "not both" in both.output
+    unknown = runner.invoke(app, ["explain", "e1a2b3", "--run", "nosuchrun", "--warehouse", wh])
+    assert unknown.exit_code == 1 and "no run 'nosuchrun'" in unknown.output

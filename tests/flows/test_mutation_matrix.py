@@ -111,6 +111,11 @@ MUTATIONS = [
     Mutation("training hyperparameter `train.learning_rate=0.001`", ("train", "evaluate"),
              ("train.learning_rate=0.001",)),
     Mutation("eval setting `eval.max_new_tokens=6`", ("evaluate",), ("eval.max_new_tokens=6",)),
+    # Unkeyed: how a stage computes, not what it writes (flows/plans.py UNKEYED)
+    Mutation("run-only settings `filters.toxicity.batch_size=8`, `score.batch_size=4`, `dedup.near.backend=datasketch`",
+             (), ("filters.toxicity.batch_size=8", "score.batch_size=4", "dedup.near.backend=datasketch")),
+    # Other shard files, the same rows (the mix artifact's data_hash): no retrain
+    Mutation("shard size `mix.shard_rows=7` (same rows in other files)", ("mix",), ("mix.shard_rows=7",)),
     Mutation("stage code: tasks/filters.py edited (stricter length rule)", FROM_DEDUP[1:], edit=_edit_filter_code),
     Mutation("stage code: tasks/dedup.py refactored (same bytes out)", ("dedup",), edit=_refactor_dedup_code),
     Mutation("library version in the train key (trl upgraded)", ("train", "evaluate"), edit=_library_upgrade("trl")),

@@ -40,6 +40,20 @@ def test_demo_cold_then_warm_run(project, run_pipeline, assert_ledger_balances):
     keys = {a.key for a in published}
     assert {"sftflow-ingest-alpaca-sample", "sftflow-normalize-openai-sample", "sftflow-dedup",
             "sftflow-filter", "sftflow-score", "sftflow-mix", "sftflow-data-card", "sftflow-run"} <= keys, keys
+    # every data stage's table shows its drops by reason, the numbers the catalog holds
+    import json
+
+    tables = [json.loads(a.data) for a in published if a.type == "table"]
+    assert {t[0]["stage"] for t in tables} == set(DATA_STAGES)
+    with catalog(project) as con:
+        for table in tables:
+            shown = {line["reason"]: line["dropped"] for line in table[1:] if line["reason"]}
+            held = dict(con.execute("SELECT reason, count(*) FROM decisions WHERE artifact_id = ? AND NOT kept "
+                                    "GROUP BY 1", [table[0]["artifact"]]).fetchall())
+            assert shown == held and table[0]["dropped"] == sum(held.values()), table
+    assert sum(bool(t[0]["dropped"]) for t in tables) >= 5  # the samples plant drops for nearly every stage
+    run_page = next(a.data for a in published if a.key == "sftflow-run")
+    assert "## Drops by reason" in run_page and "| dedup | exact_duplicate |" in run_page
     data_card = Path(cold["cards"]["data_card"])
     assert data_card == project / "data" / "warehouse" / "runs" / cold["run_id"] / "DATA_CARD.md"
     text = data_card.read_text()

@@ -16,17 +16,17 @@ from tasks.core.records import RECORD_SCHEMA, records_from_rows
 from tasks.dedup import (
     band_candidate_pairs,
     candidate_pairs,
-    clusters,
     conversation_text,
     deduplicate,
     dedup_stage,
+    greedy_representatives,
     minhashes,
     shingle_hashes,
     shingles,
     signature_matrix,
 )
 
-CFG = DedupConfig()  # the recipe defaults: threshold 0.8, 128 perms, 5-grams, 16 bands x 8 rows
+CFG = DedupConfig()  # the recipe defaults: threshold 0.8, 128 perms, 5-grams, bands derived (13 x 7)
 
 _rng = random.Random(7)
 VOCAB = sorted({"".join(_rng.choices("abcdefghijklmnopqrstuvwxyz", k=_rng.randint(3, 8))) for _ in range(3000)})
@@ -86,7 +86,8 @@ def test_exact_duplicates_keep_the_smallest_id_whatever_the_row_order(order):
     assert json.loads(by_id["b"]["detail"]) == {"group_size": 3}
     assert out.stats == {
         "n_in": 4, "exact_duplicates": 2, "near_duplicates": 0, "near_skipped_few_shingles": 0,
-        "clusters": 0, "candidate_pairs": 0,
+        "clusters": 0, "candidate_pairs": 0, "verified_pairs": 0,
+        "bands": 13, "rows": 7, "expected_recall_at_threshold": 0.9531,
     }
     assert out.decisions.column("example_id").to_pylist() == ["a", "b", "c", "d"]
 
@@ -172,11 +173,15 @@ def test_empty_input():
     assert out.stats["n_in"] == 0
 
 
-def test_clusters_chain_and_do_not_depend_on_edge_order():
-    edges = [(4, 5), (0, 2), (2, 4), (1, 3)]
-    assert clusters(7, edges) == [[0, 2, 4, 5], [1, 3]]
-    assert clusters(7, list(reversed(edges))) == clusters(7, edges)
-    assert clusters(3, []) == []
+def test_greedy_representatives_do_not_chain_and_do_not_depend_on_edge_order():
+    # 0~2, 2~4, 4~5 form a chain: 2 goes to 0; 4's only earlier partner (2) is dropped, so 4 is
+    # kept; 5 has pairs with 4 (0.9) and 0 (0.82): it goes to the best-matching kept row, 4
+    edges = [(4, 5, 0.9), (0, 2, 0.85), (2, 4, 0.85), (1, 3, 0.8), (0, 5, 0.82)]
+    expected = [None, None, (0, 0.85), (1, 0.8), None, (4, 0.9)]
+    assert greedy_representatives(7, edges) == expected + [None]
+    assert greedy_representatives(7, list(reversed(edges))) == expected + [None]
+    assert greedy_representatives(7, [(j, i, e) for i, j, e in edges]) == expected + [None]
+    assert greedy_representatives(3, []) == [None, None, None]
 
 
 def test_candidate_pairs_are_sorted_and_unique():
@@ -265,11 +270,14 @@ def test_shuffling_never_changes_decisions_and_every_row_gets_one(data):
     assert sorted(decided) == sorted(input_ids)  # exactly one decision per row
     n_kept = sum(first.decisions.column("kept").to_pylist())
     assert n_kept == first.records.num_rows
-    for d in first.decisions.to_pylist():
-        # representatives are group minima, so a drop always points at a smaller id
+    by_id = {d["example_id"]: d for d in first.decisions.to_pylist()}
+    for d in by_id.values():
+        # every drop points at a row that is kept; near drops reach the threshold with it
         assert d["kept"] == (d["dup_of"] is None)
         if d["dup_of"] is not None:
-            assert d["dup_of"] in input_ids and d["dup_of"] < d["example_id"]
+            assert d["dup_of"] in input_ids and by_id[d["dup_of"]]["kept"]
+        if d["reason"] == "near_duplicate":
+            assert d["score"] >= CFG.near.threshold
 
 
 # -------------------------------------------------------------------------------- accuracy --
@@ -300,7 +308,7 @@ def test_stage_wrapper_is_registered():
 
 def test_lsh_candidates_below_the_threshold_are_not_dropped():
     # 8 edits 25 words apart kill 40 of 196 five-grams: true Jaccard 156/236 = 0.66, where the
-    # 16x8 S-curve still makes about half the pairs candidates; verification must reject them all
+    # 13x7 S-curve still makes about half the pairs candidates; verification must reject them all
     rows = []
     for k in range(20):
         text = words(200, seed=3000 + k)
@@ -371,7 +379,7 @@ def test_band_buckets_equal_minhash_lsh_candidates():
     matrix = signature_matrix([shingle_hashes(g) for g in grams], 128, 1)
     expected = candidate_pairs(sketches, CFG.near)
     assert 0 < len(expected) < len(rows) ** 2 / 2
-    assert [tuple(p) for p in band_candidate_pairs(matrix, 16, 8).tolist()] == expected
+    assert [tuple(p) for p in band_candidate_pairs(matrix, *CFG.near.lsh_params).tolist()] == expected
 
 
 def test_numpy_backend_decides_exactly_like_datasketch():

@@ -13,7 +13,7 @@ from tasks.core.records import RECORD_SCHEMA, records_from_rows
 from tasks.core.recipe import EvalSetConfig, FilterConfig
 from tasks.core.stage import execute, plan_stage, read_records
 from tasks.core.workspace import Workspace
-from tasks.decontaminate import load_eval_ngrams
+from tasks.decontaminate import load_eval_index
 from tasks.filters import LIBRARIES, filter_input_hashes, filter_records, filter_stage
 from tasks.tokens import load_token_counter
 from tasks.toxicity import ProfanityCheckScorer
@@ -73,8 +73,8 @@ def make_cfg(eval_path, **toxicity) -> FilterConfig:
 
 
 def run(rows, cfg, counter, scorer, eval_path):
-    ngrams = load_eval_ngrams(cfg.decontaminate.eval_sets, cfg.decontaminate.ngram, lambda p: eval_path)
-    return filter_records(records_from_rows(rows), cfg, counter, scorer, ngrams)
+    eval_index = load_eval_index(cfg.decontaminate, lambda p: eval_path)
+    return filter_records(records_from_rows(rows), cfg, counter, scorer, eval_index)
 
 
 def reasons(output) -> dict[str, str]:
@@ -136,13 +136,34 @@ def test_contaminated_row_records_hits(counter, profanity, eval_file):
     assert details(out)["contaminated"]["decon_hits_by_set"] == {"heldout": 4}
     assert details(out)["clean"]["decon_hits_by_set"] == {"heldout": 0}
     assert out.records.column("decon_hits").to_pylist() == [0, 0]
+    # the decision names the eval set and the item's place (the recipe path, here absolute)
+    assert details(out)["contaminated"]["decon_matches"] == [
+        {"eval_set": "heldout", "item": f"{eval_file}:1", "by": "ngram"}]
+    assert details(out)["clean"]["decon_matches"] == []
+    assert out.stats["eval_sets"]["heldout"]["items"] == 1 and out.stats["eval_sets"]["heldout"]["ngrams"] == 17 - 13 + 1
+
+
+def test_short_eval_item_copied_into_a_row_is_contaminated(counter, profanity, tmp_path):
+    # 7 words: no 13-gram, so before this was never caught
+    path = tmp_path / "short.jsonl"
+    path.write_text(json.dumps({"text": "Which gas do plants absorb from air?"}) + "\n", encoding="utf-8")
+    rows = [conv("copied", ("user", "Quiz time. Which gas do plants absorb from air? Thanks."), ("assistant", SAFE_REPLY)),
+            conv("other", ("user", "Which gas do plants release into the air?"), ("assistant", SAFE_REPLY))]
+    out = run(rows, make_cfg(path), counter, profanity, path)
+    assert reasons(out) == {"copied": "contaminated", "other": "kept"}
+    assert details(out)["copied"]["decon_matches"] == [{"eval_set": "heldout", "item": f"{path}:1", "by": "whole_item"}]
 
 
 def test_detail_holds_all_numbers(counter, profanity, eval_file):
     detail = details(run(ROWS, make_cfg(eval_file), counter, profanity, eval_file))["clean"]
     assert set(detail) == {"n_tokens_prompt", "n_tokens_response", "n_tokens_total", "toxicity_user",
-                           "toxicity_assistant", "decon_hits_by_set"}
+                           "toxicity_assistant", "toxicity_top_window", "toxicity_unjudged",
+                           "decon_hits_by_set", "decon_matches"}
     assert detail["n_tokens_total"] == 30 and 0 <= detail["toxicity_assistant"] < 0.5
+    assert detail["toxicity_top_window"]["assistant"] == {
+        "turn": 2, "window": 0, "of": 1,
+        "excerpt": "The capital of France is Paris, a city on the Seine known for its museums."}
+    assert detail["toxicity_unjudged"] is None
 
 
 def test_first_failing_check_wins(counter, profanity, eval_file):
@@ -172,8 +193,9 @@ def test_threshold_is_inclusive_and_scoring_is_one_batch(counter, eval_file):
     scorer = FixedScorer(0.5)
     out = run(ROWS[3:], make_cfg(eval_file), counter, scorer, eval_file)
     assert set(reasons(out).values()) == {"toxic"}
-    assert len(scorer.calls) == 1  # every user and assistant turn of the table in one call
-    assert len(scorer.calls[0]) == 6  # system turns are not scored
+    assert len(scorer.calls) == 1  # every window of every user and assistant turn of the table in one call
+    # 6 turns (system turns are not scored); SAFE_REPLY is two sentences, so two windows
+    assert len(scorer.calls[0]) == 7 and "I am sorry you feel that way." in scorer.calls[0]
 
 
 def test_toxicity_disabled_leaves_columns_null(counter, eval_file):

