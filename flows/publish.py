@@ -45,7 +45,7 @@ def stage_artifact_key(stage: str, label: str | None) -> str:
 def drops_by_reason(manifest: Manifest) -> dict[str, int]:
     """Rows the stage dropped, by reason, most first (ties by name), counted from its decisions
     file: the file the catalog loads, so the UI and `sftflow sql` show the same numbers. Stages
-    without decisions (train, evaluate) give {}."""
+    without decisions (evaluate; train artifacts from before train decided rows) give {}."""
     path = manifest.file(DECISIONS_FILE)
     if not path.is_file():
         return {}

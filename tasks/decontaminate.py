@@ -268,7 +268,7 @@ def build_eval_set_index(
     # says nothing about which item leaked.
     whole_items: Counter[str] = Counter(key for keys in whole_keys for key in keys)
     whole: dict[str, int] = {}
-    keyed_items = with_ngrams
+    keyed_items = set(with_ngrams)
     for item, keys in enumerate(whole_keys):
         for key in keys:
             if whole_items[key] <= limit:

@@ -45,6 +45,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# dedup_lsh derives the bands that decide which pairs are compared: imported here (not only
+# through the recipe models, which cache keys do not follow) so its source is in this stage's key.
+from tasks.core import dedup_lsh
 from tasks.core.recipe import DedupConfig, NearDedupConfig
 from tasks.core.reasons import Reason
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
@@ -554,7 +557,7 @@ def dedup_decisions(
         # the LSH banding used and P(candidate | J = threshold): the recall ceiling at the threshold
         "bands": bands,
         "rows": rows,
-        "expected_recall_at_threshold": round(near.expected_recall, 4),
+        "expected_recall_at_threshold": round(dedup_lsh.candidate_probability(near.threshold, bands, rows), 4),
     }
     return log.to_table(), [reason is Reason.KEPT for reason in reasons], stats
 

@@ -229,11 +229,20 @@ def _measures(config_json: str, root: str, warehouse: str,
     """Tokenizer, toxicity scorer and eval-set n-grams, loaded once per process for all its parts.
 
     Memoized by the config AND `fingerprints` (filter_input_hashes: the bytes or revisions of what
-    is loaded here): a long-lived worker or a second run in one process must not serve eval-set
-    n-grams, a tokenizer or a checkpoint that were edited since they were loaded.
+    is loaded here, as the run planned them): a long-lived worker or a second run in one process
+    must not serve eval-set n-grams, a tokenizer or a checkpoint that were edited since they were
+    loaded. The files are hashed again here, once per load rather than once per part (a detoxify
+    checkpoint is hundreds of MB): what is loaded must be what the key names.
     """
     cfg = FilterConfig.model_validate_json(config_json)
     ws = Workspace.from_env(root=root, warehouse=warehouse)
+    found = tuple(filter_input_hashes(cfg, ws.resolve_input))
+    if found != fingerprints:
+        # Computing now would store results of the new files under a key that names the old ones.
+        raise RuntimeError(
+            "filter: an eval set, the tokenizer or the toxicity checkpoint changed after this run was "
+            f"planned (planned {list(fingerprints)}, found {list(found)}); run again"
+        )
     counter = load_token_counter(cfg.length.tokenizer or BUILTIN_MINILM, ws.resolve_input, cfg.length.tokenizer_revision)
     scorer = load_toxicity_scorer(cfg.toxicity, ws.resolve_input) if cfg.toxicity.enabled else None
     eval_ngrams = load_eval_index(cfg.decontaminate, ws.resolve_input)
@@ -243,15 +252,10 @@ def _measures(config_json: str, root: str, warehouse: str,
 def filter_part(call: StageCall, records: pa.Table) -> StageOutput:
     """One records part of the input (tasks.core.parts runs one per part)."""
     cfg = FilterConfig.model_validate(call.config)
-    ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
-    # Hashed again here, in the process that loads them: the memo below is keyed by these bytes.
-    fingerprints = tuple(filter_input_hashes(cfg, ws.resolve_input))
-    if call.input_hashes and list(fingerprints) != list(call.input_hashes):
-        # Computing now would store results of the new files under a key that names the old ones.
-        raise RuntimeError(
-            "filter: an eval set, the tokenizer or the toxicity checkpoint changed after this run was "
-            f"planned (planned {list(call.input_hashes)}, found {list(fingerprints)}); run again"
-        )
+    fingerprints = tuple(call.input_hashes)
+    if not fingerprints:  # a call not made by plan_filter: hash what would be loaded now
+        ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
+        fingerprints = tuple(filter_input_hashes(cfg, ws.resolve_input))
     counter, scorer, eval_ngrams = _measures(json.dumps(call.config, sort_keys=True), call.root, call.warehouse,
                                              fingerprints)
     return filter_records(records, cfg, counter, scorer, eval_ngrams)

@@ -12,8 +12,9 @@ Choices this stage makes (and why):
   text units (tasks/text_units.py: lowercase words, one unit per character in scripts without
   spaces), so case, punctuation and whitespace do not separate copies of one question. A group
   is eval when sha256(seed, group) mapped to [0, 1) is below `eval_fraction`, so every row of a
-  group lands in the same split: the same prompt with two answers, or two near-copies of a
-  prompt, are never in both. The verdict depends on the prompt alone, not on example_id (which
+  group lands in the same split: the same prompt with two answers, or copies of a prompt that
+  differ only in case, punctuation or whitespace, are never in both. (Prompts reworded by a few
+  words are different groups; near-dedup, before mix, is what removes those near copies.) The verdict depends on the prompt alone, not on example_id (which
   is hash(source, row position)), so inserting, removing or reordering rows of a source moves no
   other row between splits. System prompts are left out: a system prompt shared by many rows
   would otherwise separate copies of one user question (the stricter grouping is the safe one

@@ -186,9 +186,9 @@ def _toxicity_lines(toxicity: dict[str, Any] | None) -> list[str]:
         scripts = ", ".join(f"{name} {count}" for name, count in by_script)
         lines.append(
             f"**{n} rows were not fully judged**: turns in scripts the toxicity model does not read "
-            f"(rows by script: {scripts}). They are not scored as clean; {toxicity.get('unjudged_rows_kept', 0)} "
-            "were kept unless another check dropped them, with `toxicity_unjudged` in their filter decision's "
-            "detail. For such data use detoxify's `multilingual` model (en, fr, es, it, pt, tr, ru) or a "
+            f"(rows by script: {scripts}). They are not scored as clean: such a row is kept unless another check drops it "
+            f"({toxicity.get('unjudged_rows_kept', 0)} were kept), with `toxicity_unjudged` in its filter "
+            "decision's detail. For such data use detoxify's `multilingual` model (en, fr, es, it, pt, tr, ru) or a "
             "checkpoint for the language.")
     else:
         lines.append("Every judged turn was in a script the toxicity model reads.")

@@ -108,10 +108,13 @@ def resolve_tokenizer_revision(
     True
     >>> resolve_tokenizer_revision("gpt2", "v1", "builtin:tiny-llama", None)
     'v1'
+    >>> resolve_tokenizer_revision("HuggingFaceTB/SmolLM2-135M", None, "HuggingFaceTB/SmolLM2-135M", "abc123")
+    'abc123'
     """
     if tokenizer_revision:
         return tokenizer_revision
-    if not length_tokenizer and not train_model.startswith("builtin:"):
+    # the train model's tokenizer, by default or named again: the revision training loads
+    if (not length_tokenizer or length_tokenizer == train_model) and not train_model.startswith("builtin:"):
         return train_revision
     return None
 

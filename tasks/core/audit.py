@@ -89,24 +89,37 @@ SELECT DISTINCT artifact_id FROM up"""
 
 
 def _versions(con: duckdb.DuckDBPyConnection, example_id: str) -> list[dict[str, Any]]:
-    """Every version of the row (one per ingest artifact that read it), oldest first, numbered from 1;
-    the newest (the one `examples` shows) is the one a run read most recently."""
-    versions = _rows(con, """
-        SELECT ev.artifact_id AS ingest_artifact_id, ev.source, ev.source_format, ev.source_uri, ev.source_row,
-               ev.origin, ev.license, ev.raw,
+    """Every version of the row, oldest first, numbered from 1; the newest (the one `examples`
+    shows) is the one a run read most recently. A version is what one ingest artifact read, and
+    ingest artifacts with the same data_hash (same rows: e.g. ingest's code changed, the source
+    did not) are one version, listed with all their ids in `ingest_artifact_ids`."""
+    reads = _rows(con, """
+        SELECT ev.artifact_id AS ingest_artifact_id, coalesce(a.data_hash, ev.artifact_id) AS data,
+               ev.source, ev.source_format, ev.source_uri, ev.source_row, ev.origin, ev.license, ev.raw,
                coalesce(min(r.started_at), any_value(a.created_at))::VARCHAR AS first_read,
                coalesce(max(r.started_at), any_value(a.created_at)) AS last_read,
                list(DISTINCT sr.run_id ORDER BY sr.run_id) FILTER (WHERE sr.run_id IS NOT NULL) AS runs
         FROM example_versions ev LEFT JOIN artifacts a ON a.artifact_id = ev.artifact_id
         LEFT JOIN stage_runs sr ON sr.key = ev.artifact_id LEFT JOIN runs r ON r.run_id = sr.run_id
         WHERE ev.example_id = ? GROUP BY ALL ORDER BY first_read, ev.artifact_id""", [example_id])
-    newest = max(versions, key=lambda v: (v["last_read"] is not None, v["last_read"] or "", v["ingest_artifact_id"]))
-    for number, version in enumerate(versions, start=1):
+    versions: dict[str, dict[str, Any]] = {}  # by data hash, in order of first read
+    for read in reads:
+        data = read.pop("data")
+        version = versions.get(data)
+        if version is None:
+            versions[data] = {**read, "ingest_artifact_ids": [read["ingest_artifact_id"]], "runs": read["runs"] or []}
+            continue
+        version["ingest_artifact_ids"].append(read["ingest_artifact_id"])
+        version["runs"] = sorted({*version["runs"], *(read["runs"] or [])})
+        if read["last_read"] is not None and (version["last_read"] is None or read["last_read"] > version["last_read"]):
+            version["last_read"] = read["last_read"]
+    ordered = list(versions.values())
+    newest = max(ordered, key=lambda v: (v["last_read"] is not None, v["last_read"] or "", v["ingest_artifact_id"]))
+    for number, version in enumerate(ordered, start=1):
         version["version"] = number
         version["newest"] = version is newest
         version["last_read"] = str(version["last_read"]) if version["last_read"] is not None else None
-        version["runs"] = version["runs"] or []
-    return versions
+    return ordered
 
 
 def _version_of(con: duckdb.DuckDBPyConnection, example_id: str, artifact_ids: set[str]) -> dict[str, str]:
@@ -138,7 +151,7 @@ def explain(con: duckdb.DuckDBPyConnection, store: ArtifactStore, example_id: st
     example_id = _resolve_id(con, "example_versions", "example_id", example_id, "example")
     scope = _scope(con, model_id, run_id)
     versions = _versions(con, example_id)
-    by_artifact = {v["ingest_artifact_id"]: v for v in versions}
+    by_artifact = {artifact_id: v for v in versions for artifact_id in v["ingest_artifact_ids"]}
 
     decisions = _rows(con, """
         SELECT d.stage, d.kept, d.reason, d.score, d.detail, d.dup_of, d.artifact_id,
@@ -169,7 +182,7 @@ def explain(con: duckdb.DuckDBPyConnection, store: ArtifactStore, example_id: st
     if scope is None:
         shown = next(v for v in versions if v["newest"])
     else:
-        in_scope = [v for v in versions if v["ingest_artifact_id"] in scope["artifacts"]]
+        in_scope = [v for v in versions if set(v["ingest_artifact_ids"]) & set(scope["artifacts"])]
         if not in_scope:
             what = f"model {scope['model_id']}" if "model_id" in scope else f"run {scope['run_id']}"
             raise NotFound(f"example {example_id} was not read by the artifacts of {what}; "

@@ -31,8 +31,9 @@ from tasks.core.artifacts import Manifest
 from tasks.core.failpoints import failpoint
 
 STAGES = ("ingest", "normalize", "dedup", "filter", "score", "mix", "train", "evaluate")
-# The stages that judge rows. The ledger covers them and train, which decides every distinct
-# train row too (kept, or dropped as `no_supervised_tokens` when truncation leaves it nothing).
+# The stages that judge rows. The ledger views cover them, and train too (ledger_by_run adds it):
+# train decides every distinct train row (kept, or dropped as `no_supervised_tokens` when
+# truncation leaves it nothing), but only train artifacts written since it decides have rows.
 DATA_STAGES = STAGES[:6]
 
 SCHEMA = f"""
@@ -46,7 +47,10 @@ CREATE TABLE IF NOT EXISTS stage_runs (
 CREATE TABLE IF NOT EXISTS artifacts (
     artifact_id VARCHAR PRIMARY KEY, stage VARCHAR, path VARCHAR, sha256 VARCHAR,
     config_hash VARCHAR, code_hash VARCHAR, created_at TIMESTAMP, run_id VARCHAR,
-    n_in BIGINT, n_out BIGINT, stats VARCHAR);
+    n_in BIGINT, n_out BIGINT, stats VARCHAR, data_hash VARCHAR);
+-- data_hash: what downstream stages read (Manifest.data_hash). Two ingest artifacts with one
+-- data_hash read a source identically (e.g. ingest's code changed, the file did not): one version.
+ALTER TABLE artifacts ADD COLUMN IF NOT EXISTS data_hash VARCHAR;
 CREATE TABLE IF NOT EXISTS artifact_inputs (artifact_id VARCHAR, input_artifact_id VARCHAR);
 -- Provenance is immutable: a row is stored once per ingest artifact that read it (a source
 -- edited and re-run gives row N new content under the same example_id, in a new artifact), and
@@ -123,7 +127,9 @@ LEFT JOIN (SELECT en.example_id, en.content_hash, en.category FROM example_norma
      USING (example_id);
 
 -- The newest version of each row: as read by the ingest artifact a run used most recently (any
--- run, failed or running ones included), with the newest normalize of that ingest artifact.
+-- run, failed or running ones included), with the newest normalize of that ingest artifact's
+-- data (matched by data_hash: a normalize reused from the cache may name an older ingest
+-- artifact that read the same rows).
 CREATE OR REPLACE VIEW examples AS
 WITH used AS (
     SELECT a.artifact_id, coalesce(max(r.started_at), any_value(a.created_at)) AS last_used
@@ -133,14 +139,16 @@ newest AS (
     SELECT ev.* FROM example_versions ev LEFT JOIN used u USING (artifact_id)
     QUALIFY row_number() OVER (PARTITION BY ev.example_id ORDER BY u.last_used DESC NULLS LAST, ev.artifact_id DESC) = 1),
 normalized AS (
-    SELECT ai.input_artifact_id AS ingest_artifact_id, en.example_id, en.content_hash, en.category
+    SELECT coalesce(ia.data_hash, ai.input_artifact_id) AS ingest_data, en.example_id, en.content_hash, en.category
     FROM example_normalized en JOIN artifact_inputs ai ON ai.artifact_id = en.artifact_id
+    LEFT JOIN artifacts ia ON ia.artifact_id = ai.input_artifact_id
     LEFT JOIN used u ON u.artifact_id = en.artifact_id
-    QUALIFY row_number() OVER (PARTITION BY ai.input_artifact_id, en.example_id
+    QUALIFY row_number() OVER (PARTITION BY coalesce(ia.data_hash, ai.input_artifact_id), en.example_id
                                ORDER BY u.last_used DESC NULLS LAST, en.artifact_id DESC) = 1)
 SELECT e.example_id, e.source, e.source_format, e.source_uri, e.source_row, n.content_hash, n.category,
        e.origin, e.license, e.raw, e.artifact_id
-FROM newest e LEFT JOIN normalized n ON n.ingest_artifact_id = e.artifact_id AND n.example_id = e.example_id;
+FROM newest e LEFT JOIN artifacts ea ON ea.artifact_id = e.artifact_id
+LEFT JOIN normalized n ON n.ingest_data = coalesce(ea.data_hash, e.artifact_id) AND n.example_id = e.example_id;
 
 -- What each model was trained on, as of its own run: the train-split rows of the mix it read,
 -- less the rows its train stage dropped, each with the source row as the model's own upstream
@@ -329,10 +337,11 @@ def _register(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -
     if known:
         return False
     con.execute(
-        "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO artifacts (artifact_id, stage, path, sha256, config_hash, code_hash, created_at, run_id, "
+        "n_in, n_out, stats, data_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [manifest.key, manifest.stage, manifest.path, manifest.content_hash, manifest.config_hash,
          manifest.code_hash, manifest.created_at, run_id, manifest.n_in, manifest.n_out,
-         json.dumps(manifest.stats, sort_keys=True)],
+         json.dumps(manifest.stats, sort_keys=True), manifest.data_hash],
     )
     for input_key in manifest.inputs:
         con.execute("INSERT INTO artifact_inputs VALUES (?, ?)", [manifest.key, input_key])

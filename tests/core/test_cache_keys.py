@@ -44,3 +44,19 @@ def test_library_versions_reports_absent():
     versions = library_versions(["pyarrow", "surely-not-installed-dist"])
     assert versions["surely-not-installed-dist"] == "absent"
     assert versions["pyarrow"][0].isdigit()
+
+
+def test_dedup_fingerprint_covers_the_band_derivation(tmp_path, monkeypatch):
+    """The LSH bands are derived in tasks/core/dedup_lsh.py and decide which pairs dedup compares:
+    an edit there must change dedup's key (the recipe models that also call it are not followed)."""
+    real = cache_keys._module_file
+    edited = tmp_path / "dedup_lsh.py"
+    edited.write_text(real("tasks.core.dedup_lsh").read_text(encoding="utf-8") + "\nTARGET_RECALL_EDITED = 1\n")
+    code_fingerprint.cache_clear()
+    before = code_fingerprint("tasks.dedup")
+    monkeypatch.setattr(cache_keys, "_module_file",
+                        lambda name: edited if name == "tasks.core.dedup_lsh" else real(name))
+    code_fingerprint.cache_clear()
+    after = code_fingerprint("tasks.dedup")
+    code_fingerprint.cache_clear()
+    assert before != after

@@ -134,6 +134,27 @@ def test_filter_refuses_an_eval_set_edited_after_planning(tmp_path):
         filters.filter_part(call, records)
 
 
+def test_filter_hashes_its_loaded_files_once_per_load_not_per_part(tmp_path, monkeypatch):
+    """A detoxify checkpoint or eval set is hashed when loaded, not again for every records part."""
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text(json.dumps({"text": "one two three four five six seven eight nine ten eleven twelve thirteen"})
+                         + "\n", encoding="utf-8")
+    rec = recipe(filters={"toxicity": {"enabled": False},
+                          "decontaminate": {"eval_sets": [{"name": "heldout", "path": "eval.jsonl"}]}})
+    ws = ws_at(tmp_path)
+    records = records_from_rows([{"example_id": "x", "source": "s", "category": "qa", "messages": [
+        {"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello " * 20}]}])
+    upstream = commit(ArtifactStore(ws.artifacts_dir), "dedup", "in", {"records-00000.parquet": records})
+    call = plans.plan_filter(rec, upstream, ws)
+    hashed = []
+    real = filters.filter_input_hashes
+    monkeypatch.setattr(filters, "filter_input_hashes", lambda *a, **k: hashed.append(1) or real(*a, **k))
+    filters._measures.cache_clear()
+    for _part in range(3):
+        filters.filter_part(call, records)
+    assert len(hashed) == 1
+
+
 # -------------------------------------------------------------- missing: hub tokenizer revision --
 def test_filter_key_follows_the_hub_tokenizer_revision(tmp_path):
     ws = ws_at(tmp_path)

@@ -242,6 +242,33 @@ def test_an_edited_source_adds_a_version_and_the_old_model_keeps_its_rows(tmp_pa
         (3, 2, 1)]
 
 
+def test_an_ingest_rerun_with_the_same_rows_is_one_version_and_keeps_its_normalized_form(tmp_path):
+    """ingest recomputed (its code changed, the source did not) gives a new artifact with the same
+    rows; normalize, keyed on those rows, is then a cache hit naming the old ingest artifact. The
+    row is still one version, with its content_hash and category."""
+    from tasks.core.artifacts import ArtifactStore
+    from tasks.core.audit import explain
+
+    cat = Catalog(tmp_path / "wh" / "catalog.duckdb")
+    rows = [_example("ex-0001", 1, '{"q": "first"}'), _example("ex-0002", 2, '{"q": "second"}')]
+    _chain(tmp_path, cat, "r1", "a", rows, "qa")
+    cat.start_run("r2", None, "demo", "rh", "cv", "{}", [])
+    ingest, hit = execute(_call(tmp_path, "ingest", "ingest-recomputed"), lambda call: _ingest(rows))
+    assert not hit
+    normalize, hit = execute(_call(tmp_path, "normalize", "normalize-a", [ingest]), lambda call: pytest.fail("cached"))
+    assert hit
+    for manifest, cache_hit in ((ingest, False), (normalize, True)):
+        cat.record_stage("r2", manifest, "s", cache_hit, 0.1)
+    cat.finish_run("r2", "completed")
+
+    assert cat.query("SELECT example_id, artifact_id, content_hash, category FROM examples ORDER BY 1") == [
+        ("ex-0001", "ingest-recomputed", "h-ex-0001-qa", "qa"), ("ex-0002", "ingest-recomputed", "h-ex-0002-qa", "qa")]
+    with connect_readonly(tmp_path / "wh" / "catalog.duckdb") as con:
+        report = explain(con, ArtifactStore(tmp_path / "wh" / "artifacts"), "ex-0001")
+    assert [v["ingest_artifact_ids"] for v in report["versions"]] == [["ingest-a", "ingest-recomputed"]]
+    assert report["example"]["content_hash"] == "h-ex-0001-qa" and report["example"]["category"] == "qa"
+
+
 def test_a_catalog_with_the_old_examples_table_is_migrated(tmp_path):
     path = tmp_path / "c.duckdb"
     with duckdb.connect(str(path)) as con:
