@@ -42,13 +42,18 @@ _UNSPACED = (
     "\u1000-\u109f"  # Myanmar
     "\u1780-\u17ff"  # Khmer
 )
-_UNIT = re.compile(rf"[{_UNSPACED}]|(?:(?![{_UNSPACED}])\w)+")
+# one unspaced character, or a run of word characters outside those scripts
+_UNIT = re.compile(rf"[{_UNSPACED}]|[^\W{_UNSPACED}]+")
 _UNSPACED_CHAR = re.compile(rf"[{_UNSPACED}]")
+_WORD = re.compile(r"\w+")
 
 
 def text_units(text: str) -> list[str]:
     """Lowercase word units of `text`; one unit per character in scripts without spaces."""
-    return _UNIT.findall(text.lower())
+    lowered = text.lower()
+    if _UNSPACED_CHAR.search(lowered) is None:  # most text: plain \w+ runs, about twice as fast
+        return _WORD.findall(lowered)
+    return _UNIT.findall(lowered)
 
 
 def has_unspaced_script(text: str) -> bool:
