@@ -256,7 +256,7 @@ def main() -> None:
         by_sentence = score_turns(texts, ours, "sentence")
         sentence_s = time.perf_counter() - t0
 
-    threshold = defaults.threshold
+    threshold = ToxicityConfig(backend="detoxify").effective_threshold  # 0.5, detoxify's default
     agree = sum((a >= threshold) == (b >= threshold) for a, b in zip(ours_all, peer_all)) / len(texts)
     peer_rate, ours_rate = len(texts) / peer_s, len(texts) / ours_s
     tokens = [len(ids) for ids in ours._detox.tokenizer(texts, truncation=True)["input_ids"]]

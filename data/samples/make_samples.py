@@ -886,8 +886,10 @@ def simple_planted(rng: random.Random) -> list[Row]:
                             "kept at filter (roles: [assistant]); toxicity_user recorded"))
     q, a = texts.BORDERLINE
     rows.append(planted("openai", Convo("qa", [("user", q), ("assistant", a)], "openai"), "borderline_toxicity",
-                        "mildly rude reply, profanity-check between 0.3 and 0.5",
-                        "kept at threshold 0.5; dropped as toxic with filters.toxicity.threshold=0.3"))
+                        "mildly rude reply: the whole turn scores between 0.3 and 0.5, its first sentence "
+                        "alone ('That sucks.') 1.0",
+                        "dropped at filter: toxic (sentence windows); with filters.toxicity.window=turn kept "
+                        "at 0.5 and dropped at threshold=0.3"))
     for (eval_index, q, a), fmt in zip(texts.LEAKS, FORMATS):
         convo = Convo("qa", [("user", q), ("assistant", a)], fmt)
         rows.append(planted(fmt, convo, "contaminated", f"answer quotes heldout_prompts.jsonl line {eval_index + 1} "

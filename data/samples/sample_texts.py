@@ -1255,8 +1255,9 @@ TOXIC_PROMPTS = [
      "Dense bread is a very common frustration, and it usually has a simple cause. Check that your yeast is fresh by letting it foam in warm water first, knead the dough until it feels smooth and springy, and give it enough time to double in size in a warm place before shaping. Too much flour is another frequent culprit, so measure by weight if you can."),
 ]
 
-# A mildly rude but not profane reply that scores between 0.3 and 0.5: kept at the demo threshold
-# (0.5), dropped when the threshold is lowered to 0.3 (the pipeline test's override).
+# A mildly rude but not profane reply whose whole turn scores between 0.3 and 0.5 (kept at 0.5,
+# dropped at 0.3 with `window: turn`); its first sentence alone scores 1.0, so the default
+# sentence windows drop it.
 BORDERLINE = (
     "I lost my phone on the bus again. What should I do?",
     "That sucks. Call your number from another phone in case someone has found it, contact the bus company lost property office with the route and time, and use the find-my-device service to see its last location.",

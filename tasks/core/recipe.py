@@ -246,7 +246,14 @@ class ToxicityConfig(Section):
         description="profanity-check: the linear model shipped in alt-profanity-check (offline); "
         "detoxify: a Detoxify hub model or local checkpoint.",
     )
-    threshold: float = Field(0.5, ge=0, le=1, description="Toxicity probability at which a judged turn drops the row.")
+    threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Toxicity probability at which a judged window drops the row. Default: 0.9 for "
+        "profanity-check with sentence windows, 0.5 otherwise. profanity-check is a linear "
+        "bag-of-words model: on one short sentence its probability follows a single word, so poem "
+        "lines and code lines of the demo samples scored 0.5-0.86 alone while insults scored "
+        "0.99-1.0 (docs/data-decisions.md).",
+    )
     roles: list[Role] = Field(
         default_factory=lambda: ["assistant"],
         description="Roles whose turns can drop the row. User and assistant turns are always "
@@ -290,6 +297,13 @@ class ToxicityConfig(Section):
         "multilingual (en, fr, es, it, pt, tr, ru), the documented choice for non-English data.",
         min_length=1,
     )
+
+    @property
+    def effective_threshold(self) -> float:
+        """`threshold`, or its default for this backend and window."""
+        if self.threshold is not None:
+            return self.threshold
+        return 0.9 if self.backend == "profanity-check" and self.window == "sentence" else 0.5
 
     @field_validator("checkpoint_sha256")
     @classmethod
