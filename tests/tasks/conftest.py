@@ -50,3 +50,19 @@ def pickled_copy():
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="module")
+def counter():
+    """The packaged MiniLM token counter (filter and toxicity tests)."""
+    from tasks.tokens import load_token_counter
+
+    return load_token_counter("builtin:minilm")
+
+
+@pytest.fixture(scope="module")
+def profanity():
+    """profanity-check, the offline toxicity backend."""
+    from tasks.toxicity import ProfanityCheckScorer
+
+    return ProfanityCheckScorer()

@@ -47,15 +47,6 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def counter():
-    return load_token_counter("builtin:minilm")
-
-
-@pytest.fixture(scope="module")
-def profanity():
-    return ProfanityCheckScorer()
-
 
 @pytest.fixture()
 def eval_file(tmp_path):

@@ -317,15 +317,6 @@ QUESTION = "Can you explain this topic in some detail?"
 CHINESE_INSULT = "你这个白痴，滚开！你真是个废物，什么都不懂。"  # "You idiot, get lost! You are trash, you know nothing."
 
 
-@pytest.fixture(scope="module")
-def counter():
-    return load_token_counter("builtin:minilm")
-
-
-@pytest.fixture(scope="module")
-def profanity():
-    return ProfanityCheckScorer()
-
 
 def filter_cfg(**toxicity) -> FilterConfig:
     return FilterConfig.model_validate({
