@@ -71,6 +71,8 @@ def run(
 
     if wait_seconds is not None:
         os.environ[LOCK_WAIT_ENV] = str(wait_seconds)  # read by the flow, wherever it runs
+    from flows.gate import GATED_EXIT_CODE, ModelGated
+
     try:
         from flows.pipeline import sftflow_pipeline
 
@@ -82,6 +84,11 @@ def run(
     except WorkspaceBusy as exc:
         console.print(f"[red]busy:[/red] {exc}")
         raise typer.Exit(BUSY_EXIT_CODE) from None
+    except ModelGated as exc:
+        if exc.summary:
+            print_summary(exc.summary)
+        console.print(f"[red]gated:[/red] {exc}")
+        raise typer.Exit(GATED_EXIT_CODE) from None
     except (RecipeError, PathNotAllowed, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -153,8 +160,14 @@ def print_summary(summary: dict[str, Any]) -> None:
         for m in summary["evals"]:
             evals.add_row(m["metric"], f"{m['value']:.4g}")
         console.print(evals)
-        if summary.get("regressed"):
-            console.print("[yellow]general perplexity regressed beyond eval.regression_tolerance[/yellow]")
+        gate = summary.get("gate") or {}
+        status = gate.get("status", "not_measured")
+        if status == "gated":
+            console.print(f"[yellow]model gate: gated[/yellow] — {gate.get('message')}")
+        elif status == "not_measured":
+            console.print("[yellow]model gate: not measured[/yellow] (no eval rows and no eval.general_text)")
+        else:
+            console.print("model gate: passed (general and held-out perplexity within eval.regression_tolerance)")
 
 
 @app.command()

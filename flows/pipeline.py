@@ -11,6 +11,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.gate import gate_failure
 from flows.plans import (plan_dedup, plan_evaluate, plan_filter, plan_ingest, plan_mix, plan_normalize,
                          plan_score, plan_train)
 from flows.publish import publish_run
@@ -60,17 +61,24 @@ def sftflow_pipeline(
             scored = run.run(score_stage, plan_score(recipe, filtered, ws))
             mixed = run.run(mix_stage, plan_mix(recipe, scored, ws))
             data_card = run.publish_data_card()
+            gated = None
             if only != "data":
                 trained = run.run(train_stage, plan_train(recipe, mixed, ws, data_card),
                                   retries=1, retry_on=(TrainingFailed,))
                 if only == "all":
-                    run.run(evaluate_stage, plan_evaluate(recipe, trained, mixed, ws))
+                    evaluated = run.run(evaluate_stage, plan_evaluate(recipe, trained, mixed, ws))
+                    gated = gate_failure(evaluated.stats, recipe.eval.on_regression,
+                                         str(trained.file(trained.stats["model"]["path"])))
         except BaseException:
             run.finish("failed")
             raise
-        run.finish("completed")
+        # A gated run ran every stage and committed every artifact; only its verdict differs.
+        run.finish("gated" if gated else "completed")
         summary = run.summary()
     publish_run(summary)
+    if gated:
+        gated.summary = summary
+        raise gated  # the flow run ends Failed, with the figures and what to change
     return summary
 
 

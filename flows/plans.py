@@ -31,6 +31,8 @@ UNKEYED: dict[str, tuple[str, ...]] = {
     "filter": ("toxicity.batch_size", "toxicity.max_batch_tokens"),
     # Pairs per forward pass of the scorer.
     "score": ("batch_size",),
+    # Read by the flow after evaluate: what a tripped gate does to the run, not what is measured.
+    "evaluate": ("eval.on_regression",),
 }
 
 

@@ -109,6 +109,16 @@ def publish_training(manifest: Manifest, run_id: str) -> None:
     audit = manifest.stats.get("mask_audit", {})
     lines = ["## Mask audit", "", "| check | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(audit.items()) if not isinstance(v, (dict, list))]
+    lowest = audit.get("assistant_content_min_supervised_share")
+    threshold = audit.get("assistant_content_share_threshold")
+    if lowest is not None and threshold is not None:
+        # The passing audit's headline: how much of each answer the loss really sees.
+        lines += ["", f"Assistant content supervised: at least {lowest:.0%} of each checked assistant turn's "
+                      f"content tokens (threshold {threshold:.0%})."]
+    not_located = audit.get("assistant_turns_content_not_located")
+    if not_located:
+        lines += ["", f"{not_located} assistant turns could not be located in the rendered text (the template "
+                      "rewrites their content), so their content supervision was not checked."]
     lines += ["", f"Full audit (per category and source): `{manifest.file('mask_audit.json')}`"]
     create_markdown_artifact(key=ARTIFACT_KEYS["mask_audit"], markdown="\n".join(lines),
                              description=f"loss-mask audit of the train split, run {run_id}")
@@ -151,6 +161,22 @@ def drop_reason_lines(summary: dict[str, Any]) -> list[str]:
         f"| {d['stage']} | {d['reason']} | {d['n']} |" for d in rows]
 
 
+def gate_line(gate: dict[str, Any] | None) -> str:
+    """The model gate's verdict in one Markdown line.
+
+    >>> gate_line({"status": "gated", "message": "general perplexity rose from 10 to 12 (+20%)."})
+    '**Model gate: GATED.** general perplexity rose from 10 to 12 (+20%).'
+    >>> gate_line(None)
+    '**Model gate: not measured** (no held-out rows and no eval.general_text).'
+    """
+    status = (gate or {}).get("status", "not_measured")
+    if status == "gated":
+        return f"**Model gate: GATED.** {gate.get('message') or ''}".rstrip()
+    if status == "passed":
+        return "**Model gate: passed** (general and held-out perplexity within eval.regression_tolerance)."
+    return "**Model gate: not measured** (no held-out rows and no eval.general_text)."
+
+
 def publish_run(summary: dict[str, Any]) -> None:
     """The run's ledger and realized mixture, and links to its cards and reports."""
     lines = [f"# sftflow run `{summary['run_id']}` — recipe `{summary['recipe']}`", ""]
@@ -176,7 +202,7 @@ def publish_run(summary: dict[str, Any]) -> None:
               f"{_share(m.get('realized_share_tokens'))} | {m['n_rows']} | {m['n_unique']} | {m['n_eval']} | "
               f"{m.get('outcome', '')} |" for m in summary["mixture"]]
     if summary.get("evals"):
-        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---:|"]
+        lines += ["", "## Evaluation", "", gate_line(summary.get("gate")), "", "| metric | value |", "|---|---:|"]
         lines += [f"| {m['metric']} | {m['value']:.4g} |" for m in summary["evals"]]
     create_markdown_artifact(key=ARTIFACT_KEYS["run"], markdown="\n".join(lines),
                              description=f"run {summary['run_id']}: ledger, mixture, cards")

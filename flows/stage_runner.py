@@ -194,6 +194,7 @@ class RunContext:
             "evals": [{"metric": m["metric"], "value": m["value"]} for m in evaluated.stats.get("metrics", [])]
             if evaluated else [],
             "regressed": evaluated.stats.get("regressed") if evaluated else None,
+            "gate": evaluated.stats.get("gate") if evaluated else None,
             "cards": self._cards(),
         }
 

@@ -3,7 +3,9 @@
 Assistant-only loss (TRL's `assistant_only_loss=True`) takes its mask from the template's
 `{% generation %}...{% endgeneration %}` blocks: whatever renders inside one is supervised,
 everything else is not. A template without those markers yields an all-zero mask, so a model
-whose own template lacks them is refused unless the recipe names a template that has them.
+whose own template lacks them is refused unless the recipe names a template that has them. A
+template the recipe names is always the one used: it is an explicit choice, so it also replaces a
+tokenizer template that has markers, and the origin string says so.
 
 The built-in template puts the assistant's closing `<|im_end|>` inside the block, so the model is
 trained to end its turn; the newline after it stays outside (it is the separator the next turn's
@@ -18,6 +20,8 @@ from typing import Any, Callable
 
 END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 CHATML_ROLES = ("system", "user", "assistant", "tool")
+# Appended to the origin when the recipe's template replaces a different one the tokenizer had.
+OVERRIDE_NOTE = " (overrides the tokenizer's own template)"
 
 # Same pattern transformers uses to decide whether masks can be produced (trim variants included).
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -71,23 +75,33 @@ def select_chat_template(
 ) -> tuple[str, str]:
     """(template text, origin) for training.
 
-    The tokenizer's own template wins when it has generation markers (it is the format the model
-    was built or tuned with); otherwise the recipe's `train.chat_template` is used: `chatml` for the
-    built-in template or a .jinja file (resolved with `resolve`, i.e. confined to allowed roots).
+    The recipe's `train.chat_template` wins when set: `chatml` for the built-in template
+    (origin `builtin:chatml`) or a .jinja file resolved with `resolve`, i.e. confined to allowed
+    roots (origin `file:<name>`). When the tokenizer has a different template of its own, the
+    origin gets OVERRIDE_NOTE appended, so training_config and the model card record that the
+    model's own format was replaced. Without a recipe template, the tokenizer's own template is
+    used when it has generation markers (origin `tokenizer`); otherwise ChatTemplateError.
     """
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, dict):
         own = own.get("default")
+    if recipe_template is not None and recipe_template.strip():
+        text, origin = _recipe_template(tokenizer, recipe_template, resolve)
+        # An identical template replaces nothing (the builtin tiny model ships CHATML_TEMPLATE).
+        return text, (origin + OVERRIDE_NOTE if own and own != text else origin)
     if has_generation_markers(own):
         return own, "tokenizer"
     model_name = getattr(tokenizer, "name_or_path", "") or "the model"
-    if recipe_template is None or not recipe_template.strip():
-        why = "has no chat template" if not own else "has a chat template without {% generation %} markers"
-        raise ChatTemplateError(
-            f"the tokenizer of {model_name} {why}, so assistant-only loss would supervise nothing: "
-            "set train.chat_template: chatml (the built-in ChatML template) or a path to a .jinja "
-            "template whose assistant turns are wrapped in {% generation %}...{% endgeneration %}"
-        )
+    why = "has no chat template" if not own else "has a chat template without {% generation %} markers"
+    raise ChatTemplateError(
+        f"the tokenizer of {model_name} {why}, so assistant-only loss would supervise nothing: "
+        "set train.chat_template: chatml (the built-in ChatML template) or a path to a .jinja "
+        "template whose assistant turns are wrapped in {% generation %}...{% endgeneration %}"
+    )
+
+
+def _recipe_template(tokenizer, recipe_template: str, resolve: Callable[[str], Path]) -> tuple[str, str]:
+    """(text, origin) of the template the recipe names; ChatTemplateError when it cannot be used."""
     if recipe_template.strip().lower() == "chatml":
         missing = [t for t in ("<|im_start|>", "<|im_end|>") if not _is_single_token(tokenizer, t)]
         if missing:

@@ -11,17 +11,27 @@ What is measured, and why:
 - **General perplexity** (`general_ppl`, `general_ppl_base`): exp of the token-weighted mean NLL of
   plain texts without any template (the first token of each text has no context and is not
   scored). A rise over the base model signals forgetting; `regressed` is set when
-  tuned > base * (1 + eval.regression_tolerance).
+  tuned > base * (1 + eval.regression_tolerance), and is None when no general text was given.
+- **Gate** (`gate` in the result, report.json and the stage stats): two checks with the same
+  rule, general perplexity and held-out perplexity (exp of the held-out loss), each failing when
+  tuned > base * (1 + eval.regression_tolerance). `status` is "gated" when a measured check
+  failed, "passed" when at least one was measured and none failed, "not_measured" otherwise; the
+  flow decides what a gated model does to the run (eval.on_regression). See `gate_report`.
 - **Instruction following** (`if_prompt_acc`, `if_instruction_acc`, plus `_base`): greedy
   generations for the built-in `tasks.ifeval.IF_PROMPTS`, scored by the programmatic checks. The
   set is fixed, so these numbers compare across runs and recipes; the prompts of
-  `eval.prompts` are generated and saved too, for reading, but not scored.
+  `eval.prompts` are generated and saved too, for reading, but not scored. A generation that
+  reaches eval.max_new_tokens without a stop token is *truncated*; truncated and empty answers
+  fail every check, and their counts are reported per model (`n_truncated`, `n_empty`).
 - **Mask audit** (`mask_supervised_token_share`, `mask_zero_supervised_examples`): copied from the
   train stage's audit, so every number about a model sits in one `evals` table.
 - **Judge** (`judge_score_mean`, `judge_score_mean_base`): only when `eval.judge.enabled`.
 
 Base and tuned are measured one after the other; a full model is freed before the next is loaded,
 and a LoRA adapter is measured on one loaded base (`disable_adapter()` gives the base numbers).
+Both are loaded in one explicit precision whatever dtype their folders were saved in (see
+`eval_precision`): a bf16 base measured in bf16 against a fine-tuned model saved in fp32 and
+measured in fp32 would compare two precisions, not two models.
 """
 
 from __future__ import annotations
@@ -30,8 +40,10 @@ import gc
 import json
 import math
 import re
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from tasks.core.recipe import EvalConfig
 from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
@@ -156,9 +168,20 @@ def stop_token_ids(tokenizer, model, template: str) -> list[int]:
     return sorted(ids)
 
 
-def generate_token_ids(model, tokenizer, template: str, prompts: list[str], max_new_tokens: int,
-                       batch_size: int = 8) -> list[list[int]]:
-    """Greedy new-token ids per prompt (one user turn each), cut before the first stop token."""
+class Generation(NamedTuple):
+    """One greedy generation: the new token ids before the first stop token, and whether none came."""
+
+    token_ids: list[int]
+    truncated: bool  # no stop token within max_new_tokens: the answer was cut, not finished
+
+
+def generate(model, tokenizer, template: str, prompts: list[str], max_new_tokens: int,
+             batch_size: int = 8) -> list[Generation]:
+    """Greedy generations per prompt (one user turn each): ids cut before the first stop token, and
+    whether the generation hit max_new_tokens without any stop token (truncated).
+
+    Batched: prompts are left-padded so all end where generation begins, one `generate` call per batch.
+    """
     import torch
 
     device = _device(model)
@@ -172,7 +195,7 @@ def generate_token_ids(model, tokenizer, template: str, prompts: list[str], max_
                                            add_generation_prompt=True, chat_template=template)["input_ids"])
         for prompt in prompts
     ]
-    outputs: list[list[int]] = []
+    outputs: list[Generation] = []
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start:start + batch_size]
@@ -183,22 +206,37 @@ def generate_token_ids(model, tokenizer, template: str, prompts: list[str], max_
             for row, ids in enumerate(batch):
                 input_ids[row, width - len(ids):] = torch.tensor(ids)
                 attention[row, width - len(ids):] = 1
+            # pad, eos, the attention mask and left padding are all given, so generate has nothing to
+            # warn about per batch (no "setting pad_token_id", no "right-padding detected"); sampling
+            # flags in a model's generation_config are overridden by do_sample=False without a warning
+            # in the transformers version pinned here (test_evaluate_generation.py checks the log is empty)
             generated = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
             )
             for row in generated[:, width:].tolist():
-                # after a sequence's stop token, generate fills with pad: cut at the first stop
-                cut = next((i for i, token in enumerate(row) if token in stops), len(row))
-                outputs.append(row[:cut])
+                # after a sequence's stop token, generate fills with pad: cut at the first stop; a row
+                # without any stop token ran out of max_new_tokens (generate stops for no other reason here)
+                cut = next((i for i, token in enumerate(row) if token in stops), None)
+                outputs.append(Generation(row, True) if cut is None else Generation(row[:cut], False))
     return outputs
+
+
+def generate_token_ids(model, tokenizer, template: str, prompts: list[str], max_new_tokens: int,
+                       batch_size: int = 8) -> list[list[int]]:
+    """Greedy new-token ids per prompt, cut before the first stop token (`generate` without the flags)."""
+    return [g.token_ids for g in generate(model, tokenizer, template, prompts, max_new_tokens, batch_size)]
+
+
+def _decode(tokenizer, token_ids: list[int]) -> str:
+    return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
 def generate_responses(model, tokenizer, template: str, prompts: list[str], max_new_tokens: int,
                        batch_size: int = 8) -> list[str]:
     """Greedy responses (new tokens only, special tokens skipped, whitespace stripped), one per prompt."""
-    ids = generate_token_ids(model, tokenizer, template, prompts, max_new_tokens, batch_size)
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+    generations = generate(model, tokenizer, template, prompts, max_new_tokens, batch_size)
+    return [_decode(tokenizer, g.token_ids) for g in generations]
 
 
 def load_prompts(path: Path) -> list[str]:
@@ -220,15 +258,43 @@ def load_prompts(path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- models --
-def _load_model(location: str | Path, device: str, what: str, revision: str | None = None):
-    """A causal LM from a folder or hub id (at `revision`): safetensors weights only, no remote code."""
+def eval_precision() -> tuple[str, str]:
+    """(dtype, device) both models are measured in: bfloat16 on a CUDA device that supports it,
+    float32 on any other CUDA device and on CPU (where bf16 matmuls are slow and gain nothing here)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return ("bfloat16" if torch.cuda.is_bf16_supported() else "float32"), "cuda"
+    return "float32", "cpu"
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars (from_pretrained's "Loading weights") for a quiet stage log."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(location: str | Path, device: str, what: str, revision: str | None = None, dtype: str = "float32"):
+    """A causal LM from a folder or hub id (at `revision`) in `dtype` on `device`: safetensors
+    weights only, no remote code. The dtype is explicit, never the folder's own ("auto")."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     require_safetensors(location, what)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(location), dtype="auto", use_safetensors=True, trust_remote_code=False, revision=revision
-        )
+        with _no_progress_bars():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(location), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False,
+                revision=revision,
+            )
     except OSError as exc:
         unsafe = missing_safetensors_error(exc, location, what)
         if unsafe is None:
@@ -249,18 +315,20 @@ def _require_safe_adapter(folder: Path) -> None:
         )
 
 
-def _base_then_tuned(tuned_dir: Path, base_location: str | Path,
-                     base_revision: str | None = None) -> Iterator[tuple[str, Any, Any]]:
+def _base_then_tuned(tuned_dir: Path, base_location: str | Path, base_revision: str | None = None,
+                     precision: tuple[str, str] | None = None) -> Iterator[tuple[str, Any, Any]]:
     """Yield ("base", model, tokenizer) then ("tuned", model, tokenizer), holding one model at a time.
     A hub base is loaded at `base_revision`, the commit the train stage trained from.
 
-    Both are measured with the tuned folder's tokenizer (the same vocabulary as the base; it is the
-    one saved with the template that was trained), so the two losses count the same tokens.
+    Both are loaded in `precision` (dtype, device), by default `eval_precision()`; a LoRA adapter's
+    weights too. Both are measured with the tuned folder's tokenizer (the same vocabulary as the
+    base; it is the one saved with the template that was trained), so the two losses count the same
+    tokens.
     """
     import torch
     from transformers import AutoTokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype, device = precision or eval_precision()
     is_adapter = (tuned_dir / "adapter_config.json").exists()
     # Both folders are checked before either model loads: no base measured in vain.
     require_safetensors(base_location, BASE_MODEL)
@@ -274,17 +342,19 @@ def _base_then_tuned(tuned_dir: Path, base_location: str | Path,
     if is_adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_load_model(base_location, device, BASE_MODEL, base_revision),
-                                          str(tuned_dir)).eval()
+        # autocast_adapter_dtype=False: PEFT would otherwise upcast a bf16 base's adapter weights to
+        # fp32; they are loaded in the base's dtype, so the whole tuned model runs in one precision
+        model = PeftModel.from_pretrained(_load_model(base_location, device, BASE_MODEL, base_revision, dtype),
+                                          str(tuned_dir), autocast_adapter_dtype=False).eval()
         with model.disable_adapter():
             yield "base", model, tokenizer
         yield "tuned", model, tokenizer
         return
-    yield "base", _load_model(base_location, device, BASE_MODEL, base_revision), tokenizer
+    yield "base", _load_model(base_location, device, BASE_MODEL, base_revision, dtype), tokenizer
     gc.collect()  # the caller dropped its reference to the base model before asking for the next
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    yield "tuned", _load_model(tuned_dir, device, TUNED_MODEL), tokenizer
+    yield "tuned", _load_model(tuned_dir, device, TUNED_MODEL, dtype=dtype), tokenizer
 
 
 def _measure(model, tokenizer, template: str, eval_rows: list[dict], texts: list[str], prompts: list[str],
@@ -298,8 +368,22 @@ def _measure(model, tokenizer, template: str, eval_rows: list[dict], texts: list
         nll, n_tokens = _text_totals(model, tokenizer, texts, max_length, cfg.batch_size)
         measured["general_ppl"] = math.exp(nll / n_tokens) if n_tokens else None
         measured["n_text_tokens"] = n_tokens
-    measured["responses"] = generate_responses(model, tokenizer, template, prompts, cfg.max_new_tokens, cfg.batch_size)
+    generations = generate(model, tokenizer, template, prompts, cfg.max_new_tokens, cfg.batch_size)
+    measured["responses"] = [_decode(tokenizer, g.token_ids) for g in generations]
+    measured["truncated"] = [g.truncated for g in generations]
     return measured
+
+
+def _summary_line(label: str, measured: dict[str, Any], n_rows: int, seconds: float) -> str:
+    """One log line per model: what was measured and how long loading and measuring took."""
+    parts = []
+    if measured.get("heldout_loss") is not None:
+        parts.append(f"held-out loss {measured['heldout_loss']:.3f} on {n_rows} rows")
+    if measured.get("general_ppl") is not None:
+        parts.append(f"general ppl {measured['general_ppl']:.1f}")
+    n_empty = sum(not r.strip() for r in measured["responses"])
+    parts.append(f"{len(measured['responses'])} generations ({sum(measured['truncated'])} truncated, {n_empty} empty)")
+    return f"[evaluate] {label}: {', '.join(parts)} in {seconds:.1f} s"
 
 
 # --------------------------------------------------------------------------------- metrics --
@@ -321,12 +405,72 @@ def _mask_metrics(mask_audit: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def regression_flag(tuned_ppl: float, base_ppl: float, tolerance: float) -> bool:
-    """True when the tuned perplexity exceeds the base's by more than `tolerance` (a fraction).
+    """True when the tuned perplexity exceeds the base's by more than `tolerance` (a fraction), or is NaN.
 
-    >>> regression_flag(10.6, 10.0, 0.05), regression_flag(10.4, 10.0, 0.05)
-    (True, False)
+    >>> regression_flag(10.6, 10.0, 0.05), regression_flag(10.4, 10.0, 0.05), regression_flag(math.nan, 10.0, 0.05)
+    (True, False, True)
     """
-    return tuned_ppl > base_ppl * (1 + tolerance)
+    return not tuned_ppl <= base_ppl * (1 + tolerance)  # written so a NaN (a diverged model) is flagged
+
+
+GATE_CHECKS = (  # (check name, how report.md and the gate message name it)
+    ("general_ppl", "general perplexity"),
+    ("heldout_ppl", "held-out perplexity (exp of the held-out loss)"),
+)
+GATE_ADVICE = ("To pass the gate: train on less data (mix.total_rows, train.max_steps / num_train_epochs), "
+               "lower train.learning_rate or use train.method: lora; or set eval.on_regression: report to "
+               "keep such a model.")
+
+
+def _tolerance_text(tolerance: float) -> str:
+    return f"+{tolerance * 100:g}%"
+
+
+def gate_report(tolerance: float, general_ppl: float | None = None, general_ppl_base: float | None = None,
+                heldout_loss: float | None = None, heldout_loss_base: float | None = None) -> dict[str, Any]:
+    """The regression gate from the measured figures (None: not measured).
+
+    Each check fails when tuned > base * (1 + tolerance), the rule of `regression_flag`; held-out
+    perplexity is exp(held-out loss), compared as tuned_loss - base_loss > log(1 + tolerance). A
+    non-finite tuned figure (NaN) fails. `status` is "gated" if a measured check failed, "passed"
+    if at least one was measured and none failed, "not_measured" if none was measured; `message`
+    (only when gated) names the figures and what to change.
+
+    >>> g = gate_report(0.05, general_ppl=12.3, general_ppl_base=10.0, heldout_loss=2.0, heldout_loss_base=2.01)
+    >>> g["status"], [(c["name"], c["measured"], c["passed"]) for c in g["checks"]]
+    ('gated', [('general_ppl', True, False), ('heldout_ppl', True, True)])
+    >>> print(g["message"])
+    general perplexity rose from 10.00 (base) to 12.30 (tuned), +23.0% against a tolerance of +5%. To pass ...
+    >>> g = gate_report(0.05, heldout_loss=2.1, heldout_loss_base=2.0)
+    >>> g["status"], g["checks"][0]["measured"], g["checks"][0]["passed"], round(g["checks"][1]["ratio"], 4)
+    ('gated', False, None, 1.1052)
+    >>> gate_report(0.05, heldout_loss=2.0, heldout_loss_base=2.0)["status"], gate_report(0.05)["status"]
+    ('passed', 'not_measured')
+    """
+    checks = []
+    for name, tuned, base in (("general_ppl", general_ppl, general_ppl_base),
+                              ("heldout_ppl", heldout_loss, heldout_loss_base)):
+        if tuned is None or base is None:
+            checks.append({"name": name, "measured": False, "passed": None, "base": None, "tuned": None, "ratio": None})
+            continue
+        if name == "heldout_ppl":
+            # compared in loss space: exp() of a large loss would overflow before the ratio is taken
+            log_ratio = tuned - base
+            passed = bool(log_ratio <= math.log1p(tolerance))
+            base, tuned, ratio = math.exp(base), math.exp(tuned), math.exp(log_ratio)
+        else:
+            passed = not regression_flag(tuned, base, tolerance)
+            ratio = tuned / base if base else math.inf
+        checks.append({"name": name, "measured": True, "passed": passed, "base": base, "tuned": tuned, "ratio": ratio})
+    failed = [c for c in checks if c["measured"] and not c["passed"]]
+    status = "gated" if failed else ("passed" if any(c["measured"] for c in checks) else "not_measured")
+    message = None
+    if failed:
+        names = dict(GATE_CHECKS)
+        sentences = [f"{names[c['name']]} rose from {c['base']:.2f} (base) to {c['tuned']:.2f} (tuned), "
+                     f"{c['ratio'] - 1:+.1%} against a tolerance of {_tolerance_text(tolerance)}." for c in failed]
+        message = " ".join(sentences + [GATE_ADVICE])
+    return {"status": status, "tolerance": tolerance, "checks": checks, "message": message}
 
 
 def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, eval_rows: list[dict],
@@ -337,7 +481,8 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
 
     `prompts`: extra prompts to generate (already read); when None and eval.prompts is set, that
     JSONL is read as given (the stage resolves it inside the workspace first).
-    Returns {"metrics": [{metric, value, detail}], "report_md": str, "regressed": bool}.
+    Returns {"metrics": [{metric, value, detail}], "report_md": str, "regressed": bool | None (None:
+    no general text measured), "gate": gate_report(...), "eval_dtype": str, "eval_device": str}.
     """
     tuned_dir, out_dir = Path(tuned_dir), Path(out_dir)
     check_judge_reachable(cfg.judge)  # an enabled but unusable judge fails before any model loads
@@ -347,24 +492,36 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
     items += [{"id": f"prompt-{i + 1:03d}", "prompt": text, "checks": []} for i, text in enumerate(prompts or [])]
     texts = list(general_texts)[: cfg.max_general_texts]
 
+    dtype, device = eval_precision()
+    print(f"[evaluate] base and tuned in {dtype} on {device}: {len(eval_rows)} held-out rows, {len(texts)} general "
+          f"texts, {len(items)} prompts at up to {cfg.max_new_tokens} new tokens")
     measured: dict[str, dict[str, Any]] = {}
-    for label, model, tokenizer in _base_then_tuned(tuned_dir, base_location, base_revision):
+    started = time.perf_counter()
+    for label, model, tokenizer in _base_then_tuned(tuned_dir, base_location, base_revision, (dtype, device)):
         measured[label] = _measure(model, tokenizer, template, eval_rows, texts, [i["prompt"] for i in items], cfg, max_length)
         del model  # lets the generator free a full base model before loading the tuned one
+        print(_summary_line(label, measured[label], len(eval_rows), time.perf_counter() - started))
+        started = time.perf_counter()  # the next model's time includes its loading
 
     metrics: list[dict[str, Any]] = []
     skipped: list[str] = []
     base, tuned = measured["base"], measured["tuned"]
-    if tuned.get("heldout_loss") is not None and base.get("heldout_loss") is not None:
+    tolerance = cfg.regression_tolerance
+    gate = gate_report(tolerance, tuned.get("general_ppl"), base.get("general_ppl"),
+                       tuned.get("heldout_loss"), base.get("heldout_loss"))
+    general_check, heldout_check = gate["checks"]
+    # None when general perplexity was not measured: "not regressed" would claim a check that never ran
+    regressed = None if not general_check["measured"] else not general_check["passed"]
+    if heldout_check["measured"]:
         for suffix, m in (("", tuned), ("_base", base)):
-            metrics.append(_metric(f"heldout_loss{suffix}", m["heldout_loss"], {
-                "n_examples": len(eval_rows), "n_supervised_tokens": m["n_supervised_tokens"], "max_length": max_length}))
+            detail = {"n_examples": len(eval_rows), "n_supervised_tokens": m["n_supervised_tokens"],
+                      "max_length": max_length}
+            if suffix == "":  # the gate's held-out check, on the tuned row like general_ppl's
+                detail.update(passed=heldout_check["passed"], ratio=heldout_check["ratio"], tolerance=tolerance)
+            metrics.append(_metric(f"heldout_loss{suffix}", m["heldout_loss"], detail))
     else:
         skipped.append("heldout_loss: no eval rows (mix.eval_fraction is 0) or none with an assistant token")
-    regressed = False
-    if tuned.get("general_ppl") is not None and base.get("general_ppl") is not None:
-        tolerance = cfg.regression_tolerance
-        regressed = regression_flag(tuned["general_ppl"], base["general_ppl"], tolerance)
+    if general_check["measured"]:
         metrics.append(_metric("general_ppl", tuned["general_ppl"], {
             "regressed": regressed, "tolerance": tolerance, "base": base["general_ppl"],
             "ratio": tuned["general_ppl"] / base["general_ppl"], "n_texts": len(texts)}))
@@ -373,11 +530,16 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
         skipped.append("general_ppl: no general texts (set eval.general_text to a JSONL of {text})")
 
     n_if = len(IF_PROMPTS)
-    if_eval = {label: score_responses(items[:n_if], measured[label]["responses"][:n_if]) for label in ("base", "tuned")}
+    if_eval = {label: score_responses(items[:n_if], measured[label]["responses"][:n_if],
+                                      measured[label]["truncated"][:n_if])
+               for label in ("base", "tuned")}
     for suffix, label in (("", "tuned"), ("_base", "base")):
         scored = if_eval[label]
         per_kind = {kind: tally["accuracy"] for kind, tally in scored["per_kind"].items()}
-        metrics.append(_metric(f"if_prompt_acc{suffix}", scored["prompt_level_accuracy"], {"n_prompts": scored["n_prompts"]}))
+        # n_truncated / n_empty: IF answers that failed every check for want of a finished answer
+        metrics.append(_metric(f"if_prompt_acc{suffix}", scored["prompt_level_accuracy"], {
+            "n_prompts": scored["n_prompts"], "n_truncated": sum(measured[label]["truncated"][:n_if]),
+            "n_empty": scored["n_empty"], "max_new_tokens": cfg.max_new_tokens}))
         metrics.append(_metric(f"if_instruction_acc{suffix}", scored["instruction_level_accuracy"],
                                {"n_instructions": scored["n_instructions"], "per_kind": per_kind}))
     if mask_audit:
@@ -386,7 +548,8 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
     generations = []
     for index, item in enumerate(items):
         row = {"id": item["id"], "prompt": item["prompt"],
-               "base": base["responses"][index], "tuned": tuned["responses"][index]}
+               "base": base["responses"][index], "tuned": tuned["responses"][index],
+               "truncated_base": base["truncated"][index], "truncated_tuned": tuned["truncated"][index]}
         if index < n_if:
             row["if_passed_base"] = if_eval["base"]["items"][index]["passed"]
             row["if_passed_tuned"] = if_eval["tuned"]["items"][index]["passed"]
@@ -401,16 +564,25 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
                 metrics.append(_metric("judge_score_mean" + ("" if label == "tuned" else "_base"), sum(scores) / len(scores),
                                        {"judge_model": cfg.judge.model, "n_scored": len(scores), "n_items": len(judged)}))
 
+    generation_counts = {label: {"n_generations": len(m["truncated"]), "n_truncated": sum(m["truncated"]),
+                                 "n_empty": sum(not r.strip() for r in m["responses"])}
+                         for label, m in (("base", base), ("tuned", tuned))}
     report = {
-        "tuned": str(tuned_dir), "base": str(base_location), "regressed": regressed, "metrics": metrics,
-        "skipped": skipped, "if_eval": if_eval, "max_length": max_length, "eval": cfg.canonical(),
+        "tuned": str(tuned_dir), "base": str(base_location), "regressed": regressed, "gate": gate,
+        "eval_dtype": dtype, "eval_device": device, "metrics": metrics, "skipped": skipped,
+        "generation_counts": generation_counts, "if_eval": if_eval, "max_length": max_length, "eval": cfg.canonical(),
     }
     report_md = render_report(report, generations)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(report_md, encoding="utf-8")
     (out_dir / "generations.json").write_text(json.dumps(generations, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return {"metrics": metrics, "report_md": report_md, "regressed": regressed}
+    if gate["status"] == "gated":
+        print(f"[evaluate] gate: gated: {gate['message']}")
+    else:
+        print(f"[evaluate] gate: {gate['status']} (tolerance {_tolerance_text(tolerance)})")
+    return {"metrics": metrics, "report_md": report_md, "regressed": regressed, "gate": gate,
+            "eval_dtype": dtype, "eval_device": device}
 
 
 # ---------------------------------------------------------------------------------- report --
@@ -437,7 +609,8 @@ def _fenced(text: str) -> str:
 def render_report(report: dict[str, Any], generations: list[dict[str, Any]]) -> str:
     """report.md: base vs tuned table, flags, mask audit numbers and a few generations."""
     values = {m["metric"]: m for m in report["metrics"]}
-    lines = ["# Evaluation report", "", f"- tuned: `{report['tuned']}`", f"- base: `{report['base']}`", "",
+    lines = ["# Evaluation report", "", f"- tuned: `{report['tuned']}`", f"- base: `{report['base']}`",
+             f"- both measured in {report['eval_dtype']} on {report['eval_device']}", "",
              "| metric | base | tuned | change |", "|---|---:|---:|---:|"]
     for label, tuned_name, base_name in ROWS:
         if tuned_name not in values:
@@ -447,11 +620,20 @@ def render_report(report: dict[str, Any], generations: list[dict[str, Any]]) -> 
         change = f"{(tuned_value - base_value) / base_value:+.1%}" if base_value else "–"
         lines.append(f"| {label} | {_fmt(base_value)} | {_fmt(tuned_value)} | {change} |")
     lines += ["", "## Flags", ""]
-    if "general_ppl" in values:
-        detail = values["general_ppl"]["detail"]
-        verdict = "**REGRESSED**" if detail["regressed"] else "ok"
-        lines.append(f"- general perplexity: {verdict} (tuned {_fmt(values['general_ppl']['value'])} vs base "
-                     f"{_fmt(detail['base'])}, ratio {detail['ratio']:.3f}, tolerance +{detail['tolerance']:.0%})")
+    gate = report["gate"]
+    names = dict(GATE_CHECKS)
+    for check in gate["checks"]:
+        if not check["measured"]:
+            lines.append(f"- {names[check['name']]}: not measured")
+            continue
+        verdict = "ok" if check["passed"] else "**REGRESSED**"
+        lines.append(f"- {names[check['name']]}: {verdict} (tuned {_fmt(check['tuned'])} vs base {_fmt(check['base'])}, "
+                     f"ratio {check['ratio']:.3f}, tolerance {_tolerance_text(gate['tolerance'])})")
+    lines.append(f"- gate: **{gate['status']}**" + (f": {gate['message']}" if gate["message"] else ""))
+    for label, counts in report["generation_counts"].items():
+        if counts["n_truncated"] or counts["n_empty"]:
+            lines.append(f"- {label}: {counts['n_truncated']} of {counts['n_generations']} generations truncated at "
+                         f"eval.max_new_tokens, {counts['n_empty']} empty (both fail every IF check)")
     for note in report["skipped"]:
         lines.append(f"- skipped {note}")
     mask = [values[name] for name in ("mask_supervised_token_share", "mask_zero_supervised_examples") if name in values]
@@ -465,6 +647,8 @@ def render_report(report: dict[str, Any], generations: list[dict[str, Any]]) -> 
         for label in ("base", "tuned"):
             passed = g.get(f"if_passed_{label}")
             mark = "" if passed is None else (" — checks pass" if passed else " — checks fail")
+            if g.get(f"truncated_{label}"):
+                mark += " (truncated at eval.max_new_tokens)"
             lines += [f"**{label}**{mark}", "", _fenced(g[label]), ""]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -481,7 +665,8 @@ def evaluate_stage_output(result: dict[str, Any], out_dir: Path, model_id: str) 
         records=RECORD_SCHEMA.empty_table(),
         decisions=DECISION_SCHEMA.empty_table(),
         files=files,
-        stats={"model_id": model_id, "metrics": result["metrics"], "regressed": bool(result["regressed"])},
+        stats={"model_id": model_id, "metrics": result["metrics"], "regressed": result["regressed"],
+               "gate": result.get("gate"), "eval_dtype": result.get("eval_dtype"), "eval_device": result.get("eval_device")},
     )
 
 

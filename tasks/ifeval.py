@@ -6,6 +6,12 @@ built-in set of prompts, each carrying the checks its instructions imply; `score
 turns a model's responses into prompt-level accuracy (every check of a prompt passes) and
 instruction-level accuracy (share of all checks that pass).
 
+An answer that is empty (whitespace only) or truncated (generation hit its token limit before the
+model ended its turn) fails every check of its prompt, whatever the checks would say on the text:
+"at most 30 words" or "no commas" hold for an empty string, and a cut-off answer was never
+finished, so neither is an instruction followed. `score_responses` applies this rule in one place
+and records the reason ("empty" or "truncated") per item; the check functions stay pure.
+
 Conventions every check shares (so that the same response is judged the same way everywhere):
 
 - A *word* is a whitespace-separated token holding at least one letter or digit, so list
@@ -255,34 +261,68 @@ IF_PROMPTS: list[dict[str, Any]] = [
 
 
 # -------------------------------------------------------------------------------- scoring --
-def score_responses(items: list[dict[str, Any]], responses: list[str]) -> dict[str, Any]:
+def unscorable_reason(response: str, truncated: bool = False) -> str | None:
+    """Why a response fails every check regardless of its text: "empty", "truncated", or None.
+
+    >>> unscorable_reason("  \\n "), unscorable_reason("Fine.", truncated=True), unscorable_reason("Fine.")
+    ('empty', 'truncated', None)
+    """
+    if not response.strip():
+        return "empty"
+    if truncated:
+        return "truncated"
+    return None
+
+
+def score_responses(items: list[dict[str, Any]], responses: list[str],
+                    truncated: list[bool] | None = None) -> dict[str, Any]:
     """Score responses (same order as items) against each item's checks.
 
+    `truncated[i]` tells that response i hit the generation limit before the model ended its turn.
+    An empty or truncated response fails every check of its item (see `unscorable_reason`); the
+    item and each of its checks then carry that `reason`.
+
     Returns prompt_level_accuracy (share of items whose checks all pass), instruction_level_accuracy
-    (share of all checks that pass), per_kind {kind: {passed, total, accuracy}} and per-item results.
+    (share of all checks that pass), per_kind {kind: {passed, total, accuracy}}, n_empty,
+    n_truncated and per-item results.
 
     >>> items = [{"id": "a", "prompt": "p", "checks": [_check("no_commas"), _check("lowercase_only")]},
     ...          {"id": "b", "prompt": "q", "checks": [_check("no_commas")]}]
     >>> s = score_responses(items, ["no commas Here", "fine"])
     >>> s["prompt_level_accuracy"], s["instruction_level_accuracy"]
     (0.5, 0.6666666666666666)
+    >>> s = score_responses(items, ["", "fine"], truncated=[False, True])
+    >>> s["prompt_level_accuracy"], s["n_empty"], s["n_truncated"], [i["reason"] for i in s["items"]]
+    (0.0, 1, 1, ['empty', 'truncated'])
     """
     if len(items) != len(responses):
         raise ValueError(f"score_responses: {len(items)} items but {len(responses)} responses; give one response per item")
+    if truncated is None:
+        truncated = [False] * len(responses)
+    if len(truncated) != len(responses):
+        raise ValueError(f"score_responses: {len(responses)} responses but {len(truncated)} truncated flags; "
+                         "give one flag per response")
     if not items:
         raise ValueError("score_responses: no items to score")
     per_item: list[dict[str, Any]] = []
     per_kind: dict[str, dict[str, Any]] = {}
     n_prompts_passed = n_checks = n_checks_passed = 0
-    for index, (item, response) in enumerate(zip(items, responses)):
+    reasons: list[str | None] = []
+    for index, (item, response, cut) in enumerate(zip(items, responses, truncated)):
         item_id = item.get("id", f"#{index}")
         checks = item.get("checks") or []
         if not checks:
             raise ValueError(f"score_responses: item {item_id!r} has no checks; every scored prompt needs at least one")
+        reason = unscorable_reason(response, bool(cut))
+        reasons.append(reason)
         results = []
         for check in checks:
-            passed = run_check(response, check, where=f"item {item_id!r}")
-            results.append({"kind": check["kind"], "args": dict(check.get("args") or {}), "passed": passed})
+            # run even when the answer is unscorable, so a wrong kind or argument is still an error
+            passed = run_check(response, check, where=f"item {item_id!r}") and reason is None
+            result = {"kind": check["kind"], "args": dict(check.get("args") or {}), "passed": passed}
+            if reason is not None:
+                result["reason"] = reason
+            results.append(result)
             tally = per_kind.setdefault(check["kind"], {"passed": 0, "total": 0})
             tally["passed"] += int(passed)
             tally["total"] += 1
@@ -290,7 +330,7 @@ def score_responses(items: list[dict[str, Any]], responses: list[str]) -> dict[s
         n_prompts_passed += int(all_passed)
         n_checks += len(results)
         n_checks_passed += sum(r["passed"] for r in results)
-        per_item.append({"id": item_id, "passed": all_passed, "checks": results})
+        per_item.append({"id": item_id, "passed": all_passed, "reason": reason, "checks": results})
     for tally in per_kind.values():
         tally["accuracy"] = tally["passed"] / tally["total"]
     return {
@@ -298,6 +338,8 @@ def score_responses(items: list[dict[str, Any]], responses: list[str]) -> dict[s
         "instruction_level_accuracy": n_checks_passed / n_checks,
         "n_prompts": len(items),
         "n_instructions": n_checks,
+        "n_empty": reasons.count("empty"),
+        "n_truncated": reasons.count("truncated"),
         "per_kind": dict(sorted(per_kind.items())),
         "items": per_item,
     }

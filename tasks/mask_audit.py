@@ -7,21 +7,27 @@ without a supervised token. A prompt longer than max_length, or a template whose
 `{% generation %}` block misses the assistant text, therefore trains on less than it seems, or on
 nothing, without an error. This module reproduces that tokenization and checks the result
 against assistant turns found independently (by rendering growing prefixes), so the train stage
-can stop before launching a run that would learn the wrong thing.
+can stop before launching a run that would learn the wrong thing. Each assistant turn's content is
+also located in the rendered text and mapped onto tokens by their character offsets, so a template
+whose block holds only the end-of-turn token (the answer itself never supervised) is caught too.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 
 from tasks.chat_template import ChatTemplateError, end_of_turn_token, has_generation_markers
 
 MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
 MAX_LISTED_IDS = 20  # example ids kept in the audit JSON per problem (counts are always complete)
+# Share of each assistant turn's content tokens that must be supervised (TrainConfig's default too).
+MIN_CONTENT_SUPERVISED_SHARE = 0.95
 
 
 class MaskAuditError(ValueError):
-    """The masks would train on nothing, on non-assistant text, or never on the end-of-turn token."""
+    """The masks would train on nothing, on non-assistant text, on too little of the answers, or never
+    on the end-of-turn token."""
 
 
 def _plain_messages(messages) -> list[dict]:
@@ -65,16 +71,61 @@ def supervised_counts(tokenizer, template: str, messages: list[dict], max_length
             "supervised_truncated": sum(mask[:max_length]), "first_supervised_position": first}
 
 
-def assistant_spans(tokenizer, template: str, messages) -> list[tuple[int, int]]:
-    """[start, end) token spans of the assistant turns, found without the generation markers.
+def _chat_text(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, chat_template=template, add_generation_prompt=add_generation_prompt,
+    )
 
-    The turn's tokens are those the conversation gains when the turn is added: from the end of the
-    prefix rendered with the generation prompt (so the header is excluded) to the end of the prefix
-    that includes the turn. A template whose generation prompt is not a prefix of the full rendering
-    falls back to the prefix without it (the header then counts as part of the turn).
+
+def _assistant_char_spans(tokenizer, template: str, messages: list[dict], text: str) -> list[tuple[int, int, int]]:
+    """(message index, start, end) character spans of the assistant turns in the rendered `text`.
+
+    Rendering to text is cheap next to tokenizing, so the growing prefixes are rendered as text and
+    measured in characters; offsets then map the spans onto tokens.
     """
-    messages = _plain_messages(messages)
-    full = _chat_ids(tokenizer, template, messages)
+    spans: list[tuple[int, int, int]] = []
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        start = 0
+        if index > 0:
+            prompt = _chat_text(tokenizer, template, messages[:index], add_generation_prompt=True)
+            if not text.startswith(prompt):
+                prompt = _chat_text(tokenizer, template, messages[:index])
+            start = len(prompt)
+        spans.append((index, start, len(_chat_text(tokenizer, template, messages[: index + 1]))))
+    return spans
+
+
+def _offsets(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]] | None:
+    """Character offsets of `ids` in `text`, or None when they cannot be trusted.
+
+    apply_chat_template tokenizes its rendering with add_special_tokens=False; doing the same here
+    with offsets must give the very same ids, otherwise (a slow tokenizer without offsets, a
+    template whose rendering is not deterministic) token positions cannot be tied to text.
+    """
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError, KeyError):
+        return None
+    if list(encoded["input_ids"]) != ids:
+        return None
+    return [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
+
+
+def _token_range(starts: list[int], ends: list[int], char_start: int, char_end: int) -> tuple[int, int]:
+    """[first, last) tokens whose characters overlap [char_start, char_end).
+
+    Offsets are non-decreasing (byte-level pieces of one character share its range), so two
+    bisections find the range.
+    """
+    return bisect_right(ends, char_start), bisect_left(starts, char_end)
+
+
+def _assistant_spans_by_prefix_ids(
+    tokenizer, template: str, messages: list[dict], full: list[int]
+) -> list[tuple[int, int]]:
+    # Without offsets: measure the growing prefixes in tokens instead.
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
         if message.get("role") != "assistant":
@@ -90,6 +141,46 @@ def assistant_spans(tokenizer, template: str, messages) -> list[tuple[int, int]]
     return spans
 
 
+def _row_layout(tokenizer, template: str, messages: list[dict], ids: list[int]) -> dict:
+    """Rendered text, token offsets and assistant turn spans (token and character) of one conversation.
+
+    `ids` are the untruncated ids of apply_chat_template for `messages`.
+    """
+    text = _chat_text(tokenizer, template, messages)
+    offsets = _offsets(tokenizer, text, ids)
+    if offsets is None:
+        return {"text": text, "offsets": None, "char_spans": [],
+                "token_spans": _assistant_spans_by_prefix_ids(tokenizer, template, messages, ids)}
+    char_spans = _assistant_char_spans(tokenizer, template, messages, text)
+    starts, ends = [start for start, _ in offsets], [end for _, end in offsets]
+    token_spans = [_token_range(starts, ends, start, end) for _, start, end in char_spans]
+    return {"text": text, "offsets": (starts, ends), "char_spans": char_spans, "token_spans": token_spans}
+
+
+def assistant_spans(tokenizer, template: str, messages) -> list[tuple[int, int]]:
+    """[start, end) token spans of the assistant turns, found without the generation markers.
+
+    The turn is what the rendering gains when the turn is added: from the end of the prefix
+    rendered with the generation prompt (so the header is excluded) to the end of the prefix that
+    includes the turn, mapped onto tokens by their character offsets (tokens overlapping it). A
+    template whose generation prompt is not a prefix of the full rendering falls back to the prefix
+    without it (the header then counts as part of the turn). A tokenizer without offsets measures
+    the prefixes in tokens instead.
+    """
+    messages = _plain_messages(messages)
+    return _row_layout(tokenizer, template, messages, _chat_ids(tokenizer, template, messages))["token_spans"]
+
+
+def _locate_content(text: str, content: str, start: int, end: int) -> tuple[int, int] | None:
+    """Character range of `content` in text[start:end]; a template may strip it, so try that too."""
+    for needle in (content, content.strip()):
+        if needle:
+            found = text.find(needle, start, end)
+            if found >= 0:
+                return found, found + len(needle)
+    return None
+
+
 def _marked_text(tokenizer, input_ids: list[int], mask: list[int]) -> str:
     """Decode with each run of supervised tokens wrapped in ⟦ ⟧."""
     pieces: list[str] = []
@@ -102,12 +193,57 @@ def _marked_text(tokenizer, input_ids: list[int], mask: list[int]) -> str:
     return "".join(pieces)
 
 
+def _has_content(message: dict) -> bool:
+    content = message.get("content")
+    return bool(content.strip()) if isinstance(content, str) else bool(content)
+
+
 def _share(supervised: int, total: int) -> float:
     return supervised / total if total else 0.0
 
 
-def audit_masks(rows: list[dict], tokenizer, template: str, max_length: int) -> dict:
-    """The JSON-able mask audit of `rows` (messages, category, source, example_id); see check_audit."""
+def _content_shares(messages: list[dict], layout: dict, mask: list[int]) -> tuple[list[float], int, int]:
+    """Supervised share of each assistant turn's content tokens, turns not located, turns truncated away.
+
+    `mask` is the truncated assistant mask. Content is searched in order, each turn inside its own
+    span and after the previous turn's content, so an answer repeated in a later turn maps to its
+    own tokens. Turns without content (pure tool calls) have nothing to check.
+    """
+    wanted = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and _has_content(m)]
+    if layout["offsets"] is None:
+        return [], len(wanted), 0  # no offsets: no turn can be tied to its tokens
+    starts, ends = layout["offsets"]
+    shares: list[float] = []
+    not_located = truncated_away = 0
+    search_from = 0
+    for index, turn_start, turn_end in layout["char_spans"]:
+        if index not in wanted:
+            continue
+        content = messages[index]["content"]
+        located = (_locate_content(layout["text"], content, max(turn_start, search_from), turn_end)
+                   if isinstance(content, str) else None)
+        if located is None:
+            not_located += 1
+            continue
+        search_from = located[1]
+        first, last = _token_range(starts, ends, *located)
+        last = min(last, len(mask))  # only what survives truncation is trained on
+        if last <= first:
+            truncated_away += 1
+            continue
+        shares.append(sum(mask[first:last]) / (last - first))
+    return shares, not_located, truncated_away
+
+
+def audit_masks(rows: list[dict], tokenizer, template: str, max_length: int,
+                min_content_supervised_share: float = MIN_CONTENT_SUPERVISED_SHARE) -> dict:
+    """The JSON-able mask audit of `rows` (messages, category, source, example_id); see check_audit.
+
+    Besides the per-example checks, every assistant turn's content is checked on its own: the
+    tokens carrying the message's content text (found in the rendered conversation and mapped with
+    token offsets; only those surviving truncation) must be supervised at `min_content_supervised_share`
+    or more, so a template that supervises only the end-of-turn token is caught.
+    """
     try:
         eot_token = end_of_turn_token(template, tokenizer)
         eot_id = tokenizer.convert_tokens_to_ids(eot_token)
@@ -127,6 +263,11 @@ def audit_masks(rows: list[dict], tokenizer, template: str, max_length: int) -> 
     n_truncated = 0
     untruncated_tokens = 0
     marked_text, marked_id = None, None
+    content_turns = content_below = content_not_located = content_truncated_away = 0
+    content_min_share: float | None = None
+    content_below_ids: list[str] = []
+    content_not_located_ids: list[str] = []
+    rows_without_offsets = 0
 
     for row in rows:
         example_id = str(row["example_id"])
@@ -151,7 +292,8 @@ def audit_masks(rows: list[dict], tokenizer, template: str, max_length: int) -> 
         elif marked_text is None:
             marked_text, marked_id = _marked_text(tokenizer, ids, mask), example_id
 
-        spans = [(start, min(end, len(ids))) for start, end in assistant_spans(tokenizer, template, messages)]
+        layout = _row_layout(tokenizer, template, messages, full["input_ids"])
+        spans = [(start, min(end, len(ids))) for start, end in layout["token_spans"]]
         inside = [False] * len(ids)
         for start, end in spans:
             for position in range(start, end):
@@ -174,6 +316,21 @@ def audit_masks(rows: list[dict], tokenizer, template: str, max_length: int) -> 
             if not all(turn_eot_supervised):
                 eot_missing += 1
                 eot_missing_ids.append(example_id)
+
+        shares, not_located, truncated_away = _content_shares(messages, layout, mask)
+        rows_without_offsets += layout["offsets"] is None
+        content_turns += len(shares)
+        content_truncated_away += truncated_away
+        if shares:
+            lowest = min(shares)
+            content_min_share = lowest if content_min_share is None else min(content_min_share, lowest)
+        below = sum(share < min_content_supervised_share for share in shares)
+        if below:
+            content_below += below
+            content_below_ids.append(example_id)
+        if not_located:
+            content_not_located += not_located
+            content_not_located_ids.append(example_id)
 
     n_examples = len(rows)
     return {
@@ -201,6 +358,18 @@ def audit_masks(rows: list[dict], tokenizer, template: str, max_length: int) -> 
         },
         "non_assistant_supervised": non_assistant_supervised,
         "non_assistant_example_ids": non_assistant_ids[:MAX_LISTED_IDS],
+        "assistant_content_supervised": {
+            "ok": content_below == 0,
+            "min_share": content_min_share,
+            "threshold": min_content_supervised_share,
+            "n_turns": content_turns,
+            "n_turns_below": content_below,
+            "example_ids_below": content_below_ids[:MAX_LISTED_IDS],
+            "n_turns_not_located": content_not_located,
+            "example_ids_not_located": content_not_located_ids[:MAX_LISTED_IDS],
+            "n_rows_without_offsets": rows_without_offsets,
+            "n_turns_truncated_away": content_truncated_away,
+        },
         "example_marked": marked_text,
         "example_marked_id": marked_id,
         "mean_tokens": untruncated_tokens / n_examples if n_examples else 0.0,
@@ -212,9 +381,19 @@ def _ids(ids: list[str]) -> str:
     return ", ".join(ids[:5])
 
 
-def check_audit(audit: dict) -> None:
-    """Raise MaskAuditError naming every problem of `audit` and what to change."""
+def check_audit(audit: dict, min_content_supervised_share: float = MIN_CONTENT_SUPERVISED_SHARE) -> None:
+    """Raise MaskAuditError naming every problem of `audit` and what to change.
+
+    `min_content_supervised_share` must be the threshold `audit_masks` counted turns against
+    (the audit records it); a different one is a caller's mistake, not a property of the data.
+    """
     n, max_length = audit["n_examples"], audit["max_length"]
+    content = audit.get("assistant_content_supervised")
+    if content is not None and content["threshold"] != min_content_supervised_share:
+        raise ValueError(
+            f"check_audit: the audit counted turns against min_content_supervised_share="
+            f"{content['threshold']}, not {min_content_supervised_share}; pass the same threshold to both"
+        )
     problems: list[str] = []
     if n == 0:
         raise MaskAuditError("mask audit failed: there are no training examples; check the mix stage output")
@@ -250,6 +429,16 @@ def check_audit(audit: dict) -> None:
             f"(e.g. example ids {_ids(audit['non_assistant_example_ids'])}): the template's "
             "{% generation %} blocks cover non-assistant text; keep only assistant content and its "
             "end-of-turn token inside them"
+        )
+    if audit["supervised_tokens"] and content is not None and not content["ok"]:
+        # With nothing supervised at all, the problems above already say what is wrong.
+        problems.append(
+            f"{content['n_turns_below']} of {content['n_turns']} assistant turns have less than "
+            f"{content['threshold']:.0%} of their content tokens supervised (lowest share "
+            f"{content['min_share']:.2f}, e.g. example ids {_ids(content['example_ids_below'])}), so the "
+            "model would not learn the answers: wrap the assistant content, not only the end-of-turn "
+            "token, in {% generation %}...{% endgeneration %} in the template "
+            "(train.min_content_supervised_share sets the threshold)"
         )
     eot = audit["end_of_turn_supervised"]
     if audit["supervised_tokens"] and not eot["ok"]:

@@ -32,8 +32,14 @@ Choices this stage makes (and why):
   next train run deletes work folders whose artifact exists (`prune_finished_work`).
 - **Defaults**: learning rate 2e-5 (full) or 2e-4 (LoRA); packing `auto` packs (BFD, padding-free)
   when the mean conversation is under half of max_length; bf16 `auto` means CUDA with bf16
-  support; attention `auto` is flash_attention_2 on CUDA when `flash_attn` imports, else sdpa
-  (packed sequences stay isolated through position ids on sdpa/eager in training mode).
+  support; attention `auto` is flash_attention_2 on CUDA when `flash_attn` imports, else sdpa.
+  Packed (padding-free) conversations stay isolated on sdpa/eager because transformers builds
+  the per-conversation mask from the restarting `position_ids` whenever a forward runs without a
+  cache; the worker sets `config.use_cache = False` on the model it trains, so that holds for
+  every forward (flash-attention uses the collator's `cu_seq_lens`).
+- **Output**: every line of the training process goes to `reports/train.log`; only its
+  `[train] ...` lines (one per logging step: loss, grad norm, lr, tokens/s, conversations and
+  tokens per step) are echoed, or, on a terminal, a single progress bar follows them.
 """
 
 from __future__ import annotations
@@ -159,7 +165,9 @@ def sft_kwargs(cfg: TrainConfig, device: str, mean_tokens: float, *, bf16_suppor
     if has_eval:
         kwargs["eval_steps"] = cfg.save_steps
     if packing:
-        kwargs["packing_strategy"] = "bfd"  # padding-free; examples stay isolated via position ids
+        # padding-free: examples are isolated by the mask transformers derives from the restarting
+        # position_ids in cache-less forwards (the worker's model has use_cache=False)
+        kwargs["packing_strategy"] = "bfd"
     if cfg.max_steps is not None:
         kwargs["max_steps"] = cfg.max_steps
     else:
@@ -310,26 +318,78 @@ def launch_command(job_path: Path, num_processes: int, use_cpu: bool, config_fil
     return [*command, "-m", "tasks.train_worker", str(job_path)]
 
 
+ECHOED_PREFIX = "[train] "  # the worker's own lines (tasks/train_worker.py step_line, resume notice)
+
+
+def step_progress(line: str) -> tuple[int, int] | None:
+    """(step, max_steps) of a worker step line, else None.
+
+    >>> step_progress("[train] step 25/300 loss 4.812 lr 1.9e-03"), step_progress("Map: 100%|###|")
+    ((25, 300), None)
+    """
+    if not line.startswith("[train] step "):
+        return None
+    done, _, total = line.split()[2].partition("/")
+    return (int(done), int(total)) if done.isdigit() and total.isdigit() else None
+
+
+class _StepBar:
+    """One tqdm bar on a terminal, moved by the worker's step lines; other [train] lines print above it."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def show(self, line: str) -> None:
+        from tqdm import tqdm
+
+        progress = step_progress(line)
+        if progress is None:
+            (self.bar.write if self.bar is not None else print)(line)
+            return
+        step, total = progress
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix_str(line.split(" ", 3)[3] if line.count(" ") >= 3 else "", refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_logged(command: list[str], cwd: Path, log_path: Path, echo: bool = True) -> None:
-    """Run `command`, streaming its output to stdout and `log_path`; raise TrainingFailed with the
-    tail of the log on a non-zero exit."""
+    """Run `command`, writing all its output to `log_path`; raise TrainingFailed with the tail of
+    the log on a non-zero exit.
+
+    With `echo`, only the worker's `[train] ...` lines reach stdout (the Prefect logger relays
+    stdout, and a run's progress bars and library warnings would be hundreds of lines); on a
+    terminal a single progress bar follows the step lines instead."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(cwd), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env[DIE_WITH_FLOW_ENV] = "1"
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    bar = _StepBar() if echo and sys.stdout.isatty() else None
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        encoding="utf-8", errors="replace", bufsize=1, preexec_fn=functools.partial(die_with_parent, os.getpid()),
-    ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            tail.append(line.rstrip("\n")[-500:])  # tqdm lines grow with every \r update
-            if echo:
-                print(line, end="", flush=True)
-        code = process.wait()
+    try:
+        with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            encoding="utf-8", errors="replace", bufsize=1,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                tail.append(line.rstrip("\n")[-500:])  # a stray progress bar grows with every \r update
+                if echo and line.startswith(ECHOED_PREFIX):
+                    if bar is not None:
+                        bar.show(line.rstrip("\n"))
+                    else:
+                        print(line, end="", flush=True)
+            code = process.wait()
+    finally:
+        if bar is not None:
+            bar.close()
     if code != 0:
         raise TrainingFailed(
             f"training process exited with code {code} (full log: {log_path}); last lines:\n" + "\n".join(tail)
@@ -447,6 +507,7 @@ def plot_training(log_history: list[dict[str, Any]], path: Path) -> Path:
 def audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
     """The audit numbers that go into manifest stats and the catalog's evals."""
     eot = audit.get("end_of_turn_supervised") or {}
+    content = audit.get("assistant_content_supervised") or {}
     return {
         "n_examples": audit.get("n_examples"),
         "supervised_token_share": (audit.get("supervised_token_share") or {}).get("overall"),
@@ -455,6 +516,11 @@ def audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
         "non_assistant_supervised": audit.get("non_assistant_supervised"),
         "end_of_turn_supervised": eot.get("ok"),
         "end_of_turn_share_of_examples": eot.get("share_of_examples"),
+        # Lowest per-turn share of assistant content tokens supervised, and the threshold it must meet.
+        "assistant_content_min_supervised_share": content.get("min_share"),
+        "assistant_content_share_threshold": content.get("threshold"),
+        "assistant_turns_below_threshold": content.get("n_turns_below"),
+        "assistant_turns_content_not_located": content.get("n_turns_not_located"),
         "mean_tokens": audit.get("mean_tokens"),
         "n_truncated": audit.get("n_truncated"),
         "max_length": audit.get("max_length"),
@@ -494,9 +560,15 @@ def _publish_failed_audit(audit: dict[str, Any], problem: str) -> None:
     if TaskRunContext.get() is None:  # called outside a flow (tests, scripts): nothing to publish to
         return
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(audit_summary(audit).items()))
+    content = audit.get("assistant_content_supervised") or {}
+    below = ""
+    if content.get("n_turns_below"):
+        below = (f"Assistant turns with less than {content['threshold']:.0%} of their content supervised: "
+                 f"{content['n_turns_below']} of {content['n_turns']} (lowest share {content['min_share']:.2f}; "
+                 f"example ids: {', '.join(content.get('example_ids_below', []))})\n\n")
     create_markdown_artifact(
         key="sftflow-mask-audit-failed",
-        markdown=f"## Mask audit failed\n\n{problem}\n\n| check | value |\n|---|---|\n{rows}\n\n"
+        markdown=f"## Mask audit failed\n\n{problem}\n\n| check | value |\n|---|---|\n{rows}\n\n{below}"
                  f"Marked example:\n\n```text\n{audit.get('example_marked', '')}\n```\n",
         description="the run stopped before training",
     )
@@ -548,11 +620,11 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     # The audit describes what the trainer will see; with every row dropped it describes them all,
     # and check_audit names the truncation problem.
     audit = audit_masks(audit_sample(trained_rows or train_rows, AUDIT_MAX_ROWS, cfg.seed), tokenizer, template,
-                        cfg.max_length)
+                        cfg.max_length, cfg.min_content_supervised_share)
     audit["n_dropped_no_supervised_tokens"] = len(dropped)
     audit_path = _write_json(reports / "mask_audit.json", audit)
     try:
-        check_audit(audit)
+        check_audit(audit, cfg.min_content_supervised_share)
     except ValueError as exc:
         _publish_failed_audit(audit, str(exc))
         raise type(exc)(f"{exc} (full audit: {audit_path})") from None

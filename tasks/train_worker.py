@@ -9,14 +9,21 @@ can run it through accelerate. It can also run as a plain
 What it does, in order:
 1. loads the train (and eval) Parquet shards keeping only `messages`: TRL tokenizes, masks and
    packs conversations itself (`assistant_only_loss=True` reads the template's generation marks);
-2. loads the base model and tokenizer and sets `tokenizer.chat_template` to the job's template;
-3. builds SFTConfig from the stage's kwargs, and SFTTrainer (with a LoRA config for method lora);
+2. loads the base model and tokenizer (`load_training_model`: `config.use_cache = False`, see
+   `prepare_for_training`) and sets `tokenizer.chat_template` to the job's template;
+3. builds SFTConfig from the stage's kwargs, and SFTTrainer (with a LoRA config for method lora,
+   which also trains the rows of the special tokens the template uses: `template_special_tokens`);
 4. resumes from the newest checkpoint in `checkpoint_dir` when there is one (a retried or re-run
    train task continues where the crashed one stopped);
 5. on the main process saves into `output_dir`: the model (safetensors; the adapter for LoRA),
    the tokenizer (its `chat_template.jinja` checked byte for byte against the job's template), a
    generation_config whose eos_token_id includes the template's end-of-turn token, and
    `log_history.json`, `metrics.json`, `trained_sequences.json`.
+
+Output: tqdm bars and datasets progress bars are off, so stdout/stderr carry transformers' and
+TRL's warnings (the stage keeps them in train.log) and one `[train] step ...` line per logging
+step (`step_line`), with conversations and tokens per optimizer step counted from the batches
+the trainer really trains on (`batch_counts`).
 
 `trained_sequences.json` holds a sha256 of every example-level token sequence that was really in
 the trainer's dataset after TRL's processing: packed rows (BFD) are cut back into their examples
@@ -142,6 +149,65 @@ def with_end_of_turn(eos_token_id: int | list[int] | None, end_of_turn_id: int) 
     return ids if end_of_turn_id in ids else [*ids, end_of_turn_id]
 
 
+def template_special_tokens(template: str, candidates: Iterable[str]) -> list[str]:
+    """The tokens among `candidates` (a tokenizer's added/special tokens) whose text appears in the
+    chat template, in first-seen order without repeats.
+
+    >>> template_special_tokens("{{ '<|im_start|>' ~ role }}{{ text ~ '<|im_end|>' }}",
+    ...                         ["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|pad|>", "<|im_end|>"])
+    ['<|im_end|>', '<|im_start|>']
+    """
+    seen: list[str] = []
+    for token in candidates:
+        if token and token in template and token not in seen:
+            seen.append(token)
+    return seen
+
+
+def batch_counts(inputs: dict[str, Any]) -> tuple[int, int]:
+    """(conversations, tokens) in one batch as the collator hands it to the model.
+
+    Padding-free packing (no attention_mask) flattens the batch into rows whose `position_ids`
+    restart at 0 where each conversation starts, with no pad token; otherwise every row is one
+    conversation and the attention mask marks its non-pad tokens.
+
+    >>> import torch
+    >>> batch_counts({"position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])})
+    (3, 9)
+    >>> batch_counts({"input_ids": torch.zeros(2, 4), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])})
+    (2, 5)
+    """
+    if "attention_mask" in inputs and inputs["attention_mask"] is not None:
+        mask = inputs["attention_mask"]
+        return int(mask.shape[0]), int(mask.sum())
+    position_ids = inputs["position_ids"]
+    return int((position_ids == 0).sum()), int(position_ids.numel())
+
+
+STEP_LINE_PREFIX = "[train] step "
+
+
+def step_line(logs: dict[str, Any], step: int, max_steps: int) -> str | None:
+    """The one line printed per logging step (None for logs that are not a training step's).
+
+    >>> step_line({"loss": 4.8123, "grad_norm": 1.934, "learning_rate": 0.0019, "tokens_per_second": 5120.4,
+    ...            "conversations_per_step": 11.5, "tokens_per_step": 2048.0}, 25, 300)
+    '[train] step 25/300 loss 4.812 grad_norm 1.93 lr 1.9e-03 tokens/s 5120 conversations/step 11.5 tokens/step 2048'
+    >>> step_line({"eval_loss": 3.0}, 25, 300) is None
+    True
+    """
+    if "loss" not in logs:
+        return None
+    parts = [f"{STEP_LINE_PREFIX}{step}/{max_steps}", f"loss {logs['loss']:.3f}"]
+    for key, label, spec in (("grad_norm", "grad_norm", ".2f"), ("learning_rate", "lr", ".1e"),
+                             ("tokens_per_second", "tokens/s", ".0f"),
+                             ("conversations_per_step", "conversations/step", ".1f"),
+                             ("tokens_per_step", "tokens/step", ".0f")):
+        if logs.get(key) is not None:
+            parts.append(f"{label} {format(float(logs[key]), spec)}")
+    return " ".join(parts)
+
+
 def peak_memory_bytes() -> tuple[int, str]:
     """(peak bytes, what was measured): CUDA allocations when training ran on a GPU, else max RSS."""
     import torch
@@ -154,8 +220,12 @@ def peak_memory_bytes() -> tuple[int, str]:
 
 
 def train_metrics(train_output_metrics: dict[str, Any], tokens_processed: int | None,
-                  log_history: list[dict[str, Any]], resumed_from: str | None) -> dict[str, Any]:
-    """metrics.json: the trainer's own numbers plus tokens/s over non-pad tokens and peak memory."""
+                  log_history: list[dict[str, Any]], resumed_from: str | None,
+                  step_totals: dict[str, int] | None = None) -> dict[str, Any]:
+    """metrics.json: the trainer's own numbers plus tokens/s over non-pad tokens, peak memory, and
+    the mean conversations and tokens per optimizer step (`step_totals`: steps, conversations,
+    tokens counted by the trainer over this process's run, summed over all processes)."""
+    steps = (step_totals or {}).get("steps") or 0
     runtime_s = float(train_output_metrics.get("train_runtime") or 0.0)
     peak, peak_kind = peak_memory_bytes()
     losses = [e["loss"] for e in log_history if "loss" in e]
@@ -174,6 +244,8 @@ def train_metrics(train_output_metrics: dict[str, Any], tokens_processed: int | 
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
         "resumed_from_checkpoint": resumed_from,
+        "mean_conversations_per_step": step_totals["conversations"] / steps if steps else None,
+        "mean_tokens_per_step": step_totals["tokens"] / steps if steps else None,
     }
 
 
@@ -202,13 +274,64 @@ def model_dtype(job: TrainJob):
     return torch.bfloat16 if job.sft.get("bf16") and job.method == "lora" else torch.float32
 
 
-def peft_config(job: TrainJob):
+def prepare_for_training(model):
+    """Set the model up for training: `config.use_cache = False`.
+
+    Why it matters beyond memory: with padding-free packing the collator sends no attention mask,
+    only `position_ids` restarting at 0 per conversation, and transformers (masking_utils
+    `_preprocess_mask_arguments`) derives the per-conversation causal mask from them only when
+    there is no cache. A forward with `use_cache` on creates a DynamicCache first, that detection
+    is skipped, and on sdpa/eager the packed conversations attend to each other. TRL 1.16's loss
+    (its fused LM head forward) happens to pass use_cache=False; this makes every forward of the
+    training model safe (tests/tasks/test_packing_isolation.py), whoever calls it. The worker
+    sets it back to True before saving: the saved config is for inference.
+    """
+    model.config.use_cache = False
+    return model
+
+
+def load_training_model(job: TrainJob):
+    """(model, tokenizer) for training: the base in `model_dtype(job)`, prepared for training."""
+    from tasks.tiny_model import load_causal_lm
+
+    model, tokenizer = load_causal_lm(job.base_model, revision=job.revision, trust_remote_code=job.trust_remote_code,
+                                      dtype=model_dtype(job), attn_implementation=job.attn_implementation)
+    return prepare_for_training(model), tokenizer
+
+
+def trainable_template_tokens(job: TrainJob, tokenizer) -> dict[str, int]:
+    """{token: id} of the special tokens the job's template uses, when LoRA trains them."""
+    if job.method != "lora" or not job.lora.train_template_tokens:
+        return {}
+    candidates = [*tokenizer.get_added_vocab(), *tokenizer.all_special_tokens]
+    return {token: tokenizer.convert_tokens_to_ids(token)
+            for token in template_special_tokens(job.chat_template, candidates)}
+
+
+def peft_config(job: TrainJob, model=None, token_ids: list[int] | None = None):
+    """LoraConfig for method lora (None otherwise).
+
+    `token_ids` (the template's special tokens) become PEFT trainable tokens: all-linear LoRA
+    freezes embed_tokens and lm_head, so tokens new to the base (ChatML on a base without it)
+    would keep their untrained rows. With tied embeddings PEFT ties lm_head to the embedding's
+    trainable rows itself; an untied lm_head is named too, so its output rows of those tokens
+    train as well (peft 0.21 wraps both as TrainableTokensWrapper; only those rows are saved).
+    """
     if job.method != "lora":
         return None
     from peft import LoraConfig
 
+    trainable = None
+    if token_ids:
+        names = {module: name for name, module in model.named_modules()}
+        embedding = names[model.get_input_embeddings()]
+        trainable = {embedding: list(token_ids)}
+        output = model.get_output_embeddings()
+        if output is not None and not getattr(model.config, "tie_word_embeddings", False):
+            trainable[names[output]] = list(token_ids)
     return LoraConfig(r=job.lora.r, lora_alpha=job.lora.alpha, lora_dropout=job.lora.dropout,
-                      target_modules=job.lora.target_modules, task_type="CAUSAL_LM")
+                      target_modules=job.lora.target_modules, task_type="CAUSAL_LM",
+                      trainable_token_indices=trainable)
 
 
 def sample_sequences(job: TrainJob, tokenizer, max_length: int) -> list[dict[str, Any]]:
@@ -244,7 +367,7 @@ def set_generation_eos(job: TrainJob, trainer, tokenizer) -> tuple[str, int]:
 
 
 def save_reports(job: TrainJob, trainer, tokenizer, end_of_turn: tuple[str, int], resumed_from: str | None,
-                 train_output_metrics: dict[str, Any]) -> None:
+                 train_output_metrics: dict[str, Any], template_tokens: dict[str, int] | None = None) -> None:
     """Main process only, after trainer.save_model: tokenizer, generation config, the JSON reports."""
     out = Path(job.output_dir)
     tokenizer.save_pretrained(str(out))
@@ -264,8 +387,11 @@ def save_reports(job: TrainJob, trainer, tokenizer, end_of_turn: tuple[str, int]
     tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's running count of non-pad tokens
     if not tokens:
         tokens = max((e.get("num_tokens", 0) for e in log_history), default=0) or None
-    metrics = train_metrics(train_output_metrics, int(tokens) if tokens else None, log_history, resumed_from)
+    metrics = train_metrics(train_output_metrics, int(tokens) if tokens else None, log_history, resumed_from,
+                            getattr(trainer, "step_totals", None))
     metrics["end_of_turn_token"], metrics["end_of_turn_token_id"] = end_of_turn
+    # LoRA: the template's special tokens whose embedding (and untied output) rows were trained
+    metrics["trainable_tokens"] = dict(template_tokens or {})
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
     sequences = trained_sequences(trainer.train_dataset.select_columns(
@@ -318,12 +444,100 @@ def crash_test_callback():
     return CheckpointFailpoint()
 
 
+def expose_output_bias(model) -> None:
+    """Let TRL's fused LM head read `bias` from an lm_head that PEFT wrapped for trainable tokens.
+
+    TRL 1.16's fused loss reads `lm_head.weight` and `lm_head.bias` directly; PEFT 0.21's
+    TrainableTokensWrapper answers `.weight` with the merged (trainable-row) weights but has no
+    `.bias`, so training would stop with an AttributeError. The wrapped layer's own bias (None for
+    Llama-style heads) is set as a plain attribute: nothing is registered or saved.
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    output = model.get_output_embeddings()
+    if isinstance(output, TrainableTokensWrapper) and "bias" not in output.__dict__:
+        object.__setattr__(output, "bias", output.original_module.bias)
+
+
+def step_line_callback():
+    """A TrainerCallback that prints `step_line` for every training log, on the main process only
+    (the stage echoes these lines; everything else stays in train.log)."""
+    from transformers import TrainerCallback
+
+    class StepLines(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            line = step_line(logs or {}, state.global_step, state.max_steps) if state.is_world_process_zero else None
+            if line:
+                print(line, flush=True)
+
+    return StepLines()
+
+
+def counting_trainer_class():
+    """SFTTrainer that counts conversations and tokens per optimizer step.
+
+    A subclass, not a callback: no callback event is given the batches (on_step_end gets the
+    state only), and with padding-free packing the number of conversations trained on is only
+    visible in the collated `position_ids`. Counts are kept per process and summed over all
+    processes when a training log is written (`log` runs on every process at the same steps,
+    like the loss all-gather before it), so the logged figures are for the whole run.
+    """
+    import torch
+    from trl import SFTTrainer
+
+    class CountingSFTTrainer(SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._window = [0, 0]  # conversations, tokens since the last training log (this process)
+            self._window_start: tuple[int, float] | None = None  # (global step, time) of the window start
+            self.step_totals = {"steps": 0, "conversations": 0, "tokens": 0}  # all processes, this run
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            if self._window_start is None:
+                self._window_start = (self.state.global_step, time.perf_counter())
+            conversations, tokens = batch_counts(inputs)
+            self._window[0] += conversations
+            self._window[1] += tokens
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self._window_start is not None:
+                local = torch.tensor(self._window, dtype=torch.long, device=self.accelerator.device)
+                conversations, tokens = (int(v) for v in self.accelerator.reduce(local, reduction="sum"))
+                started_step, started_at = self._window_start
+                steps = max(self.state.global_step - started_step, 1)
+                elapsed_s = time.perf_counter() - started_at
+                logs["conversations_per_step"] = conversations / steps
+                logs["tokens_per_step"] = tokens / steps
+                # wall time since the last training log: checkpoint saves and evals in it count
+                logs["tokens_per_second"] = tokens / elapsed_s if elapsed_s > 0 else None
+                for key, value in (("steps", steps), ("conversations", conversations), ("tokens", tokens)):
+                    self.step_totals[key] += value
+                self._window = [0, 0]
+                self._window_start = (self.state.global_step, time.perf_counter())
+            super().log(logs, start_time)
+
+    return CountingSFTTrainer
+
+
+def quiet_progress() -> None:
+    """No tqdm bars: datasets' (TRL's tokenizing/packing maps), transformers' (loading and writing
+    weights) and the hub's; the Trainer's own bar is off through SFTConfig(disable_tqdm=True).
+    Warnings still go to stderr, which the stage keeps in train.log."""
+    from datasets.utils.logging import disable_progress_bar as datasets_bars_off
+    from huggingface_hub.utils import disable_progress_bars as hub_bars_off
+    from transformers.utils.logging import disable_progress_bar as transformers_bars_off
+
+    datasets_bars_off()
+    hub_bars_off()
+    transformers_bars_off()
+
+
 def run(job: TrainJob) -> None:
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoTokenizer, PrinterCallback
+    from trl import SFTConfig
 
-    from tasks.tiny_model import load_causal_lm
-
+    quiet_progress()
     checkpoint_dir = Path(job.checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = checkpoint_dir.parent / "datasets-cache"
@@ -331,17 +545,25 @@ def run(job: TrainJob) -> None:
     wants_eval = job.eval_files and job.sft.get("eval_strategy", "no") != "no"
     eval_dataset = load_messages(job.eval_files, cache_dir) if wants_eval else None
 
-    model, tokenizer = load_causal_lm(job.base_model, revision=job.revision, trust_remote_code=job.trust_remote_code,
-                                      dtype=model_dtype(job), attn_implementation=job.attn_implementation)
+    model, tokenizer = load_training_model(job)
     if job.tokenizer_dir and job.tokenizer_dir != job.base_model:
         tokenizer = AutoTokenizer.from_pretrained(job.tokenizer_dir, revision=job.revision,
                                                   trust_remote_code=job.trust_remote_code)
     tokenizer.chat_template = job.chat_template
+    template_tokens = trainable_template_tokens(job, tokenizer)
 
-    args = SFTConfig(**{**job.sft, "output_dir": str(checkpoint_dir), "assistant_only_loss": True, "report_to": []})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=peft_config(job),
-                         callbacks=[crash_test_callback()] if os.environ.get(FAILPOINT_ENV) else None)
+    args = SFTConfig(**{**job.sft, "output_dir": str(checkpoint_dir), "assistant_only_loss": True, "report_to": [],
+                        "disable_tqdm": True})
+    callbacks = [step_line_callback()]
+    if os.environ.get(FAILPOINT_ENV):
+        callbacks.append(crash_test_callback())
+    trainer = counting_trainer_class()(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+        peft_config=peft_config(job, model, list(template_tokens.values())), callbacks=callbacks)
+    # with tqdm off, Trainer prints every log dict; the step line replaces it
+    trainer.remove_callback(PrinterCallback)
+    if template_tokens:
+        expose_output_bias(trainer.model)
 
     if not args.packing and len(trainer.train_dataset) < len(train_dataset):
         # TRL drops rows that truncation left with no supervised token, without a word; the
@@ -354,16 +576,18 @@ def run(job: TrainJob) -> None:
         )
     resume_from = last_complete_checkpoint(checkpoint_dir)
     if resume_from and trainer.is_world_process_zero():
-        print(f"[train_worker] resuming from {resume_from}", flush=True)
+        print(f"[train] resuming from {resume_from}", flush=True)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from or None)
     metrics = dict(output.metrics)
     metrics.setdefault("train_runtime", time.perf_counter() - started)
     end_of_turn = set_generation_eos(job, trainer, tokenizer)
+    # the saved config is for inference, where generation wants the cache back
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)
     trainer.save_model(job.output_dir)  # every process: sharded (FSDP/DeepSpeed) weights gather here
     if trainer.is_world_process_zero():
-        save_reports(job, trainer, tokenizer, end_of_turn, resume_from, metrics)
+        save_reports(job, trainer, tokenizer, end_of_turn, resume_from, metrics, template_tokens)
     trainer.accelerator.wait_for_everyone()
 
 

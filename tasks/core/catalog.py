@@ -72,9 +72,12 @@ CREATE TABLE IF NOT EXISTS mixture (
     n_available BIGINT, n_rows BIGINT, n_unique BIGINT, n_eval BIGINT, n_tokens BIGINT);
 CREATE TABLE IF NOT EXISTS models (
     model_id VARCHAR PRIMARY KEY, artifact_id VARCHAR, base_model VARCHAR, method VARCHAR,
-    path VARCHAR, run_id VARCHAR);
+    path VARCHAR, run_id VARCHAR, gate VARCHAR);
 CREATE TABLE IF NOT EXISTS evals (model_id VARCHAR, metric VARCHAR, value DOUBLE, detail VARCHAR,
     artifact_id VARCHAR, run_id VARCHAR);
+-- gate: the verdict of the model's newest evaluation (passed | gated | not_measured; NULL until
+-- evaluated). A gated model's artifact is kept; the evals row `gated` holds each evaluation's own.
+ALTER TABLE models ADD COLUMN IF NOT EXISTS gate VARCHAR;
 """
 
 VIEWS = f"""
@@ -100,7 +103,7 @@ GROUP BY sr.run_id, sr.stage;
 CREATE OR REPLACE VIEW ledger AS
 SELECT l.stage, l.n_in, l.n_kept, l.n_dropped, l.n_out
 FROM ledger_by_run l JOIN stage_order o USING (stage)
-WHERE l.run_id = (SELECT run_id FROM runs WHERE status = 'completed'
+WHERE l.run_id = (SELECT run_id FROM runs WHERE status IN ('completed', 'gated')
                   ORDER BY finished_at DESC LIMIT 1)
 ORDER BY o.ordinal;
 
@@ -108,7 +111,7 @@ ORDER BY o.ordinal;
 CREATE OR REPLACE VIEW latest_artifacts AS
 SELECT sr.stage, sr.label, sr.key AS artifact_id, sr.cache_hit, sr.run_id
 FROM stage_runs sr
-WHERE sr.run_id = (SELECT run_id FROM runs WHERE status = 'completed' ORDER BY finished_at DESC LIMIT 1);
+WHERE sr.run_id = (SELECT run_id FROM runs WHERE status IN ('completed', 'gated') ORDER BY finished_at DESC LIMIT 1);
 
 -- Every artifact's upstream artifacts, transitively (the artifact itself excluded).
 CREATE OR REPLACE VIEW artifact_upstream AS
@@ -428,9 +431,10 @@ def _register_model(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: 
     if not model:
         return
     con.execute(
-        "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO models (model_id, artifact_id, base_model, method, path, run_id, gate) "
+        "VALUES (?, ?, ?, ?, ?, ?, (SELECT gate FROM models WHERE model_id = ?))",
         [manifest.key, manifest.key, model["base_model"], model["method"],
-         str(manifest.file(model["path"])), run_id],
+         str(manifest.file(model["path"])), run_id, manifest.key],
     )
 
 
@@ -443,6 +447,13 @@ def _register_evals(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: 
              json.dumps(metric.get("detail"), sort_keys=True) if metric.get("detail") is not None else None,
              manifest.key, run_id],
         )
+    # The gate's verdict: an evals row `gated` (1 gated, 0 passed, NULL not measured; detail = the
+    # checks and message) and the model's newest verdict in models.gate.
+    gate = manifest.stats.get("gate") or {"status": "not_measured"}
+    value = {"gated": 1.0, "passed": 0.0}.get(gate.get("status"))
+    con.execute("INSERT INTO evals VALUES (?, 'gated', ?, ?, ?, ?)",
+                [model_id, value, json.dumps(gate, sort_keys=True), manifest.key, run_id])
+    con.execute("UPDATE models SET gate = ? WHERE model_id = ?", [gate.get("status"), model_id])
 
 
 _STAGE_REGISTRARS = {"ingest": _register_examples, "normalize": _register_normalized, "mix": _register_shards,

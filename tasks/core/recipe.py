@@ -469,6 +469,13 @@ class LoraSettings(Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or all-linear."
     )
+    train_template_tokens: bool = Field(
+        True,
+        description="Also train the embedding rows (and the output rows of an untied lm_head) of the "
+        "special tokens the chat template uses, e.g. <|im_start|> and <|im_end|> (PEFT "
+        "trainable_token_indices): all-linear LoRA freezes embeddings, so a template new to the base "
+        "model would keep untrained end-of-turn rows and the model might never learn to stop.",
+    )
 
 
 class TrainConfig(Section):
@@ -483,10 +490,18 @@ class TrainConfig(Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     chat_template: str | None = Field(
         None,
-        description="Used when the tokenizer's own template has no {% generation %} markers: "
-        "`chatml` (built in) or a .jinja file. Without either such a model is refused.",
+        description="Training chat template: `chatml` (built in) or a .jinja file with {% generation %} "
+        "markers. When set it is always used, also over a tokenizer template that has markers (the "
+        "template origin then notes the override); when unset, the tokenizer's own template is used if "
+        "it has {% generation %} markers, and a model whose template lacks them is refused.",
     )
     max_length: int = Field(512, ge=16, description="Longest training sequence in tokens (longer rows are truncated).")
+    min_content_supervised_share: float = Field(
+        0.95, gt=0, le=1,
+        description="Mask audit: every assistant turn must have at least this share of its content tokens "
+        "supervised (the template's {% generation %} block covers the answer, not only its end-of-turn "
+        "token); otherwise the train stage stops before launching.",
+    )
     packing: bool | Literal["auto"] = Field(
         "auto", description="BFD packing (padding-free); auto packs when the mean row is under half of max_length."
     )
@@ -537,10 +552,21 @@ class EvalConfig(Section):
 
     general_text: str | None = Field(None, description="JSONL of {text} for the perplexity (forgetting) check.")
     regression_tolerance: float = Field(
-        0.05, ge=0, description="Flag when tuned general perplexity exceeds base by more than this fraction."
+        0.05, ge=0,
+        description="The gate trips when the tuned model's general perplexity, or its held-out perplexity "
+        "(exp of the held-out loss), exceeds the base model's by more than this fraction.",
+    )
+    on_regression: Literal["fail", "report"] = Field(
+        "fail",
+        description="`fail`: a tripped gate ends the run failed (the model artifact is kept and marked "
+        "gated in the catalog); `report`: the run completes and the report says REGRESSED.",
     )
     prompts: str | None = Field(None, description="JSONL of {prompt} for saved generations (default: built-in).")
-    max_new_tokens: int = Field(64, ge=1, description="Greedy generation length bound.")
+    max_new_tokens: int = Field(
+        256, ge=1,
+        description="Greedy generation length bound; an answer that reaches it without an end-of-turn "
+        "token counts as truncated and fails every instruction check.",
+    )
     batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
     max_general_texts: int = Field(200, ge=1, description="Texts of general_text used.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)

@@ -14,7 +14,7 @@ def test_ingest_to_evaluate(completed_run, completed_project, run_pipeline, smal
     assert stages[-2:] == ["train", "evaluate"]
 
     with connect_readonly(project / "data" / "warehouse" / "catalog.duckdb") as con:
-        (model_id, artifact_id, base, method, path, run_id), = con.execute("SELECT * FROM models").fetchall()
+        (model_id, artifact_id, base, method, path, run_id, gate), = con.execute("SELECT * FROM models").fetchall()
         assert base == "builtin:tiny-llama" and method == "full" and run_id == cold["run_id"]
         assert (Path(path) / "model.safetensors").is_file()
         # lineage: the model's artifact was trained on the latest mix's shards

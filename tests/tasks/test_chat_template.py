@@ -108,11 +108,26 @@ def test_has_generation_markers_variants():
     assert not has_generation_markers("")
 
 
-def test_select_prefers_tokenizer_template_with_markers(tokenizer, tmp_path):
+def test_select_uses_tokenizer_template_with_markers_without_a_recipe_template(tokenizer, tmp_path):
     ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
     assert select_chat_template(tokenizer, None, ws.resolve_input) == (CHATML_TEMPLATE, "tokenizer")
-    # a recipe template does not override a tokenizer that already marks assistant turns
-    assert select_chat_template(tokenizer, "chatml", ws.resolve_input)[1] == "tokenizer"
+    assert select_chat_template(tokenizer, "  ", ws.resolve_input) == (CHATML_TEMPLATE, "tokenizer")
+    # naming the very template the tokenizer has replaces nothing: no override note
+    assert select_chat_template(tokenizer, "chatml", ws.resolve_input) == (CHATML_TEMPLATE, "builtin:chatml")
+
+
+def test_an_explicit_recipe_template_overrides_the_tokenizers_marked_template(tokenizer, tmp_path):
+    ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
+    own = copy.deepcopy(tokenizer)
+    own.chat_template = CHATML_TEMPLATE.replace("<|im_start|>assistant\\n", "<|im_start|>assistant:\\n")
+    assert own.chat_template != CHATML_TEMPLATE and has_generation_markers(own.chat_template)
+    assert select_chat_template(own, None, ws.resolve_input) == (own.chat_template, "tokenizer")
+    assert select_chat_template(own, "chatml", ws.resolve_input) == (
+        CHATML_TEMPLATE, "builtin:chatml (overrides the tokenizer's own template)")
+    (tmp_path / "mine.jinja").write_text(CHATML_TEMPLATE.replace("<|im_start|>", "<|im_start|> "), encoding="utf-8")
+    text, origin = select_chat_template(own, "mine.jinja", ws.resolve_input)
+    assert text == (tmp_path / "mine.jinja").read_text(encoding="utf-8")
+    assert origin == "file:mine.jinja (overrides the tokenizer's own template)"
 
 
 def test_select_refuses_a_tokenizer_without_markers_and_no_recipe_template(tokenizer, tmp_path):
@@ -130,13 +145,16 @@ def test_select_builtin_chatml_and_jinja_file(tokenizer, tmp_path):
     ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = PLAIN_CHATML
+    assert select_chat_template(plain, "chatml", ws.resolve_input) == (
+        CHATML_TEMPLATE, "builtin:chatml (overrides the tokenizer's own template)")
+    plain.chat_template = None
     assert select_chat_template(plain, "chatml", ws.resolve_input) == (CHATML_TEMPLATE, "builtin:chatml")
 
     (tmp_path / "templates").mkdir()
     marked = tmp_path / "templates" / "mine.jinja"
     marked.write_text(CHATML_TEMPLATE.replace("<|im_start|>", "<|im_start|> "), encoding="utf-8")
     text, origin = select_chat_template(plain, "templates/mine.jinja", ws.resolve_input)
-    assert origin == "file:mine.jinja"
+    assert origin == "file:mine.jinja"  # the tokenizer has no template of its own here
     assert text == marked.read_text(encoding="utf-8")
 
 

@@ -16,6 +16,7 @@ from tasks.evaluate import (
     _base_then_tuned,
     conversation_labels,
     evaluate_model,
+    eval_precision,
     evaluate_stage_output,
     generate_responses,
     generate_token_ids,
@@ -258,9 +259,12 @@ def test_evaluate_model_writes_report_with_design_metric_names(folders, tmp_path
     assert "| held-out loss (assistant tokens) |" in result["report_md"] and "## Flags" in result["report_md"]
 
     output = evaluate_stage_output(result, out, model_id="m1")
+    dtype, device = eval_precision()  # float32 on cpu here; test_evaluate_precision.py pins the choice
     assert output.files == {name: out / name for name in ("report.json", "report.md", "generations.json")}
     assert output.records.num_rows == 0 and output.decisions.num_rows == 0
-    assert output.stats == {"model_id": "m1", "metrics": result["metrics"], "regressed": result["regressed"]}
+    assert output.stats == {"model_id": "m1", "metrics": result["metrics"], "regressed": result["regressed"],
+                            "gate": result["gate"], "eval_dtype": dtype, "eval_device": device}
+    assert report["gate"] == json.loads(json.dumps(result["gate"])) and report["eval_dtype"] == dtype
 
 
 @pytest.mark.parametrize("tolerance, flagged", [(0.05, True), (1e6, False)])
@@ -275,6 +279,8 @@ def test_regression_flag_follows_the_tolerance(folders, tmp_path, tolerance, fla
     assert values["general_ppl"]["detail"]["tolerance"] == tolerance
     assert "heldout_loss" not in values and "mask_supervised_token_share" not in values  # no rows, no audit
     assert ("**REGRESSED**" in result["report_md"]) is flagged
+    assert result["gate"]["status"] == ("gated" if flagged else "passed")
+    assert [c["measured"] for c in result["gate"]["checks"]] == [True, False]  # general measured, held-out not
 
 
 def test_evaluate_model_measures_a_lora_adapter_against_its_base(folders, tokenizer, tmp_path):
@@ -295,7 +301,7 @@ def test_evaluate_model_measures_a_lora_adapter_against_its_base(folders, tokeni
     direct_base = heldout_loss(AutoModelForCausalLM.from_pretrained(folders / "base"), tokenizer, TEMPLATE, rows, 128, 1)
     assert values["heldout_loss_base"] == pytest.approx(direct_base, rel=1e-5)
     assert values["heldout_loss"] != pytest.approx(direct_base, rel=1e-3)
-    assert "general_ppl" not in values and result["regressed"] is False
+    assert "general_ppl" not in values and result["regressed"] is None  # no general text: not measured
 
 
 def test_models_and_tokenizer_load_as_safetensors_without_remote_code(folders, from_pretrained_calls):

@@ -122,3 +122,37 @@ def test_score_responses_refuses_mismatched_or_empty_input():
         score_responses([], [])
     with pytest.raises(ValueError, match="item 'z' has no checks"):
         score_responses([{"id": "z", "prompt": "p", "checks": []}], ["r"])
+
+
+# ------------------------------------------------------------------ empty and truncated answers --
+@pytest.mark.parametrize("empty", ["", "  \n\t "])
+def test_an_empty_answer_fails_every_built_in_prompt(empty):
+    # word_limit, no_commas, forbidden_word and sentence_limit all hold on "": without the rule an
+    # empty answer scored 0.2 prompt-level and 0.32 instruction-level on IF_PROMPTS
+    scored = score_responses(IF_PROMPTS, [empty] * len(IF_PROMPTS))
+    assert scored["prompt_level_accuracy"] == 0.0
+    assert scored["instruction_level_accuracy"] == 0.0
+    assert scored["n_empty"] == len(IF_PROMPTS) and scored["n_truncated"] == 0
+    assert {item["reason"] for item in scored["items"]} == {"empty"}
+    assert all(check["reason"] == "empty" and check["passed"] is False
+               for item in scored["items"] for check in item["checks"])
+
+
+def test_a_truncated_answer_fails_even_when_its_text_would_pass():
+    responses = ["a b", "x", "moon"]  # every check of ITEMS passes on these
+    assert score_responses(ITEMS, responses)["prompt_level_accuracy"] == 1.0
+    scored = score_responses(ITEMS, responses, truncated=[True, False, False])
+    assert [item["passed"] for item in scored["items"]] == [False, True, True]
+    assert [item["reason"] for item in scored["items"]] == ["truncated", None, None]
+    assert [c["passed"] for c in scored["items"][0]["checks"]] == [False, False]
+    assert scored["prompt_level_accuracy"] == pytest.approx(2 / 3)
+    assert scored["instruction_level_accuracy"] == pytest.approx(3 / 5)
+    assert scored["n_truncated"] == 1 and scored["n_empty"] == 0
+    assert scored["per_kind"]["no_commas"] == {"passed": 1, "total": 2, "accuracy": 0.5}
+
+
+def test_unscorable_answers_still_get_their_checks_validated():
+    with pytest.raises(ValueError, match=r"item 'z': unknown check kind 'shout'"):
+        score_responses([{"id": "z", "prompt": "p", "checks": [{"kind": "shout"}]}], [""])
+    with pytest.raises(ValueError, match="3 responses but 2 truncated flags"):
+        score_responses(ITEMS, ["a", "b", "c"], truncated=[False, True])

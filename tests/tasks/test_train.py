@@ -4,8 +4,11 @@ template is altered."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -156,8 +159,8 @@ def conversation_records(n: int) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One real train stage run on a real mix artifact; returns (manifest, call)."""
+def trained_run(tmp_path_factory):
+    """One real train stage run on a real mix artifact; returns (manifest, call, captured stdout)."""
     root = tmp_path_factory.mktemp("train-stage")
     warehouse = root / "warehouse"
     mix_cfg = MixConfig(eval_fraction=0.2, seed=0)
@@ -172,9 +175,35 @@ def trained(tmp_path_factory):
     call = StageCall(stage="train", key="trainkey", code_hash="c", config=train_cfg.canonical(), config_hash="h",
                      inputs=[mix_manifest], params={"data_card": data_card}, root=str(ROOT),
                      warehouse=str(warehouse))
-    manifest, hit = execute(call, lambda c: train_stage.compute(c))
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):  # what the Prefect logger would relay (not a terminal)
+        manifest, hit = execute(call, lambda c: train_stage.compute(c))
     assert not hit
-    return manifest, call
+    return manifest, call, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    """(manifest, call) of the real run."""
+    return trained_run[:2]
+
+
+STEP_LINE = re.compile(r"^\[train\] step (\d+)/3 loss \d+\.\d{3} grad_norm \d+\.\d{2} lr \d\.\de[-+]\d{2} "
+                       r"tokens/s \d+ conversations/step \d+\.\d tokens/step \d+$")
+
+
+def test_stage_echoes_one_line_per_logging_step_and_keeps_the_rest_in_train_log(trained_run):
+    manifest, _, stdout = trained_run
+    lines = stdout.splitlines()
+    for noise in ("it/s", "%|", "Map", "Filter", "Tokenizing", "Packing", "Loading weights", "{'loss'"):
+        assert not any(noise in line for line in lines), noise
+    steps = [line for line in lines if line.startswith("[train] step ")]
+    assert [STEP_LINE.match(line).group(1) for line in steps] == ["1", "2", "3"]  # logging_steps=1, max_steps=3
+    log = manifest.file("train.log").read_text()
+    assert all(line in log for line in steps)  # train.log holds the whole output, step lines included
+    assert len(log.splitlines()) > len(steps)
+    metrics = manifest.stats["train_metrics"]
+    assert metrics["mean_conversations_per_step"] > 0 and metrics["mean_tokens_per_step"] > 0
 
 
 def test_stage_commits_model_reports_and_stats(trained):
@@ -310,6 +339,11 @@ def test_lora_stage_saves_an_adapter_that_loads_on_its_base(tmp_path):
     manifest, _ = execute(call, lambda c: train_stage.compute(c))
     assert manifest.stats["model"]["method"] == "lora"
     assert manifest.file("model/adapter_model.safetensors").is_file()
+    # the adapter folder holds safetensors weights only (no pickle), and the trained template tokens are recorded
+    weights = [f.name for f in manifest.files if f.name.startswith("model/")
+               and f.name.rsplit(".", 1)[-1] in ("safetensors", "bin", "pt", "pth", "pkl", "ckpt")]
+    assert weights == ["model/adapter_model.safetensors"]
+    assert sorted(manifest.stats["train_metrics"]["trainable_tokens"]) == ["<|im_end|>", "<|im_start|>"]
     assert json.loads(manifest.file("roundtrip.json").read_text())["ok"] is True
     model = AutoPeftModelForCausalLM.from_pretrained(str(manifest.file("model")))
     assert model.peft_config["default"].r == 16
@@ -326,3 +360,28 @@ def test_training_device_without_gpu_device_nodes_is_cpu(monkeypatch):
 
     monkeypatch.setattr(train.glob, "glob", lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else [])
     assert train.training_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+CHILD_OUTPUT = ("import sys\n"
+                "print('[train] step 1/2 loss 2.000')\n"
+                "print('Map: 100%|##########| 23/23 [00:00<00:00, 3069.13 examples/s]', file=sys.stderr)\n"
+                "print('some library warning', file=sys.stderr)\n"
+                "print('[train] step 2/2 loss 1.000')\n")
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_run_logged_echoes_step_lines_or_one_bar_and_logs_everything(tmp_path, monkeypatch, capsys, terminal):
+    import sys
+
+    from tasks.train import run_logged
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal, raising=False)
+    run_logged([sys.executable, "-c", CHILD_OUTPUT], tmp_path, tmp_path / "train.log")
+    out, err = capsys.readouterr()
+    log = (tmp_path / "train.log").read_text()
+    assert "Map: 100%" in log and "some library warning" in log and log.count("[train] step") == 2
+    assert "Map" not in out + err and "warning" not in out + err
+    if terminal:  # one tqdm bar (on stderr) moved to 2/2, no step lines printed
+        assert "[train] step" not in out and "2/2" in err and "loss 1.000" in err
+    else:
+        assert out.splitlines() == ["[train] step 1/2 loss 2.000", "[train] step 2/2 loss 1.000"]

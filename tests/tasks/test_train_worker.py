@@ -108,7 +108,7 @@ def workspace(tmp_path_factory):
 
 
 def make_job(workspace: Path, run: str, *, max_steps: int, packing: bool, method: str = "full",
-             checkpoint_dir: Path | None = None) -> TrainJob:
+             checkpoint_dir: Path | None = None, train_template_tokens: bool = True) -> TrainJob:
     sft = {"max_steps": max_steps, "per_device_train_batch_size": 2, "max_length": MAX_LENGTH, "packing": packing,
            "use_cpu": True, "bf16": False, "activation_checkpointing": False, "logging_steps": 1, "save_steps": 1,
            "save_total_limit": 2, "learning_rate": 1e-3, "seed": 0, "data_seed": 0, "dataloader_num_workers": 0}
@@ -117,7 +117,8 @@ def make_job(workspace: Path, run: str, *, max_steps: int, packing: bool, method
     return TrainJob(base_model=str(workspace / "base"), chat_template=CHATML_TEMPLATE,
                     train_files=[str(workspace / "train.parquet")],
                     checkpoint_dir=str(checkpoint_dir or workspace / run / "checkpoints"),
-                    output_dir=str(workspace / run / "output"), method=method, lora=LoraSettings(r=4, alpha=8),
+                    output_dir=str(workspace / run / "output"), method=method,
+                    lora=LoraSettings(r=4, alpha=8, train_template_tokens=train_template_tokens),
                     sft=sft, attn_implementation="sdpa", sample_ids=["ex-0", "ex-long"])
 
 
@@ -147,7 +148,7 @@ def expected_digests(workspace: Path) -> list[str]:
 
 
 def test_full_run_saves_safetensors_template_and_reports(full_run, workspace):
-    job, out, _ = full_run
+    job, out, log = full_run
     assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
     assert (out / "chat_template.jinja").read_bytes() == CHATML_TEMPLATE.encode("utf-8")
     history = json.loads((out / "log_history.json").read_text())
@@ -155,6 +156,12 @@ def test_full_run_saves_safetensors_template_and_reports(full_run, workspace):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and metrics["resumed_from_checkpoint"] is None
     assert metrics["tokens_processed"] > 0 and metrics["tokens_per_second"] > 0
+    # one step line per logged step; packed rows hold several conversations each (2 rows per step)
+    steps = [line for line in log.splitlines() if line.startswith("[train] step ")]
+    assert [line.split()[2] for line in steps] == ["1/2", "2/2"]
+    assert metrics["mean_conversations_per_step"] > 2 and 0 < metrics["mean_tokens_per_step"] <= 2 * MAX_LENGTH
+    assert metrics["mean_tokens_per_step"] * 2 == metrics["tokens_processed"]  # TRL's own count agrees
+    assert "it/s]" not in log and "%|" not in log  # no tqdm bars
     generation = json.loads((out / "generation_config.json").read_text())
     assert metrics["end_of_turn_token"] == "<|im_end|>"
     assert metrics["end_of_turn_token_id"] in generation["eos_token_id"]
@@ -182,16 +189,55 @@ def test_second_run_resumes_from_the_last_checkpoint(full_run, workspace):
     log = run_worker(job, workspace / "resume")
     metrics = json.loads((Path(job.output_dir) / "metrics.json").read_text())
     assert metrics["resumed_from_checkpoint"] == str(checkpoints / "checkpoint-2")
-    assert "resuming from" in log and log.count("'loss':") == 2  # only steps 3 and 4 ran here
+    assert "[train] resuming from" in log
+    assert [line.split()[2] for line in log.splitlines() if line.startswith("[train] step ")] == ["3/4", "4/4"]
     history = json.loads((Path(job.output_dir) / "log_history.json").read_text())
     assert [e["step"] for e in history if "loss" in e] == [1, 2, 3, 4]
     assert metrics["global_step"] == 4
 
 
+def embedding_rows(base: Path, adapter: Path):
+    """(base input rows, adapter input rows, adapter output rows, adapter-disabled input rows), each
+    as the loaded model computes them for every token id (PeftModel on the base, as evaluate does)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+    ids = torch.arange(model.config.vocab_size)
+    with torch.no_grad():
+        base_rows = model.get_input_embeddings()(ids).clone()
+        tuned = PeftModel.from_pretrained(model, adapter).eval()
+        tuned_rows = tuned.get_input_embeddings()(ids).clone()
+        tuned_output = tuned.get_output_embeddings().weight.clone()
+        with tuned.disable_adapter():
+            disabled_rows = tuned.get_input_embeddings()(ids).clone()
+    return base_rows, tuned_rows, tuned_output, disabled_rows
+
+
+def changed_rows(before, after) -> list[int]:
+    return sorted(int(i) for i in (before != after).any(dim=1).nonzero().flatten())
+
+
 def test_lora_without_packing_saves_an_adapter(workspace):
+    from transformers import AutoTokenizer
+
     job = make_job(workspace, "lora", max_steps=2, packing=False, method="lora")
     run_worker(job, workspace / "lora")
     out = Path(job.output_dir)
+    # the template's special tokens are trained (ChatML on the tiny base): recorded, saved, loaded
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "base")
+    template_ids = sorted(tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
+    base_rows, tuned_rows, tuned_output, disabled_rows = embedding_rows(workspace / "base", out)
+    assert changed_rows(base_rows, tuned_rows) == template_ids  # every other row is the base's
+    assert changed_rows(base_rows, tuned_output) == template_ids  # tied lm_head: the same rows
+    assert changed_rows(base_rows, disabled_rows) == []  # disable_adapter gives the base back
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics["trainable_tokens"]) == ["<|im_end|>", "<|im_start|>"]
+    assert sorted(metrics["trainable_tokens"].values()) == template_ids
+    weights = [p.name for p in out.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".pkl")]
+    assert weights == ["adapter_model.safetensors"] or sorted(weights) == ["adapter_model.safetensors",
+                                                                           "training_args.bin"]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert not (out / "model.safetensors").exists()
     adapter = json.loads((out / "adapter_config.json").read_text())
@@ -200,3 +246,69 @@ def test_lora_without_packing_saves_an_adapter(workspace):
     sequences = json.loads((out / "trained_sequences.json").read_text())
     assert sequences["n_rows"] == sequences["n_sequences"] == 11  # unpacked: one row per example
     assert sequences["sha256"] == sorted(set(expected_digests(workspace)))
+
+
+def test_lora_leaves_template_token_rows_alone_when_told(workspace):
+    job = make_job(workspace, "lora-frozen-tokens", max_steps=2, packing=False, method="lora",
+                   train_template_tokens=False)
+    run_worker(job, workspace / "lora-frozen-tokens")
+    out = Path(job.output_dir)
+    assert json.loads((out / "metrics.json").read_text())["trainable_tokens"] == {}
+    base_rows, tuned_rows, tuned_output, _ = embedding_rows(workspace / "base", out)
+    assert changed_rows(base_rows, tuned_rows) == [] and changed_rows(base_rows, tuned_output) == []
+
+
+def test_template_special_tokens_are_the_added_tokens_the_template_names():
+    from tasks.train_worker import template_special_tokens
+
+    assert template_special_tokens(CHATML_TEMPLATE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]) \
+        == ["<|im_start|>", "<|im_end|>"]
+    assert template_special_tokens("{{ messages }}", ["<|im_end|>"]) == []
+
+
+def test_batch_counts_packed_and_padded():
+    import torch
+
+    from tasks.train_worker import batch_counts
+
+    # padding-free: one flattened row of three conversations (3 + 2 + 4 tokens), no pad
+    assert batch_counts({"input_ids": torch.ones(1, 9), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])}) \
+        == (3, 9)
+    # padded: one conversation per row, pad tokens excluded
+    assert batch_counts({"input_ids": torch.ones(3, 4),
+                         "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])}) == (3, 7)
+
+
+def test_step_line_has_every_field_and_skips_other_logs():
+    from tasks.train_worker import step_line
+
+    line = step_line({"loss": 4.81234, "grad_norm": 1.93, "learning_rate": 1.9e-3, "tokens_per_second": 5120.2,
+                      "conversations_per_step": 11.5, "tokens_per_step": 2048}, 25, 300)
+    assert line == ("[train] step 25/300 loss 4.812 grad_norm 1.93 lr 1.9e-03 tokens/s 5120 "
+                    "conversations/step 11.5 tokens/step 2048")
+    assert step_line({"eval_loss": 1.0}, 25, 300) is None
+    assert step_line({"train_runtime": 3.0, "train_loss": 2.0}, 300, 300) is None
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lora_trains_template_token_rows_of_the_embedding_and_an_untied_head(tied):
+    import torch
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tasks.train_worker import peft_config
+
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    job = TrainJob(base_model="m", chat_template="t", train_files=["a.parquet"], checkpoint_dir="c", output_dir="o",
+                   method="lora")
+    lora = peft_config(job, model, [3, 5])
+    expected = {"model.embed_tokens": [3, 5]} if tied else {"model.embed_tokens": [3, 5], "lm_head": [3, 5]}
+    assert lora.trainable_token_indices == expected
+    trainable = {n for n, p in get_peft_model(model, lora).named_parameters() if p.requires_grad and "lora_" not in n}
+    # tied: PEFT ties lm_head to the embedding's trainable rows, so one delta serves both
+    assert {n.split(".token_adapter")[0].rsplit(".", 1)[-1] for n in trainable} == (
+        {"embed_tokens"} if tied else {"embed_tokens", "lm_head"})
+    assert peft_config(job, model, []).trainable_token_indices is None
