@@ -154,11 +154,13 @@ def print_summary(summary: dict[str, Any]) -> None:
                             str(m["n_rows"]), str(m["n_unique"]), str(m["n_eval"]), str(m.get("outcome", "")))
         console.print(mixture)
     if summary.get("evals"):
+        from flows.gate import metric_text
+
         evals = Table(title="evaluation (tuned model; *_base = the model before training)")
         evals.add_column("metric")
         evals.add_column("value", justify="right")
         for m in summary["evals"]:
-            evals.add_row(m["metric"], f"{m['value']:.4g}")
+            evals.add_row(m["metric"], metric_text(m["value"]))
         console.print(evals)
         gate = summary.get("gate") or {}
         status = gate.get("status", "not_measured")

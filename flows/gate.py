@@ -27,10 +27,13 @@ class ModelGated(RuntimeError):
     `summary` is the run summary (set by the flow before raising), for the command line to print.
     """
 
-    def __init__(self, message: str, gate: dict[str, Any], summary: dict[str, Any] | None = None):
+    def __init__(self, message: str, gate: dict[str, Any] | None = None, summary: dict[str, Any] | None = None):
         super().__init__(message)
-        self.gate = gate
+        self.gate = gate or {}
         self.summary = summary
+
+    def __reduce__(self):  # rebuilt with its gate and summary wherever an exception is copied
+        return type(self), (str(self), self.gate, self.summary)
 
 
 def gate_status(stats: dict[str, Any]) -> str:
@@ -63,3 +66,13 @@ def gate_failure(stats: dict[str, Any], on_regression: str, model_path: str) -> 
         "the run ends failed because eval.on_regression is fail."
     )
     return ModelGated(message, gate)
+
+
+def metric_text(value: float | None) -> str:
+    """A metric's value for the run summary and its artifact: a diverged model's figures arrive as
+    None (JSON has no NaN or infinity) and must print, not end the run with a format error.
+
+    >>> metric_text(2124.56), metric_text(0.2143), metric_text(None)
+    ('2125', '0.2143', 'not finite')
+    """
+    return "not finite" if value is None else f"{value:.4g}"

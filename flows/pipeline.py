@@ -75,10 +75,12 @@ def sftflow_pipeline(
         # A gated run ran every stage and committed every artifact; only its verdict differs.
         run.finish("gated" if gated else "completed")
         summary = run.summary()
-    publish_run(summary)
-    if gated:
-        gated.summary = summary
-        raise gated  # the flow run ends Failed, with the figures and what to change
+    try:
+        publish_run(summary)
+    finally:
+        if gated:  # raised even if publishing failed: the verdict, not a report error, ends the run
+            gated.summary = summary
+            raise gated  # the flow run ends Failed, with the figures and what to change
     return summary
 
 

@@ -104,4 +104,7 @@ def plan_train(recipe: Recipe, mixed: Manifest, ws: Workspace, data_card: dict[s
 def plan_evaluate(recipe: Recipe, trained: Manifest, mixed: Manifest, ws: Workspace) -> StageCall:
     config = {"eval": recipe.eval.canonical(), "max_length": recipe.train.max_length}
     external = [sha256_file(ws.resolve_input(p)) for p in (recipe.eval.general_text, recipe.eval.prompts) if p]
+    # The device picks the precision both models are measured in (evaluate.eval_precision): a
+    # verdict measured in fp32 on CPU is no cache hit for a bf16 run on a GPU.
+    external.append(f"device={train.training_device()}")
     return _plan("evaluate", evaluate, config, [trained, mixed], ws, extra_input_hashes=external)

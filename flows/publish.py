@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
+from flows.gate import metric_text
 from tasks.core.artifacts import DECISIONS_FILE, Manifest
 
 ARTIFACT_KEYS = {
@@ -203,6 +204,6 @@ def publish_run(summary: dict[str, Any]) -> None:
               f"{m.get('outcome', '')} |" for m in summary["mixture"]]
     if summary.get("evals"):
         lines += ["", "## Evaluation", "", gate_line(summary.get("gate")), "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {m['metric']} | {m['value']:.4g} |" for m in summary["evals"]]
+        lines += [f"| {m['metric']} | {metric_text(m['value'])} |" for m in summary["evals"]]
     create_markdown_artifact(key=ARTIFACT_KEYS["run"], markdown="\n".join(lines),
                              description=f"run {summary['run_id']}: ledger, mixture, cards")

@@ -366,7 +366,7 @@ def _measure(model, tokenizer, template: str, eval_rows: list[dict], texts: list
         measured["n_supervised_tokens"] = n_tokens
     if texts:
         nll, n_tokens = _text_totals(model, tokenizer, texts, max_length, cfg.batch_size)
-        measured["general_ppl"] = math.exp(nll / n_tokens) if n_tokens else None
+        measured["general_ppl"] = _exp(nll / n_tokens) if n_tokens else None
         measured["n_text_tokens"] = n_tokens
     generations = generate(model, tokenizer, template, prompts, cfg.max_new_tokens, cfg.batch_size)
     measured["responses"] = [_decode(tokenizer, g.token_ids) for g in generations]
@@ -426,6 +426,24 @@ def _tolerance_text(tolerance: float) -> str:
     return f"+{tolerance * 100:g}%"
 
 
+def _exp(x: float) -> float:
+    """exp(x), inf where it overflows (a diverged model's loss)."""
+    return math.inf if x > 709.0 else math.exp(x)  # NaN stays NaN
+
+
+def _finite(x: float) -> float | None:
+    """x, or None for inf/NaN: report.json and the catalog's JSON details stay strict JSON."""
+    return x if math.isfinite(x) else None
+
+
+def _figure(x: float | None) -> str:
+    return "a figure that is not finite" if x is None else f"{x:.2f}"
+
+
+def _change(ratio: float | None) -> str:
+    return "an increase that is not finite" if ratio is None else f"{ratio - 1:+.1%}"
+
+
 def gate_report(tolerance: float, general_ppl: float | None = None, general_ppl_base: float | None = None,
                 heldout_loss: float | None = None, heldout_loss_base: float | None = None) -> dict[str, Any]:
     """The regression gate from the measured figures (None: not measured).
@@ -446,6 +464,15 @@ def gate_report(tolerance: float, general_ppl: float | None = None, general_ppl_
     ('gated', False, None, 1.1052)
     >>> gate_report(0.05, heldout_loss=2.0, heldout_loss_base=2.0)["status"], gate_report(0.05)["status"]
     ('passed', 'not_measured')
+
+    A diverged model: a loss too large for exp() or a NaN perplexity gates, written as null.
+
+    >>> g = gate_report(0.05, general_ppl=math.nan, general_ppl_base=10.0, heldout_loss=900.0, heldout_loss_base=2.0)
+    >>> g["status"], [(c["passed"], c["tuned"], c["ratio"]) for c in g["checks"]]
+    ('gated', [(False, None, None), (False, None, None)])
+    >>> g["message"].split(". ")[0]
+    'general perplexity rose from 10.00 (base) to a figure that is not finite (tuned), an increase that is not finite against a tolerance of +5%'
+
     """
     checks = []
     for name, tuned, base in (("general_ppl", general_ppl, general_ppl_base),
@@ -457,18 +484,19 @@ def gate_report(tolerance: float, general_ppl: float | None = None, general_ppl_
             # compared in loss space: exp() of a large loss would overflow before the ratio is taken
             log_ratio = tuned - base
             passed = bool(log_ratio <= math.log1p(tolerance))
-            base, tuned, ratio = math.exp(base), math.exp(tuned), math.exp(log_ratio)
+            base, tuned, ratio = _exp(base), _exp(tuned), _exp(log_ratio)
         else:
             passed = not regression_flag(tuned, base, tolerance)
             ratio = tuned / base if base else math.inf
-        checks.append({"name": name, "measured": True, "passed": passed, "base": base, "tuned": tuned, "ratio": ratio})
+        checks.append({"name": name, "measured": True, "passed": passed,
+                       "base": _finite(base), "tuned": _finite(tuned), "ratio": _finite(ratio)})
     failed = [c for c in checks if c["measured"] and not c["passed"]]
     status = "gated" if failed else ("passed" if any(c["measured"] for c in checks) else "not_measured")
     message = None
     if failed:
         names = dict(GATE_CHECKS)
-        sentences = [f"{names[c['name']]} rose from {c['base']:.2f} (base) to {c['tuned']:.2f} (tuned), "
-                     f"{c['ratio'] - 1:+.1%} against a tolerance of {_tolerance_text(tolerance)}." for c in failed]
+        sentences = [f"{names[c['name']]} rose from {_figure(c['base'])} (base) to {_figure(c['tuned'])} (tuned), "
+                     f"{_change(c['ratio'])} against a tolerance of {_tolerance_text(tolerance)}." for c in failed]
         message = " ".join(sentences + [GATE_ADVICE])
     return {"status": status, "tolerance": tolerance, "checks": checks, "message": message}
 
@@ -523,8 +551,8 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
         skipped.append("heldout_loss: no eval rows (mix.eval_fraction is 0) or none with an assistant token")
     if general_check["measured"]:
         metrics.append(_metric("general_ppl", tuned["general_ppl"], {
-            "regressed": regressed, "tolerance": tolerance, "base": base["general_ppl"],
-            "ratio": tuned["general_ppl"] / base["general_ppl"], "n_texts": len(texts)}))
+            "regressed": regressed, "tolerance": tolerance, "base": general_check["base"],
+            "ratio": general_check["ratio"], "n_texts": len(texts)}))
         metrics.append(_metric("general_ppl_base", base["general_ppl"], {"n_texts": len(texts)}))
     else:
         skipped.append("general_ppl: no general texts (set eval.general_text to a JSONL of {text})")
@@ -570,7 +598,9 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
     report = {
         "tuned": str(tuned_dir), "base": str(base_location), "regressed": regressed, "gate": gate,
         "eval_dtype": dtype, "eval_device": device, "metrics": metrics, "skipped": skipped,
-        "generation_counts": generation_counts, "if_eval": if_eval, "max_length": max_length, "eval": cfg.canonical(),
+        "generation_counts": generation_counts, "if_eval": if_eval, "max_length": max_length,
+        # on_regression is the flow's decision about this report, not part of what was measured
+        "eval": {k: v for k, v in cfg.canonical().items() if k != "on_regression"},
     }
     report_md = render_report(report, generations)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -628,7 +658,7 @@ def render_report(report: dict[str, Any], generations: list[dict[str, Any]]) -> 
             continue
         verdict = "ok" if check["passed"] else "**REGRESSED**"
         lines.append(f"- {names[check['name']]}: {verdict} (tuned {_fmt(check['tuned'])} vs base {_fmt(check['base'])}, "
-                     f"ratio {check['ratio']:.3f}, tolerance {_tolerance_text(gate['tolerance'])})")
+                     f"ratio {_fmt(check['ratio'])}, tolerance {_tolerance_text(gate['tolerance'])})")
     lines.append(f"- gate: **{gate['status']}**" + (f": {gate['message']}" if gate["message"] else ""))
     for label, counts in report["generation_counts"].items():
         if counts["n_truncated"] or counts["n_empty"]:

@@ -359,7 +359,11 @@ def audit_masks(rows: list[dict], tokenizer, template: str, max_length: int,
         "non_assistant_supervised": non_assistant_supervised,
         "non_assistant_example_ids": non_assistant_ids[:MAX_LISTED_IDS],
         "assistant_content_supervised": {
-            "ok": content_below == 0,
+            # Not ok either when turns exist but none could be checked (no offsets: a slow
+            # tokenizer; or a template that rewrites every content): a check that never ran is not a
+            # pass. A threshold of 0 switches the check off.
+            "ok": min_content_supervised_share <= 0 or (
+                content_below == 0 and (content_turns > 0 or content_not_located == 0)),
             "min_share": content_min_share,
             "threshold": min_content_supervised_share,
             "n_turns": content_turns,
@@ -430,7 +434,16 @@ def check_audit(audit: dict, min_content_supervised_share: float = MIN_CONTENT_S
             "{% generation %} blocks cover non-assistant text; keep only assistant content and its "
             "end-of-turn token inside them"
         )
-    if audit["supervised_tokens"] and content is not None and not content["ok"]:
+    if audit["supervised_tokens"] and content is not None and not content["ok"] and not content["n_turns_below"]:
+        problems.append(
+            f"none of the {content['n_turns_not_located']} assistant turns could be checked for supervised "
+            f"content (e.g. example ids {_ids(content['example_ids_not_located'])}): the template renders "
+            "message content changed, or the tokenizer gives no character offsets (a slow tokenizer), "
+            "so the audit cannot confirm the answers are trained on; use a fast tokenizer and a template "
+            "that renders each message's content as given, or set train.min_content_supervised_share: 0 "
+            "to skip this check"
+        )
+    elif audit["supervised_tokens"] and content is not None and not content["ok"]:
         # With nothing supervised at all, the problems above already say what is wrong.
         problems.append(
             f"{content['n_turns_below']} of {content['n_turns']} assistant turns have less than "

@@ -334,7 +334,10 @@ def step_progress(line: str) -> tuple[int, int] | None:
 
 
 class _StepBar:
-    """One tqdm bar on a terminal, moved by the worker's step lines; other [train] lines print above it."""
+    """One tqdm bar on a terminal, moved by the worker's step lines, below the lines themselves.
+
+    Every line is still printed (the Prefect logger relays prints to the run's log, which the UI
+    shows): the bar is cleared, the line printed, and the bar drawn again under it."""
 
     def __init__(self) -> None:
         self.bar = None
@@ -342,15 +345,19 @@ class _StepBar:
     def show(self, line: str) -> None:
         from tqdm import tqdm
 
+        if self.bar is not None:
+            self.bar.clear()
+        print(line, flush=True)
         progress = step_progress(line)
         if progress is None:
-            (self.bar.write if self.bar is not None else print)(line)
+            if self.bar is not None:
+                self.bar.refresh()
             return
         step, total = progress
         if self.bar is None:
             self.bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
         self.bar.update(step - self.bar.n)
-        self.bar.set_postfix_str(line.split(" ", 3)[3] if line.count(" ") >= 3 else "", refresh=True)
+        self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -363,7 +370,7 @@ def run_logged(command: list[str], cwd: Path, log_path: Path, echo: bool = True)
 
     With `echo`, only the worker's `[train] ...` lines reach stdout (the Prefect logger relays
     stdout, and a run's progress bars and library warnings would be hundreds of lines); on a
-    terminal a single progress bar follows the step lines instead."""
+    terminal a single progress bar stays under them."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(cwd), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS models (
     path VARCHAR, run_id VARCHAR, gate VARCHAR);
 CREATE TABLE IF NOT EXISTS evals (model_id VARCHAR, metric VARCHAR, value DOUBLE, detail VARCHAR,
     artifact_id VARCHAR, run_id VARCHAR);
--- gate: the verdict of the model's newest evaluation (passed | gated | not_measured; NULL until
+-- gate: the verdict of the evaluation the model's latest run used (passed | gated | not_measured; NULL until
 -- evaluated). A gated model's artifact is kept; the evals row `gated` holds each evaluation's own.
 ALTER TABLE models ADD COLUMN IF NOT EXISTS gate VARCHAR;
 """
@@ -107,11 +107,13 @@ WHERE l.run_id = (SELECT run_id FROM runs WHERE status IN ('completed', 'gated')
                   ORDER BY finished_at DESC LIMIT 1)
 ORDER BY o.ordinal;
 
--- The artifacts the most recent completed run used (computed or reused from the cache).
+-- The artifacts the most recent completed run used (computed or reused from the cache). A gated
+-- run (eval.on_regression: fail) is not completed: whoever takes the latest model from here never
+-- gets one that failed the gate.
 CREATE OR REPLACE VIEW latest_artifacts AS
 SELECT sr.stage, sr.label, sr.key AS artifact_id, sr.cache_hit, sr.run_id
 FROM stage_runs sr
-WHERE sr.run_id = (SELECT run_id FROM runs WHERE status IN ('completed', 'gated') ORDER BY finished_at DESC LIMIT 1);
+WHERE sr.run_id = (SELECT run_id FROM runs WHERE status = 'completed' ORDER BY finished_at DESC LIMIT 1);
 
 -- Every artifact's upstream artifacts, transitively (the artifact itself excluded).
 CREATE OR REPLACE VIEW artifact_upstream AS
@@ -317,6 +319,8 @@ class Catalog:
         with self.connect() as con:
             new = _register(con, manifest, run_id)
             _insert_stage_run(con, run_id, manifest, label, cache_hit, seconds)
+            if manifest.stage == "evaluate":
+                _set_model_gate(con, manifest)
             failpoint(f"{manifest.stage}:recording")
         return new
 
@@ -453,7 +457,14 @@ def _register_evals(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: 
     value = {"gated": 1.0, "passed": 0.0}.get(gate.get("status"))
     con.execute("INSERT INTO evals VALUES (?, 'gated', ?, ?, ?, ?)",
                 [model_id, value, json.dumps(gate, sort_keys=True), manifest.key, run_id])
-    con.execute("UPDATE models SET gate = ? WHERE model_id = ?", [gate.get("status"), model_id])
+
+
+def _set_model_gate(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+    """models.gate = the verdict of the evaluation this run used, new or re-used from the cache: a
+    cache hit can bring back an older verdict (a tolerance changed back), and models.gate must say
+    what the run that just ended decided."""
+    gate = manifest.stats.get("gate") or {"status": "not_measured"}
+    con.execute("UPDATE models SET gate = ? WHERE model_id = ?", [gate.get("status"), manifest.stats.get("model_id")])
 
 
 _STAGE_REGISTRARS = {"ingest": _register_examples, "normalize": _register_normalized, "mix": _register_shards,

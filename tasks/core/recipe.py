@@ -497,10 +497,12 @@ class TrainConfig(Section):
     )
     max_length: int = Field(512, ge=16, description="Longest training sequence in tokens (longer rows are truncated).")
     min_content_supervised_share: float = Field(
-        0.95, gt=0, le=1,
+        0.95, ge=0, le=1,
         description="Mask audit: every assistant turn must have at least this share of its content tokens "
         "supervised (the template's {% generation %} block covers the answer, not only its end-of-turn "
-        "token); otherwise the train stage stops before launching.",
+        "token); otherwise the train stage stops before launching. The stage also stops when no turn's "
+        "content can be located to check (a slow tokenizer, a template that rewrites content); 0 turns "
+        "the check off.",
     )
     packing: bool | Literal["auto"] = Field(
         "auto", description="BFD packing (padding-free); auto packs when the mean row is under half of max_length."

@@ -28,11 +28,15 @@ def test_gated_model_fails_the_run_and_is_kept_and_marked(completed_project, run
 
     with connect_readonly(root / "data" / "warehouse" / "catalog.duckdb") as con:
         status = con.execute("SELECT status FROM runs WHERE run_id = ?", [summary["run_id"]]).fetchone()[0]
-        model_id, path, gate = con.execute(
-            "SELECT model_id, path, gate FROM models ORDER BY model_id").fetchall()[0]
+        model_id, path, gate = con.execute(  # the model this run trained (the fixture's passed one is there too)
+            "SELECT model_id, path, gate FROM models WHERE starts_with(artifact_id, ?)", [stages["train"]["key"]]).fetchone()
         gated = con.execute("SELECT value, detail FROM evals WHERE metric = 'gated' AND run_id = ?",
                             [summary["run_id"]]).fetchall()
     assert status == "gated" and gate == "gated"
+    with connect_readonly(root / "data" / "warehouse" / "catalog.duckdb") as con:
+        # whoever takes the latest model gets the last completed run's, never the gated one
+        latest = {r[0] for r in con.execute("SELECT DISTINCT run_id FROM latest_artifacts").fetchall()}
+    assert latest and summary["run_id"] not in latest
     assert Path(path, "model.safetensors").is_file()  # the model is kept for inspection
     assert gated and gated[0][0] == 1.0 and json.loads(gated[0][1])["status"] == "gated"
 
@@ -47,6 +51,15 @@ def test_gated_model_fails_the_run_and_is_kept_and_marked(completed_project, run
     assert all(s["cache_hit"] for s in reported["stages"]), reported["stages"]
     with connect_readonly(root / "data" / "warehouse" / "catalog.duckdb") as con:
         assert con.execute("SELECT status FROM runs WHERE run_id = ?", [reported["run_id"]]).fetchone()[0] == "completed"
+        assert con.execute("SELECT gate FROM models WHERE model_id = ?", [model_id]).fetchone()[0] == "gated"
+
+    # models.gate follows the evaluation each run used: a looser tolerance passes the same model,
+    # and going back re-uses the gated evaluation from the cache, which must mark the model again.
+    loose = run_pipeline(root, [*overrides, "eval.regression_tolerance=1000000"], only="all")
+    assert loose["gate"]["status"] == "passed"
+    with pytest.raises(ModelGated):
+        run_pipeline(root, overrides, only="all")
+    with connect_readonly(root / "data" / "warehouse" / "catalog.duckdb") as con:
         assert con.execute("SELECT gate FROM models WHERE model_id = ?", [model_id]).fetchone()[0] == "gated"
 
 

@@ -139,3 +139,17 @@ def test_run_summary_shows_drops_by_stage_and_reason_in_stage_order(captured):
     ]
     publish.publish_run({**summary, "drop_reasons": []})
     assert "No rows dropped." in captured["markdown"][-1][1]
+
+
+def test_run_summary_of_a_diverged_gated_model_publishes(captured):
+    """A model whose loss went NaN reaches the summary with null metric values (JSON has no NaN):
+    the run artifact still renders and shows the gate, rather than ending the run with a format error."""
+    summary = {
+        "run_id": "run1", "recipe": "demo", "stages": [], "ledger": [], "drop_reasons": [], "mixture": [],
+        "evals": [{"metric": "general_ppl", "value": None}, {"metric": "general_ppl_base", "value": 2124.56}],
+        "gate": {"status": "gated", "message": "general perplexity rose from 2124.56 (base) to a figure that is not finite (tuned)"},
+    }
+    publish.publish_run(summary)
+    markdown = captured["markdown"][-1][1]
+    assert "| general_ppl | not finite |" in markdown and "| general_ppl_base | 2125 |" in markdown
+    assert "**Model gate: GATED.**" in markdown

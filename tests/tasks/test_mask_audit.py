@@ -298,6 +298,9 @@ def test_content_the_template_rewrites_is_reported_not_passed_silently(tokenizer
     summary = audit_summary(audit)
     assert summary["assistant_turns_content_not_located"] == 4
     assert summary["assistant_content_min_supervised_share"] is None
+    assert content["ok"] is False  # a check that never ran is not a pass
+    with pytest.raises(MaskAuditError, match="renders message content changed"):
+        check_audit(audit)
 
 
 def test_content_share_reaches_the_summary_and_the_artifact(tokenizer, monkeypatch):
@@ -339,6 +342,12 @@ def test_without_offsets_turns_are_reported_not_located(tokenizer, monkeypatch):
     audit = audit_masks(ROWS, tokenizer, CHATML_TEMPLATE, max_length=256)
     content = audit["assistant_content_supervised"]
     assert content["n_rows_without_offsets"] == 3 and content["n_turns_not_located"] == 4
-    assert content["n_turns"] == 0 and content["ok"] is True
+    # no turn could be checked: not a pass, and the error says why and how to proceed
+    assert content["n_turns"] == 0 and content["ok"] is False
+    with pytest.raises(MaskAuditError, match="none of the 4 assistant turns could be checked"):
+        check_audit(audit)
+    skipped = audit_masks(ROWS, tokenizer, CHATML_TEMPLATE, max_length=256, min_content_supervised_share=0.0)
+    assert skipped["assistant_content_supervised"]["ok"] is True
+    check_audit(skipped, min_content_supervised_share=0.0)
     assert audit["non_assistant_supervised"] == 0 and audit["end_of_turn_supervised"]["ok"] is True
     assert assistant_spans(tokenizer, CHATML_TEMPLATE, messages) == by_offsets

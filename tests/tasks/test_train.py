@@ -381,7 +381,9 @@ def test_run_logged_echoes_step_lines_or_one_bar_and_logs_everything(tmp_path, m
     log = (tmp_path / "train.log").read_text()
     assert "Map: 100%" in log and "some library warning" in log and log.count("[train] step") == 2
     assert "Map" not in out + err and "warning" not in out + err
-    if terminal:  # one tqdm bar (on stderr) moved to 2/2, no step lines printed
-        assert "[train] step" not in out and "2/2" in err and "loss 1.000" in err
+    # the step lines are printed either way (Prefect relays prints to the run's log and the UI)
+    assert out.splitlines() == ["[train] step 1/2 loss 2.000", "[train] step 2/2 loss 1.000"]
+    if terminal:  # and one tqdm bar (on stderr) under them, moved to 2/2
+        assert "2/2" in err and err.count("train:") >= 1
     else:
-        assert out.splitlines() == ["[train] step 1/2 loss 2.000", "[train] step 2/2 loss 1.000"]
+        assert err == ""
