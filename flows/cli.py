@@ -86,7 +86,7 @@ def run(
         raise typer.Exit(BUSY_EXIT_CODE) from None
     except ModelGated as exc:
         if exc.summary:
-            print_summary(exc.summary)
+            print_summary(exc.summary, show_gate=False)  # the error below says it, with the model's place
         console.print(f"[red]gated:[/red] {exc}")
         raise typer.Exit(GATED_EXIT_CODE) from None
     except (RecipeError, PathNotAllowed, FileNotFoundError, ValueError) as exc:
@@ -122,7 +122,7 @@ def _reporting_to(temporary: Any) -> Iterator[None]:
         os.environ.pop("PREFECT_API_URL", None)
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:
     stages = Table(title=f"run {summary['run_id']} · recipe {summary['recipe']} · {summary['wall_seconds']} s")
     for col in ("stage", "source", "rows in", "rows out", "cache", "seconds"):
         stages.add_column(col, justify="right" if col not in ("stage", "source", "cache") else "left")
@@ -162,6 +162,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         for m in summary["evals"]:
             evals.add_row(m["metric"], metric_text(m["value"]))
         console.print(evals)
+        if not show_gate:
+            return
         gate = summary.get("gate") or {}
         status = gate.get("status", "not_measured")
         if status == "gated":
