@@ -2,7 +2,7 @@
 
 A benchmark measures sftflow and its peer side by side in one process run, then calls
 `report(name, ratios, details)`. That prints one `RATIO <name> <measured> <goal> <pass|fail>`
-line per goal (the format DESIGN.md fixes) and writes `<results dir>/<name>.json` with the
+line per goal (one machine-readable line a script can grep) and writes `<results dir>/<name>.json` with the
 machine, library versions and the exact command, from which bench/report.py generates
 docs/BENCHMARKS.md. Nothing in the docs table is typed by hand.
 """

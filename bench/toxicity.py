@@ -88,7 +88,7 @@ GOAL_AGREEMENT = 0.99
 
 # ------------------------------------------------------------------------------------- texts --
 def alpaca_pairs() -> list[list[str]]:
-    """Per row: the user turn (formatted as tasks/ingest.py formats it) and the assistant turn."""
+    """Per row: the user turn (formatted as tasks/lib/formats.py formats it) and the assistant turn."""
     pairs = []
     for row in json.loads(ALPACA.read_text(encoding="utf-8")):
         extra = row.get("input") or ""

@@ -1,4 +1,4 @@
-"""The sftflow pipeline, read top to bottom like the diagram in DESIGN.md.
+"""The sftflow pipeline, read top to bottom like its diagram (the stage order of tasks/core/stages.py).
 
 ingest ─► normalize ─► dedup ─► filter ─► score ─► mix ─► train ─► evaluate
 """
@@ -6,7 +6,7 @@ ingest ─► normalize ─► dedup ─► filter ─► score ─► mix ─�
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -20,6 +20,7 @@ from tasks.core.cache_keys import project_code_version
 from tasks.core.locks import lock_wait_seconds, workspace_lock
 from tasks.core.parts import run_runner
 from tasks.core.recipe import load_recipe
+from tasks.core.stages import RunLevel, n_stage_calls
 from tasks.core.workspace import Workspace
 from tasks.dedup import dedup_stage
 from tasks.evaluate import evaluate_stage
@@ -30,9 +31,7 @@ from tasks.normalize import normalize_stage
 from tasks.score import score_stage
 from tasks.train import TrainingFailed, train_stage
 
-# How far to run: `data` stops after mix, `train` after train, `all` runs through evaluate.
-Only = Literal["all", "data", "train"]
-N_AFTER_DATA = {"data": 0, "train": 1, "all": 2}
+Only = RunLevel  # how far to run: `data` stops after mix, `train` after train, `all` runs through evaluate
 
 
 @flow(name="sftflow", persist_result=False, log_prints=True)
@@ -51,7 +50,7 @@ def sftflow_pipeline(
     with workspace_lock(ws.warehouse, lock_wait_seconds(), recipe=recipe.name, flow_run_id=flow_run.get_id()):
         run = RunContext.start(ws, recipe, overrides, code_version=project_code_version(),
                                flow_run_id=flow_run.get_id(),
-                               n_planned=2 * len(recipe.sources) + 4 + N_AFTER_DATA[only])
+                               n_planned=n_stage_calls(len(recipe.sources), only))
         try:
             with run_runner(recipe.runner) as runner:  # where normalize's and filter's parts run
                 ingested = [run.run(ingest_stage, plan_ingest(source, ws)) for source in recipe.sources]

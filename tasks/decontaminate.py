@@ -31,9 +31,10 @@ item count once.
 A training row is contaminated when its user or assistant turns hold one used key; the decision
 names the eval set and the item (file:line) of the first matches.
 
-Eval set files are read by ingest's readers, so they accept the files sources accept (.jsonl,
-.ndjson, .json array or JSON Lines, .parquet; a UTF-8 BOM is fine). Unlike a source row, an eval
-row that does not parse stops the run with the file and line to fix.
+Eval set files are read by the sources' readers (tasks/lib/readers.py), so they accept the files
+sources accept (.jsonl, .ndjson, .json array or JSON Lines, .parquet; a UTF-8 BOM is fine); a turn
+is a prompt when the sources' role table (tasks/lib/formats.py) maps its speaker to user. Unlike
+a source row, an eval row that does not parse stops the run with the file and line to fix.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tasks.core.hashing import sha256_file
 from tasks.core.recipe import DecontaminateConfig, EvalSetConfig
-from tasks.ingest import FILE_SUFFIXES, OPENAI_ROLES, SHAREGPT_ROLES, RawRow, SourceError, iter_file_rows
+from tasks.lib.formats import OPENAI_ROLES, SHAREGPT_ROLES
+from tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
+from tasks.lib.rows import RawRow, SourceError
 from tasks.text_units import text_units
 
 DECON_ROLES = ("user", "assistant")  # prompts and answers can both leak an eval item
@@ -86,7 +89,7 @@ def _row_place(path: Path, row: RawRow) -> str:
 
 
 def read_eval_rows(path: Path, where: str, shown_as: str | None = None) -> Iterator[tuple[str, Any]]:
-    """(place, row) pairs, read by ingest's readers so eval sets accept the files sources accept.
+    """(place, row) pairs, read by the sources' file readers so eval sets accept the files sources accept.
 
     `place` names the file as `shown_as` (e.g. the recipe's relative path, so decisions do not
     depend on where the project is checked out); errors name the resolved path.

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.core.stages import DATA_STAGES
+
 BUILTIN_NOTE = (
     "**This is a demonstration model.** `builtin:tiny-llama` is a small randomly initialised Llama "
     "with a tokenizer trained on this run's own training split; it exists so the pipeline runs "
@@ -62,7 +64,7 @@ def _drop_rows(drops: Any) -> list[list[Any]]:
         rows = [[stage, reason, n] for stage, reasons in drops.items() for reason, n in (reasons or {}).items()]
     else:
         rows = [[d.get("stage"), d.get("reason"), d.get("n")] for d in drops or []]
-    order = ["ingest", "normalize", "dedup", "filter", "score", "mix"]
+    order = list(DATA_STAGES)
     return sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), str(r[0]), str(r[1])))
 
 

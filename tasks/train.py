@@ -67,7 +67,7 @@ from tasks.core.reasons import Reason
 from tasks.core.records import DecisionLog, StageOutput, empty_records
 from tasks.core.stage import StageCall, stage_task
 from tasks.core.weights import require_safetensors
-from tasks.core.workspace import Workspace
+from tasks.core.workspace import Workspace, model_location as locate_model
 from tasks.mask_audit import audit_masks, check_audit, supervised_counts, tokenize_conversation
 from tasks.model_card import render_model_card
 from tasks.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
@@ -289,9 +289,7 @@ def model_location(model: str, workspace: Workspace) -> str:
     """A confined local folder (absolute) or a hub id. `builtin:*` is built, not located."""
     if model.startswith("builtin:"):
         raise ValueError(f"train.model {model!r}: the only builtin model is {BUILTIN_TINY_LLAMA}")
-    from tasks.scorers import model_location as locate  # one rule for hub ids vs confined folders
-
-    return str(locate(model, workspace.resolve_input))
+    return str(locate_model(model, workspace.resolve_input, "train.model"))
 
 
 def load_tokenizer(location: str, cfg: TrainConfig):

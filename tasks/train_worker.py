@@ -65,7 +65,6 @@ class TrainJob(BaseModel):
     base_model: str = Field(description="Local model folder or hub id.")
     revision: str | None = None
     trust_remote_code: bool = False
-    tokenizer_dir: str | None = Field(None, description="Tokenizer folder/id when not the model's own.")
     chat_template: str = Field(description="Jinja text with {% generation %} markers, saved byte for byte.")
     train_files: list[str] = Field(min_length=1, description="Parquet shards with a `messages` column.")
     eval_files: list[str] = Field(default_factory=list)
@@ -534,7 +533,7 @@ def quiet_progress() -> None:
 
 
 def run(job: TrainJob) -> None:
-    from transformers import AutoTokenizer, PrinterCallback
+    from transformers import PrinterCallback
     from trl import SFTConfig
 
     quiet_progress()
@@ -546,9 +545,6 @@ def run(job: TrainJob) -> None:
     eval_dataset = load_messages(job.eval_files, cache_dir) if wants_eval else None
 
     model, tokenizer = load_training_model(job)
-    if job.tokenizer_dir and job.tokenizer_dir != job.base_model:
-        tokenizer = AutoTokenizer.from_pretrained(job.tokenizer_dir, revision=job.revision,
-                                                  trust_remote_code=job.trust_remote_code)
     tokenizer.chat_template = job.chat_template
     template_tokens = trainable_template_tokens(job, tokenizer)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.hashing import sha256_text, short_hash
+from tasks.core.stages import STAGES
 
 PROJECT_PACKAGES = ("tasks", "flows")
 
@@ -30,17 +31,17 @@ PROJECT_PACKAGES = ("tasks", "flows")
 # the reason vocabulary (closed; reasons are added, never renamed), the artifact/catalog/key
 # machinery. Following them would make adding a train option recompute every data stage.
 # Modules that do shape outputs (records.py: the schema; hashing.py: ids) stay in fingerprints.
+# Process plumbing (failpoints: crash-test hooks; children: the worker process's lifetime) and the
+# stage registry do not change outputs either.
 NOT_FINGERPRINTED = frozenset({
     "tasks.core.recipe", "tasks.core.recipe_docs", "tasks.core.reasons", "tasks.core.cache_keys",
     "tasks.core.stage", "tasks.core.artifacts", "tasks.core.catalog", "tasks.core.workspace",
+    "tasks.core.stages", "tasks.core.failpoints", "tasks.core.children",
+}) | frozenset({
+    # Reports: the model and data cards are written beside a stage's output, never read by a stage.
+    # A wording change shows in the next artifact a stage computes; it re-runs nothing.
+    "tasks.model_card",
 })
-
-# Explicit logic versions: bump when a stage's meaning changes in a way its source hash would
-# not show (e.g. a change in a data file it reads). Part of every key of that stage.
-STAGE_LOGIC_VERSION: dict[str, int] = {
-    "ingest": 1, "normalize": 1, "dedup": 1, "filter": 1, "score": 1, "mix": 1,
-    "train": 1, "evaluate": 1,
-}
 
 
 def _module_file(name: str) -> Path | None:
@@ -125,6 +126,11 @@ def library_versions(names: tuple[str, ...] | list[str]) -> dict[str, str]:
     return versions
 
 
+def logic_version(stage: str) -> int:
+    """The registered stage's explicit logic version (0 for a name the registry does not hold)."""
+    return next((spec.logic_version for spec in STAGES if spec.name == stage), 0)
+
+
 def stage_key(
     stage: str,
     code_hash: str,
@@ -136,7 +142,7 @@ def stage_key(
     return short_hash(
         {
             "stage": stage,
-            "logic_version": STAGE_LOGIC_VERSION.get(stage, 0),
+            "logic_version": logic_version(stage),
             "code": code_hash,
             "config": config,
             "inputs": list(input_hashes),

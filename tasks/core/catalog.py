@@ -30,11 +30,11 @@ import duckdb
 from tasks.core.artifacts import Manifest
 from tasks.core.failpoints import failpoint
 
-STAGES = ("ingest", "normalize", "dedup", "filter", "score", "mix", "train", "evaluate")
-# The stages that judge rows. The ledger views cover them, and train too (ledger_by_run adds it):
+from tasks.core.stages import DATA_STAGES, STAGE_NAMES as STAGES
+
+# The ledger views cover the data stages (DATA_STAGES), and train too (ledger_by_run adds it):
 # train decides every distinct train row (kept, or dropped as `no_supervised_tokens` when
 # truncation leaves it nothing), but only train artifacts written since it decides have rows.
-DATA_STAGES = STAGES[:6]
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core.artifacts import DECISIONS_FILE, ArtifactStore, Manifest, TableAppender, read_tables
 from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
+from tasks.core.stages import STAGES
 from tasks.core.failpoints import failpoint
 from tasks.core.hashing import short_hash
 from tasks.core.records import PartedOutput, StageOutput
@@ -98,7 +99,12 @@ def plan_stage(
     - `extra_input_hashes`: files and models read directly (their bytes or pinned revisions);
     - the code fingerprint and the versions of `libraries`.
     `params` travel with the call and stay out of the key (paths, the runner, the data card).
+    A registered stage (tasks/core/stages.py) must be planned with its registered module: the
+    fingerprint starts there.
     """
+    registered = next((spec for spec in STAGES if spec.name == stage), None)
+    if registered is not None and registered.module != module:
+        raise ValueError(f"stage {stage!r} is registered with module {registered.module}, planned with {module}")
     code_hash = code_fingerprint(module)
     keyed = keyed_config(config, unkeyed)
     input_hashes = [m.data_hash for m in inputs] + list(extra_input_hashes or [])

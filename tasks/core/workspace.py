@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 
 # A hub repository id, `name` or `org/name`: what a recipe may give instead of a confined path.
@@ -24,6 +25,24 @@ def is_hub_id(name: str) -> bool:
     (True, False, False, False)
     """
     return HUB_ID.fullmatch(name) is not None and ".." not in name
+
+
+def model_location(model: str, resolve: Callable[[str], Path], field: str) -> Path | str:
+    """A local folder (resolved and confined by `resolve`) or a hub id, as the recipe's `field` means it.
+
+    Only a value shaped like a hub id ("name" or "org/name", no "..") may be a hub id, and only
+    when no such folder exists under the allowed roots; anything else is a local path and goes
+    through `resolve`, whose refusal (outside the allowed roots) is final.
+    """
+    path = resolve(model)
+    if is_hub_id(model):
+        return path if path.exists() else model
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{field} {model!r}: local folder {path} does not exist; write the model there "
+            "with save_pretrained or give a hub id"
+        )
+    return path
 
 
 class PathNotAllowed(ValueError):

@@ -1,3 +1,4 @@
+import dataclasses
 import sys
 
 from tasks.core import cache_keys
@@ -16,7 +17,8 @@ def test_key_changes_with_each_ingredient():
 def test_logic_version_bump_changes_key(monkeypatch):
     args = dict(stage="dedup", code_hash="c", config={}, input_hashes=[], libraries={})
     before = stage_key(**args)
-    monkeypatch.setitem(cache_keys.STAGE_LOGIC_VERSION, "dedup", 99)
+    bumped = tuple(dataclasses.replace(s, logic_version=99) if s.name == "dedup" else s for s in cache_keys.STAGES)
+    monkeypatch.setattr(cache_keys, "STAGES", bumped)
     assert stage_key(**args) != before
 
 

@@ -12,10 +12,10 @@ import pytest
 
 from tasks.core.audit import UNACCOUNTED_ROWS_SQL
 from tasks.core.catalog import connect_readonly
+from tasks.core.stages import DATA_STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
-DATA_STAGES = ["ingest", "normalize", "dedup", "filter", "score", "mix"]
 
 
 @pytest.fixture(scope="session", autouse=True)

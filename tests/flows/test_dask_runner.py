@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from tasks.core.artifacts import ArtifactStore
 from tasks.core.catalog import connect_readonly
-
-DATA_STAGES = ("ingest", "normalize", "dedup", "filter", "score", "mix")
+from tasks.core.stages import DATA_STAGES
 
 
 def test_dask_localcluster_run_equals_the_sequential_run(completed_run, project, run_pipeline, small_train,

@@ -11,9 +11,9 @@ import duckdb
 import pytest
 
 from tasks.core.catalog import connect_readonly
+from tasks.core.stages import DATA_STAGES
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-DATA_STAGES = ["ingest", "normalize", "dedup", "filter", "score", "mix"]
 
 
 def catalog(root: Path) -> duckdb.DuckDBPyConnection:

@@ -15,20 +15,10 @@ from tasks.core.recipe import SourceConfig
 from tasks.core.records import EXAMPLE_SCHEMA, RAW_PREVIEW_CHARS, RECORD_SCHEMA
 from tasks.core.stage import StageCall, execute
 from tasks.core.workspace import PathNotAllowed
-from tasks.ingest import (
-    RowProblem,
-    SourceError,
-    _example_ids,
-    alpaca_messages,
-    check_hub_id,
-    ingest_stage,
-    openai_messages,
-    raw_preview,
-    read_source,
-    sharegpt_messages,
-    source_fingerprint,
-    source_uri,
-)
+from tasks.ingest import _example_ids, ingest_stage, read_source, source_fingerprint, source_uri
+from tasks.lib.formats import alpaca_messages, openai_messages, sharegpt_messages
+from tasks.lib.hub import check_hub_id
+from tasks.lib.rows import RowProblem, SourceError, raw_preview
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

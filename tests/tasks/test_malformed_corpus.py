@@ -21,7 +21,8 @@ from tasks.core.reasons import KEPT_REASONS
 from tasks.core.recipe import FilterConfig, NormalizeConfig, SourceConfig
 from tasks.core.records import RAW_PREVIEW_CHARS, records_from_rows
 from tasks.filters import filter_records
-from tasks.ingest import SourceError, read_source
+from tasks.ingest import read_source
+from tasks.lib.rows import SourceError
 from tasks.normalize import normalize_records
 from tasks.tokens import load_token_counter
 from tests.tasks.ledger import VOCABULARY, assert_ledger, decisions_by_id

@@ -321,6 +321,8 @@ def test_local_model_paths_are_confined_and_hub_ids_pass_through(tmp_path):
         model_location("../elsewhere", workspace)
     with pytest.raises(ValueError, match="only builtin model is builtin:tiny-llama"):
         model_location("builtin:gpt", workspace)
+    with pytest.raises(FileNotFoundError, match=r"^train\.model './models/missing': local folder"):
+        model_location("./models/missing", workspace)  # the error names the recipe field it came from
 
 
 def test_lora_stage_saves_an_adapter_that_loads_on_its_base(tmp_path):
