@@ -23,7 +23,7 @@ Both sides start from the file on disk and end with normalized conversations wri
   turn, no template token) and computes the same content hash; `.map` writes its own cache file.
 
 Ours runs twice: with the recipe default `category: auto`, where normalize also runs the
-rule-based category classifier (tasks/categories.py) on every row, work the datasets pipeline
+rule-based category classifier (tasks/lib/categories.py) on every row, work the datasets pipeline
 does not do; and with a fixed category (`ours_fixed_category`), where both sides do the same
 work. Each round runs the three in this process, starting with a different one each round, on
 fresh folders; the best of the rounds is reported (other jobs share this machine's cores).

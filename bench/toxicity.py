@@ -1,7 +1,7 @@
 """Toxicity scoring throughput: sftflow's DetoxifyScorer against Detoxify's own `predict`.
 
 Both sides load the same checkpoint file, built here offline in detoxify's checkpoint layout (as
-tests/tasks/test_toxicity.py builds its tiny one) but BERT-base-shaped: hidden 768, 12 layers,
+tests/tasks/lib/test_toxicity.py builds its tiny one) but BERT-base-shaped: hidden 768, 12 layers,
 12 heads, intermediate 3072, 512 positions, the shape of detoxify's `original` model. No weights
 can be downloaded here, so:
 
@@ -61,7 +61,7 @@ from common import REPO, Ratio, report
 sys.path.insert(0, str(REPO))
 
 from tasks.core.recipe import ToxicityConfig  # noqa: E402
-from tasks.toxicity import DetoxifyScorer, score_turns  # noqa: E402
+from tasks.lib.toxicity import DetoxifyScorer, score_turns  # noqa: E402
 
 ALPACA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]  # detoxify original

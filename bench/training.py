@@ -30,7 +30,7 @@ A TrainerCallback takes the wall time from on_step_begin to on_step_end of every
 and collated before on_step_begin, so data loading is not in it. The first warm-up steps are
 dropped. Padding waste = pad tokens / tokens handed to the model over the measured steps.
 
-On CPU the model is the project's own `builtin:tiny-llama` (tasks/tiny_model.py, recipe-default
+On CPU the model is the project's own `builtin:tiny-llama` (tasks/lib/tiny_model.py, recipe-default
 shape). With CUDA it is a ~0.5B-parameter Llama-shaped model built from CUDA_SHAPE (below) with
 bf16 mixed precision as the project trains (fp32 master weights, bf16 autocast), and the report
 adds MFU = 6 * parameters * real tokens/s / the GPU's dense bf16 peak (PEAK_BF16_FLOPS; attention
@@ -122,7 +122,7 @@ def build_model_factory(conversations: list[dict[str, Any]], device: str, workdi
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tasks.core.recipe import TinyModelConfig
-    from tasks.tiny_model import build_tiny_llama, conversation_texts, train_tokenizer
+    from tasks.lib.tiny_model import build_tiny_llama, conversation_texts, train_tokenizer
 
     if device == "cpu":
         tiny = TinyModelConfig()

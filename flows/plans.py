@@ -18,8 +18,8 @@ from tasks.core.hashing import sha256_file, sha256_tree
 from tasks.core.recipe import FilterConfig, Recipe, SourceConfig
 from tasks.core.stage import StageCall, plan_stage
 from tasks.core.workspace import Workspace
-from tasks.scorers import model_fingerprint
-from tasks.tokens import resolve_tokenizer_revision, resolve_tokenizer_spec
+from tasks.lib.scorers import model_fingerprint
+from tasks.lib.tokens import resolve_tokenizer_revision, resolve_tokenizer_spec
 
 # Recipe fields a stage reads that change how it computes, not what it writes: they travel in the
 # call's config but stay out of its key (tasks.core.stage.keyed_config; docs/caching.md, "Fields

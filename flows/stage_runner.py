@@ -21,7 +21,7 @@ from tasks.core.catalog import Catalog
 from tasks.core.recipe import Recipe, recipe_canonical_json
 from tasks.core.stage import StageCall
 from tasks.core.workspace import Workspace
-from tasks.model_card import render_data_card, toxicity_card
+from tasks.lib.model_card import render_data_card, toxicity_card
 
 
 class EmptyStageError(RuntimeError):

@@ -12,7 +12,7 @@ row; exact groups share their messages, so the same rule decides near duplicates
 
 What near-dedup compares. The contents of the turns in `dedup.near.roles` (default user,
 assistant and tool: a system prompt or tool schema shared by many rows says nothing about
-whether two rows are the same example), shingled into n-grams of `tasks/text_units.py` units:
+whether two rows are the same example), shingled into n-grams of `tasks/lib/text_units.py` units:
 `ngram` words, or `ngram_unspaced` characters for rows written mostly in scripts without spaces.
 
 No chains. Representatives are chosen greedily: rows are visited in survivor order; a row with a
@@ -52,7 +52,7 @@ from tasks.core.recipe import DedupConfig, NearDedupConfig
 from tasks.core.reasons import Reason
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.stage import StageCall, records_paths, stage_task
-from tasks.text_units import text_units, unspaced_char_count
+from tasks.lib.text_units import text_units, unspaced_char_count
 
 if TYPE_CHECKING:
     from datasketch import LeanMinHash
@@ -92,7 +92,7 @@ def response_units(messages: Iterable[dict[str, Any]] | None) -> int:
 
 
 def shingles(text: str, n: int, n_unspaced: int | None = None) -> list[bytes]:
-    """Distinct n-grams of the text units of `text` (tasks/text_units.py), as UTF-8 bytes.
+    """Distinct n-grams of the text units of `text` (tasks/lib/text_units.py), as UTF-8 bytes.
 
     Units are lowercase words, or single characters in scripts written without spaces; when
     `n_unspaced` is given and most units are such characters, the n-grams are `n_unspaced`

@@ -18,7 +18,7 @@ What is measured, and why:
   failed, "passed" when at least one was measured and none failed, "not_measured" otherwise; the
   flow decides what a gated model does to the run (eval.on_regression). See `gate_report`.
 - **Instruction following** (`if_prompt_acc`, `if_instruction_acc`, plus `_base`): greedy
-  generations for the built-in `tasks.ifeval.IF_PROMPTS`, scored by the programmatic checks. The
+  generations for the built-in `tasks.lib.ifeval.IF_PROMPTS`, scored by the programmatic checks. The
   set is fixed, so these numbers compare across runs and recipes; the prompts of
   `eval.prompts` are generated and saved too, for reading, but not scored. A generation that
   reaches eval.max_new_tokens without a stop token is *truncated*; truncated and empty answers
@@ -49,8 +49,8 @@ from tasks.core.recipe import EvalConfig
 from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
 from tasks.core.stage import StageCall, stage_task
 from tasks.core.weights import UnsafeWeightsError, missing_safetensors_error, require_safetensors
-from tasks.ifeval import IF_PROMPTS, score_responses
-from tasks.judge import check_judge_reachable, judge_generations
+from tasks.lib.ifeval import IF_PROMPTS, score_responses
+from tasks.lib.judge import check_judge_reachable, judge_generations
 
 IGNORE_INDEX = -100  # label value cross-entropy skips (the transformers/TRL convention)
 # End-of-turn tokens a chat template may close an assistant turn with; generation stops at them
@@ -709,7 +709,7 @@ def read_texts(path: Path, limit: int) -> list[str]:
 
     Read like a decontamination eval set of format `text`: same file kinds, same errors.
     """
-    from tasks.decontaminate import eval_row_texts, read_eval_rows
+    from tasks.lib.decontaminate import eval_row_texts, read_eval_rows
 
     texts: list[str] = []
     for place, row in read_eval_rows(path, f"eval.general_text {path}"):

@@ -22,9 +22,9 @@ from tasks.core.parts import map_parts, sum_counts
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.stage import StageCall, stage_task
 from tasks.core.workspace import Workspace
-from tasks.decontaminate import EvalIndex, RowMatch, eval_set_fingerprints, load_eval_index
-from tasks.tokens import BUILTIN_MINILM, TokenCounter, load_token_counter, tokenizer_fingerprint
-from tasks.toxicity import (
+from tasks.lib.decontaminate import EvalIndex, RowMatch, eval_set_fingerprints, load_eval_index
+from tasks.lib.tokens import BUILTIN_MINILM, TokenCounter, load_token_counter, tokenizer_fingerprint
+from tasks.lib.toxicity import (
     RoleToxicity, ToxicityScorer, WindowMode, load_toxicity_scorer, score_turns, toxicity_scorer_name,
 )
 
@@ -65,7 +65,7 @@ def score_toxicity(
 ) -> list[dict[str, RoleToxicity]]:
     """Per row: role -> toxicity over that role's non-empty turns (roles without turns absent).
 
-    Each turn is scored by windows (tasks/toxicity.py `score_turns`); all windows of the table
+    Each turn is scored by windows (tasks/lib/toxicity.py `score_turns`); all windows of the table
     go to the scorer in one call.
     """
     owners: list[tuple[int, str, int]] = []  # (row, role, message index)
@@ -121,7 +121,7 @@ def filter_records(
 ) -> StageOutput:
     """Measure every row, decide once per row, keep the passing rows with the measurement columns.
 
-    `eval_index` (tasks.decontaminate.load_eval_index) may be None or empty: nothing is contaminated.
+    `eval_index` (tasks.lib.decontaminate.load_eval_index) may be None or empty: nothing is contaminated.
     """
     if cfg.toxicity.enabled and toxicity is None:
         raise ValueError("filters.toxicity is enabled but no toxicity scorer was given")

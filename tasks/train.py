@@ -2,7 +2,7 @@
 
 ```
 mix shards ─► base model + tokenizer ─► chat template ─► mask audit ─► job.json
-           ─► accelerate launch -m tasks.train_worker ─► round-trip check ─► plot, config, card
+           ─► accelerate launch -m tasks.lib.train_worker ─► round-trip check ─► plot, config, card
 ```
 
 Choices this stage makes (and why):
@@ -16,7 +16,7 @@ Choices this stage makes (and why):
   packing) and the worker never sees them, so the catalog's lineage lists exactly the rows
   trained on. Rows with no supervised token even untruncated are a template problem: they stay
   and the audit stops the run.
-- **Masks are audited before launching** (tasks/mask_audit.py): a template that supervises
+- **Masks are audited before launching** (tasks/lib/mask_audit.py): a template that supervises
   nothing, supervises prompts, or never the end-of-turn token stops the stage with an actionable
   error and `mask_audit.json` in the work folder, instead of an hour of training on the wrong
   tokens. The audit covers at most AUDIT_MAX_ROWS rows (a seeded sample) to bound its cost.
@@ -59,7 +59,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from tasks.chat_template import end_of_turn_token, select_chat_template
+from tasks.lib.chat_template import end_of_turn_token, select_chat_template
 from tasks.core.artifacts import ArtifactStore, Manifest
 from tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
 from tasks.core.recipe import TrainConfig
@@ -68,10 +68,10 @@ from tasks.core.records import DecisionLog, StageOutput, empty_records
 from tasks.core.stage import StageCall, stage_task
 from tasks.core.weights import require_safetensors
 from tasks.core.workspace import Workspace, model_location as locate_model
-from tasks.mask_audit import audit_masks, check_audit, supervised_counts, tokenize_conversation
-from tasks.model_card import render_model_card
-from tasks.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
-from tasks.train_worker import (
+from tasks.lib.mask_audit import audit_masks, check_audit, supervised_counts, tokenize_conversation
+from tasks.lib.model_card import render_model_card
+from tasks.lib.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
+from tasks.lib.train_worker import (
     CHAT_TEMPLATE_FILE,
     LOG_HISTORY_FILE,
     METRICS_FILE,
@@ -307,16 +307,16 @@ def launch_command(job_path: Path, num_processes: int, use_cpu: bool, config_fil
     mixed precision from accelerate (SFTConfig's bf16 decides it)."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch"]
     if config_file is not None:
-        return [*launcher, "--config_file", str(config_file), "-m", "tasks.train_worker", str(job_path)]
+        return [*launcher, "--config_file", str(config_file), "-m", "tasks.lib.train_worker", str(job_path)]
     command = [*launcher, "--num_processes", str(num_processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if use_cpu:  # explicit thread count: accelerate otherwise warns that it picked one
         threads = max(1, (os.cpu_count() or 1) // num_processes)
         command += ["--cpu", "--num_cpu_threads_per_process", str(threads)]
-    return [*command, "-m", "tasks.train_worker", str(job_path)]
+    return [*command, "-m", "tasks.lib.train_worker", str(job_path)]
 
 
-ECHOED_PREFIX = "[train] "  # the worker's own lines (tasks/train_worker.py step_line, resume notice)
+ECHOED_PREFIX = "[train] "  # the worker's own lines (tasks/lib/train_worker.py step_line, resume notice)
 
 
 def step_progress(line: str) -> tuple[int, int] | None:

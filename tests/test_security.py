@@ -234,7 +234,7 @@ def test_project_source_has_no_unsafe_pattern():
         prefect_sites += sites
     # the scan really covered the project: its stage wrapper and flow are among what it examined
     scanned = {str(p.relative_to(REPO)) for p in files}
-    assert {"tasks/core/stage.py", "flows/pipeline.py", "tasks/toxicity.py", "bench/orchestration.py"} <= scanned
+    assert {"tasks/core/stage.py", "flows/pipeline.py", "tasks/lib/toxicity.py", "bench/orchestration.py"} <= scanned
     assert len(files) >= 30, f"only {len(files)} source files found under {SOURCE_FOLDERS}"
     assert prefect_sites >= 2, "the scan saw neither the stage task nor the flow decorator"
     assert not findings, f"{len(findings)} unsafe pattern(s) in {len(files)} files:\n" + "\n".join(map(str, findings))

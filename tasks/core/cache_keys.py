@@ -40,7 +40,7 @@ NOT_FINGERPRINTED = frozenset({
 }) | frozenset({
     # Reports: the model and data cards are written beside a stage's output, never read by a stage.
     # A wording change shows in the next artifact a stage computes; it re-runs nothing.
-    "tasks.model_card",
+    "tasks.lib.model_card",
 })
 
 

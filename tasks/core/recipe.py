@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.categories import AUTO, CATEGORIES
+from tasks.lib.categories import AUTO, CATEGORIES
 from tasks.core.hashing import canonical_json, short_hash
 from tasks.core import dedup_lsh
 
@@ -106,7 +106,7 @@ class NormalizeConfig(Section):
 class NearDedupConfig(Section):
     """MinHash + LSH near-duplicate detection over n-gram shingles of the turns that make the example.
 
-    Shingles are n-grams of `tasks/text_units.py` units: words in scripts written with spaces,
+    Shingles are n-grams of `tasks/lib/text_units.py` units: words in scripts written with spaces,
     characters in scripts without (Han, kana, Thai, ...). A row is dropped only as a near
     duplicate of a kept representative whose estimated Jaccard with it reaches the threshold
     (docs/data-decisions.md, Dedup).
@@ -317,7 +317,7 @@ class ToxicityConfig(Section):
     @field_validator("judged_scripts")
     @classmethod
     def _script_names(cls, value: list[str] | None) -> list[str] | None:
-        # Script names as tasks/toxicity.py derives them from Unicode names: "latin" -> "Latin".
+        # Script names as tasks/lib/toxicity.py derives them from Unicode names: "latin" -> "Latin".
         return None if value is None else sorted({name.strip().title() for name in value})
 
 
@@ -620,7 +620,7 @@ class Recipe(Section):
         """A `mix.shares` name no source can produce is a typo: refuse it before anything runs.
 
         Every source's category is known here: a fixed slug, or `auto`, whose labels are the closed
-        set of tasks/categories.py. (Whether such a category ends up with rows is checked at mix.)"""
+        set of tasks/lib/categories.py. (Whether such a category ends up with rows is checked at mix.)"""
         if not self.mix.shares:
             return self
         producible = {s.category for s in self.sources if s.category != AUTO}

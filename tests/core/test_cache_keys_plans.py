@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows import plans
-from tasks import filters, scorers
+from tasks import filters
+from tasks.lib import scorers
 from tasks.core.artifacts import ArtifactStore, Manifest
 from tasks.core.recipe import parse_recipe
 from tasks.core.records import records_from_rows
@@ -203,7 +204,7 @@ def fake_hf(monkeypatch) -> list[tuple[str, dict]]:
 
 
 def test_hub_tokenizer_is_loaded_at_the_keyed_revision(tmp_path, fake_hf):
-    from tasks.tokens import load_token_counter
+    from tasks.lib.tokens import load_token_counter
 
     counter = load_token_counter(HUB_MODEL, ws_at(tmp_path).resolve_input, REV_A)
     assert fake_hf[0][1]["source"] == HUB_MODEL and fake_hf[0][1]["revision"] == REV_A

@@ -62,13 +62,13 @@ def test_the_copy_is_fingerprinted_not_the_installed_tree(project_copy):
 
 @pytest.mark.parametrize(("relative", "old", "new", "stages"), [
     # a report: the model card's wording re-runs nothing
-    ("tasks/model_card.py", "def render_model_card", "# wording\ndef render_model_card", set()),
+    ("tasks/lib/model_card.py", "def render_model_card", "# wording\ndef render_model_card", set()),
     # a stage's own logic: that stage only (downstream re-runs only if its output changes)
     ("tasks/dedup.py", "def ", "# logic\ndef ", {"dedup"}),
     ("tasks/train.py", "def ", "# logic\ndef ", {"train"}),
     # a shared library: the stages that run it
-    ("tasks/text_units.py", "def ", "# helper\ndef ", {"dedup", "filter", "mix", "evaluate"}),
-    ("tasks/chat_template.py", "def ", "# helper\ndef ", {"train"}),
+    ("tasks/lib/text_units.py", "def ", "# helper\ndef ", {"dedup", "filter", "mix", "evaluate"}),
+    ("tasks/lib/chat_template.py", "def ", "# helper\ndef ", {"train"}),
     # process plumbing and the registry change no output
     ("tasks/core/failpoints.py", "def ", "# hook\ndef ", set()),
     ("tasks/core/stages.py", "def ", "# registry\ndef ", set()),

@@ -24,8 +24,8 @@ from tasks.evaluate import (
     load_prompts,
     perplexity,
 )
-from tasks.ifeval import IF_PROMPTS
-from tasks.judge import JudgeError
+from tasks.lib.ifeval import IF_PROMPTS
+from tasks.lib.judge import JudgeError
 
 # ChatML with generation markers: the assistant content and its <|im_end|> are supervised.
 TEMPLATE = (

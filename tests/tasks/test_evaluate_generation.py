@@ -12,7 +12,7 @@ import torch
 from tasks.core.recipe import EvalConfig
 from tasks import evaluate
 from tasks.evaluate import evaluate_model, generate_token_ids
-from tasks.ifeval import IF_PROMPTS
+from tasks.lib.ifeval import IF_PROMPTS
 from tests.tasks.test_evaluate import CONVERSATION, GENERAL_TEXTS, TEMPLATE, build_model, build_tokenizer, save
 
 

@@ -13,10 +13,10 @@ from tasks.core.records import RECORD_SCHEMA, records_from_rows
 from tasks.core.recipe import EvalSetConfig, FilterConfig
 from tasks.core.stage import execute, plan_stage, read_records
 from tasks.core.workspace import Workspace
-from tasks.decontaminate import load_eval_index
+from tasks.lib.decontaminate import load_eval_index
 from tasks.filters import LIBRARIES, filter_input_hashes, filter_records, filter_stage
-from tasks.tokens import load_token_counter
-from tasks.toxicity import ProfanityCheckScorer
+from tasks.lib.tokens import load_token_counter
+from tasks.lib.toxicity import ProfanityCheckScorer
 
 SYSTEM = "You are a helpful assistant."  # 6 MiniLM tokens
 INSULT = "You are a fucking idiot and a piece of shit."  # 11 tokens, profanity-check ~1.0

@@ -24,7 +24,7 @@ from tasks.filters import filter_records
 from tasks.ingest import read_source
 from tasks.lib.rows import SourceError
 from tasks.normalize import normalize_records
-from tasks.tokens import load_token_counter
+from tasks.lib.tokens import load_token_counter
 from tests.tasks.ledger import VOCABULARY, assert_ledger, decisions_by_id
 from tests.tasks.malformed_corpus import CASES, INGEST, NORMALIZE, Case, Row
 

@@ -507,7 +507,7 @@ SHARED_ALPACA = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpac
 
 @pytest.mark.skipif(not SHARED_ALPACA.is_file(), reason="../shared/data/alpaca_en_demo.json is absent")
 def test_real_alpaca_file_prompt_groups_stay_together_and_shares_hold():
-    from tasks.categories import classify_category
+    from tasks.lib.categories import classify_category
 
     rows = []
     for position, r in enumerate(json.loads(SHARED_ALPACA.read_text(encoding="utf-8"))):

@@ -15,7 +15,7 @@ from tasks.core.recipe import ScoreConfig
 from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, records_from_rows
 from tasks.core.stage import StageCall, execute
 from tasks.score import GLOBAL_GROUP, keep_count, rank_groups, score_parts, score_records, score_stage
-from tasks.scorers import ScoredPairs, Truncation
+from tasks.lib.scorers import ScoredPairs, Truncation
 
 
 class ResponseNumberScorer:

@@ -100,7 +100,7 @@ def test_launch_command_uses_this_interpreter_and_cpu_flag(tmp_path):
     command = launch_command(tmp_path / "job.json", 2, use_cpu=True)
     assert command[:3] == [os.sys.executable, "-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "2" and "--cpu" in command
-    assert command[-3:] == ["-m", "tasks.train_worker", str(tmp_path / "job.json")]
+    assert command[-3:] == ["-m", "tasks.lib.train_worker", str(tmp_path / "job.json")]
     assert "--cpu" not in launch_command(tmp_path / "job.json", 1, use_cpu=False)
 
 
@@ -109,7 +109,7 @@ def test_an_accelerate_config_file_decides_the_launch(tmp_path):
     command = launch_command(tmp_path / "job.json", 4, use_cpu=False, config_file=tmp_path / "multi.yaml")
     assert command[3:5] == ["--config_file", str(tmp_path / "multi.yaml")]
     assert "--num_machines" not in command and "--num_processes" not in command
-    assert command[-3:] == ["-m", "tasks.train_worker", str(tmp_path / "job.json")]
+    assert command[-3:] == ["-m", "tasks.lib.train_worker", str(tmp_path / "job.json")]
 
 
 def test_the_accelerate_config_bytes_enter_the_train_key(tmp_path):
@@ -239,7 +239,7 @@ def test_stage_commits_model_reports_and_stats(trained):
 
 def _editable_model_copy(trained, tmp_path):
     """The trained model folder copied (with its trained sequences) so a test can damage it."""
-    from tasks.train_worker import TrainJob
+    from tasks.lib.train_worker import TrainJob
 
     manifest, call = trained
     job = TrainJob.read(call.store.root.parent / "work" / "train" / "trainkey" / "job.json")
@@ -284,7 +284,7 @@ def test_roundtrip_fails_when_generation_config_does_not_stop_at_end_of_turn(tra
 
 
 def test_mask_audit_failure_stops_before_any_training(tmp_path):
-    from tasks.mask_audit import MaskAuditError
+    from tasks.lib.mask_audit import MaskAuditError
 
     rows = []
     for i in range(6):  # prompts far longer than max_length: truncation leaves no assistant token

@@ -1,6 +1,6 @@
 """Seeded corpora for decontamination: eval items long and short, copied verbatim into training rows.
 
-Shared by tests/tasks/test_decontaminate.py and the before/after measurement in the closing note.
+Shared by tests/tasks/lib/test_decontaminate.py and the before/after measurement in the closing note.
 Words are pseudo-words drawn with Zipf frequencies (a few very common "function words", a long
 tail), so items and clean rows share common words and short runs of them as real text does.
 Everything is generated from a `random.Random(seed)`; no file, no network.
@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ra", "to", "vi", "de", "po", "ga", "chu", "bel", "sin", "tor", "an"]
 BOILERPLATE = (  # 16 words, in every item of the boilerplate eval set: its 13-grams are in every item
     "Answer the following question about general knowledge with one short sentence and explain your reasoning."

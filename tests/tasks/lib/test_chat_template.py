@@ -3,7 +3,7 @@ import copy
 import jinja2
 import pytest
 
-from tasks.chat_template import (
+from tasks.lib.chat_template import (
     CHATML_TEMPLATE,
     ChatTemplateError,
     end_of_turn_token,
@@ -11,7 +11,7 @@ from tasks.chat_template import (
     select_chat_template,
 )
 from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.tiny_model import train_tokenizer
+from tasks.lib.tiny_model import train_tokenizer
 
 TEXTS = [
     "Be brief.", "What is the capital of France?", "Paris is the capital.",

@@ -15,7 +15,7 @@ from tasks.core.hashing import sha256_tree
 from tasks.core.recipe import ScoreConfig
 from tasks.core.weights import UnsafeWeightsError
 from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.scorers import (
+from tasks.lib.scorers import (
     EmbeddingRelevanceScorer,
     QualityScorer,
     RewardModelScorer,
@@ -299,7 +299,7 @@ def test_embedding_backend_refuses_a_model_it_would_ignore():
 
 def test_model_fingerprint_per_kind_of_model(models_root):
     ws = Workspace(root=models_root, warehouse=models_root / "warehouse")
-    from tasks.scorers import default_device, reward_model_dtype
+    from tasks.lib.scorers import default_device, reward_model_dtype
 
     # how it computes: where, and (reward models) in which dtype; tests/core/test_cache_keys.py has more
     device = [f"device={default_device()}"]
@@ -414,7 +414,7 @@ def test_the_template_and_the_whole_response_reach_the_model_on_a_long_prompt_co
 
 
 def test_truncation_is_reported_per_pair(models_root):
-    from tasks.scorers import Truncation
+    from tasks.lib.scorers import Truncation
 
     scorer = RewardModelScorer(str(models_root / "models" / "llama"), batch_size=4, max_length_tokens=32, device="cpu")
     long_prompt = " ".join(["why"] * 50)
@@ -447,7 +447,7 @@ def test_plain_layout_keeps_special_tokens_and_the_response_end(models_root):
 def test_slow_tokenizers_cut_where_fast_ones_do(models_root):
     from transformers import BertTokenizer, BertTokenizerFast
 
-    from tasks.scorers import fit_reward_text
+    from tasks.lib.scorers import fit_reward_text
 
     folder = models_root / "models" / "bert"
     slow, fast = BertTokenizer.from_pretrained(folder), BertTokenizerFast.from_pretrained(folder)

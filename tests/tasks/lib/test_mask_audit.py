@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from tasks.chat_template import CHATML_TEMPLATE
-from tasks.mask_audit import MaskAuditError, assistant_spans, audit_masks, check_audit, tokenize_conversation
-from tasks.tiny_model import conversation_texts, train_tokenizer
+from tasks.lib.chat_template import CHATML_TEMPLATE
+from tasks.lib.mask_audit import MaskAuditError, assistant_spans, audit_masks, check_audit, tokenize_conversation
+from tasks.lib.tiny_model import conversation_texts, train_tokenizer
 
 
 def row(example_id, user, answer, category="qa", source="alpha", system=None):
@@ -329,7 +329,7 @@ def test_content_share_reaches_the_summary_and_the_artifact(tokenizer, monkeypat
 
 
 def test_without_offsets_turns_are_reported_not_located(tokenizer, monkeypatch):
-    import tasks.mask_audit as mask_audit
+    import tasks.lib.mask_audit as mask_audit
 
     # The two ways to find turns agree where both work.
     messages = ROWS[2]["messages"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.tokens import (
+from tasks.lib.tokens import (
     BUILTIN_MINILM,
     load_token_counter,
     minilm_folder,
@@ -42,9 +42,9 @@ def test_long_texts_are_not_truncated(minilm):
 
 
 def test_batches_larger_than_one_call(minilm, monkeypatch):
-    import tasks.tokens
+    import tasks.lib.tokens
 
-    monkeypatch.setattr(tasks.tokens, "COUNT_BATCH_TEXTS", 2)
+    monkeypatch.setattr(tasks.lib.tokens, "COUNT_BATCH_TEXTS", 2)
     assert minilm.count(["a b", "a", "a b c", "", "a b c d"]) == [2, 1, 3, 0, 4]
 
 
@@ -86,13 +86,13 @@ def test_builtin_minilm_counts_equal_the_transformers_fast_tokenizer():
 
     from transformers import AutoTokenizer
 
-    from tasks.tokens import BUILTIN_MINILM, HFTokenCounter, RustTokenCounter, load_token_counter, minilm_folder
+    from tasks.lib.tokens import BUILTIN_MINILM, HFTokenCounter, RustTokenCounter, load_token_counter, minilm_folder
 
     texts = ["", " ", "Hello, world!", "naïve café — Ünïcödé, accents and CAPITALS", "日本語のテキストと中文",
              "emoji 🤖🚀 and tabs\tand\nnewlines", "x" * 5000, " ".join(["supercalifragilistic"] * 600),
              "def f(x):\n    return x ** 2  # code", "<s>[INST] special-looking [/INST]</s> [CLS] [SEP] [PAD]",
              "\u200bzero\u00a0width and non-breaking", "12345678901234567890 3.14159 1e-9"]
-    samples = Path(__file__).resolve().parents[2] / "data" / "samples" / "openai.jsonl"
+    samples = Path(__file__).resolve().parents[3] / "data" / "samples" / "openai.jsonl"
     for line in samples.read_text(encoding="utf-8").splitlines():
         try:
             texts += [m["content"] for m in json.loads(line)["messages"] if isinstance(m.get("content"), str)]

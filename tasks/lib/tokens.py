@@ -54,7 +54,7 @@ class HFTokenCounter:
 class RustTokenCounter:
     """Counts tokens with a `tokenizers` Tokenizer read from a tokenizer.json file.
 
-    For the builtin MiniLM tokenizer only, where tests/tasks/test_tokens.py checks that its counts
+    For the builtin MiniLM tokenizer only, where tests/tasks/lib/test_tokens.py checks that its counts
     equal transformers' fast tokenizer's: loading it through transformers imports torch, about
     240 MB more in every filter worker process, for the same counts.
     """

@@ -6,7 +6,7 @@ list. Its weights are random, so these tests check shapes, order and loading, no
 Checkpoint files are unpickled by detoxify, so their sha256 must be pinned: the pin tests use
 files of arbitrary bytes and a stand-in for detoxify that fails the test if it is ever reached.
 
-Windows and scripts (issue 13): insults buried in 150-250-word answers (tests/tasks/toxicity_corpus.py,
+Windows and scripts (issue 13): insults buried in 150-250-word answers (tests/tasks/lib/toxicity_corpus.py,
 generated and from ../shared/data) must be caught by sentence windows without dropping clean long
 answers; a turn in a script the backend cannot read is recorded as unjudged, not scored clean;
 detoxify cuts an over-long text into token windows instead of truncating it.
@@ -24,9 +24,9 @@ from tasks.core.recipe import FilterConfig, RecipeError, ToxicityConfig, parse_r
 from tasks.core.records import records_from_rows
 from tasks.core.workspace import PathNotAllowed, Workspace
 from tasks.filters import filter_records, merge_stats
-from tasks.model_card import render_data_card
-from tasks.tokens import load_token_counter
-from tasks.toxicity import (
+from tasks.lib.model_card import render_data_card
+from tasks.lib.tokens import load_token_counter
+from tasks.lib.toxicity import (
     ENGLISH_SCRIPTS,
     PROFANITY_WINDOW_WORDS,
     CheckpointHashError,
@@ -39,7 +39,7 @@ from tasks.toxicity import (
     unjudged_script,
     word_windows,
 )
-from tests.tasks.toxicity_corpus import (
+from tests.tasks.lib.toxicity_corpus import (
     INSULTS,
     SHARED_ALPACA,
     alpaca_long_answers,

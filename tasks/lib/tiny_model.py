@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tasks.chat_template import CHATML_TEMPLATE
+from tasks.lib.chat_template import CHATML_TEMPLATE
 from tasks.core.recipe import TinyModelConfig
 from tasks.core.weights import missing_safetensors_error, require_safetensors
 

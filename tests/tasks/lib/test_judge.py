@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tasks.core.recipe import JudgeConfig
-from tasks.judge import JudgeError, check_judge_reachable, judge_generations, parse_score
+from tasks.lib.judge import JudgeError, check_judge_reachable, judge_generations, parse_score
 
 SECRET = "sk-test-SECRET-0123456789"
 ITEMS = [

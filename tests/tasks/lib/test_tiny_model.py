@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from tasks.chat_template import CHATML_TEMPLATE
+from tasks.lib.chat_template import CHATML_TEMPLATE
 from tasks.core.recipe import TinyModelConfig
 from tasks.core.weights import UnsafeWeightsError
-from tasks.tiny_model import (
+from tasks.lib.tiny_model import (
     SPECIAL_TOKENS,
     build_tiny_llama,
     conversation_texts,

@@ -13,7 +13,7 @@ import random
 import re
 from pathlib import Path
 
-SHARED_ALPACA = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_en_demo.json"
+SHARED_ALPACA = Path(__file__).resolve().parents[4] / "shared" / "data" / "alpaca_en_demo.json"
 SEED = 13
 
 # Explicit insults, each scored as toxic on its own by profanity-check (checked by the tests): the

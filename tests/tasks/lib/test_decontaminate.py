@@ -12,15 +12,15 @@ import pytest
 
 from tasks.core.recipe import DecontaminateConfig, EvalSetConfig
 from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.decontaminate import (
+from tasks.lib.decontaminate import (
     MAX_MATCHES_RECORDED,
     EvalSetError,
     eval_set_fingerprints,
     load_eval_index,
     unit_ngrams,
 )
-from tests.tasks import decon_corpus as corpus
-from tests.tasks.decon_corpus import chat, write_jsonl
+from tests.tasks.lib import decon_corpus as corpus
+from tests.tasks.lib.decon_corpus import chat, write_jsonl
 
 # 14 words: two 13-grams
 ITEM = "Which planet in our solar system has the most moons orbiting it right now"

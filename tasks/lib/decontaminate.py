@@ -1,6 +1,6 @@
 """Decontamination: drop training rows that hold an eval item, by n-grams or, for short items, whole.
 
-Texts are split into units by `tasks.text_units` (lowercase `\\w+` words; one unit per character
+Texts are split into units by `tasks.lib.text_units` (lowercase `\\w+` words; one unit per character
 in Chinese, Japanese, Thai and the other scripts written without spaces), so punctuation, case
 and whitespace never hide a copy, and a Chinese question is matched like an English one.
 
@@ -49,7 +49,7 @@ from tasks.core.recipe import DecontaminateConfig, EvalSetConfig
 from tasks.lib.formats import OPENAI_ROLES, SHAREGPT_ROLES
 from tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
 from tasks.lib.rows import RawRow, SourceError
-from tasks.text_units import text_units
+from tasks.lib.text_units import text_units
 
 DECON_ROLES = ("user", "assistant")  # prompts and answers can both leak an eval item
 MAX_MATCHES_RECORDED = 5  # distinct eval items named in one decision's detail; hit counts are complete
