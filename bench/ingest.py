@@ -58,7 +58,8 @@ from common import REPO, Ratio, report
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from flows.plans import plan_ingest, plan_normalize  # noqa: E402
+from tasks.ingest import plan as plan_ingest  # noqa: E402
+from tasks.normalize import plan as plan_normalize  # noqa: E402
 from tasks.core.recipe import Recipe  # noqa: E402
 from tasks.core.stage import execute  # noqa: E402
 from tasks.core.workspace import Workspace  # noqa: E402

@@ -1,10 +1,16 @@
-"""The sftflow pipeline, read top to bottom like its diagram (the stage order of tasks/core/stages.py).
+"""The sftflow pipeline, read top to bottom like its diagram.
 
 ingest ─► normalize ─► dedup ─► filter ─► score ─► mix ─► train ─► evaluate
+per source  per source  └── the registry's chain (tasks/core/stages.py) ──┘
+
+Each stage module plans its own call (`plan`: what its key holds) and runs as its Prefect task
+`<name>_stage`; the data stages after normalize run in registry order, each on the output of the
+one before, so a stage added to the registry runs in its place without an edit here.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +18,18 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.gate import gate_failure
-from flows.plans import (plan_dedup, plan_evaluate, plan_filter, plan_ingest, plan_mix, plan_normalize,
-                         plan_score, plan_train)
 from flows.publish import publish_run
 from flows.stage_runner import RunContext
 from tasks.core.cache_keys import project_code_version
 from tasks.core.locks import lock_wait_seconds, workspace_lock
 from tasks.core.parts import run_runner
 from tasks.core.recipe import load_recipe
-from tasks.core.stages import RunLevel, n_stage_calls
+from tasks import evaluate, ingest, normalize, train
+from tasks.core.artifacts import Manifest
+from tasks.core.recipe import Recipe
+from tasks.core.stages import RunLevel, chain_stages, n_stage_calls
 from tasks.core.workspace import Workspace
-from tasks.dedup import dedup_stage
-from tasks.evaluate import evaluate_stage
-from tasks.filters import filter_stage
-from tasks.ingest import ingest_stage
-from tasks.mix import mix_stage
-from tasks.normalize import normalize_stage
-from tasks.score import score_stage
-from tasks.train import TrainingFailed, train_stage
+from tasks.train import TrainingFailed
 
 Only = RunLevel  # how far to run: `data` stops after mix, `train` after train, `all` runs through evaluate
 
@@ -52,20 +52,18 @@ def sftflow_pipeline(
                                flow_run_id=flow_run.get_id(),
                                n_planned=n_stage_calls(len(recipe.sources), only))
         try:
-            with run_runner(recipe.runner) as runner:  # where normalize's and filter's parts run
-                ingested = [run.run(ingest_stage, plan_ingest(source, ws)) for source in recipe.sources]
-                normalized = [run.run(normalize_stage, plan_normalize(recipe, m, ws, runner)) for m in ingested]
-                deduped = run.run(dedup_stage, plan_dedup(recipe, normalized, ws))
-                filtered = run.run(filter_stage, plan_filter(recipe, deduped, ws, runner))
-            scored = run.run(score_stage, plan_score(recipe, filtered, ws))
-            mixed = run.run(mix_stage, plan_mix(recipe, scored, ws))
+            with run_runner(recipe.runner) as runner:  # where the data stages' parts run
+                ingested = [run.run(ingest.ingest_stage, ingest.plan(source, ws)) for source in recipe.sources]
+                normalized = [run.run(normalize.normalize_stage, normalize.plan(recipe, m, ws, runner))
+                              for m in ingested]
+                mixed = run_chain(run, recipe, normalized, ws, runner)  # dedup ─► filter ─► score ─► mix
             data_card = run.publish_data_card()
             gated = None
             if only != "data":
-                trained = run.run(train_stage, plan_train(recipe, mixed, ws, data_card),
+                trained = run.run(train.train_stage, train.plan(recipe, mixed, ws, data_card),
                                   retries=1, retry_on=(TrainingFailed,))
                 if only == "all":
-                    evaluated = run.run(evaluate_stage, plan_evaluate(recipe, trained, mixed, ws))
+                    evaluated = run.run(evaluate.evaluate_stage, evaluate.plan(recipe, trained, mixed, ws))
                     gated = gate_failure(evaluated.stats, recipe.eval.on_regression,
                                          str(trained.file(trained.stats["model"]["path"])))
         except BaseException:
@@ -81,6 +79,17 @@ def sftflow_pipeline(
             gated.summary = summary
             raise gated  # the flow run ends Failed, with the figures and what to change
     return summary
+
+
+def run_chain(run: RunContext, recipe: Recipe, normalized: list[Manifest], ws: Workspace,
+              runner: dict[str, Any]) -> Manifest:
+    """The data stages that run once over all sources, in registry order, each planned on the
+    output of the one before; returns the last one's (mix's) artifact."""
+    upstream = normalized
+    for spec in chain_stages():
+        module = importlib.import_module(spec.module)
+        upstream = [run.run(getattr(module, f"{spec.name}_stage"), module.plan(recipe, upstream, ws, runner))]
+    return upstream[0]
 
 
 def _recipe_file(recipe_path: str, ws: Workspace) -> Path:

@@ -37,6 +37,7 @@ pairs, `greedy_representatives`) with two interchangeable backends for the middl
 from __future__ import annotations
 
 import functools
+import sys
 from collections import defaultdict
 from hashlib import sha1
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -48,10 +49,12 @@ import pyarrow.parquet as pq
 # dedup_lsh derives the bands that decide which pairs are compared: imported here (not only
 # through the recipe models, which cache keys do not follow) so its source is in this stage's key.
 from tasks.core import dedup_lsh
-from tasks.core.recipe import DedupConfig, NearDedupConfig
+from tasks.core.artifacts import Manifest
+from tasks.core.recipe import DedupConfig, NearDedupConfig, Recipe
 from tasks.core.reasons import Reason
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import StageCall, records_paths, stage_task
+from tasks.core.stage import StageCall, plan_call, records_paths, stage_task
+from tasks.core.workspace import Workspace
 from tasks.lib.text_units import text_units, unspaced_char_count
 
 if TYPE_CHECKING:
@@ -560,6 +563,18 @@ def dedup_decisions(
         "expected_recall_at_threshold": round(dedup_lsh.candidate_probability(near.threshold, bands, rows), 4),
     }
     return log.to_table(), [reason is Reason.KEPT for reason in reasons], stats
+
+
+# ------------------------------------------------------------------------------------ plan --
+# Both backends compute the same candidate pairs and decisions (tests/tasks/test_dedup.py): the
+# backend is read, not keyed (docs/caching.md, "Fields that are not in a key").
+UNKEYED = ("near.backend",)
+
+
+def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
+    """The call over every source's normalize artifact."""
+    # Inputs in data-hash order: listing the sources in another order changes nothing.
+    return plan_call(sys.modules[__name__], recipe.dedup.canonical(), sorted(inputs, key=lambda m: m.data_hash), ws)
 
 
 @stage_task("dedup")

@@ -40,15 +40,20 @@ import gc
 import json
 import math
 import re
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from tasks.core.recipe import EvalConfig
+from tasks.core.artifacts import Manifest
+from tasks.core.hashing import sha256_file
+from tasks.core.recipe import EvalConfig, Recipe
 from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
-from tasks.core.stage import StageCall, stage_task
+from tasks.core.stage import StageCall, plan_call, stage_task
 from tasks.core.weights import UnsafeWeightsError, missing_safetensors_error, require_safetensors
+from tasks.core.workspace import Workspace
+from tasks.lib.devices import compute_device
 from tasks.lib.ifeval import IF_PROMPTS, score_responses
 from tasks.lib.judge import check_judge_reachable, judge_generations
 
@@ -717,6 +722,21 @@ def read_texts(path: Path, limit: int) -> list[str]:
         if len(texts) >= limit:
             break
     return texts[:limit]
+
+
+# ------------------------------------------------------------------------------------ plan --
+# Read by the flow after evaluate: what a tripped gate does to the run, not what is measured.
+UNKEYED = ("eval.on_regression",)
+
+
+def plan(recipe: Recipe, trained: Manifest, mixed: Manifest, ws: Workspace) -> StageCall:
+    """The call on the train artifact and the mix artifact (its eval split), keyed by the eval files."""
+    config = {"eval": recipe.eval.canonical(), "max_length": recipe.train.max_length}
+    external = [sha256_file(ws.resolve_input(p)) for p in (recipe.eval.general_text, recipe.eval.prompts) if p]
+    # The device picks the precision both models are measured in (eval_precision): a verdict
+    # measured in fp32 on CPU is no cache hit for a bf16 run on a GPU.
+    external.append(f"device={compute_device()}")
+    return plan_call(sys.modules[__name__], config, [trained, mixed], ws, extra_input_hashes=external)
 
 
 @stage_task("evaluate")

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
 
+from tasks.core.artifacts import Manifest
 from tasks.core.reasons import Reason
-from tasks.core.recipe import FilterConfig
+from tasks.core.recipe import FilterConfig, Recipe
 from tasks.core.parts import map_parts, sum_counts
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import StageCall, stage_task
+from tasks.core.stage import StageCall, plan_call, stage_task
 from tasks.core.workspace import Workspace
 from tasks.lib.decontaminate import EvalIndex, RowMatch, eval_set_fingerprints, load_eval_index
-from tasks.lib.tokens import BUILTIN_MINILM, TokenCounter, load_token_counter, tokenizer_fingerprint
+from tasks.lib.tokens import (BUILTIN_MINILM, TokenCounter, load_token_counter, resolve_tokenizer_revision,
+                              resolve_tokenizer_spec, tokenizer_fingerprint)
 from tasks.lib.toxicity import (
     RoleToxicity, ToxicityScorer, WindowMode, load_toxicity_scorer, score_turns, toxicity_scorer_name,
 )
@@ -278,6 +281,26 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- Prefect wrapper --
+# ------------------------------------------------------------------------------------ plan --
+# How many texts go through detoxify per forward pass; profanity-check does not batch.
+UNKEYED = ("toxicity.batch_size", "toxicity.max_batch_tokens")
+
+
+def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
+    """The call on the dedup artifact: the filters section, the tokenizer that really counts, what
+    the checkpoints and eval sets hold."""
+    config = recipe.filters.canonical()
+    # The key names the tokenizer that really counts tokens, not the train model it came from, and
+    # the hub revision it is loaded at (train.revision when it is the train model's tokenizer).
+    length = recipe.filters.length
+    config["length"]["tokenizer"] = resolve_tokenizer_spec(length.tokenizer, recipe.train.model)
+    config["length"]["tokenizer_revision"] = resolve_tokenizer_revision(
+        length.tokenizer, length.tokenizer_revision, recipe.train.model, recipe.train.revision)
+    external = filter_input_hashes(FilterConfig.model_validate(config), ws.resolve_input)
+    return plan_call(sys.modules[__name__], config, inputs, ws, extra_input_hashes=external,
+                     params={"runner": runner or recipe.runner.canonical()})
+
+
 @stage_task("filter")
 def filter_stage(call: StageCall) -> PartedOutput:
     return map_parts(call, "tasks.filters:filter_part", merge_stats)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -53,7 +54,8 @@ from tasks.core.hashing import HASH_CHARS, sha256_file, sha256_text, sha256_tree
 from tasks.core.reasons import Reason
 from tasks.core.recipe import SourceConfig
 from tasks.core.records import EXAMPLE_SCHEMA, RECORD_SCHEMA, DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import PART_ROWS, StageCall, stage_task
+from tasks.core.stage import PART_ROWS, StageCall, plan_call, stage_task
+from tasks.core.workspace import Workspace
 from tasks.lib.formats import check_columns, row_messages
 from tasks.lib.hub import hub_dataset_rows, saved_dataset_rows, source_hub_id
 from tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
@@ -229,6 +231,15 @@ def _columns_table(columns: dict[str, list[Any]], constants: dict[str, Any], sch
     arrays = [pa.array(columns[f.name] if f.name in columns else [constants[f.name]] * n_rows, type=f.type)
               for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# ------------------------------------------------------------------------------------ plan --
+def plan(source: SourceConfig, ws: Workspace) -> StageCall:
+    """One source's call: its recipe entry, and the bytes (or pinned hub revision) it reads."""
+    path = ws.resolve_input(source.path) if source.path else None
+    return plan_call(sys.modules[__name__], source.canonical(), [], ws, label=source.name,
+                     extra_input_hashes=[source_fingerprint(source, path)],
+                     params={"path": str(path) if path else None})
 
 
 @stage_task("ingest")

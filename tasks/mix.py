@@ -61,6 +61,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -72,11 +73,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.core.recipe import SLUG, MixConfig
+from tasks.core.recipe import SLUG, MixConfig, Recipe
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from tasks.core.reasons import Reason
-from tasks.core.artifacts import TMP_PREFIX
-from tasks.core.stage import PART_ROWS, StageCall, records_paths, stage_task
+from tasks.core.artifacts import Manifest, TMP_PREFIX
+from tasks.core.stage import PART_ROWS, StageCall, plan_call, records_paths, stage_task
+from tasks.core.workspace import Workspace
 from tasks.lib.text_units import text_units
 
 LIBRARIES = ("numpy", "pyarrow")
@@ -720,6 +722,12 @@ def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
     return StageOutput(records=records.schema.empty_table(), decisions=parts[-1].decisions,
                        extra={name: table for part in parts for name, table in part.extra.items()},
                        stats=output.stats())
+
+
+# ------------------------------------------------------------------------------------ plan --
+def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
+    """The call on the score artifact."""
+    return plan_call(sys.modules[__name__], recipe.mix.canonical(), inputs, ws)
 
 
 @stage_task("mix")

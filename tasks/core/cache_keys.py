@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.hashing import sha256_text, short_hash
-from tasks.core.stages import STAGES
+from tasks.core import stages
 
 PROJECT_PACKAGES = ("tasks", "flows")
 
@@ -128,7 +128,7 @@ def library_versions(names: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 def logic_version(stage: str) -> int:
     """The registered stage's explicit logic version (0 for a name the registry does not hold)."""
-    return next((spec.logic_version for spec in STAGES if spec.name == stage), 0)
+    return next((spec.logic_version for spec in stages.STAGES if spec.name == stage), 0)
 
 
 def stage_key(

@@ -30,13 +30,13 @@ import duckdb
 from tasks.core.artifacts import Manifest
 from tasks.core.failpoints import failpoint
 
-from tasks.core.stages import DATA_STAGES, STAGE_NAMES as STAGES
+from tasks.core import stages
 
-# The ledger views cover the data stages (DATA_STAGES), and train too (ledger_by_run adds it):
+# The ledger views cover the data stages (stages.data_stages()), and train too (ledger_by_run adds it):
 # train decides every distinct train row (kept, or dropped as `no_supervised_tokens` when
 # truncation leaves it nothing), but only train artifacts written since it decides have rows.
 
-SCHEMA = f"""
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, flow_run_id VARCHAR, recipe_name VARCHAR, recipe_hash VARCHAR,
     code_version VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
@@ -80,9 +80,13 @@ CREATE TABLE IF NOT EXISTS evals (model_id VARCHAR, metric VARCHAR, value DOUBLE
 ALTER TABLE models ADD COLUMN IF NOT EXISTS gate VARCHAR;
 """
 
-VIEWS = f"""
+
+def views_sql() -> str:
+    """The views, built from the stage registry as it is when the catalog opens."""
+    stage_names, data_stages = stages.stage_names(), stages.data_stages()
+    return f"""
 CREATE OR REPLACE TABLE stage_order AS
-    SELECT * FROM (VALUES {", ".join(f"('{s}', {i})" for i, s in enumerate(STAGES))}) t(stage, ordinal);
+    SELECT * FROM (VALUES {", ".join(f"('{s}', {i})" for i, s in enumerate(stage_names))}) t(stage, ordinal);
 
 -- Per run and stage (data stages and train): rows the stage received, and the decisions of the
 -- artifacts it used.
@@ -94,7 +98,7 @@ WITH d AS (
 SELECT sr.run_id, sr.stage, sum(sr.n_in) AS n_in, sum(coalesce(d.n_kept, 0)) AS n_kept,
        sum(coalesce(d.n_dropped, 0)) AS n_dropped, sum(sr.n_out) AS n_out
 FROM stage_runs sr LEFT JOIN d ON d.artifact_id = sr.key
-WHERE sr.stage IN ({", ".join(f"'{s}'" for s in DATA_STAGES)})
+WHERE sr.stage IN ({", ".join(f"'{s}'" for s in data_stages)})
    -- train artifacts written before train made decisions have none: they are left out
    OR (sr.stage = 'train' AND d.artifact_id IS NOT NULL)
 GROUP BY sr.run_id, sr.stage;
@@ -241,7 +245,7 @@ class Catalog:
         with self.connect() as con:
             con.execute(SCHEMA)
             _migrate_examples_table(con)
-            con.execute(VIEWS)
+            con.execute(views_sql())
 
     @contextlib.contextmanager
     def connect(self, retry_seconds: float = 60.0, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:

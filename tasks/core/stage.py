@@ -12,17 +12,19 @@ import copy
 import math
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.core import stages
 from tasks.core.artifacts import DECISIONS_FILE, ArtifactStore, Manifest, TableAppender, read_tables
 from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
-from tasks.core.stages import STAGES
 from tasks.core.failpoints import failpoint
 from tasks.core.hashing import short_hash
 from tasks.core.records import PartedOutput, StageOutput
+from tasks.core.workspace import Workspace
 
 RECORDS_PREFIX = "records"
 PART_ROWS = 50_000  # rows per records part: bounded memory per file, few files for small runs
@@ -102,7 +104,7 @@ def plan_stage(
     A registered stage (tasks/core/stages.py) must be planned with its registered module: the
     fingerprint starts there.
     """
-    registered = next((spec for spec in STAGES if spec.name == stage), None)
+    registered = next((spec for spec in stages.STAGES if spec.name == stage), None)
     if registered is not None and registered.module != module:
         raise ValueError(f"stage {stage!r} is registered with module {registered.module}, planned with {module}")
     code_hash = code_fingerprint(module)
@@ -115,6 +117,15 @@ def plan_stage(
         input_hashes=list(extra_input_hashes or []), params=dict(params or {}), root=str(root),
         warehouse=str(warehouse),
     )
+
+
+def plan_call(module: ModuleType, config: dict[str, Any], inputs: list[Manifest], ws: Workspace,
+              **kwargs: Any) -> StageCall:
+    """`plan_stage` for a stage module's `plan`: the stage it is registered as, its `LIBRARIES` and
+    `UNKEYED` fields, the workspace's root and warehouse."""
+    spec = stages.spec_of_module(module.__name__)
+    return plan_stage(spec.name, module.__name__, config, inputs, module.LIBRARIES, root=ws.root,
+                      warehouse=ws.warehouse, unkeyed=getattr(module, "UNKEYED", ()), **kwargs)
 
 
 def records_paths(manifests: list[Manifest]) -> list[Path]:

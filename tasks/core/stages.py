@@ -1,9 +1,14 @@
 """The stage registry: the one list of the pipeline's stages, in pipeline order.
 
-Everything that needs to know which stages exist reads it: the catalog (`stage_order`, the
-ledger's data stages), cache keys (each stage's logic version; a plan must name the registered
-module), the flow's progress count, the model card's drop table, the tests. Adding a stage is a
-module under tasks/ and one `StageSpec` line here; the flow then calls it in its place.
+Everything that needs to know which stages exist reads it: the flow (the data stages after the
+per-source ones run in registry order, each reading the one before), the catalog (`stage_order`,
+the ledger's data stages), cache keys (each stage's logic version; a plan must name the
+registered module), the progress count, the model card's drop table, the tests. Readers look
+`STAGES` up when they run (`stages.STAGES`, the functions below), so a registry changed at run
+time (a test's toy stage) is seen everywhere.
+
+A stage module provides `LIBRARIES`, optional `UNKEYED`, `plan(...) -> StageCall` and the
+Prefect task `<name>_stage`. Adding a data stage is one such module and one `StageSpec` line here.
 """
 
 from __future__ import annotations
@@ -46,6 +51,36 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 DATA_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.judges_rows)
 
 
+def stage_names() -> tuple[str, ...]:
+    return tuple(s.name for s in STAGES)
+
+
+def data_stages() -> tuple[str, ...]:
+    return tuple(s.name for s in STAGES if s.judges_rows)
+
+
+def chain_stages() -> tuple[StageSpec, ...]:
+    """The data stages that run once over everything, in order (dedup, filter, score, mix): each
+    plans on the outputs of the stage before it.
+
+    >>> [s.name for s in chain_stages()]
+    ['dedup', 'filter', 'score', 'mix']
+    """
+    return tuple(s for s in STAGES if s.judges_rows and not s.per_source)
+
+
+def spec_of_module(module: str) -> StageSpec:
+    """The stage registered with `module`.
+
+    >>> spec_of_module("tasks.filters").name
+    'filter'
+    """
+    for spec in STAGES:
+        if spec.module == module:
+            return spec
+    raise KeyError(f"no stage in tasks/core/stages.py is registered with module {module!r}")
+
+
 def stage_spec(name: str) -> StageSpec:
     """The registered stage `name`.
 
@@ -59,7 +94,7 @@ def stage_spec(name: str) -> StageSpec:
     for spec in STAGES:
         if spec.name == name:
             return spec
-    raise KeyError(f"no stage {name!r} in tasks/core/stages.py; registered: {', '.join(STAGE_NAMES)}")
+    raise KeyError(f"no stage {name!r} in tasks/core/stages.py; registered: {', '.join(stage_names())}")
 
 
 def n_stage_calls(n_sources: int, level: RunLevel) -> int:

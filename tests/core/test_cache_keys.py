@@ -1,7 +1,7 @@
 import dataclasses
 import sys
 
-from tasks.core import cache_keys
+from tasks.core import cache_keys, stages
 from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
 
 
@@ -17,8 +17,8 @@ def test_key_changes_with_each_ingredient():
 def test_logic_version_bump_changes_key(monkeypatch):
     args = dict(stage="dedup", code_hash="c", config={}, input_hashes=[], libraries={})
     before = stage_key(**args)
-    bumped = tuple(dataclasses.replace(s, logic_version=99) if s.name == "dedup" else s for s in cache_keys.STAGES)
-    monkeypatch.setattr(cache_keys, "STAGES", bumped)
+    bumped = tuple(dataclasses.replace(s, logic_version=99) if s.name == "dedup" else s for s in stages.STAGES)
+    monkeypatch.setattr(stages, "STAGES", bumped)
     assert stage_key(**args) != before
 
 

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows import plans
-from tasks import filters
+from tasks import dedup, filters, ingest, mix, normalize, train
+from tasks import score as score_stage_module
 from tasks.lib import scorers
 from tasks.core.artifacts import ArtifactStore, Manifest
 from tasks.core.recipe import parse_recipe
@@ -82,9 +82,9 @@ def real_chain(tmp_path_factory):
     (root / "data").mkdir()
     shutil.copy(ALPACA, root / "data" / "alpaca.json")
     rec, ws = recipe(), ws_at(root)
-    ingested, _ = execute(plans.plan_ingest(rec.sources[0], ws), ingest_stage.compute)
-    normalized, _ = execute(plans.plan_normalize(rec, ingested, ws), normalize_stage.compute)
-    deduped, _ = execute(plans.plan_dedup(rec, [normalized], ws), dedup_stage.compute)
+    ingested, _ = execute(ingest.plan(rec.sources[0], ws), ingest_stage.compute)
+    normalized, _ = execute(normalize.plan(rec, ingested, ws), normalize_stage.compute)
+    deduped, _ = execute(dedup.plan(rec, [normalized], ws), dedup_stage.compute)
     return root, normalized, deduped
 
 
@@ -105,13 +105,13 @@ def test_filter_memo_reloads_an_eval_set_edited_between_two_in_process_runs(tmp_
     records = records_from_rows(rows)
     upstream = commit(ArtifactStore(ws.artifacts_dir), "dedup", "in", {"records-00000.parquet": records})
 
-    first = plans.plan_filter(rec, upstream, ws)
+    first = filters.plan(rec, [upstream], ws)
     before = filters.filter_part(first, records)
     assert "contaminated" not in before.decisions.column("reason").to_pylist()
 
     with eval_file.open("a", encoding="utf-8") as handle:  # the eval set gains the answer verbatim
         handle.write(json.dumps({"text": leaked}) + "\n")
-    second = plans.plan_filter(rec, upstream, ws)
+    second = filters.plan(rec, [upstream], ws)
     assert second.key != first.key
     after = filters.filter_part(second, records)
     reasons = dict(zip(after.decisions.column("example_id").to_pylist(), after.decisions.column("reason").to_pylist()))
@@ -129,7 +129,7 @@ def test_filter_refuses_an_eval_set_edited_after_planning(tmp_path):
     ws = ws_at(tmp_path)
     records = records_from_rows(alpaca_rows(3)) if ALPACA.is_file() else records_from_rows([])
     upstream = commit(ArtifactStore(ws.artifacts_dir), "dedup", "in", {"records-00000.parquet": records})
-    call = plans.plan_filter(rec, upstream, ws)
+    call = filters.plan(rec, [upstream], ws)
     eval_file.write_text(json.dumps({"text": "a different eval item entirely"}) + "\n", encoding="utf-8")
     with pytest.raises(RuntimeError, match="changed after this run was planned"):
         filters.filter_part(call, records)
@@ -146,7 +146,7 @@ def test_filter_hashes_its_loaded_files_once_per_load_not_per_part(tmp_path, mon
     records = records_from_rows([{"example_id": "x", "source": "s", "category": "qa", "messages": [
         {"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello " * 20}]}])
     upstream = commit(ArtifactStore(ws.artifacts_dir), "dedup", "in", {"records-00000.parquet": records})
-    call = plans.plan_filter(rec, upstream, ws)
+    call = filters.plan(rec, [upstream], ws)
     hashed = []
     real = filters.filter_input_hashes
     monkeypatch.setattr(filters, "filter_input_hashes", lambda *a, **k: hashed.append(1) or real(*a, **k))
@@ -163,7 +163,7 @@ def test_filter_key_follows_the_hub_tokenizer_revision(tmp_path):
     no_tox = {"toxicity": {"enabled": False}}
 
     def key(train=None, filters_=None):
-        return plans.plan_filter(recipe(train=train or {}, filters={**no_tox, **(filters_ or {})}), upstream, ws).key
+        return filters.plan(recipe(train=train or {}, filters={**no_tox, **(filters_ or {})}), [upstream], ws).key
 
     # the train model's tokenizer counts tokens: it is loaded at train.revision
     assert key({"model": HUB_MODEL, "revision": REV_A}) != key({"model": HUB_MODEL, "revision": REV_B})
@@ -217,7 +217,7 @@ def test_score_key_follows_reward_model_revision_and_device(tmp_path, monkeypatc
     upstream = commit(ArtifactStore(ws.artifacts_dir), "filter", "in", {"records-00000.parquet": records_from_rows([])})
 
     def key(**score):
-        return plans.plan_score(recipe(score=score), upstream, ws).key
+        return score_stage_module.plan(recipe(score=score), [upstream], ws).key
 
     reward = {"backend": "reward-model", "model": HUB_MODEL}
     assert key(**reward, revision=REV_A) != key(**reward, revision=REV_B)
@@ -260,8 +260,8 @@ def test_batch_sizes_and_the_near_backend_are_not_keyed(tmp_path):
 
     def keys(**sections):
         rec = recipe(**sections)
-        return (plans.plan_dedup(rec, [normalized], ws), plans.plan_filter(rec, deduped, ws),
-                plans.plan_score(rec, filtered, ws))
+        return (dedup.plan(rec, [normalized], ws), filters.plan(rec, [deduped], ws),
+                score_stage_module.plan(rec, [filtered], ws))
 
     base = keys()
     runtime = keys(dedup={"near": {"backend": "datasketch"}},
@@ -292,7 +292,7 @@ def test_mix_shard_layout_does_not_retrain(tmp_path):
                         stats={"data_hash": "rows-y"})
     assert one_shard.content_hash != two_shards.content_hash
     rec = recipe()
-    key = [plans.plan_train(rec, m, ws, data_card={}).key for m in (one_shard, two_shards, other_rows)]
+    key = [train.plan(rec, m, ws, data_card={}).key for m in (one_shard, two_shards, other_rows)]
     assert key[0] == key[1] != key[2]
 
 
@@ -311,11 +311,11 @@ def test_real_mix_at_two_shard_sizes_keys_train_once(tmp_path):
     mixed = []
     for shard_rows in (7, 1000):
         rec = recipe(mix={"shard_rows": shard_rows, "eval_fraction": 0.1})
-        manifest, _ = execute(plans.plan_mix(rec, upstream, ws), mix_stage.compute)
+        manifest, _ = execute(mix.plan(rec, [upstream], ws), mix_stage.compute)
         mixed.append(manifest)
     assert mixed[0].stats["data_hash"] == mixed[1].stats["data_hash"]  # the same rows ...
     assert mixed[0].content_hash != mixed[1].content_hash  # other files ...
-    assert plans.plan_train(recipe(), mixed[0], ws, {}).key == plans.plan_train(recipe(), mixed[1], ws, {}).key
+    assert train.plan(recipe(), mixed[0], ws, {}).key == train.plan(recipe(), mixed[1], ws, {}).key
 
 
 def test_a_reworded_dedup_decision_does_not_rerun_filter(real_chain, tmp_path):
@@ -332,13 +332,13 @@ def test_a_reworded_dedup_decision_does_not_rerun_filter(real_chain, tmp_path):
                   {"records-00000.parquet": read_records([deduped]), "decisions.parquet": reworded})
     assert copy.content_hash != deduped.content_hash  # the catalog still sees a new artifact
     rec = recipe()
-    assert plans.plan_filter(rec, copy, ws).key == plans.plan_filter(rec, deduped, ws).key
+    assert filters.plan(rec, [copy], ws).key == filters.plan(rec, [deduped], ws).key
     # ... but a changed record does re-run it
     records = read_records([deduped])
     edited = records.slice(1)
     other = commit(ArtifactStore(ws.artifacts_dir), "dedup", "edited",
                    {"records-00000.parquet": edited, "decisions.parquet": decisions})
-    assert plans.plan_filter(rec, other, ws).key != plans.plan_filter(rec, deduped, ws).key
+    assert filters.plan(rec, [other], ws).key != filters.plan(rec, [deduped], ws).key
 
 
 def test_both_near_backends_write_the_same_records_on_real_data(real_chain, tmp_path):
@@ -348,7 +348,7 @@ def test_both_near_backends_write_the_same_records_on_real_data(real_chain, tmp_
 
     _, normalized, deduped = real_chain
     other_ws = ws_at(tmp_path)  # another warehouse: the same key must be computed afresh there
-    call = plans.plan_dedup(recipe(dedup={"near": {"backend": "datasketch"}}), [normalized], other_ws)
+    call = dedup.plan(recipe(dedup={"near": {"backend": "datasketch"}}), [normalized], other_ws)
     assert call.key == deduped.key
     other, hit = execute(call, dedup_stage.compute)
     assert not hit

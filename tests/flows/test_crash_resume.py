@@ -23,7 +23,8 @@ import duckdb
 import pytest
 
 from tasks.core.artifacts import MANIFEST, TMP_PREFIX, ArtifactStore
-from tasks.core.catalog import DATA_STAGES, connect_readonly, writer_path
+from tasks.core.catalog import connect_readonly, writer_path
+from tasks.core.stages import DATA_STAGES
 from tasks.core.failpoints import FAILPOINT_ENV
 
 pytestmark = pytest.mark.slow

@@ -111,7 +111,7 @@ MUTATIONS = [
     Mutation("training hyperparameter `train.learning_rate=0.001`", ("train", "evaluate"),
              ("train.learning_rate=0.001",)),
     Mutation("eval setting `eval.max_new_tokens=6`", ("evaluate",), ("eval.max_new_tokens=6",)),
-    # Unkeyed: how a stage computes, not what it writes (flows/plans.py UNKEYED)
+    # Unkeyed: how a stage computes, not what it writes (a stage module's UNKEYED)
     Mutation("run-only settings `filters.toxicity.batch_size=8`, `score.batch_size=4`, `dedup.near.backend=datasketch`",
              (), ("filters.toxicity.batch_size=8", "score.batch_size=4", "dedup.near.backend=datasketch")),
     # Other shard files, the same rows (the mix artifact's data_hash): no retrain
