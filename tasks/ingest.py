@@ -116,15 +116,6 @@ def source_fingerprint(source: SourceConfig, path: Path | None) -> str:
     raise SourceError(f"source {source.name!r} ({path}): no such file or folder; fix `path` in the recipe")
 
 
-def read_source(source: SourceConfig, path: Path | None, root: Path | None = None) -> StageOutput:
-    """`read_source_parts` collected into one StageOutput (for tests and small sources)."""
-    output = read_source_parts(source, path, root)
-    parts = list(output.parts)
-    return StageOutput(
-        records=pa.concat_tables([p.records for p in parts]), decisions=pa.concat_tables([p.decisions for p in parts]),
-        extra={"examples": pa.concat_tables([p.extra["examples"] for p in parts])}, stats=output.stats())
-
-
 def read_source_parts(source: SourceConfig, path: Path | None, root: Path | None = None,
                       rows_per_part: int = PART_ROWS) -> PartedOutput:
     """Read every row of one source: records for rows that became messages, a decision and an

@@ -62,7 +62,6 @@ import hashlib
 import math
 import shutil
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -711,17 +710,6 @@ def _outcome(category: str, cfg: MixConfig, fitted: FittedCounts, wanted: dict[s
     if fitted.outcome == "scaled_down":
         return "scaled_down"
     return "filled" if counts[category] > wanted[category] else "held"
-
-
-def mix_records(records: pa.Table, cfg: MixConfig) -> StageOutput:
-    """`mix_parts` of one in-memory table, collected into one StageOutput (shards in `extra`)."""
-    with tempfile.TemporaryDirectory(prefix="sftflow-mix-") as spool_dir:
-        output = mix_parts(records.schema, lambda columns: [records.select(columns) if columns else records], cfg,
-                           Path(spool_dir))
-        parts = list(output.parts)
-    return StageOutput(records=records.schema.empty_table(), decisions=parts[-1].decisions,
-                       extra={name: table for part in parts for name, table in part.extra.items()},
-                       stats=output.stats())
 
 
 # ------------------------------------------------------------------------------------ plan --

@@ -224,15 +224,6 @@ def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scor
     return PartedOutput(parts(), lambda: stats)
 
 
-def score_records(records: pa.Table, cfg: ScoreConfig, scorer: QualityScorer | None) -> StageOutput:
-    """`score_parts` on one in-memory table, as one StageOutput."""
-    output = score_parts(lambda: [records], cfg, scorer)
-    parts = list(output.parts)
-    return StageOutput(records=pa.concat_tables([p.records for p in parts]),
-                       decisions=pa.concat_tables([p.decisions for p in parts]), stats=output.stats())
-
-
-# ------------------------------------------------------------------------------ Prefect task --
 # ------------------------------------------------------------------------------------ plan --
 UNKEYED = ("batch_size",)  # pairs per forward pass of the scorer
 
@@ -243,6 +234,7 @@ def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str
     return plan_call(sys.modules[__name__], recipe.score.canonical(), inputs, ws, extra_input_hashes=external)
 
 
+# ------------------------------------------------------------------------------ Prefect task --
 @stage_task("score")
 def score_stage(call: StageCall) -> PartedOutput:
     cfg = ScoreConfig.model_validate(call.config)

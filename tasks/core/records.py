@@ -69,12 +69,6 @@ def empty_records() -> pa.Table:
     return RECORD_SCHEMA.empty_table()
 
 
-def records_from_rows(rows: Iterable[dict[str, Any]], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
-    """Build a table from dict rows; missing base columns become null."""
-    rows = list(rows)
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
 class DecisionLog:
     """Collects one decision per judged example; refuses reasons outside the vocabulary.
 

@@ -9,7 +9,6 @@ manifest on disk, so a wiped Prefect result store still skips finished work.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core import stages
-from tasks.core.artifacts import DECISIONS_FILE, ArtifactStore, Manifest, TableAppender, read_tables
+from tasks.core.artifacts import DECISIONS_FILE, ArtifactStore, Manifest, TableAppender
 from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
 from tasks.core.failpoints import failpoint
 from tasks.core.hashing import short_hash
@@ -131,11 +130,6 @@ def plan_call(module: ModuleType, config: dict[str, Any], inputs: list[Manifest]
 def records_paths(manifests: list[Manifest]) -> list[Path]:
     """The records parts of input artifacts, in order."""
     return [p for m in manifests for p in m.files_named(RECORDS_PREFIX)]
-
-
-def read_records(manifests: list[Manifest]) -> pa.Table:
-    """The concatenated records of input artifacts."""
-    return read_tables(records_paths(manifests))
 
 
 def execute(call: StageCall, compute: Callable[[StageCall], StageOutput | PartedOutput]) -> tuple[Manifest, bool]:

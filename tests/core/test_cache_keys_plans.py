@@ -27,8 +27,8 @@ from tasks import score as score_stage_module
 from tasks.lib import scorers
 from tasks.core.artifacts import ArtifactStore, Manifest
 from tasks.core.recipe import parse_recipe
-from tasks.core.records import records_from_rows
-from tasks.core.stage import execute, read_records
+from tests.stage_helpers import read_records, records_from_rows
+from tasks.core.stage import execute
 from tasks.core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from tasks.core.catalog import Catalog, connect_readonly
-from tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput, records_from_rows
+from tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput
+from tests.stage_helpers import records_from_rows
 from tasks.core.reasons import Reason
 from tasks.core.stage import StageCall, execute
 

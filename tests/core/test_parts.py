@@ -7,7 +7,7 @@ import pytest
 
 from tasks.core.artifacts import ArtifactStore
 from tasks.core.parts import sum_counts
-from tasks.core.records import records_from_rows
+from tests.stage_helpers import records_from_rows
 from tasks.core.stage import StageCall, execute
 from tasks.normalize import normalize_stage
 

@@ -112,7 +112,8 @@ def _ingest_run(tmp_path, cat, run_id, key, raw):
     import pyarrow as pa
 
     from tasks.core.reasons import Reason
-    from tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput, records_from_rows
+    from tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput
+    from tests.stage_helpers import records_from_rows
     from tasks.core.stage import StageCall, execute
 
     def compute(call):

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tasks.core.hashing import short_hash
 from tasks.core.recipe import DedupConfig
-from tasks.core.records import RECORD_SCHEMA, records_from_rows
+from tasks.core.records import RECORD_SCHEMA
+from tests.stage_helpers import records_from_rows
 from tasks.dedup import (
     band_candidate_pairs,
     candidate_pairs,

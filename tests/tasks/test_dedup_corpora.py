@@ -21,7 +21,7 @@ import pytest
 
 from tasks.core.hashing import short_hash
 from tasks.core.recipe import DedupConfig, RecipeError, parse_recipe
-from tasks.core.records import records_from_rows
+from tests.stage_helpers import records_from_rows
 from tasks.dedup import (
     band_candidate_pairs,
     conversation_text,
@@ -352,7 +352,7 @@ def test_chinese_rows_are_shingled_by_characters():
 # ---------------------------------------------------------- (e) real-world shared files --
 def shared_records(name: str, fmt: str) -> pa.Table:
     from tasks.core.recipe import NormalizeConfig, SourceConfig
-    from tasks.ingest import read_source
+    from tests.stage_helpers import read_source
     from tasks.normalize import normalize_records
 
     path = SHARED_DATA / name

@@ -9,9 +9,10 @@ import pyarrow.compute as pc
 import pytest
 
 from tasks.core.artifacts import ArtifactStore
-from tasks.core.records import RECORD_SCHEMA, records_from_rows
+from tasks.core.records import RECORD_SCHEMA
+from tests.stage_helpers import read_records, records_from_rows
 from tasks.core.recipe import EvalSetConfig, FilterConfig
-from tasks.core.stage import execute, plan_stage, read_records
+from tasks.core.stage import execute, plan_stage
 from tasks.core.workspace import Workspace
 from tasks.lib.decontaminate import load_eval_index
 from tasks.filters import LIBRARIES, filter_input_hashes, filter_records, filter_stage

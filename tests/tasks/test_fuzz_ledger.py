@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.core.recipe import NormalizeConfig, SourceConfig
-from tasks.ingest import read_source
+from tests.stage_helpers import read_source
 from tasks.lib.rows import SourceError
 from tasks.normalize import normalize_records
 from tests.tasks.ledger import assert_ledger

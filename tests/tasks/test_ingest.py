@@ -15,7 +15,8 @@ from tasks.core.recipe import SourceConfig
 from tasks.core.records import EXAMPLE_SCHEMA, RAW_PREVIEW_CHARS, RECORD_SCHEMA
 from tasks.core.stage import StageCall, execute
 from tasks.core.workspace import PathNotAllowed
-from tasks.ingest import _example_ids, ingest_stage, read_source, source_fingerprint, source_uri
+from tasks.ingest import _example_ids, ingest_stage, source_fingerprint, source_uri
+from tests.stage_helpers import read_source
 from tasks.lib.formats import alpaca_messages, openai_messages, sharegpt_messages
 from tasks.lib.hub import check_hub_id
 from tasks.lib.rows import RowProblem, SourceError, raw_preview

@@ -19,9 +19,9 @@ import pytest
 
 from tasks.core.reasons import KEPT_REASONS
 from tasks.core.recipe import FilterConfig, NormalizeConfig, SourceConfig
-from tasks.core.records import RAW_PREVIEW_CHARS, records_from_rows
+from tasks.core.records import RAW_PREVIEW_CHARS
+from tests.stage_helpers import read_source, records_from_rows
 from tasks.filters import filter_records
-from tasks.ingest import read_source
 from tasks.lib.rows import SourceError
 from tasks.normalize import normalize_records
 from tasks.lib.tokens import load_token_counter

@@ -18,12 +18,12 @@ from tasks.core.stage import StageCall, execute
 from tasks.mix import (
     apportion,
     eval_assignment,
-    mix_records,
     prompt_group,
     sample_copies,
     target_counts,
     target_shares,
 )
+from tests.stage_helpers import mix_records
 
 SCHEMA = RECORD_SCHEMA.append(pa.field("n_tokens_total", pa.int64())).append(pa.field("score", pa.float64()))
 

@@ -15,7 +15,8 @@ from tasks.core.artifacts import ArtifactStore
 from tasks.core.hashing import short_hash
 from tasks.core.reasons import Reason
 from tasks.core.recipe import NormalizeConfig
-from tasks.core.records import RECORD_SCHEMA, records_from_rows
+from tasks.core.records import RECORD_SCHEMA
+from tests.stage_helpers import records_from_rows
 from tasks.core.stage import StageCall, execute
 from tasks.normalize import (
     LIBRARIES,

@@ -12,9 +12,10 @@ import pytest
 from tasks.core.artifacts import ArtifactStore
 from tasks.core.reasons import Reason
 from tasks.core.recipe import ScoreConfig
-from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, records_from_rows
+from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA
+from tests.stage_helpers import records_from_rows, score_records
 from tasks.core.stage import StageCall, execute
-from tasks.score import GLOBAL_GROUP, keep_count, rank_groups, score_parts, score_records, score_stage
+from tasks.score import GLOBAL_GROUP, keep_count, rank_groups, score_parts, score_stage
 from tasks.lib.scorers import ScoredPairs, Truncation
 
 

@@ -18,7 +18,7 @@ import pytest
 from tasks.core.recipe import MixConfig, TinyModelConfig, TrainConfig
 from tasks.core.records import RECORD_SCHEMA
 from tasks.core.stage import StageCall, execute
-from tasks.mix import mix_records
+from tests.stage_helpers import mix_records
 from tasks.train import (
     RoundTripError,
     attn_implementation,

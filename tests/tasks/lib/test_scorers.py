@@ -478,8 +478,8 @@ def test_embedding_relevance_reports_what_each_side_lost(short_embedding_scorer)
 def test_score_stage_keeps_the_same_rows_under_long_system_prompts(last_word_judge):
     # Rows that share one long system prompt, as tool-use and persona datasets do: the stage must
     # rank them by their answers, exactly as it ranks the same rows without the system prompt.
-    from tasks.core.records import records_from_rows
-    from tasks.score import score_records
+    from tests.stage_helpers import records_from_rows
+    from tests.stage_helpers import score_records
 
     rng = random.Random(21)
     system = " ".join(rng.choices(PROMPT_WORDS, k=120))

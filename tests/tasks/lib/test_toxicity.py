@@ -21,7 +21,7 @@ from collections import Counter
 import pytest
 
 from tasks.core.recipe import FilterConfig, RecipeError, ToxicityConfig, parse_recipe
-from tasks.core.records import records_from_rows
+from tests.stage_helpers import records_from_rows
 from tasks.core.workspace import PathNotAllowed, Workspace
 from tasks.filters import filter_records, merge_stats
 from tasks.lib.model_card import render_data_card
