@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if os.environ.get(DIE_WITH_FLOW_ENV):  # launched by the train stage, not by hand
-        die_with_parent()  # with the launcher, which dies with the flow (tasks/train.py run_logged)
+        die_with_parent()  # with the launcher, which dies with the flow (tasks/lib/train_launch.py run_logged)
     run(TrainJob.read(argv[0]))
     return 0
 

@@ -69,6 +69,7 @@ def test_the_copy_is_fingerprinted_not_the_installed_tree(project_copy):
     # a shared library: the stages that run it
     ("tasks/lib/text_units.py", "def ", "# helper\ndef ", {"dedup", "filter", "mix", "evaluate"}),
     ("tasks/lib/chat_template.py", "def ", "# helper\ndef ", {"train"}),
+    ("tasks/lib/train_checks.py", "def ", "# helper\ndef ", {"train"}),
     # process plumbing and the registry change no output
     ("tasks/core/failpoints.py", "def ", "# hook\ndef ", set()),
     ("tasks/core/stages.py", "def ", "# registry\ndef ", set()),

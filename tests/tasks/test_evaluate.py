@@ -1,9 +1,8 @@
-"""Evaluation on a tiny Llama built here (hidden 32, 2 layers, ~300-token BPE), on CPU, offline."""
+"""The evaluate stage end to end on the tiny Llama of tests/tasks/lib/tiny_chat_lm.py, on CPU, offline."""
 
 from __future__ import annotations
 
 import json
-import math
 import socket
 
 import pytest
@@ -11,95 +10,20 @@ import torch
 
 from tasks.core.recipe import EvalConfig, JudgeConfig
 from tasks.core.weights import UnsafeWeightsError
-from tasks.evaluate import (
-    IGNORE_INDEX,
-    _base_then_tuned,
-    conversation_labels,
-    evaluate_model,
-    eval_precision,
-    evaluate_stage_output,
-    generate_responses,
-    generate_token_ids,
-    heldout_loss,
-    load_prompts,
-    perplexity,
-)
+from tasks.evaluate import evaluate_model, evaluate_stage_output
+from tasks.lib.eval_inputs import eval_precision
 from tasks.lib.ifeval import IF_PROMPTS
 from tasks.lib.judge import JudgeError
-
-# ChatML with generation markers: the assistant content and its <|im_end|> are supervised.
-TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{ '\\n' }}"
-    "{%- else -%}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+from tasks.lib.lm_metrics import heldout_loss
+from tests.tasks.lib.tiny_chat_lm import (
+    CONVERSATION,
+    GENERAL_TEXTS,
+    TEMPLATE,
+    build_model,
+    build_tokenizer,
+    fine_tune,
+    save,
 )
-CORPUS = [
-    "the cat sat on the mat and looked at the moon.",
-    "what is the capital of france? the capital of france is paris.",
-    "write a short poem about rain. rain falls soft on the quiet town.",
-    "hello world, the quick brown fox jumps over the lazy dog.",
-]
-CONVERSATION = [
-    {"role": "user", "content": "What is the capital of France?"},
-    {"role": "assistant", "content": "The capital of France is Paris."},
-]
-OTHER = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Write about rain."},
-    {"role": "assistant", "content": "Rain falls soft."},
-    {"role": "user", "content": "And the moon?"},
-    {"role": "assistant", "content": "The moon looked at the cat."},
-]
-GENERAL_TEXTS = ["the quick brown fox jumps over the lazy dog.", "a short poem about the quiet town at night."]
-
-
-def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    core.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|pad|>")
-    tokenizer.chat_template = TEMPLATE
-    return tokenizer
-
-
-def build_model(tokenizer, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
-
-
-def fine_tune(model, tokenizer, messages, steps: int, lr: float = 1e-2):
-    """Plain torch: a few Adam steps on the assistant tokens of one conversation."""
-    ids, labels = conversation_labels(tokenizer, TEMPLATE, messages, max_length=128)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,17 +42,6 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_model(tokenizer)
-
-
-def save(model, tokenizer, folder):
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def folders(tmp_path_factory, tokenizer):
     """base/ (random init), tuned/ (fine-tuned on CONVERSATION), broken/ (lm_head x50: worse everywhere)."""
     root = tmp_path_factory.mktemp("models")
@@ -140,88 +53,6 @@ def folders(tmp_path_factory, tokenizer):
         broken.lm_head.weight.mul_(50.0)
     save(broken, tokenizer, root / "broken")
     return root
-
-
-# --------------------------------------------------------------------------------- labels --
-def test_labels_cover_exactly_the_assistant_content_and_end_of_turn(tokenizer):
-    ids, labels = conversation_labels(tokenizer, TEMPLATE, OTHER, max_length=512)
-    supervised = [token for token in labels if token != IGNORE_INDEX]
-    assert tokenizer.decode(supervised) == "Rain falls soft.<|im_end|>The moon looked at the cat.<|im_end|>"
-    assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
-
-
-def test_labels_truncate_keeping_the_start(tokenizer):
-    full_ids, _ = conversation_labels(tokenizer, TEMPLATE, CONVERSATION, max_length=512)
-    ids, labels = conversation_labels(tokenizer, TEMPLATE, CONVERSATION, max_length=6)
-    assert ids == full_ids[:6]
-    assert labels == [IGNORE_INDEX] * 6  # the user turn alone fills 6 tokens
-
-
-# ----------------------------------------------------------------------------------- loss --
-def test_heldout_loss_is_the_cross_entropy_of_assistant_tokens_only(model, tokenizer):
-    loss = heldout_loss(model, tokenizer, TEMPLATE, [{"messages": CONVERSATION}], max_length=512, batch_size=4)
-    ids, labels = conversation_labels(tokenizer, TEMPLATE, CONVERSATION, max_length=512)
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0]
-    targets = torch.tensor(labels[1:])
-    keep = targets != IGNORE_INDEX
-    expected = torch.nn.functional.cross_entropy(logits[:-1][keep], targets[keep]).item()
-    assert loss == pytest.approx(expected, rel=1e-5)
-    assert 0 < loss < 2 * math.log(len(tokenizer))  # a random model is near uniform: about ln(V)
-
-
-def test_heldout_loss_is_token_weighted_and_independent_of_padding(model, tokenizer):
-    rows = [{"messages": CONVERSATION}, {"messages": OTHER}]
-    single = [heldout_loss(model, tokenizer, TEMPLATE, [r], max_length=512, batch_size=1) for r in rows]
-    counts = [sum(l != IGNORE_INDEX for l in conversation_labels(tokenizer, TEMPLATE, r["messages"], 512)[1][1:]) for r in rows]
-    expected = (single[0] * counts[0] + single[1] * counts[1]) / sum(counts)
-    batched = heldout_loss(model, tokenizer, TEMPLATE, rows, max_length=512, batch_size=2)  # right-padded batch
-    assert batched == pytest.approx(expected, rel=1e-4)
-    assert single[0] != pytest.approx(single[1], rel=1e-3)
-
-
-def test_heldout_loss_refuses_rows_without_supervised_tokens(model, tokenizer):
-    with pytest.raises(ValueError, match="max_length=6"):
-        heldout_loss(model, tokenizer, TEMPLATE, [{"messages": CONVERSATION}], max_length=6, batch_size=2)
-
-
-def test_fine_tuning_on_a_conversation_lowers_its_heldout_loss(tokenizer):
-    rows = [{"messages": CONVERSATION}]
-    model = build_model(tokenizer, seed=1)
-    before = heldout_loss(model, tokenizer, TEMPLATE, rows, max_length=512, batch_size=1)
-    fine_tune(model, tokenizer, CONVERSATION, steps=10)
-    after = heldout_loss(model, tokenizer, TEMPLATE, rows, max_length=512, batch_size=1)
-    assert after < before - 1.0
-
-
-def test_perplexity_is_exp_of_the_mean_next_token_loss(model, tokenizer):
-    text = GENERAL_TEXTS[0]
-    ids = torch.tensor([tokenizer(text)["input_ids"]])
-    with torch.no_grad():
-        mean_loss = model(input_ids=ids, labels=ids).loss.item()  # transformers skips the first token too
-    assert perplexity(model, tokenizer, [text], max_length=512, batch_size=1) == pytest.approx(math.exp(mean_loss), rel=1e-5)
-    with pytest.raises(ValueError, match="no token after their first"):
-        perplexity(model, tokenizer, ["a"], max_length=512, batch_size=1)
-
-
-# ----------------------------------------------------------------------------- generation --
-def test_generation_is_greedy_deterministic_and_bounded(model, tokenizer):
-    prompts = ["What is the capital of France?", "Write about rain.", "hello"]
-    first = generate_token_ids(model, tokenizer, TEMPLATE, prompts, max_new_tokens=7, batch_size=2)
-    again = generate_token_ids(model, tokenizer, TEMPLATE, prompts, max_new_tokens=7, batch_size=3)
-    assert first == again  # greedy, and left padding does not change the result
-    assert all(len(row) <= 7 for row in first)
-    texts = generate_responses(model, tokenizer, TEMPLATE, prompts, max_new_tokens=7)
-    assert texts == [tokenizer.decode(row, skip_special_tokens=True).strip() for row in first]
-
-
-def test_generation_stops_at_the_generation_config_eos(tokenizer):
-    model = build_model(tokenizer)
-    free = generate_token_ids(model, tokenizer, TEMPLATE, ["hello"], max_new_tokens=5)[0]
-    assert len(free) == 5  # the random model never picks <|im_end|> here
-    model.generation_config.eos_token_id = free[2]  # the third greedy token becomes a stop token
-    stopped = generate_token_ids(model, tokenizer, TEMPLATE, ["hello"], max_new_tokens=5)[0]
-    assert stopped == free[: free.index(free[2])]
 
 
 # ------------------------------------------------------------------------------ end to end --
@@ -304,22 +135,6 @@ def test_evaluate_model_measures_a_lora_adapter_against_its_base(folders, tokeni
     assert "general_ppl" not in values and result["regressed"] is None  # no general text: not measured
 
 
-def test_models_and_tokenizer_load_as_safetensors_without_remote_code(folders, from_pretrained_calls):
-    labels = [label for label, _model, _tokenizer in _base_then_tuned(folders / "tuned", folders / "base")]
-    assert labels == ["base", "tuned"]
-    assert [name for name, _ in from_pretrained_calls] == ["AutoTokenizer", "AutoModelForCausalLM", "AutoModelForCausalLM"]
-    assert all(kwargs["trust_remote_code"] is False for _, kwargs in from_pretrained_calls)
-    assert all(kwargs["use_safetensors"] is True for name, kwargs in from_pretrained_calls if name != "AutoTokenizer")
-
-
-def test_a_hub_base_is_loaded_at_the_revision_it_was_trained_from(folders, from_pretrained_calls):
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    for _label, _model, _tokenizer in _base_then_tuned(folders / "tuned", folders / "base", base_revision=revision):
-        pass
-    models = [kwargs for name, kwargs in from_pretrained_calls if name == "AutoModelForCausalLM"]
-    assert [kwargs.get("revision") for kwargs in models] == [revision, None]  # base pinned; tuned is a folder
-
-
 @pytest.mark.parametrize("which", ["tuned", "base"])
 def test_a_model_folder_with_only_pytorch_model_bin_is_refused(folders, tmp_path, pickled_copy, from_pretrained_calls,
                                                                which):
@@ -372,12 +187,3 @@ def test_enabled_but_unreachable_judge_fails_before_models_load(tmp_path):
 def test_stage_output_requires_the_report_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="report.json, report.md, generations.json missing"):
         evaluate_stage_output({"metrics": [], "regressed": False}, tmp_path, model_id="m1")
-
-
-def test_load_prompts_names_file_and_line(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text('{"prompt": "a"}\n{"text": "b"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"p\.jsonl:2: needs a non-empty string field"):
-        load_prompts(path)
-    path.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n', encoding="utf-8")
-    assert load_prompts(path) == ["a", "b"]

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from tasks.core.recipe import EvalConfig
-from tasks import evaluate
-from tasks.evaluate import evaluate_model, generate_token_ids
+from tasks.evaluate import evaluate_model
 from tasks.lib.ifeval import IF_PROMPTS
-from tests.tasks.test_evaluate import CONVERSATION, GENERAL_TEXTS, TEMPLATE, build_model, build_tokenizer, save
+from tests.tasks.lib.tiny_chat_lm import CONVERSATION, GENERAL_TEXTS, TEMPLATE, build_model, build_tokenizer, save
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,16 +42,6 @@ def folders(tmp_path_factory, tokenizer):
     sampling.generation_config.update(do_sample=True, temperature=0.7, top_p=0.9, top_k=20)
     save(sampling, tokenizer, root / "sampling")
     return root
-
-
-def test_generate_tells_a_stopped_answer_from_one_cut_at_max_new_tokens(tokenizer):
-    model = build_model(tokenizer)
-    [free] = evaluate.generate(model, tokenizer, TEMPLATE, ["hello"], max_new_tokens=5)
-    assert free.truncated is True and len(free.token_ids) == 5  # the random model never ends its turn here
-    model.generation_config.eos_token_id = free.token_ids[2]  # the third greedy token becomes a stop token
-    [stopped] = evaluate.generate(model, tokenizer, TEMPLATE, ["hello"], max_new_tokens=5)
-    assert stopped.truncated is False and stopped.token_ids == free.token_ids[:2]
-    assert generate_token_ids(model, tokenizer, TEMPLATE, ["hello"], max_new_tokens=5) == [stopped.token_ids]
 
 
 def test_a_model_that_answers_nothing_scores_zero_and_truncations_are_counted(folders, tmp_path):

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from tasks.core.recipe import EvalConfig
-from tasks.evaluate import _base_then_tuned, evaluate_model, evaluate_stage_output, heldout_loss
-from tests.tasks.test_evaluate import CONVERSATION, TEMPLATE, build_model, build_tokenizer, fine_tune, save
+from tasks.evaluate import evaluate_model, evaluate_stage_output
+from tasks.lib.eval_inputs import base_then_tuned
+from tasks.lib.lm_metrics import heldout_loss
+from tests.tasks.lib.tiny_chat_lm import CONVERSATION, TEMPLATE, build_model, build_tokenizer, fine_tune, save
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +45,7 @@ def _dtypes(model) -> set[torch.dtype]:
 def test_a_bf16_base_and_an_fp32_tuned_model_are_both_measured_in_float32_on_cpu(mixed_folders, tmp_path):
     assert json.loads((mixed_folders / "base" / "config.json").read_text())["dtype"] == "bfloat16"
     assert json.loads((mixed_folders / "tuned" / "config.json").read_text())["dtype"] == "float32"
-    for label, model, _tokenizer in _base_then_tuned(mixed_folders / "tuned", mixed_folders / "base"):
+    for label, model, _tokenizer in base_then_tuned(mixed_folders / "tuned", mixed_folders / "base"):
         assert _dtypes(model) == {torch.float32}, label
         assert {p.device.type for p in model.parameters()} == {"cpu"}, label
 
@@ -72,20 +74,9 @@ def test_a_lora_adapter_and_its_base_run_in_one_dtype(mixed_folders, tokenizer, 
                              LoraConfig(r=2, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False))
     save(adapted, tokenizer, tmp_path / "adapter")
     # the bf16 base folder under an adapter saved in fp32: everything loads as float32 on CPU
-    for label, model, _tokenizer in _base_then_tuned(tmp_path / "adapter", mixed_folders / "base"):
+    for label, model, _tokenizer in base_then_tuned(tmp_path / "adapter", mixed_folders / "base"):
         assert _dtypes(model) == {torch.float32}, label
     # and in bfloat16 (the CUDA choice) PEFT's default upcast of the adapter to float32 is off
-    for label, model, _tokenizer in _base_then_tuned(tmp_path / "adapter", mixed_folders / "base",
-                                                     precision=("bfloat16", "cpu")):
+    for label, model, _tokenizer in base_then_tuned(tmp_path / "adapter", mixed_folders / "base",
+                                                    precision=("bfloat16", "cpu")):
         assert _dtypes(model) == {torch.bfloat16}, label
-
-
-@pytest.mark.parametrize("cuda, bf16, expected", [
-    (False, False, ("float32", "cpu")), (True, True, ("bfloat16", "cuda")), (True, False, ("float32", "cuda")),
-])
-def test_eval_precision_is_bf16_only_on_a_cuda_device_that_supports_it(monkeypatch, cuda, bf16, expected):
-    from tasks.evaluate import eval_precision
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
-    assert eval_precision() == expected

@@ -15,14 +15,7 @@ import pytest
 from tasks.core.recipe import MixConfig
 from tasks.core.records import RECORD_SCHEMA
 from tasks.core.stage import StageCall, execute
-from tasks.mix import (
-    apportion,
-    eval_assignment,
-    prompt_group,
-    sample_copies,
-    target_counts,
-    target_shares,
-)
+from tasks.lib.mixture import eval_assignment, prompt_group
 from tests.stage_helpers import mix_records
 
 SCHEMA = RECORD_SCHEMA.append(pa.field("n_tokens_total", pa.int64())).append(pa.field("score", pa.float64()))
@@ -57,34 +50,6 @@ def shard_rows_of(out, split: str) -> list[dict]:
 
 def decisions_by_id(out) -> dict[str, dict]:
     return {d["example_id"]: d for d in out.decisions.to_pylist()}
-
-
-# ------------------------------------------------------------------------------ pure pieces --
-def test_apportion_largest_remainder_sums_exactly():
-    assert apportion({"code": 3.15, "conversation": 2.45, "qa": 1.4}, 7) == {"code": 3, "conversation": 3, "qa": 1}
-    assert apportion({"a": 1, "b": 1, "c": 1}, 100) == {"a": 34, "b": 33, "c": 33}  # tie: by name
-    assert apportion({"a": 0.0, "b": 0.0}, 5) == {"a": 0, "b": 0}
-
-
-def test_target_shares_proportional_by_default_and_shares_when_given():
-    assert target_shares({"qa": 60, "code": 40}, MixConfig()) == {"code": 0.4, "qa": 0.6}
-    given = target_shares({"qa": 60, "code": 40}, MixConfig(shares={"qa": 0.7, "math": 0.3}))
-    assert given == {"code": 0.0, "math": 0.3, "qa": 0.7}
-
-
-def test_target_counts_from_tokens_uses_each_category_mean():
-    shares = {"code": 0.5, "qa": 0.5}
-    total, counts = target_counts(shares, {"code": 20, "qa": 20}, MixConfig(total_tokens=2000),
-                                  {"code": 100.0, "qa": 50.0, "*": 75.0})
-    assert (total, counts) == (30, {"code": 10, "qa": 20})
-
-
-def test_sample_copies_full_copies_plus_remainder_without_replacement():
-    copies = sample_copies(10, 25, seed=0, category="code")
-    assert sum(copies) == 25
-    assert Counter(copies) == {2: 5, 3: 5}
-    assert sample_copies(10, 25, seed=0, category="code") == copies
-    assert sample_copies(0, 5, seed=0, category="code") == []
 
 
 # ------------------------------------------------------------------------------ exact counts --
@@ -316,6 +281,7 @@ def test_streamed_shards_equal_the_one_table_mix_whatever_the_parts_and_spool_si
     parts of 4 rows and spool files of at most 3 rows (upsampled rows, eval rows, several
     categories) it writes the same shards, decisions and stats as from one table, and every
     shard row is its input row, as often as its decision's copies say."""
+    import tasks.lib.shards as shards
     import tasks.mix as mix
 
     records = make_records({"code": 9, "qa": 4, "math": 6})
@@ -323,7 +289,7 @@ def test_streamed_shards_equal_the_one_table_mix_whatever_the_parts_and_spool_si
                  eval_fraction=0.2, shard_rows=2)
     whole = mix_records(records, config)
 
-    monkeypatch.setattr(mix, "SPOOL_ROWS", 3)
+    monkeypatch.setattr(shards, "SPOOL_ROWS", 3)
     output = mix.mix_parts(records.schema,
                            lambda columns: [records.slice(start, 4).select(columns) if columns else records.slice(start, 4)
                                             for start in range(0, records.num_rows, 4)],

@@ -1,13 +1,11 @@
-"""Train stage: SFT kwargs, attention choice, and one real run (mix artifact -> accelerate launch
---cpu -> committed train artifact) whose round-trip check passes and fails when the saved
-template is altered."""
+"""Train stage: its key, and one real run (mix artifact -> accelerate launch --cpu -> committed
+train artifact) whose round-trip check passes and fails when the saved template is altered."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,97 +17,13 @@ from tasks.core.recipe import MixConfig, TinyModelConfig, TrainConfig
 from tasks.core.records import RECORD_SCHEMA
 from tasks.core.stage import StageCall, execute
 from tests.stage_helpers import mix_records
-from tasks.train import (
-    RoundTripError,
-    attn_implementation,
-    launch_command,
-    require_roundtrip,
-    roundtrip_check,
-    sample_rows,
-    sft_kwargs,
-    train_stage,
-    wants_packing,
-)
+from tasks.lib.train_checks import RoundTripError, require_roundtrip, roundtrip_check
+from tasks.train import train_stage
 
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                        vocab_size=400, max_position_embeddings=128)
-
-
-# ------------------------------------------------------------------------------ sft kwargs --
-def test_default_learning_rate_full_vs_lora_and_explicit_wins():
-    assert sft_kwargs(TrainConfig(), "cpu", 10.0)["learning_rate"] == 2e-5
-    assert sft_kwargs(TrainConfig(method="lora"), "cpu", 10.0)["learning_rate"] == 2e-4
-    assert sft_kwargs(TrainConfig(method="lora", learning_rate=1e-3), "cpu", 10.0)["learning_rate"] == 1e-3
-
-
-def test_auto_packing_packs_only_rows_under_half_of_max_length():
-    cfg = TrainConfig(max_length=512)
-    packed = sft_kwargs(cfg, "cpu", 255.9)
-    assert packed["packing"] is True and packed["packing_strategy"] == "bfd"
-    unpacked = sft_kwargs(cfg, "cpu", 256.0)
-    assert unpacked["packing"] is False and "packing_strategy" not in unpacked
-    assert sft_kwargs(TrainConfig(packing=False), "cpu", 1.0)["packing"] is False
-    assert sft_kwargs(TrainConfig(packing=True), "cpu", 10_000.0)["packing"] is True
-    assert (wants_packing("auto", 31.0, 64), wants_packing("auto", 32.0, 64)) == (True, False)
-
-
-def test_cpu_flags_and_steps_versus_epochs():
-    cpu = sft_kwargs(TrainConfig(max_steps=3, seed=7), "cpu", 10.0)
-    assert cpu["use_cpu"] is True and cpu["bf16"] is False and cpu["dataloader_pin_memory"] is False
-    assert cpu["dataloader_num_workers"] == 0 and cpu["activation_checkpointing"] is False
-    assert cpu["max_steps"] == 3 and "num_train_epochs" not in cpu
-    assert (cpu["seed"], cpu["data_seed"], cpu["save_total_limit"], cpu["report_to"]) == (7, 7, 2, [])
-    assert cpu["eval_strategy"] == "no" and "eval_steps" not in cpu
-    epochs = sft_kwargs(TrainConfig(num_train_epochs=1.5), "cpu", 10.0)
-    assert epochs["num_train_epochs"] == 1.5 and "max_steps" not in epochs
-    assert sft_kwargs(TrainConfig(bf16=True), "cpu", 10.0)["bf16"] is True  # explicit bf16 is honoured
-
-
-def test_cuda_flags_bf16_auto_follows_hardware_and_eval_every_save():
-    cfg = TrainConfig(model="org/some-model", save_steps=25)
-    gpu = sft_kwargs(cfg, "cuda", 10.0, bf16_supported=True, has_eval=True)
-    assert gpu["use_cpu"] is False and gpu["bf16"] is True and gpu["activation_checkpointing"] is True
-    assert (gpu["eval_strategy"], gpu["eval_steps"], gpu["save_steps"]) == ("steps", 25, 25)
-    assert sft_kwargs(cfg, "cuda", 10.0, bf16_supported=False)["bf16"] is False
-    assert sft_kwargs(TrainConfig(), "cuda", 10.0, bf16_supported=True)["activation_checkpointing"] is False
-
-
-def test_sft_kwargs_are_accepted_by_sft_config(tmp_path):
-    from trl import SFTConfig
-
-    kwargs = sft_kwargs(TrainConfig(max_steps=3, warmup_ratio=0.1), "cpu", 10.0, has_eval=True)
-    args = SFTConfig(**kwargs, output_dir=str(tmp_path), assistant_only_loss=True)
-    assert args.use_cpu and args.packing and args.get_warmup_steps(30) == 3
-    assert args.activation_checkpointing is False and args.gradient_checkpointing is False
-
-
-def test_attention_choice():
-    assert attn_implementation(TrainConfig(), "cpu") == "sdpa"
-    assert attn_implementation(TrainConfig(attn_implementation="eager"), "cuda") == "eager"
-    try:
-        import flash_attn  # noqa: F401
-        expected = "flash_attention_2"
-    except ImportError:
-        expected = "sdpa"
-    assert attn_implementation(TrainConfig(), "cuda") == expected
-
-
-def test_launch_command_uses_this_interpreter_and_cpu_flag(tmp_path):
-    command = launch_command(tmp_path / "job.json", 2, use_cpu=True)
-    assert command[:3] == [os.sys.executable, "-m", "accelerate.commands.launch"]
-    assert command[command.index("--num_processes") + 1] == "2" and "--cpu" in command
-    assert command[-3:] == ["-m", "tasks.lib.train_worker", str(tmp_path / "job.json")]
-    assert "--cpu" not in launch_command(tmp_path / "job.json", 1, use_cpu=False)
-
-
-def test_an_accelerate_config_file_decides_the_launch(tmp_path):
-    # several GPUs or machines: the file's settings, not the single-machine defaults
-    command = launch_command(tmp_path / "job.json", 4, use_cpu=False, config_file=tmp_path / "multi.yaml")
-    assert command[3:5] == ["--config_file", str(tmp_path / "multi.yaml")]
-    assert "--num_machines" not in command and "--num_processes" not in command
-    assert command[-3:] == ["-m", "tasks.lib.train_worker", str(tmp_path / "job.json")]
 
 
 def test_the_accelerate_config_bytes_enter_the_train_key(tmp_path):
@@ -132,14 +46,6 @@ def test_the_accelerate_config_bytes_enter_the_train_key(tmp_path):
     assert with_file != key({})
     (tmp_path / "multi.yaml").write_text("num_processes: 16\nnum_machines: 2\n")
     assert key({"accelerate_config": "multi.yaml"}) != with_file
-
-
-def test_roundtrip_sample_counts_copies_once_and_is_order_independent():
-    rows = [{"example_id": f"e{i % 30}", "messages": []} for i in range(90)]
-    sample = sample_rows(rows, 32, seed=0, salt="s")
-    assert len(sample) == 30 and len({r["example_id"] for r in sample}) == 30
-    reversed_sample = sample_rows(list(reversed(rows)), 20, seed=0, salt="s")
-    assert [r["example_id"] for r in reversed_sample] == [r["example_id"] for r in sample_rows(rows, 20, 0, "s")]
 
 
 # ------------------------------------------------------------------------------ a real run --
@@ -309,22 +215,6 @@ def test_mask_audit_failure_stops_before_any_training(tmp_path):
     assert call.store.load("train", "t") is None
 
 
-def test_local_model_paths_are_confined_and_hub_ids_pass_through(tmp_path):
-    from tasks.core.workspace import PathNotAllowed, Workspace
-    from tasks.train import model_location
-
-    (tmp_path / "models" / "mine").mkdir(parents=True)
-    workspace = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
-    assert model_location("models/mine", workspace) == str(tmp_path / "models" / "mine")
-    assert model_location("HuggingFaceTB/SmolLM2-135M", workspace) == "HuggingFaceTB/SmolLM2-135M"
-    with pytest.raises(PathNotAllowed, match="outside the allowed roots"):
-        model_location("../elsewhere", workspace)
-    with pytest.raises(ValueError, match="only builtin model is builtin:tiny-llama"):
-        model_location("builtin:gpt", workspace)
-    with pytest.raises(FileNotFoundError, match=r"^train\.model './models/missing': local folder"):
-        model_location("./models/missing", workspace)  # the error names the recipe field it came from
-
-
 def test_lora_stage_saves_an_adapter_that_loads_on_its_base(tmp_path):
     """The train stage with method lora: adapter in the artifact, pointing at the artifact's base."""
     from peft import AutoPeftModelForCausalLM
@@ -351,28 +241,3 @@ def test_lora_stage_saves_an_adapter_that_loads_on_its_base(tmp_path):
     assert model.peft_config["default"].r == 16
 
 
-CHILD_OUTPUT = ("import sys\n"
-                "print('[train] step 1/2 loss 2.000')\n"
-                "print('Map: 100%|##########| 23/23 [00:00<00:00, 3069.13 examples/s]', file=sys.stderr)\n"
-                "print('some library warning', file=sys.stderr)\n"
-                "print('[train] step 2/2 loss 1.000')\n")
-
-
-@pytest.mark.parametrize("terminal", [False, True])
-def test_run_logged_echoes_step_lines_or_one_bar_and_logs_everything(tmp_path, monkeypatch, capsys, terminal):
-    import sys
-
-    from tasks.train import run_logged
-
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal, raising=False)
-    run_logged([sys.executable, "-c", CHILD_OUTPUT], tmp_path, tmp_path / "train.log")
-    out, err = capsys.readouterr()
-    log = (tmp_path / "train.log").read_text()
-    assert "Map: 100%" in log and "some library warning" in log and log.count("[train] step") == 2
-    assert "Map" not in out + err and "warning" not in out + err
-    # the step lines are printed either way (Prefect relays prints to the run's log and the UI)
-    assert out.splitlines() == ["[train] step 1/2 loss 2.000", "[train] step 2/2 loss 1.000"]
-    if terminal:  # and one tqdm bar (on stderr) under them, moved to 2/2
-        assert "2/2" in err and err.count("train:") >= 1
-    else:
-        assert err == ""

@@ -289,7 +289,7 @@ def test_template_supervising_half_the_content_is_refused(tokenizer):
 
 
 def test_content_the_template_rewrites_is_reported_not_passed_silently(tokenizer):
-    from tasks.train import audit_summary
+    from tasks.lib.train_checks import audit_summary
 
     audit = audit_masks(ROWS, tokenizer, UPPERCASED, max_length=256)
     content = audit["assistant_content_supervised"]
@@ -305,7 +305,7 @@ def test_content_the_template_rewrites_is_reported_not_passed_silently(tokenizer
 
 def test_content_share_reaches_the_summary_and_the_artifact(tokenizer, monkeypatch):
     import flows.publish as publish
-    from tasks.train import audit_summary
+    from tasks.lib.train_checks import audit_summary
 
     audit = audit_masks(ROWS, tokenizer, CHATML_TEMPLATE, max_length=256)
     summary = audit_summary(audit)
