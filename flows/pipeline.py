@@ -10,9 +10,10 @@ one before, so a stage added to the registry runs in its place without an edit h
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -27,7 +28,7 @@ from tasks.core.recipe import load_recipe
 from tasks import evaluate, ingest, normalize, train
 from tasks.core.artifacts import Manifest
 from tasks.core.recipe import Recipe
-from tasks.core.stages import RunLevel, chain_stages, n_stage_calls
+from tasks.core.stages import RunLevel, chain_stages, check_flow_shape, n_stage_calls
 from tasks.core.workspace import Workspace
 from tasks.train import TrainingFailed
 
@@ -43,6 +44,7 @@ def sftflow_pipeline(
     warehouse: str | None = None,
 ) -> dict[str, Any]:
     """Run a recipe: every stage cached by its key, every decision in the catalog."""
+    check_flow_shape()  # a registry edit the flow cannot run fails before anything is read
     overrides = list(overrides or [])
     ws = Workspace.from_env(root=root, warehouse=warehouse)
     recipe = load_recipe(_recipe_file(recipe_path, ws), overrides)
@@ -52,11 +54,13 @@ def sftflow_pipeline(
                                flow_run_id=flow_run.get_id(),
                                n_planned=n_stage_calls(len(recipe.sources), only))
         try:
-            with run_runner(recipe.runner) as runner:  # where the data stages' parts run
+            with contextlib.ExitStack() as runner_scope:  # where the data stages' parts run
+                runner = runner_scope.enter_context(run_runner(recipe.runner))
                 ingested = [run.run(ingest.ingest_stage, ingest.plan(source, ws)) for source in recipe.sources]
                 normalized = [run.run(normalize.normalize_stage, normalize.plan(recipe, m, ws, runner))
                               for m in ingested]
-                mixed = run_chain(run, recipe, normalized, ws, runner)  # dedup ─► filter ─► score ─► mix
+                # dedup ─► filter ─► score ─► mix; the runner goes after the last stage that uses it
+                mixed = run_chain(run, recipe, normalized, ws, runner, release_runner=runner_scope.close)
             data_card = run.publish_data_card()
             gated = None
             if only != "data":
@@ -82,11 +86,18 @@ def sftflow_pipeline(
 
 
 def run_chain(run: RunContext, recipe: Recipe, normalized: list[Manifest], ws: Workspace,
-              runner: dict[str, Any]) -> Manifest:
+              runner: dict[str, Any], release_runner: Callable[[], None]) -> Manifest:
     """The data stages that run once over all sources, in registry order, each planned on the
-    output of the one before; returns the last one's (mix's) artifact."""
+    output of the one before; returns the last one's (mix's) artifact.
+
+    `release_runner` is called once no later stage uses the runner: a Dask cluster's workers (each
+    holding filter's loaded models) are gone before score loads its scorer."""
+    chain = chain_stages()
+    last_runner_stage = max((i for i, spec in enumerate(chain) if spec.uses_runner), default=-1)
     upstream = normalized
-    for spec in chain_stages():
+    for i, spec in enumerate(chain):
+        if i > last_runner_stage:
+            release_runner()  # closing twice is a no-op
         module = importlib.import_module(spec.module)
         upstream = [run.run(getattr(module, f"{spec.name}_stage"), module.plan(recipe, upstream, ws, runner))]
     return upstream[0]

@@ -257,7 +257,7 @@ def filter_part(call: StageCall, records: pa.Table) -> StageOutput:
     """One records part of the input (tasks.core.parts runs one per part)."""
     cfg = FilterConfig.model_validate(call.config)
     fingerprints = tuple(call.input_hashes)
-    if not fingerprints:  # a call not made by plan_filter: hash what would be loaded now
+    if not fingerprints:  # a call not made by `plan`: hash what would be loaded now
         ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
         fingerprints = tuple(filter_input_hashes(cfg, ws.resolve_input))
     counter, scorer, eval_ngrams = _measures(json.dumps(call.config, sort_keys=True), call.root, call.warehouse,

@@ -29,6 +29,7 @@ class StageSpec:
     judges_rows: bool  # every input row gets a kept/dropped decision: a ledger (data) stage
     level: RunLevel = "data"
     per_source: bool = False  # one call (and one artifact) per recipe source
+    uses_runner: bool = False  # its parts run on `recipe.runner` (a Dask cluster stays up for it)
     # Bump when the stage's meaning changes in a way its source would not show (a data file it
     # reads changed); part of every key of the stage.
     logic_version: int = 1
@@ -36,9 +37,9 @@ class StageSpec:
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("ingest", "tasks.ingest", judges_rows=True, per_source=True),
-    StageSpec("normalize", "tasks.normalize", judges_rows=True, per_source=True),
+    StageSpec("normalize", "tasks.normalize", judges_rows=True, per_source=True, uses_runner=True),
     StageSpec("dedup", "tasks.dedup", judges_rows=True),
-    StageSpec("filter", "tasks.filters", judges_rows=True),
+    StageSpec("filter", "tasks.filters", judges_rows=True, uses_runner=True),
     StageSpec("score", "tasks.score", judges_rows=True),
     StageSpec("mix", "tasks.mix", judges_rows=True),
     # train decides every distinct train row too (kept, or `no_supervised_tokens`), but is not a
@@ -67,6 +68,27 @@ def chain_stages() -> tuple[StageSpec, ...]:
     ['dedup', 'filter', 'score', 'mix']
     """
     return tuple(s for s in STAGES if s.judges_rows and not s.per_source)
+
+
+def check_flow_shape() -> None:
+    """The registry must have the shape the flow runs: ingest and normalize per source, a chain of
+    data stages ending with mix (whose shards train reads), then train and evaluate. A stage can be
+    added inside the chain (before mix); anything else needs a change to flows/pipeline.py too.
+
+    >>> check_flow_shape()
+    """
+    per_source = tuple(s.name for s in STAGES if s.per_source)
+    chain = tuple(s.name for s in chain_stages())
+    after = tuple(s.name for s in STAGES if not s.judges_rows)
+    problems = []
+    if per_source != ("ingest", "normalize"):
+        problems.append(f"per-source stages are {per_source}, the flow runs ('ingest', 'normalize')")
+    if not chain or chain[-1] != "mix":
+        problems.append(f"the data chain {chain} must end with mix (train reads its shards)")
+    if after != ("train", "evaluate"):
+        problems.append(f"stages after the data are {after}, the flow runs ('train', 'evaluate')")
+    if problems:
+        raise ValueError("tasks/core/stages.py: " + "; ".join(problems))
 
 
 def spec_of_module(module: str) -> StageSpec:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.core.stages import DATA_STAGES
+from tasks.core import stages
 
 BUILTIN_NOTE = (
     "**This is a demonstration model.** `builtin:tiny-llama` is a small randomly initialised Llama "
@@ -64,7 +64,7 @@ def _drop_rows(drops: Any) -> list[list[Any]]:
         rows = [[stage, reason, n] for stage, reasons in drops.items() for reason, n in (reasons or {}).items()]
     else:
         rows = [[d.get("stage"), d.get("reason"), d.get("n")] for d in drops or []]
-    order = list(DATA_STAGES)
+    order = list(stages.data_stages())
     return sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), str(r[0]), str(r[1])))
 
 
