@@ -154,7 +154,7 @@ def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:
                             str(m["n_rows"]), str(m["n_unique"]), str(m["n_eval"]), str(m.get("outcome", "")))
         console.print(mixture)
     if summary.get("evals"):
-        from flows.gate import metric_text
+        from flows.gate import gate_verdict, metric_text
 
         evals = Table(title="evaluation (tuned model; *_base = the model before training)")
         evals.add_column("metric")
@@ -164,14 +164,13 @@ def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:
         console.print(evals)
         if not show_gate:
             return
-        gate = summary.get("gate") or {}
-        status = gate.get("status", "not_measured")
+        status, why = gate_verdict(summary.get("gate"))
         if status == "gated":
-            console.print(f"[yellow]model gate: gated[/yellow] — {gate.get('message')}")
+            console.print(f"[yellow]model gate: gated[/yellow] — {why}")
         elif status == "not_measured":
-            console.print("[yellow]model gate: not measured[/yellow] (no eval rows and no eval.general_text)")
+            console.print(f"[yellow]model gate: not measured[/yellow] ({why})")
         else:
-            console.print("model gate: passed (general and held-out perplexity within eval.regression_tolerance)")
+            console.print(f"model gate: passed ({why})")
 
 
 @app.command()

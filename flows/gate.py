@@ -48,6 +48,22 @@ def gate_status(stats: dict[str, Any]) -> str:
     return status
 
 
+def gate_verdict(gate: dict[str, Any] | None) -> tuple[str, str]:
+    """(status, why) for the run summary and its artifact: the message when gated.
+
+    >>> gate_verdict({"status": "passed"})
+    ('passed', 'general and held-out perplexity within eval.regression_tolerance')
+    >>> gate_verdict(None)
+    ('not_measured', 'no held-out rows and no eval.general_text')
+    """
+    status = gate_status({"gate": gate})
+    if status == "gated":
+        return status, (gate or {}).get("message") or "the tuned model is worse than its base"
+    if status == "passed":
+        return status, "general and held-out perplexity within eval.regression_tolerance"
+    return status, "no held-out rows and no eval.general_text"
+
+
 def gate_failure(stats: dict[str, Any], on_regression: str, model_path: str) -> ModelGated | None:
     """The error that ends the run, or None when the run may complete.
 
@@ -61,7 +77,7 @@ def gate_failure(stats: dict[str, Any], on_regression: str, model_path: str) -> 
         return None
     gate = stats["gate"]
     message = (
-        f"model gate: {gate.get('message') or 'the tuned model is worse than its base'}\n"
+        f"model gate: {gate_verdict(gate)[1]}\n"
         f"The model is kept at {model_path} and marked gated in the catalog (models.gate); "
         "the run ends failed because eval.on_regression is fail."
     )

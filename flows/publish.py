@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.gate import metric_text
+from flows.gate import gate_verdict, metric_text
 from tasks.core.artifacts import DECISIONS_FILE, Manifest
 
 ARTIFACT_KEYS = {
@@ -170,12 +170,10 @@ def gate_line(gate: dict[str, Any] | None) -> str:
     >>> gate_line(None)
     '**Model gate: not measured** (no held-out rows and no eval.general_text).'
     """
-    status = (gate or {}).get("status", "not_measured")
+    status, why = gate_verdict(gate)
     if status == "gated":
-        return f"**Model gate: GATED.** {gate.get('message') or ''}".rstrip()
-    if status == "passed":
-        return "**Model gate: passed** (general and held-out perplexity within eval.regression_tolerance)."
-    return "**Model gate: not measured** (no held-out rows and no eval.general_text)."
+        return f"**Model gate: GATED.** {why}"
+    return f"**Model gate: {status.replace('_', ' ')}** ({why})."
 
 
 def publish_run(summary: dict[str, Any]) -> None:

@@ -53,6 +53,7 @@ from tasks.lib.eval_report import (
     loss_metrics,
     mask_metrics,
     metric,
+    model_generation_counts,
     render_report,
 )
 from tasks.lib.ifeval import IF_PROMPTS
@@ -141,8 +142,8 @@ def _summary_line(label: str, measured: dict[str, Any], n_rows: int, seconds: fl
         parts.append(f"held-out loss {measured['heldout_loss']:.3f} on {n_rows} rows")
     if measured.get("general_ppl") is not None:
         parts.append(f"general ppl {measured['general_ppl']:.1f}")
-    n_empty = sum(not r.strip() for r in measured["responses"])
-    parts.append(f"{len(measured['responses'])} generations ({sum(measured['truncated'])} truncated, {n_empty} empty)")
+    counts = model_generation_counts(measured)
+    parts.append(f"{counts['n_generations']} generations ({counts['n_truncated']} truncated, {counts['n_empty']} empty)")
     return f"[evaluate] {label}: {', '.join(parts)} in {seconds:.1f} s"
 
 

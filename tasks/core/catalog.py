@@ -457,17 +457,22 @@ def _register_evals(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: 
         )
     # The gate's verdict: an evals row `gated` (1 gated, 0 passed, NULL not measured; detail = the
     # checks and message) and the model's newest verdict in models.gate.
-    gate = manifest.stats.get("gate") or {"status": "not_measured"}
+    gate = _gate(manifest)
     value = {"gated": 1.0, "passed": 0.0}.get(gate.get("status"))
     con.execute("INSERT INTO evals VALUES (?, 'gated', ?, ?, ?, ?)",
                 [model_id, value, json.dumps(gate, sort_keys=True), manifest.key, run_id])
+
+
+def _gate(manifest: Manifest) -> dict[str, Any]:
+    """The gate an evaluate artifact recorded (`not_measured` for one written before the gate)."""
+    return manifest.stats.get("gate") or {"status": "not_measured"}
 
 
 def _set_model_gate(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
     """models.gate = the verdict of the evaluation this run used, new or re-used from the cache: a
     cache hit can bring back an older verdict (a tolerance changed back), and models.gate must say
     what the run that just ended decided."""
-    gate = manifest.stats.get("gate") or {"status": "not_measured"}
+    gate = _gate(manifest)
     con.execute("UPDATE models SET gate = ? WHERE model_id = ?", [gate.get("status"), manifest.stats.get("model_id")])
 
 

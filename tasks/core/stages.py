@@ -48,9 +48,6 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("evaluate", "tasks.evaluate", judges_rows=False, level="all"),
 )
 
-STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
-DATA_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.judges_rows)
-
 
 def stage_names() -> tuple[str, ...]:
     return tuple(s.name for s in STAGES)

@@ -222,11 +222,15 @@ def generation_rows(items: list[dict[str, Any]], measured: dict[str, dict[str, A
     return generations
 
 
+def model_generation_counts(measured: dict[str, Any]) -> dict[str, int]:
+    """One model's generations, truncated ones and empty ones."""
+    return {"n_generations": len(measured["truncated"]), "n_truncated": sum(measured["truncated"]),
+            "n_empty": sum(not r.strip() for r in measured["responses"])}
+
+
 def generation_counts(measured: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Per model: generations, truncated ones and empty ones."""
-    return {label: {"n_generations": len(m["truncated"]), "n_truncated": sum(m["truncated"]),
-                    "n_empty": sum(not r.strip() for r in m["responses"])}
-            for label, m in (("base", measured["base"]), ("tuned", measured["tuned"]))}
+    """Per model (base, tuned): `model_generation_counts`."""
+    return {label: model_generation_counts(measured[label]) for label in ("base", "tuned")}
 
 
 # ---------------------------------------------------------------------------------- report --

@@ -77,11 +77,11 @@ def _chat_text(tokenizer, template: str, messages: list[dict], add_generation_pr
     )
 
 
-def _assistant_char_spans(tokenizer, template: str, messages: list[dict], text: str) -> list[tuple[int, int, int]]:
-    """(message index, start, end) character spans of the assistant turns in the rendered `text`.
-
-    Rendering to text is cheap next to tokenizing, so the growing prefixes are rendered as text and
-    measured in characters; offsets then map the spans onto tokens.
+def _assistant_prefix_spans(render, messages: list[dict], full) -> list[tuple[int, int, int]]:
+    """(message index, start, end) of each assistant turn in `full`, measured by rendering the
+    growing prefixes with `render(messages, add_generation_prompt)`: as text (character spans) or
+    as token ids (token spans) when offsets cannot tie tokens to text. The turn starts where the
+    conversation before it ends (its generation prompt included when `full` begins with that).
     """
     spans: list[tuple[int, int, int]] = []
     for index, message in enumerate(messages):
@@ -89,12 +89,22 @@ def _assistant_char_spans(tokenizer, template: str, messages: list[dict], text: 
             continue
         start = 0
         if index > 0:
-            prompt = _chat_text(tokenizer, template, messages[:index], add_generation_prompt=True)
-            if not text.startswith(prompt):
-                prompt = _chat_text(tokenizer, template, messages[:index])
+            prompt = render(messages[:index], True)
+            if full[: len(prompt)] != prompt:
+                prompt = render(messages[:index], False)
             start = len(prompt)
-        spans.append((index, start, len(_chat_text(tokenizer, template, messages[: index + 1]))))
+        spans.append((index, start, len(render(messages[: index + 1], False))))
     return spans
+
+
+def _assistant_char_spans(tokenizer, template: str, messages: list[dict], text: str) -> list[tuple[int, int, int]]:
+    """(message index, start, end) character spans of the assistant turns in the rendered `text`.
+
+    Rendering to text is cheap next to tokenizing, so the growing prefixes are rendered as text and
+    measured in characters; offsets then map the spans onto tokens.
+    """
+    return _assistant_prefix_spans(
+        lambda prefix, prompt: _chat_text(tokenizer, template, prefix, add_generation_prompt=prompt), messages, text)
 
 
 def _offsets(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]] | None:
@@ -126,19 +136,9 @@ def _assistant_spans_by_prefix_ids(
     tokenizer, template: str, messages: list[dict], full: list[int]
 ) -> list[tuple[int, int]]:
     # Without offsets: measure the growing prefixes in tokens instead.
-    spans: list[tuple[int, int]] = []
-    for index, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        start = 0
-        if index > 0:
-            prompt = _chat_ids(tokenizer, template, messages[:index], add_generation_prompt=True)
-            if full[: len(prompt)] != prompt:
-                prompt = _chat_ids(tokenizer, template, messages[:index])
-            start = len(prompt)
-        end = len(_chat_ids(tokenizer, template, messages[: index + 1]))
-        spans.append((start, end))
-    return spans
+    spans = _assistant_prefix_spans(
+        lambda prefix, prompt: _chat_ids(tokenizer, template, prefix, add_generation_prompt=prompt), messages, full)
+    return [(start, end) for _, start, end in spans]
 
 
 def _row_layout(tokenizer, template: str, messages: list[dict], ids: list[int]) -> dict:

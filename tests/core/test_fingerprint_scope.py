@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.stages import STAGE_NAMES
+from tasks.core.stages import stage_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def changed_by(root: Path, relative: str, old: str, new: str) -> set[str]:
         after = fingerprints(root)
     finally:
         path.write_text(before_text, encoding="utf-8")
-    return {stage for stage in STAGE_NAMES if before[stage] != after[stage]}
+    return {stage for stage in stage_names() if before[stage] != after[stage]}
 
 
 def test_the_copy_is_fingerprinted_not_the_installed_tree(project_copy):

@@ -13,7 +13,7 @@ from tasks.core.stages import StageSpec
 @pytest.fixture
 def ninth_stage(monkeypatch):
     """The registry with `tag` after filter: the one line a new stage adds."""
-    at = stages.STAGE_NAMES.index("filter") + 1
+    at = stages.stage_names().index("filter") + 1
     registry = (*stages.STAGES[:at], StageSpec("tag", "tests.flows.toy_stage", judges_rows=True), *stages.STAGES[at:])
     monkeypatch.setattr(stages, "STAGES", registry)
 

@@ -24,7 +24,7 @@ import pytest
 
 from tasks.core.artifacts import MANIFEST, TMP_PREFIX, ArtifactStore
 from tasks.core.catalog import connect_readonly, writer_path
-from tasks.core.stages import DATA_STAGES
+from tasks.core.stages import data_stages
 from tasks.core.failpoints import FAILPOINT_ENV
 
 pytestmark = pytest.mark.slow
@@ -134,7 +134,7 @@ def test_killed_at_every_stage_resumes_to_the_uninterrupted_result(completed_run
     with connect_readonly(warehouse / "catalog.duckdb") as con:
         final_labeled = con.execute("SELECT stage, label, key FROM stage_runs WHERE run_id = ?", [final_run]).fetchall()
     for stage, label, key in final_labeled:
-        if stage not in DATA_STAGES:
+        if stage not in data_stages():
             continue
         assert key[:12] == base_keys[(stage, label)], (stage, label)
         ours, theirs = store.load(stage, key), base_store.load(stage, key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tasks.core.artifacts import ArtifactStore
 from tasks.core.catalog import connect_readonly
-from tasks.core.stages import DATA_STAGES
+from tasks.core.stages import data_stages
 
 
 def test_dask_localcluster_run_equals_the_sequential_run(completed_run, project, run_pipeline, small_train,
@@ -14,7 +14,7 @@ def test_dask_localcluster_run_equals_the_sequential_run(completed_run, project,
     summary = run_pipeline(project, [*small_train, "runner.kind=dask", "runner.workers=2"], only="data")
 
     # The runner is not in any key: every data stage has the sequential run's key and files.
-    base_keys = {(s["stage"], s["label"]): s["key"] for s in base["stages"] if s["stage"] in DATA_STAGES}
+    base_keys = {(s["stage"], s["label"]): s["key"] for s in base["stages"] if s["stage"] in data_stages()}
     keys = {(s["stage"], s["label"]): s["key"] for s in summary["stages"]}
     assert keys == base_keys
     assert not any(s["cache_hit"] for s in summary["stages"])  # computed here, on the cluster

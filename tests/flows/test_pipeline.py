@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from tasks.core.catalog import connect_readonly
-from tasks.core.stages import DATA_STAGES
+from tasks.core.stages import data_stages
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -26,7 +26,7 @@ def computed(summary: dict) -> set[tuple[str, str]]:
 
 def test_demo_cold_then_warm_run(project, run_pipeline, assert_ledger_balances):
     cold = run_pipeline(project)
-    assert {s["stage"] for s in cold["stages"]} == set(DATA_STAGES)
+    assert {s["stage"] for s in cold["stages"]} == set(data_stages())
     assert all(not s["cache_hit"] for s in cold["stages"])
     assert_ledger_balances(project, cold["run_id"])
 
@@ -44,7 +44,7 @@ def test_demo_cold_then_warm_run(project, run_pipeline, assert_ledger_balances):
     import json
 
     tables = [json.loads(a.data) for a in published if a.type == "table"]
-    assert {t[0]["stage"] for t in tables} == set(DATA_STAGES)
+    assert {t[0]["stage"] for t in tables} == set(data_stages())
     with catalog(project) as con:
         for table in tables:
             shown = {line["reason"]: line["dropped"] for line in table[1:] if line["reason"]}

@@ -20,25 +20,10 @@ from tests.tasks.lib.tiny_chat_lm import (
     GENERAL_TEXTS,
     TEMPLATE,
     build_model,
-    build_tokenizer,
     fine_tune,
     save,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    # the tensors here are tiny: with several threads, synchronisation costs more than the math
-    # (up to 40x slower on a busy 2-core machine), so this module runs torch on one thread
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
+from tests.tasks.lib.tiny_chat_lm import one_cpu_thread, tokenizer  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,11 @@ import json
 import math
 
 import pytest
-import torch
 
 from tasks.core.recipe import EvalConfig
 from tasks.evaluate import evaluate_model, evaluate_stage_output
 from tests.tasks.lib.tiny_chat_lm import CONVERSATION, TEMPLATE, build_model, build_tokenizer, fine_tune, save
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a busy machine
-    yield
-    torch.set_num_threads(previous)
+from tests.tasks.lib.tiny_chat_lm import one_cpu_thread  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")

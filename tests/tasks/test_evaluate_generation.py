@@ -7,25 +7,12 @@ import re
 import warnings
 
 import pytest
-import torch
 
 from tasks.core.recipe import EvalConfig
 from tasks.evaluate import evaluate_model
 from tasks.lib.ifeval import IF_PROMPTS
-from tests.tasks.lib.tiny_chat_lm import CONVERSATION, GENERAL_TEXTS, TEMPLATE, build_model, build_tokenizer, save
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a busy machine
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
+from tests.tasks.lib.tiny_chat_lm import CONVERSATION, GENERAL_TEXTS, TEMPLATE, build_model, save
+from tests.tasks.lib.tiny_chat_lm import one_cpu_thread, tokenizer  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")

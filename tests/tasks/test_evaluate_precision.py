@@ -12,21 +12,13 @@ from tasks.evaluate import evaluate_model, evaluate_stage_output
 from tasks.lib.eval_inputs import base_then_tuned
 from tasks.lib.lm_metrics import heldout_loss
 from tests.tasks.lib.tiny_chat_lm import CONVERSATION, TEMPLATE, build_model, build_tokenizer, fine_tune, save
+from tests.tasks.lib.tiny_chat_lm import one_cpu_thread, tokenizer  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)
 def cpu_only(monkeypatch):
     # the choice under test is the CPU one: pin it even where a GPU is present
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a busy machine
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ template: the models of the evaluation tests, on CPU and offline."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tasks.lib.lm_metrics import conversation_labels
@@ -86,3 +87,20 @@ def save(model, tokenizer, folder):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# Fixtures of the modules that use these models; a module imports them to use them (an imported
+# autouse fixture is autouse there only).
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    # the tensors here are tiny: with several threads, synchronisation costs more than the math
+    # (up to 40x slower on a busy 2-core machine), so the module runs torch on one thread
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
