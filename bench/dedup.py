@@ -13,7 +13,7 @@ per-level detection rates are in the JSON record.
 Both sides get the same rows and the recipe-default NearDedupConfig (5-grams, 128 permutations,
 threshold 0.8, bands and rows derived from it: 13 x 7):
 
-- `ours`: `tasks.dedup.deduplicate` (exact pass, shingles, signatures, LSH, verification,
+- `ours`: `sftflow.tasks.dedup.deduplicate` (exact pass, shingles, signatures, LSH, verification,
   greedy representatives, one decision per row), timed end to end.
 - `per_row`: what common tools do: one `datasketch.MinHash` per row updated shingle by shingle
   (`MinHash.update`), inserted into a `MinHashLSH` and queried back, candidates verified with
@@ -54,8 +54,8 @@ from common import REPO, Ratio, report
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tasks.core.recipe import DedupConfig  # noqa: E402
-from tasks.dedup import (  # noqa: E402
+from sftflow.tasks.core.recipe import DedupConfig  # noqa: E402
+from sftflow.tasks.dedup import (  # noqa: E402
     conversation_text, deduplicate, greedy_representatives, response_units, row_shingles, shingles,
 )
 

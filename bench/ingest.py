@@ -12,7 +12,7 @@ format is measured on its own.
 Both sides start from the file on disk and end with normalized conversations written to disk:
 
 - `ours`: the ingest and normalize stages as the flow runs them, minus Prefect: plan the call
-  (cache key, file hash), then `tasks.core.stage.execute`, which runs the pure stage function
+  (cache key, file hash), then `sftflow.tasks.core.stage.execute`, which runs the pure stage function
   (`ingest_stage.compute` / `normalize_stage.compute`) and writes its Parquet artifacts
   (records, decisions, examples) and manifest. Normalize also classifies every row's category.
 - `datasets`: what a user would otherwise write: `datasets.load_dataset("json", data_files=...,
@@ -58,13 +58,13 @@ from common import REPO, Ratio, report
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tasks.ingest import plan as plan_ingest  # noqa: E402
-from tasks.normalize import plan as plan_normalize  # noqa: E402
-from tasks.core.recipe import Recipe  # noqa: E402
-from tasks.core.stage import execute  # noqa: E402
-from tasks.core.workspace import Workspace  # noqa: E402
-from tasks.ingest import ingest_stage  # noqa: E402
-from tasks.normalize import normalize_stage  # noqa: E402
+from sftflow.tasks.ingest import plan as plan_ingest  # noqa: E402
+from sftflow.tasks.normalize import plan as plan_normalize  # noqa: E402
+from sftflow.tasks.core.recipe import Recipe  # noqa: E402
+from sftflow.tasks.core.stage import execute  # noqa: E402
+from sftflow.tasks.core.workspace import Workspace  # noqa: E402
+from sftflow.tasks.ingest import ingest_stage  # noqa: E402
+from sftflow.tasks.normalize import normalize_stage  # noqa: E402
 
 GOAL_SPEEDUP = 2.0
 FIXED_CATEGORY = "qa"  # a recipe-fixed category: normalize skips the rule-based classifier

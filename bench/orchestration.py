@@ -28,7 +28,7 @@ from pathlib import Path
 
 from common import REPO, Ratio, report
 
-SFTFLOW = [sys.executable, "-m", "flows.cli"]
+SFTFLOW = [sys.executable, "-m", "sftflow.flows.cli"]
 GOAL_RERUN = 0.05
 GOAL_OVERHEAD = 0.02
 
@@ -58,7 +58,7 @@ def timed_run(root: Path, recipe: str, overrides: list[str], env: dict[str, str]
 
 def stage_seconds(root: Path) -> dict[str, float]:
     """Per run: the flow's wall time and the stages' own compute seconds (from the manifests)."""
-    from tasks.core.catalog import connect_readonly
+    from sftflow.tasks.core.catalog import connect_readonly
 
     with connect_readonly(root / "data" / "warehouse" / "catalog.duckdb") as con:
         runs = con.execute("SELECT run_id, epoch(finished_at - started_at) FROM runs ORDER BY started_at").fetchall()
@@ -80,7 +80,7 @@ def measure(mode: str, recipe: str, overrides: list[str], workdir: Path) -> dict
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         server = subprocess.Popen(SFTFLOW + ["ui", "--port", str(port), "--warehouse", str(workdir / mode / "ui")],
                                   cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from flows.operate import server_is_up
+        from sftflow.flows.operate import server_is_up
 
         deadline = time.monotonic() + 120
         while not server_is_up(env["PREFECT_API_URL"]):

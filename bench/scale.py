@@ -189,8 +189,8 @@ class TreeMemory:
 
 # -------------------------------------------------------------------------------- the run --
 def ledger(catalog: Path, run_id: str) -> dict[str, Any]:
-    from tasks.core.audit import UNACCOUNTED_ROWS_SQL
-    from tasks.core.catalog import connect_readonly
+    from sftflow.tasks.core.audit import UNACCOUNTED_ROWS_SQL
+    from sftflow.tasks.core.catalog import connect_readonly
 
     with connect_readonly(catalog) as con:
         rows = con.execute("SELECT stage, n_in, n_kept, n_dropped FROM ledger_by_run l JOIN stage_order o "
@@ -237,7 +237,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(SFTFLOW_ROOT=str(root), SFTFLOW_DATA_DIRS=str(DATA_DIR), PREFECT_HOME=str(root / "prefect-home"),
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
-        command = [sys.executable, "-m", "flows.cli", "run", "scale.yaml", "--only", "data"]
+        command = [sys.executable, "-m", "sftflow.flows.cli", "run", "scale.yaml", "--only", "data"]
         started, started_epoch = time.perf_counter(), time.time()
         process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
@@ -248,7 +248,7 @@ def main() -> None:
             print(output[-4000:])
             sys.exit(f"sftflow run failed with exit code {process.returncode}")
         catalog = root / "data" / "warehouse" / "catalog.duckdb"
-        from tasks.core.catalog import connect_readonly
+        from sftflow.tasks.core.catalog import connect_readonly
 
         with connect_readonly(catalog) as con:
             run_id = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()[0]

@@ -60,8 +60,8 @@ from common import REPO, Ratio, report
 
 sys.path.insert(0, str(REPO))
 
-from tasks.core.recipe import ToxicityConfig  # noqa: E402
-from tasks.lib.toxicity import DetoxifyScorer, score_turns  # noqa: E402
+from sftflow.tasks.core.recipe import ToxicityConfig  # noqa: E402
+from sftflow.tasks.lib.toxicity import DetoxifyScorer, score_turns  # noqa: E402
 
 ALPACA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]  # detoxify original

@@ -8,7 +8,7 @@ blank line and the input when there is one — and an assistant turn), the same 
 initialisation (the same seed, the same saved folder), the same tokenizer and ChatML template
 with `{% generation %}` markers, the same max_length and `assistant_only_loss=True`:
 
-- `packed`: the project's configuration, SFTConfig keyword arguments from tasks.lib.train_settings.sft_kwargs
+- `packed`: the project's configuration, SFTConfig keyword arguments from sftflow.tasks.lib.train_settings.sft_kwargs
   with packing on, i.e. `packing_strategy="bfd"`, which turns padding-free on: every batch is one
   row of concatenated conversations, kept apart by position ids.
 - `padded`: the same kwargs with packing off: TRL pads each batch to its longest conversation.
@@ -121,8 +121,8 @@ def build_model_factory(conversations: list[dict[str, Any]], device: str, workdi
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tasks.core.recipe import TinyModelConfig
-    from tasks.lib.tiny_model import build_tiny_llama, conversation_texts, train_tokenizer
+    from sftflow.tasks.core.recipe import TinyModelConfig
+    from sftflow.tasks.lib.tiny_model import build_tiny_llama, conversation_texts, train_tokenizer
 
     if device == "cpu":
         tiny = TinyModelConfig()
@@ -137,8 +137,8 @@ def build_model_factory(conversations: list[dict[str, Any]], device: str, workdi
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tasks.lib.train_settings import attn_implementation
-    from tasks.core.recipe import TrainConfig
+    from sftflow.tasks.lib.train_settings import attn_implementation
+    from sftflow.tasks.core.recipe import TrainConfig
 
     tokenizer = train_tokenizer(conversation_texts(conversations), CUDA_TOKENIZER_VOCAB)
     config = LlamaConfig(**CUDA_SHAPE, max_position_embeddings=4096, tie_word_embeddings=True,
@@ -221,8 +221,8 @@ def sft_config(packing: bool, batch_size: int, max_length: int, steps: int, devi
                output_dir: Path):
     from trl import SFTConfig
 
-    from tasks.core.recipe import TrainConfig
-    from tasks.lib.train_settings import sft_kwargs
+    from sftflow.tasks.core.recipe import TrainConfig
+    from sftflow.tasks.lib.train_settings import sft_kwargs
 
     cfg = TrainConfig(model="builtin:tiny-llama" if device == "cpu" else "local", max_length=max_length,
                       packing=packing, per_device_train_batch_size=batch_size, max_steps=steps, seed=SEED,
@@ -295,7 +295,7 @@ def main() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
 
-    from tasks.core.recipe import TrainConfig
+    from sftflow.tasks.core.recipe import TrainConfig
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

@@ -34,9 +34,9 @@ def run(
         help="If another run holds the warehouse, wait up to this long for it (default: stop at once)."),
 ) -> None:
     """Run the pipeline on RECIPE; every stage is cached, every row's fate lands in the catalog."""
-    from tasks.core.locks import LOCK_WAIT_ENV, WorkspaceBusy
-    from tasks.core.recipe import RecipeError, load_recipe
-    from tasks.core.workspace import PathNotAllowed, Workspace
+    from sftflow.tasks.core.locks import LOCK_WAIT_ENV, WorkspaceBusy
+    from sftflow.tasks.core.recipe import RecipeError, load_recipe
+    from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
 
     if only == "eval":
         only = "all"
@@ -54,7 +54,7 @@ def run(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    from flows.operate import TemporaryServer, ephemeral_startup_timeout_s, running_local_server
+    from sftflow.flows.operate import TemporaryServer, ephemeral_startup_timeout_s, running_local_server
 
     api_url = running_local_server()
     temporary = None
@@ -71,10 +71,10 @@ def run(
 
     if wait_seconds is not None:
         os.environ[LOCK_WAIT_ENV] = str(wait_seconds)  # read by the flow, wherever it runs
-    from flows.gate import GATED_EXIT_CODE, ModelGated
+    from sftflow.flows.gate import GATED_EXIT_CODE, ModelGated
 
     try:
-        from flows.pipeline import sftflow_pipeline
+        from sftflow.flows.pipeline import sftflow_pipeline
 
         with _reporting_to(temporary):
             summary = sftflow_pipeline(
@@ -101,7 +101,7 @@ def _reporting_to(temporary: Any) -> Iterator[None]:
     settings (a profile may name a server) leave the run to a temporary server at all."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    from flows.operate import ephemeral_startup_timeout_s
+    from sftflow.flows.operate import ephemeral_startup_timeout_s
 
     settings = get_current_settings()
     if temporary is None or settings.api.url or not settings.server.ephemeral.enabled:
@@ -154,7 +154,7 @@ def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:
                             str(m["n_rows"]), str(m["n_unique"]), str(m["n_eval"]), str(m.get("outcome", "")))
         console.print(mixture)
     if summary.get("evals"):
-        from flows.gate import gate_verdict, metric_text
+        from sftflow.flows.gate import gate_verdict, metric_text
 
         evals = Table(title="evaluation (tuned model; *_base = the model before training)")
         evals.add_column("metric")
@@ -182,8 +182,8 @@ def sql(
     """Answer a question from the catalog; the database is opened read-only, without file access."""
     import duckdb
 
-    from tasks.core.catalog import connect_readonly
-    from tasks.core.workspace import Workspace
+    from sftflow.tasks.core.catalog import connect_readonly
+    from sftflow.tasks.core.workspace import Workspace
 
     if format not in ("table", "csv", "json"):
         raise typer.BadParameter("--format takes table, csv or json")
@@ -233,8 +233,8 @@ def explain(
     warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
 ) -> None:
     """Why a row is (or is not) in the training data: its source line, normalized form, every decision."""
-    from tasks.core.artifacts import ArtifactStore
-    from tasks.core.audit import explain as explain_row
+    from sftflow.tasks.core.artifacts import ArtifactStore
+    from sftflow.tasks.core.audit import explain as explain_row
 
     ws, con = _audit_connection(warehouse, format)
     with con:
@@ -290,7 +290,7 @@ def lineage(
     warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
 ) -> None:
     """What a model was trained on: upstream artifacts, sources, shard counts and every example id."""
-    from tasks.core.audit import lineage as model_lineage
+    from sftflow.tasks.core.audit import lineage as model_lineage
 
     _ws, con = _audit_connection(warehouse, format)
     with con:
@@ -319,8 +319,8 @@ def lineage(
 
 
 def _audit_connection(warehouse: Optional[Path], format: str):
-    from tasks.core.catalog import connect_readonly
-    from tasks.core.workspace import Workspace
+    from sftflow.tasks.core.catalog import connect_readonly
+    from sftflow.tasks.core.workspace import Workspace
 
     if format not in ("table", "json"):
         raise typer.BadParameter("--format takes table or json")
@@ -333,7 +333,7 @@ def _audit_connection(warehouse: Optional[Path], format: str):
 
 
 def _audit_call(call):
-    from tasks.core.audit import NotFound
+    from sftflow.tasks.core.audit import NotFound
 
     try:
         return call()
@@ -348,8 +348,8 @@ def ui(
     warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
 ) -> None:
     """Start the Prefect server and UI on loopback (SQLite database in WAREHOUSE/prefect/)."""
-    from flows.operate import local_api_url, ui_server_command
-    from tasks.core.workspace import Workspace
+    from sftflow.flows.operate import local_api_url, ui_server_command
+    from sftflow.tasks.core.workspace import Workspace
 
     ws = Workspace.from_env(warehouse=warehouse)
     (ws.warehouse / "prefect").mkdir(parents=True, exist_ok=True)
@@ -366,8 +366,8 @@ def serve(
     api_url: Optional[str] = typer.Option(None, help="Prefect API (default: PREFECT_API_URL, else `sftflow ui`'s)."),
 ) -> None:
     """Serve the nightly deployment from this process: same schedule and parameters as prefect.yaml."""
-    from flows.operate import local_api_url, serve as serve_deployment, server_is_up
-    from tasks.core.workspace import Workspace
+    from sftflow.flows.operate import local_api_url, serve as serve_deployment, server_is_up
+    from sftflow.tasks.core.workspace import Workspace
 
     url = api_url or os.environ.get("PREFECT_API_URL") or local_api_url()
     if not server_is_up(url):

@@ -180,7 +180,7 @@ def serve(root: Path, name: str | None, api_url: str) -> None:
     from prefect.schedules import Cron
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.pipeline import sftflow_pipeline
+    from sftflow.flows.pipeline import sftflow_pipeline
 
     spec = find_deployment(root, name)
     expected = "flows/pipeline.py:sftflow_pipeline"

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.gate import gate_verdict, metric_text
-from tasks.core.artifacts import DECISIONS_FILE, Manifest
+from sftflow.flows.gate import gate_verdict, metric_text
+from sftflow.tasks.core.artifacts import DECISIONS_FILE, Manifest
 
 ARTIFACT_KEYS = {
     "mask_audit": "sftflow-mask-audit",

@@ -14,14 +14,14 @@ from typing import Any
 
 from prefect.logging import get_run_logger
 
-from flows.publish import publish_data_card, publish_stage
+from sftflow.flows.publish import publish_data_card, publish_stage
 
-from tasks.core.artifacts import ArtifactStore, Manifest
-from tasks.core.catalog import Catalog
-from tasks.core.recipe import Recipe, recipe_canonical_json
-from tasks.core.stage import StageCall
-from tasks.core.workspace import Workspace
-from tasks.lib.model_card import render_data_card, toxicity_card
+from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
+from sftflow.tasks.core.catalog import Catalog
+from sftflow.tasks.core.recipe import Recipe, recipe_canonical_json
+from sftflow.tasks.core.stage import StageCall
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.model_card import render_data_card, toxicity_card
 
 
 class EmptyStageError(RuntimeError):

@@ -48,14 +48,14 @@ import pyarrow.parquet as pq
 
 # dedup_lsh derives the bands that decide which pairs are compared: imported here (not only
 # through the recipe models, which cache keys do not follow) so its source is in this stage's key.
-from tasks.core import dedup_lsh
-from tasks.core.artifacts import Manifest
-from tasks.core.recipe import DedupConfig, NearDedupConfig, Recipe
-from tasks.core.reasons import Reason
-from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import StageCall, plan_call, records_paths, stage_task
-from tasks.core.workspace import Workspace
-from tasks.lib.text_units import text_units, unspaced_char_count
+from sftflow.tasks.core import dedup_lsh
+from sftflow.tasks.core.artifacts import Manifest
+from sftflow.tasks.core.recipe import DedupConfig, NearDedupConfig, Recipe
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
+from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.text_units import text_units, unspaced_char_count
 
 if TYPE_CHECKING:
     from datasketch import LeanMinHash
@@ -145,7 +145,7 @@ def row_features(messages: Iterable[dict[str, Any]] | None, cfg: NearDedupConfig
 def row_shingles(messages: Iterable[dict[str, Any]] | None, cfg: NearDedupConfig) -> list[bytes]:
     """The shingles near-dedup compares for one row under `cfg` (roles, ngram, ngram_unspaced).
 
-    >>> from tasks.core.recipe import NearDedupConfig
+    >>> from sftflow.tasks.core.recipe import NearDedupConfig
     >>> turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi twice."},
     ...          {"role": "assistant", "content": "Hi! Hi!"}]
     >>> row_shingles(turns, NearDedupConfig(ngram=4)) == shingles("Say hi twice. Hi! Hi!", 4)

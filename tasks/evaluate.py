@@ -34,15 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.core.artifacts import Manifest
-from tasks.core.hashing import sha256_file
-from tasks.core.recipe import EvalConfig, JudgeConfig, Recipe
-from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
-from tasks.core.stage import StageCall, plan_call, stage_task
-from tasks.core.workspace import Workspace
-from tasks.lib.devices import compute_device
-from tasks.lib.eval_inputs import base_then_tuned, eval_precision, load_prompts, read_texts
-from tasks.lib.eval_report import (
+from sftflow.tasks.core.artifacts import Manifest
+from sftflow.tasks.core.hashing import sha256_file
+from sftflow.tasks.core.recipe import EvalConfig, JudgeConfig, Recipe
+from sftflow.tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
+from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.devices import compute_device
+from sftflow.tasks.lib.eval_inputs import base_then_tuned, eval_precision, load_prompts, read_texts
+from sftflow.tasks.lib.eval_report import (
     gate_report,
     gate_summary,
     general_regressed,
@@ -56,9 +56,9 @@ from tasks.lib.eval_report import (
     model_generation_counts,
     render_report,
 )
-from tasks.lib.ifeval import IF_PROMPTS
-from tasks.lib.judge import check_judge_reachable, judge_generations
-from tasks.lib.lm_metrics import measure_model
+from sftflow.tasks.lib.ifeval import IF_PROMPTS
+from sftflow.tasks.lib.judge import check_judge_reachable, judge_generations
+from sftflow.tasks.lib.lm_metrics import measure_model
 
 OUTPUT_FILES = ("report.json", "report.md", "generations.json")
 
@@ -200,8 +200,8 @@ def evaluate_stage(call: StageCall) -> StageOutput:
     """Inputs: the train artifact, then the mix artifact (its eval shards)."""
     import shutil
 
-    from tasks.core.artifacts import read_tables
-    from tasks.core.workspace import Workspace
+    from sftflow.tasks.core.artifacts import read_tables
+    from sftflow.tasks.core.workspace import Workspace
 
     cfg = EvalConfig.model_validate(call.config["eval"])
     trained, mixed = call.inputs

@@ -17,17 +17,17 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from tasks.core.artifacts import Manifest
-from tasks.core.reasons import Reason
-from tasks.core.recipe import FilterConfig, Recipe
-from tasks.core.parts import map_parts, sum_counts
-from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import StageCall, plan_call, stage_task
-from tasks.core.workspace import Workspace
-from tasks.lib.decontaminate import EvalIndex, RowMatch, eval_set_fingerprints, load_eval_index
-from tasks.lib.tokens import (BUILTIN_MINILM, TokenCounter, load_token_counter, resolve_tokenizer_revision,
+from sftflow.tasks.core.artifacts import Manifest
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.recipe import FilterConfig, Recipe
+from sftflow.tasks.core.parts import map_parts, sum_counts
+from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
+from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.decontaminate import EvalIndex, RowMatch, eval_set_fingerprints, load_eval_index
+from sftflow.tasks.lib.tokens import (BUILTIN_MINILM, TokenCounter, load_token_counter, resolve_tokenizer_revision,
                               resolve_tokenizer_spec, tokenizer_fingerprint)
-from tasks.lib.toxicity import (
+from sftflow.tasks.lib.toxicity import (
     RoleToxicity, ToxicityScorer, WindowMode, load_toxicity_scorer, score_turns, toxicity_scorer_name,
 )
 
@@ -303,4 +303,4 @@ def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str
 
 @stage_task("filter")
 def filter_stage(call: StageCall) -> PartedOutput:
-    return map_parts(call, "tasks.filters:filter_part", merge_stats)
+    return map_parts(call, "sftflow.tasks.filters:filter_part", merge_stats)

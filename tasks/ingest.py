@@ -10,7 +10,7 @@ re-runs and across edits to other rows of the file.
 Ingest only maps a format to `messages` (roles system | user | assistant | tool, text content).
 It does not trim, NFC-normalize or check turn order: normalize does that, so the catalog keeps
 "could not be read" (ingest) apart from "is not a valid conversation" (normalize). A row that
-cannot become messages is quarantined with a reason from tasks/core/reasons.py and the detail
+cannot become messages is quarantined with a reason from sftflow.tasks/core/reasons.py and the detail
 {"location": "line 41" | "index 3 (line 5)" | "index 3", "error": "..."}; one bad row never fails
 the file, and a JSON array is parsed element by element, so one element that does not parse (or
 holds bytes that are not UTF-8) is quarantined alone. The same locator is kept on each record
@@ -50,16 +50,16 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from tasks.core.hashing import HASH_CHARS, sha256_file, sha256_text, sha256_tree, short_hash
-from tasks.core.reasons import Reason
-from tasks.core.recipe import SourceConfig
-from tasks.core.records import EXAMPLE_SCHEMA, RECORD_SCHEMA, DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import PART_ROWS, StageCall, plan_call, stage_task
-from tasks.core.workspace import Workspace
-from tasks.lib.formats import check_columns, row_messages
-from tasks.lib.hub import hub_dataset_rows, saved_dataset_rows, source_hub_id
-from tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
-from tasks.lib.rows import RawRow, RowProblem, SourceError, escape_surrogates
+from sftflow.tasks.core.hashing import HASH_CHARS, sha256_file, sha256_text, sha256_tree, short_hash
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.recipe import SourceConfig
+from sftflow.tasks.core.records import EXAMPLE_SCHEMA, RECORD_SCHEMA, DecisionLog, PartedOutput, StageOutput
+from sftflow.tasks.core.stage import PART_ROWS, StageCall, plan_call, stage_task
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.formats import check_columns, row_messages
+from sftflow.tasks.lib.hub import hub_dataset_rows, saved_dataset_rows, source_hub_id
+from sftflow.tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
+from sftflow.tasks.lib.rows import RawRow, RowProblem, SourceError, escape_surrogates
 
 LIBRARIES = ("pyarrow", "datasets")
 

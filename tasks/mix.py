@@ -43,15 +43,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.core.recipe import SLUG, MixConfig, Recipe
-from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.reasons import Reason
-from tasks.core.artifacts import Manifest, TMP_PREFIX
-from tasks.core.stage import StageCall, plan_call, records_paths, stage_task
-from tasks.core.workspace import Workspace
-from tasks.lib.mixture import (FittedCounts, apportion, derived_seed, eval_assignment, fit_counts, prompt_group,
+from sftflow.tasks.core.recipe import SLUG, MixConfig, Recipe
+from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.artifacts import Manifest, TMP_PREFIX
+from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.mixture import (FittedCounts, apportion, derived_seed, eval_assignment, fit_counts, prompt_group,
                                row_quotas, sample_copies, short_category_error, target_shares, upsample_cap)
-from tasks.lib.shards import TOKENS_COLUMN, Tables, data_hash, gather_shards, sum_tokens
+from sftflow.tasks.lib.shards import TOKENS_COLUMN, Tables, data_hash, gather_shards, sum_tokens
 
 LIBRARIES = ("numpy", "pyarrow")
 

@@ -3,7 +3,7 @@
 For every ingested row: each turn's text is NFC-normalized and trimmed, the conversation is
 validated (roles, order, emptiness), `content_hash` is computed over the normalized turns and
 `category` is filled (a source's fixed category wins over the classifier). Invalid rows are
-dropped with one reason from tasks/core/reasons.py and the detail {"location": ..., "error": ...}:
+dropped with one reason from sftflow.tasks/core/reasons.py and the detail {"location": ..., "error": ...}:
 the row's place in its source exactly as ingest names it ("line 7", "index 3 (line 5)") and an
 error that names the turn.
 
@@ -28,15 +28,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.core.artifacts import Manifest
-from tasks.core.workspace import Workspace
-from tasks.lib.categories import AUTO, classify_category
-from tasks.core.hashing import HASH_CHARS, sha256_text, short_hash
-from tasks.core.reasons import Reason
-from tasks.core.recipe import NormalizeConfig, Recipe
-from tasks.core.parts import map_parts, sum_counts
-from tasks.core.records import RECORD_SCHEMA, ROLES, DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import StageCall, plan_call, stage_task
+from sftflow.tasks.core.artifacts import Manifest
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.categories import AUTO, classify_category
+from sftflow.tasks.core.hashing import HASH_CHARS, sha256_text, short_hash
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.recipe import NormalizeConfig, Recipe
+from sftflow.tasks.core.parts import map_parts, sum_counts
+from sftflow.tasks.core.records import RECORD_SCHEMA, ROLES, DecisionLog, PartedOutput, StageOutput
+from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
 
 LIBRARIES: tuple[str, ...] = ("unicodedata",)  # stdlib only: the Unicode database version enters the key
 
@@ -332,4 +332,4 @@ def plan(recipe: Recipe, ingested: Manifest, ws: Workspace, runner: dict[str, An
 
 @stage_task("normalize")
 def normalize_stage(call: StageCall) -> PartedOutput:
-    return map_parts(call, "tasks.normalize:normalize_part", merge_stats)
+    return map_parts(call, "sftflow.tasks.normalize:normalize_part", merge_stats)

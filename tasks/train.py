@@ -2,7 +2,7 @@
 
 ```
 mix shards ─► base model + tokenizer ─► chat template ─► mask audit ─► job.json
-           ─► accelerate launch -m tasks.lib.train_worker ─► round-trip check ─► plot, config, card
+           ─► accelerate launch -m sftflow.tasks.lib.train_worker ─► round-trip check ─► plot, config, card
 ```
 
 Choices this stage makes (and why):
@@ -42,20 +42,20 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from tasks.core.artifacts import ArtifactStore, Manifest
-from tasks.core.hashing import sha256_file, sha256_tree
-from tasks.core.recipe import Recipe, TrainConfig
-from tasks.core.records import DecisionLog, StageOutput, empty_records
-from tasks.core.stage import StageCall, plan_call, stage_task
-from tasks.core.weights import require_safetensors
-from tasks.core.workspace import Workspace
-from tasks.lib.base_model import load_tokenizer, model_location
-from tasks.lib.chat_template import select_chat_template
-from tasks.lib.devices import compute_device
-from tasks.lib.mask_audit import audit_masks, check_audit
-from tasks.lib.model_card import render_model_card
-from tasks.lib.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
-from tasks.lib.train_checks import (
+from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
+from sftflow.tasks.core.hashing import sha256_file, sha256_tree
+from sftflow.tasks.core.recipe import Recipe, TrainConfig
+from sftflow.tasks.core.records import DecisionLog, StageOutput, empty_records
+from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
+from sftflow.tasks.core.weights import require_safetensors
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.base_model import load_tokenizer, model_location
+from sftflow.tasks.lib.chat_template import select_chat_template
+from sftflow.tasks.lib.devices import compute_device
+from sftflow.tasks.lib.mask_audit import audit_masks, check_audit
+from sftflow.tasks.lib.model_card import render_model_card
+from sftflow.tasks.lib.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
+from sftflow.tasks.lib.train_checks import (
     audit_sample,
     audit_summary,
     require_roundtrip,
@@ -63,11 +63,11 @@ from tasks.lib.train_checks import (
     sample_rows,
     supervision_decisions,
 )
-from tasks.lib.train_launch import TrainingFailed  # noqa: F401 (the flow catches it as tasks.train.TrainingFailed)
-from tasks.lib.train_launch import launch_command, run_logged
-from tasks.lib.train_plot import plot_training
-from tasks.lib.train_settings import attn_implementation, sft_kwargs
-from tasks.lib.train_worker import (
+from sftflow.tasks.lib.train_launch import TrainingFailed  # noqa: F401 (the flow catches it as tasks.train.TrainingFailed)
+from sftflow.tasks.lib.train_launch import launch_command, run_logged
+from sftflow.tasks.lib.train_plot import plot_training
+from sftflow.tasks.lib.train_settings import attn_implementation, sft_kwargs
+from sftflow.tasks.lib.train_worker import (
     CHAT_TEMPLATE_FILE,
     LOG_HISTORY_FILE,
     METRICS_FILE,

@@ -10,14 +10,14 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from tasks.core.artifacts import Manifest, read_tables
-from tasks.core.recipe import MixConfig, ScoreConfig, SourceConfig
-from tasks.core.records import RECORD_SCHEMA, StageOutput
-from tasks.core.stage import records_paths
-from tasks.ingest import read_source_parts
-from tasks.lib.scorers import QualityScorer
-from tasks.mix import mix_parts
-from tasks.score import score_parts
+from sftflow.tasks.core.artifacts import Manifest, read_tables
+from sftflow.tasks.core.recipe import MixConfig, ScoreConfig, SourceConfig
+from sftflow.tasks.core.records import RECORD_SCHEMA, StageOutput
+from sftflow.tasks.core.stage import records_paths
+from sftflow.tasks.ingest import read_source_parts
+from sftflow.tasks.lib.scorers import QualityScorer
+from sftflow.tasks.mix import mix_parts
+from sftflow.tasks.score import score_parts
 
 
 def records_from_rows(rows: Iterable[dict[str, Any]], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:

@@ -8,11 +8,11 @@ import pkgutil
 
 import pytest
 
-import flows
-import tasks
+import sftflow.flows
+import sftflow.tasks
 
 MODULES = sorted(
-    name for package in (flows, tasks)
+    name for package in (sftflow.flows, sftflow.tasks)
     for _finder, name, _is_pkg in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + ".")
 )
 

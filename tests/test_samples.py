@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.recipe import load_recipe
+from sftflow.tasks.core.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
@@ -246,8 +246,8 @@ def test_sentence_windows_drop_only_the_planted_toxic_answers_at_the_default_thr
     """What the filter itself computes (max over sentence windows) against the recipe default:
     the planted toxic answers reach it, every clean answer (poem lines, code, stories) stays
     below it. At 0.5, ten clean demo answers were dropped as toxic on one word each."""
-    from tasks.core.recipe import ToxicityConfig
-    from tasks.lib.toxicity import ProfanityCheckScorer, score_turns
+    from sftflow.tasks.core.recipe import ToxicityConfig
+    from sftflow.tasks.lib.toxicity import ProfanityCheckScorer, score_turns
 
     threshold = ToxicityConfig().effective_threshold
     scorer = ProfanityCheckScorer()

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.core.hashing import sha256_file, short_hash
+from sftflow.tasks.core.hashing import sha256_file, short_hash
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"  # a writer's folder before commit: never read, swept after a crash

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from tasks.core.artifacts import ArtifactStore
+from sftflow.tasks.core.artifacts import ArtifactStore
 
 MIN_PREFIX_CHARS = 6  # ids are 32 hex chars; a unique prefix of 6+ is accepted, like git
 

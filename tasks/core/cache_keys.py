@@ -21,10 +21,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tasks.core.hashing import sha256_text, short_hash
-from tasks.core import stages
+from sftflow.tasks.core.hashing import sha256_text, short_hash
+from sftflow.tasks.core import stages
 
-PROJECT_PACKAGES = ("tasks", "flows")
+# The installed import name; the repository's flows/ and tasks/ folders are its subpackages.
+PROJECT_PACKAGE = "sftflow"
+PROJECT_SUBPACKAGES = ("tasks", "flows")
 
 # Shared plumbing that every stage imports but whose edits do not change what a stage computes:
 # the recipe models (a stage's own section enters its key as canonical JSON, defaults included),
@@ -34,13 +36,13 @@ PROJECT_PACKAGES = ("tasks", "flows")
 # Process plumbing (failpoints: crash-test hooks; children: the worker process's lifetime) and the
 # stage registry do not change outputs either.
 NOT_FINGERPRINTED = frozenset({
-    "tasks.core.recipe", "tasks.core.recipe_docs", "tasks.core.reasons", "tasks.core.cache_keys",
-    "tasks.core.stage", "tasks.core.artifacts", "tasks.core.catalog", "tasks.core.workspace",
-    "tasks.core.stages", "tasks.core.failpoints", "tasks.core.children",
+    "sftflow.tasks.core.recipe", "sftflow.tasks.core.recipe_docs", "sftflow.tasks.core.reasons", "sftflow.tasks.core.cache_keys",
+    "sftflow.tasks.core.stage", "sftflow.tasks.core.artifacts", "sftflow.tasks.core.catalog", "sftflow.tasks.core.workspace",
+    "sftflow.tasks.core.stages", "sftflow.tasks.core.failpoints", "sftflow.tasks.core.children",
 }) | frozenset({
     # Reports: the model and data cards are written beside a stage's output, never read by a stage.
     # A wording change shows in the next artifact a stage computes; it re-runs nothing.
-    "tasks.lib.model_card",
+    "sftflow.tasks.lib.model_card",
 })
 
 
@@ -73,7 +75,7 @@ def _project_imports(path: Path, module_name: str) -> set[str]:
         else:
             continue
         for name in names:
-            if name in NOT_FINGERPRINTED or name.split(".")[0] not in PROJECT_PACKAGES:
+            if name in NOT_FINGERPRINTED or name.split(".")[0] != PROJECT_PACKAGE:
                 continue
             if _module_file(name) is not None:
                 found.add(name)
@@ -100,8 +102,8 @@ def code_fingerprint(module_name: str) -> str:
 def project_code_version() -> str:
     """Hash of every project source file: the `runs.code_version` of a run (not a cache key)."""
     files = []
-    for package in PROJECT_PACKAGES:
-        path = _module_file(package)
+    for package in PROJECT_SUBPACKAGES:
+        path = _module_file(f"{PROJECT_PACKAGE}.{package}")
         if path is None:
             continue
         root = path.parent

@@ -27,10 +27,10 @@ from typing import Any, Iterator
 
 import duckdb
 
-from tasks.core.artifacts import Manifest
-from tasks.core.failpoints import failpoint
+from sftflow.tasks.core.artifacts import Manifest
+from sftflow.tasks.core.failpoints import failpoint
 
-from tasks.core import stages
+from sftflow.tasks.core import stages
 
 # The ledger views cover the data stages (stages.data_stages()), and train too (ledger_by_run adds it):
 # train decides every distinct train row (kept, or dropped as `no_supervised_tokens` when

@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator
 
 import pyarrow.parquet as pq
 
-from tasks.core.artifacts import TMP_PREFIX
-from tasks.core.recipe import RunnerConfig
-from tasks.core.records import PartedOutput, StageOutput
+from sftflow.tasks.core.artifacts import TMP_PREFIX
+from sftflow.tasks.core.recipe import RunnerConfig
+from sftflow.tasks.core.records import PartedOutput, StageOutput
 
 RECORDS, DECISIONS, EXTRA_DIR = "records.parquet", "decisions.parquet", "extra"
 
@@ -40,7 +40,7 @@ def compute_part(function: str, call: dict[str, Any], input_path: str, out_dir: 
     StageOutput) on one records part; write its tables under `out_dir`; return its stats.
 
     Module-level and addressed by name, so any worker process can import and run it."""
-    from tasks.core.stage import StageCall
+    from sftflow.tasks.core.stage import StageCall
 
     output = _function(function)(StageCall.model_validate(call), pq.read_table(input_path))
     out = Path(out_dir)
@@ -99,7 +99,7 @@ def map_parts(call: Any, function: str, merge_stats: Callable[[list[dict[str, An
     """Compute `function` over every records part of the stage's input; a PartedOutput in input order.
 
     `merge_stats` turns the parts' stats (in input order) into the stage's stats."""
-    from tasks.core.stage import records_paths as input_parts
+    from sftflow.tasks.core.stage import records_paths as input_parts
 
     records_paths = input_parts(call.inputs)
     cfg = RunnerConfig.model_validate(call.params.get("runner") or {})

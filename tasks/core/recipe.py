@@ -14,9 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.lib.categories import AUTO, CATEGORIES
-from tasks.core.hashing import canonical_json, short_hash
-from tasks.core import dedup_lsh
+from sftflow.tasks.lib.categories import AUTO, CATEGORIES
+from sftflow.tasks.core.hashing import canonical_json, short_hash
+from sftflow.tasks.core import dedup_lsh
 
 Role = Literal["system", "user", "assistant", "tool"]
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")

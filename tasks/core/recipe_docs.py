@@ -1,6 +1,6 @@
 """Write docs/recipes.md from the recipe models, so the field reference never drifts from code.
 
-    python -m tasks.core.recipe_docs > docs/recipes.md
+    python -m sftflow.tasks.core.recipe_docs > docs/recipes.md
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from tasks.core.recipe import Recipe, SourceConfig
+from sftflow.tasks.core.recipe import Recipe, SourceConfig
 
 HEADER = """# Recipe reference
 
-Generated from `tasks/core/recipe.py` by `python -m tasks.core.recipe_docs` (a test checks it is
+Generated from `tasks/core/recipe.py` by `python -m sftflow.tasks.core.recipe_docs` (a test checks it is
 current). Every section is optional except `name` and `sources`; unknown keys are errors.
 Override any value on the command line with `--set dotted.key=value` (the value is parsed as
 YAML; list items by index: `--set sources.0.path=data/other.jsonl`).
@@ -32,7 +32,8 @@ def _default(field) -> str:
 
 
 def _type(annotation) -> str:
-    text = str(annotation).replace("typing.", "")
+    # The recipe's own models by their class name: the reference is for recipe authors.
+    text = str(annotation).replace("typing.", "").replace(f"{__package__}.recipe.", "")
     return text.replace("<class '", "").replace("'>", "")
 
 

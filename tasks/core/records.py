@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
-from tasks.core.reasons import KEPT_REASONS, Reason
+from sftflow.tasks.core.reasons import KEPT_REASONS, Reason
 
 ROLES = ("system", "user", "assistant", "tool")
 

@@ -17,13 +17,13 @@ from typing import Any, Callable
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.core import stages
-from tasks.core.artifacts import DECISIONS_FILE, ArtifactStore, Manifest, TableAppender
-from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
-from tasks.core.failpoints import failpoint
-from tasks.core.hashing import short_hash
-from tasks.core.records import PartedOutput, StageOutput
-from tasks.core.workspace import Workspace
+from sftflow.tasks.core import stages
+from sftflow.tasks.core.artifacts import DECISIONS_FILE, ArtifactStore, Manifest, TableAppender
+from sftflow.tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
+from sftflow.tasks.core.failpoints import failpoint
+from sftflow.tasks.core.hashing import short_hash
+from sftflow.tasks.core.records import PartedOutput, StageOutput
+from sftflow.tasks.core.workspace import Workspace
 
 RECORDS_PREFIX = "records"
 PART_ROWS = 50_000  # rows per records part: bounded memory per file, few files for small runs

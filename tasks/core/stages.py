@@ -36,16 +36,16 @@ class StageSpec:
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("ingest", "tasks.ingest", judges_rows=True, per_source=True),
-    StageSpec("normalize", "tasks.normalize", judges_rows=True, per_source=True, uses_runner=True),
-    StageSpec("dedup", "tasks.dedup", judges_rows=True),
-    StageSpec("filter", "tasks.filters", judges_rows=True, uses_runner=True),
-    StageSpec("score", "tasks.score", judges_rows=True),
-    StageSpec("mix", "tasks.mix", judges_rows=True),
+    StageSpec("ingest", "sftflow.tasks.ingest", judges_rows=True, per_source=True),
+    StageSpec("normalize", "sftflow.tasks.normalize", judges_rows=True, per_source=True, uses_runner=True),
+    StageSpec("dedup", "sftflow.tasks.dedup", judges_rows=True),
+    StageSpec("filter", "sftflow.tasks.filters", judges_rows=True, uses_runner=True),
+    StageSpec("score", "sftflow.tasks.score", judges_rows=True),
+    StageSpec("mix", "sftflow.tasks.mix", judges_rows=True),
     # train decides every distinct train row too (kept, or `no_supervised_tokens`), but is not a
     # data stage: its rows come from mix's shards, and only artifacts written since it decides have them
-    StageSpec("train", "tasks.train", judges_rows=False, level="train"),
-    StageSpec("evaluate", "tasks.evaluate", judges_rows=False, level="all"),
+    StageSpec("train", "sftflow.tasks.train", judges_rows=False, level="train"),
+    StageSpec("evaluate", "sftflow.tasks.evaluate", judges_rows=False, level="all"),
 )
 
 
@@ -91,7 +91,7 @@ def check_flow_shape() -> None:
 def spec_of_module(module: str) -> StageSpec:
     """The stage registered with `module`.
 
-    >>> spec_of_module("tasks.filters").name
+    >>> spec_of_module("sftflow.tasks.filters").name
     'filter'
     """
     for spec in STAGES:
@@ -104,7 +104,7 @@ def stage_spec(name: str) -> StageSpec:
     """The registered stage `name`.
 
     >>> stage_spec("filter").module
-    'tasks.filters'
+    'sftflow.tasks.filters'
     >>> stage_spec("filtr")
     Traceback (most recent call last):
     ...

@@ -7,9 +7,9 @@ model is built from the train rows (tasks/lib/tiny_model.py), not located.
 
 from __future__ import annotations
 
-from tasks.core.recipe import TrainConfig
-from tasks.core.workspace import Workspace, model_location as locate_model
-from tasks.lib.tiny_model import BUILTIN_TINY_LLAMA
+from sftflow.tasks.core.recipe import TrainConfig
+from sftflow.tasks.core.workspace import Workspace, model_location as locate_model
+from sftflow.tasks.lib.tiny_model import BUILTIN_TINY_LLAMA
 
 
 def model_location(model: str, workspace: Workspace) -> str:

@@ -44,12 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from tasks.core.hashing import sha256_file
-from tasks.core.recipe import DecontaminateConfig, EvalSetConfig
-from tasks.lib.formats import OPENAI_ROLES, SHAREGPT_ROLES
-from tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
-from tasks.lib.rows import RawRow, SourceError
-from tasks.lib.text_units import text_units
+from sftflow.tasks.core.hashing import sha256_file
+from sftflow.tasks.core.recipe import DecontaminateConfig, EvalSetConfig
+from sftflow.tasks.lib.formats import OPENAI_ROLES, SHAREGPT_ROLES
+from sftflow.tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
+from sftflow.tasks.lib.rows import RawRow, SourceError
+from sftflow.tasks.lib.text_units import text_units
 
 DECON_ROLES = ("user", "assistant")  # prompts and answers can both leak an eval item
 MAX_MATCHES_RECORDED = 5  # distinct eval items named in one decision's detail; hit counts are complete

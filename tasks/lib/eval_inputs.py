@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from tasks.core.weights import UnsafeWeightsError, missing_safetensors_error, require_safetensors
+from sftflow.tasks.core.weights import UnsafeWeightsError, missing_safetensors_error, require_safetensors
 
 BASE_MODEL, TUNED_MODEL = "evaluate (base model)", "evaluate (tuned model)"  # named in loading errors
 
@@ -145,7 +145,7 @@ def read_texts(path: Path, limit: int) -> list[str]:
 
     Read like a decontamination eval set of format `text`: same file kinds, same errors.
     """
-    from tasks.lib.decontaminate import eval_row_texts, read_eval_rows
+    from sftflow.tasks.lib.decontaminate import eval_row_texts, read_eval_rows
 
     texts: list[str] = []
     for place, row in read_eval_rows(path, f"eval.general_text {path}"):

@@ -20,8 +20,8 @@ import math
 import re
 from typing import Any
 
-from tasks.lib.ifeval import IF_PROMPTS, score_responses
-from tasks.lib.lm_metrics import exp_or_inf
+from sftflow.tasks.lib.ifeval import IF_PROMPTS, score_responses
+from sftflow.tasks.lib.lm_metrics import exp_or_inf
 
 REPORT_GENERATIONS = 5  # generations shown in report.md (all are in generations.json)
 

@@ -2,7 +2,7 @@
 
 Only the mapping to `messages` (roles system | user | assistant | tool, text content) happens
 here: no trimming, NFC normalization or turn-order check (normalize does that). A row that
-cannot become messages raises RowProblem with a reason from tasks/core/reasons.py. Text holding
+cannot become messages raises RowProblem with a reason from sftflow.tasks/core/reasons.py. Text holding
 NUL (U+0000) or a lone UTF-16 surrogate from an unpaired "\\ud800" escape is refused as
 `invalid_encoding`: neither is text, and a surrogate cannot even be written to Parquet.
 
@@ -29,9 +29,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tasks.core.reasons import Reason
-from tasks.core.recipe import SourceConfig
-from tasks.lib.rows import ROW_DECODER, UNREADABLE_JSON, RowProblem, SourceError, json_type, unreadable_json_problem
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.recipe import SourceConfig
+from sftflow.tasks.lib.rows import ROW_DECODER, UNREADABLE_JSON, RowProblem, SourceError, json_type, unreadable_json_problem
 
 Message = dict[str, str]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from tasks.core.recipe import SourceConfig
-from tasks.core.workspace import PathNotAllowed, is_hub_id
-from tasks.lib.readers import iter_indexed_rows
-from tasks.lib.rows import RawRow, SourceError
+from sftflow.tasks.core.recipe import SourceConfig
+from sftflow.tasks.core.workspace import PathNotAllowed, is_hub_id
+from sftflow.tasks.lib.readers import iter_indexed_rows
+from sftflow.tasks.lib.rows import RawRow, SourceError
 
 USE_PATH = "use `path:` for local data (paths are confined to the project and SFTFLOW_DATA_DIRS)"
 # datasets' packaged builders (load_dataset("json") reads the current folder's files); the
@@ -40,7 +40,7 @@ def check_hub_id(hf_dataset: str) -> None:
     >>> check_hub_id("../data")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tasks.core.workspace.PathNotAllowed: hf_dataset '../data' looks like a local path, ...; use `path:` for local data ...
+    sftflow.tasks.core.workspace.PathNotAllowed: hf_dataset '../data' looks like a local path, ...; use `path:` for local data ...
     """
     if "\x00" in hf_dataset:
         raise PathNotAllowed(f"hf_dataset {hf_dataset!r} contains a NUL byte; {USE_PATH}")

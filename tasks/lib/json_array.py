@@ -11,9 +11,9 @@ import json
 import re
 from typing import Any, Iterator
 
-from tasks.core.reasons import Reason
-from tasks.core.records import RAW_PREVIEW_CHARS
-from tasks.lib.rows import (
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.records import RAW_PREVIEW_CHARS
+from sftflow.tasks.lib.rows import (
     ROW_DECODER,
     UNREADABLE_JSON,
     RawRow,

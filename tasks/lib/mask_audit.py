@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 
-from tasks.lib.chat_template import ChatTemplateError, end_of_turn_token, has_generation_markers
+from sftflow.tasks.lib.chat_template import ChatTemplateError, end_of_turn_token, has_generation_markers
 
 MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
 MAX_LISTED_IDS = 20  # example ids kept in the audit JSON per problem (counts are always complete)

@@ -49,8 +49,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from tasks.core.recipe import MixConfig
-from tasks.lib.text_units import text_units
+from sftflow.tasks.core.recipe import MixConfig
+from sftflow.tasks.lib.text_units import text_units
 
 # Float products such as 1.15 * 100 land just below the integer they mean (114.999…); quotas
 # and caps are nudged by this much before flooring so they mean what the recipe says.

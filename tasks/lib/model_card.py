@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.core import stages
+from sftflow.tasks.core import stages
 
 BUILTIN_NOTE = (
     "**This is a demonstration model.** `builtin:tiny-llama` is a small randomly initialised Llama "

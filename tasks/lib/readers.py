@@ -17,10 +17,10 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow.parquet as pq
 
-from tasks.core.reasons import Reason
-from tasks.core.records import RAW_PREVIEW_CHARS
-from tasks.lib.json_array import iter_json_array_rows
-from tasks.lib.rows import (
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.records import RAW_PREVIEW_CHARS
+from sftflow.tasks.lib.json_array import iter_json_array_rows
+from sftflow.tasks.lib.rows import (
     ROW_DECODER,
     UNREADABLE_JSON,
     RawRow,

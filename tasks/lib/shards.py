@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.core.stage import PART_ROWS
+from sftflow.tasks.core.stage import PART_ROWS
 
 TOKENS_COLUMN = "n_tokens_total"  # the filter stage's token count per row
 SPLIT_COLUMN = "split"

@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tasks.lib.chat_template import CHATML_TEMPLATE
-from tasks.core.recipe import TinyModelConfig
-from tasks.core.weights import missing_safetensors_error, require_safetensors
+from sftflow.tasks.lib.chat_template import CHATML_TEMPLATE
+from sftflow.tasks.core.recipe import TinyModelConfig
+from sftflow.tasks.core.weights import missing_safetensors_error, require_safetensors
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 BUILTIN_TINY_LLAMA = "builtin:tiny-llama"

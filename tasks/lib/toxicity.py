@@ -39,8 +39,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
-from tasks.core.hashing import sha256_file, sha256_tree
-from tasks.core.recipe import ToxicityConfig
+from sftflow.tasks.core.hashing import sha256_file, sha256_tree
+from sftflow.tasks.core.recipe import ToxicityConfig
 
 TOXICITY_CLASS = "toxicity"  # detoxify's standardized name of the overall toxicity output
 # RoBERTa-style models number positions from pad_token_id + 1, so that many positions are unusable.

@@ -1,6 +1,6 @@
 """Launching the training process and relaying its output.
 
-The train stage runs `accelerate launch -m tasks.lib.train_worker JOB.json` (`--cpu` without
+The train stage runs `accelerate launch -m sftflow.tasks.lib.train_worker JOB.json` (`--cpu` without
 CUDA) as a child process: an OOM kill or a CUDA crash fails the task with the tail of the
 training log (`TrainingFailed`), never the flow process, and `train.num_processes` GPUs work the
 same way. Every line of the process goes to `train.log`; only its `[train] ...` lines (one per
@@ -17,7 +17,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
+from sftflow.tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
 
 LOG_TAIL_LINES = 60
 ECHOED_PREFIX = "[train] "  # the worker's own lines (tasks/lib/train_worker.py step_line, resume notice)
@@ -35,13 +35,13 @@ def launch_command(job_path: Path, num_processes: int, use_cpu: bool, config_fil
     mixed precision from accelerate (SFTConfig's bf16 decides it)."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch"]
     if config_file is not None:
-        return [*launcher, "--config_file", str(config_file), "-m", "tasks.lib.train_worker", str(job_path)]
+        return [*launcher, "--config_file", str(config_file), "-m", "sftflow.tasks.lib.train_worker", str(job_path)]
     command = [*launcher, "--num_processes", str(num_processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if use_cpu:  # explicit thread count: accelerate otherwise warns that it picked one
         threads = max(1, (os.cpu_count() or 1) // num_processes)
         command += ["--cpu", "--num_cpu_threads_per_process", str(threads)]
-    return [*command, "-m", "tasks.lib.train_worker", str(job_path)]
+    return [*command, "-m", "sftflow.tasks.lib.train_worker", str(job_path)]
 
 
 def step_progress(line: str) -> tuple[int, int] | None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.core.recipe import TrainConfig
-from tasks.lib.tiny_model import BUILTIN_TINY_LLAMA
+from sftflow.tasks.core.recipe import TrainConfig
+from sftflow.tasks.lib.tiny_model import BUILTIN_TINY_LLAMA
 
 DEFAULT_LEARNING_RATE = {"full": 2e-5, "lora": 2e-4}
 SAVE_TOTAL_LIMIT = 2  # the newest checkpoint is the resume point; one more survives a crash mid-save

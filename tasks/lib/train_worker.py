@@ -1,10 +1,10 @@
-"""The training process: `accelerate launch [--cpu] --num_processes N -m tasks.lib.train_worker JOB.json`.
+"""The training process: `accelerate launch [--cpu] --num_processes N -m sftflow.tasks.lib.train_worker JOB.json`.
 
 The train stage (tasks/train.py) writes a `TrainJob` as JSON and launches this module in its own
 process, so a CUDA/NCCL crash or an out-of-memory kill never takes the Prefect flow down
 with it (a killed flow takes the worker with it: tasks/core/children.py), and several GPUs
 can run it through accelerate. It can also run as a plain
-`python -m tasks.lib.train_worker JOB.json` (one process).
+`python -m sftflow.tasks.lib.train_worker JOB.json` (one process).
 
 What it does, in order:
 1. loads the train (and eval) Parquet shards keeping only `messages`: TRL tokenizes, masks and
@@ -45,9 +45,9 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
-from tasks.core.failpoints import FAILPOINT_ENV
-from tasks.core.recipe import LoraSettings
+from sftflow.tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
+from sftflow.tasks.core.failpoints import FAILPOINT_ENV
+from sftflow.tasks.core.recipe import LoraSettings
 
 JOB_FILE = "job.json"
 LOG_HISTORY_FILE = "log_history.json"
@@ -291,7 +291,7 @@ def prepare_for_training(model):
 
 def load_training_model(job: TrainJob):
     """(model, tokenizer) for training: the base in `model_dtype(job)`, prepared for training."""
-    from tasks.lib.tiny_model import load_causal_lm
+    from sftflow.tasks.lib.tiny_model import load_causal_lm
 
     model, tokenizer = load_causal_lm(job.base_model, revision=job.revision, trust_remote_code=job.trust_remote_code,
                                       dtype=model_dtype(job), attn_implementation=job.attn_implementation)
@@ -339,7 +339,7 @@ def sample_sequences(job: TrainJob, tokenizer, max_length: int) -> list[dict[str
         return []
     import pyarrow.parquet as pq
 
-    from tasks.lib.mask_audit import tokenize_conversation
+    from sftflow.tasks.lib.mask_audit import tokenize_conversation
 
     wanted, found = set(job.sample_ids), {}
     for path in job.train_files:
@@ -354,7 +354,7 @@ def sample_sequences(job: TrainJob, tokenizer, max_length: int) -> list[dict[str
 
 def set_generation_eos(job: TrainJob, trainer, tokenizer) -> tuple[str, int]:
     """Make generation stop on the template's end-of-turn token (it is often not the model's eos)."""
-    from tasks.lib.chat_template import end_of_turn_token
+    from sftflow.tasks.lib.chat_template import end_of_turn_token
 
     end_of_turn = end_of_turn_token(job.chat_template, tokenizer)
     end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
@@ -434,7 +434,7 @@ def crash_test_callback():
     (transformers calls on_save once the checkpoint folder is complete)."""
     from transformers import TrainerCallback
 
-    from tasks.core.failpoints import failpoint
+    from sftflow.tasks.core.failpoints import failpoint
 
     class CheckpointFailpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -590,7 +590,7 @@ def run(job: TrainJob) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m tasks.lib.train_worker JOB.json", file=sys.stderr)
+        print("usage: python -m sftflow.tasks.lib.train_worker JOB.json", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if os.environ.get(DIE_WITH_FLOW_ENV):  # launched by the train stage, not by hand

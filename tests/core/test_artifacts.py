@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from tasks.core.artifacts import MANIFEST, ArtifactStore
+from sftflow.tasks.core.artifacts import MANIFEST, ArtifactStore
 
 
 def _write(store, key="k1", rows=3):

@@ -1,8 +1,8 @@
 import dataclasses
 import sys
 
-from tasks.core import cache_keys, stages
-from tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
+from sftflow.tasks.core import cache_keys, stages
+from sftflow.tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
 
 
 def test_key_changes_with_each_ingredient():
@@ -23,21 +23,21 @@ def test_logic_version_bump_changes_key(monkeypatch):
 
 
 def test_fingerprint_follows_project_imports(tmp_path, monkeypatch):
-    pkg = tmp_path / "tasks_probe_root" / "tasks"
-    # Build a throwaway copy of a two-module project package and edit the imported helper.
+    # Build a throwaway two-module project package (named apart from the installed one, whose name
+    # the fingerprint walk is pointed at) and edit the imported helper.
+    pkg = tmp_path / "probe_root" / "sftflow_probe"
     (pkg / "core").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "core" / "__init__.py").write_text("")
     (pkg / "core" / "helper.py").write_text("VALUE = 1\n")
-    (pkg / "stage_x.py").write_text("from tasks.core.helper import VALUE\n")
-    for name in [m for m in sys.modules if m == "tasks" or m.startswith("tasks.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.syspath_prepend(str(tmp_path / "tasks_probe_root"))
+    (pkg / "stage_x.py").write_text("from sftflow_probe.core.helper import VALUE\n")
+    monkeypatch.setattr(cache_keys, "PROJECT_PACKAGE", "sftflow_probe")
+    monkeypatch.syspath_prepend(str(tmp_path / "probe_root"))
     code_fingerprint.cache_clear()
-    before = code_fingerprint("tasks.stage_x")
+    before = code_fingerprint("sftflow_probe.stage_x")
     (pkg / "core" / "helper.py").write_text("VALUE = 2\n")
     code_fingerprint.cache_clear()
-    after = code_fingerprint("tasks.stage_x")
+    after = code_fingerprint("sftflow_probe.stage_x")
     code_fingerprint.cache_clear()
     assert before != after
 
@@ -53,12 +53,12 @@ def test_dedup_fingerprint_covers_the_band_derivation(tmp_path, monkeypatch):
     an edit there must change dedup's key (the recipe models that also call it are not followed)."""
     real = cache_keys._module_file
     edited = tmp_path / "dedup_lsh.py"
-    edited.write_text(real("tasks.core.dedup_lsh").read_text(encoding="utf-8") + "\nTARGET_RECALL_EDITED = 1\n")
+    edited.write_text(real("sftflow.tasks.core.dedup_lsh").read_text(encoding="utf-8") + "\nTARGET_RECALL_EDITED = 1\n")
     code_fingerprint.cache_clear()
-    before = code_fingerprint("tasks.dedup")
+    before = code_fingerprint("sftflow.tasks.dedup")
     monkeypatch.setattr(cache_keys, "_module_file",
-                        lambda name: edited if name == "tasks.core.dedup_lsh" else real(name))
+                        lambda name: edited if name == "sftflow.tasks.core.dedup_lsh" else real(name))
     code_fingerprint.cache_clear()
-    after = code_fingerprint("tasks.dedup")
+    after = code_fingerprint("sftflow.tasks.dedup")
     code_fingerprint.cache_clear()
     assert before != after

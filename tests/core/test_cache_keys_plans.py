@@ -22,14 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import dedup, filters, ingest, mix, normalize, train
-from tasks import score as score_stage_module
-from tasks.lib import scorers
-from tasks.core.artifacts import ArtifactStore, Manifest
-from tasks.core.recipe import parse_recipe
+from sftflow.tasks import dedup, filters, ingest, mix, normalize, train
+from sftflow.tasks import score as score_stage_module
+from sftflow.tasks.lib import scorers
+from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
+from sftflow.tasks.core.recipe import parse_recipe
 from tests.stage_helpers import read_records, records_from_rows
-from tasks.core.stage import execute
-from tasks.core.workspace import Workspace
+from sftflow.tasks.core.stage import execute
+from sftflow.tasks.core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -74,9 +74,9 @@ def real_chain(tmp_path_factory):
     """ingest -> normalize -> dedup of the shared Alpaca file, computed for real (no Prefect)."""
     if not ALPACA.is_file():
         pytest.skip("../shared/data is absent")
-    from tasks.dedup import dedup_stage
-    from tasks.ingest import ingest_stage
-    from tasks.normalize import normalize_stage
+    from sftflow.tasks.dedup import dedup_stage
+    from sftflow.tasks.ingest import ingest_stage
+    from sftflow.tasks.normalize import normalize_stage
 
     root = tmp_path_factory.mktemp("chain")
     (root / "data").mkdir()
@@ -204,7 +204,7 @@ def fake_hf(monkeypatch) -> list[tuple[str, dict]]:
 
 
 def test_hub_tokenizer_is_loaded_at_the_keyed_revision(tmp_path, fake_hf):
-    from tasks.lib.tokens import load_token_counter
+    from sftflow.tasks.lib.tokens import load_token_counter
 
     counter = load_token_counter(HUB_MODEL, ws_at(tmp_path).resolve_input, REV_A)
     assert fake_hf[0][1]["source"] == HUB_MODEL and fake_hf[0][1]["revision"] == REV_A
@@ -298,7 +298,7 @@ def test_mix_shard_layout_does_not_retrain(tmp_path):
 
 def test_real_mix_at_two_shard_sizes_keys_train_once(tmp_path):
     """The mix stage itself, on the same rows at two shard sizes: one train key."""
-    from tasks.mix import mix_stage
+    from sftflow.tasks.mix import mix_stage
 
     ws = ws_at(tmp_path)
     rows = [{"example_id": f"e{i:03d}", "source": "s", "source_format": "openai", "category": ("qa", "code")[i % 2],
@@ -344,7 +344,7 @@ def test_a_reworded_dedup_decision_does_not_rerun_filter(real_chain, tmp_path):
 def test_both_near_backends_write_the_same_records_on_real_data(real_chain, tmp_path):
     """Why dedup.near.backend is unkeyed: on the shared Alpaca file both backends keep the same
     rows, byte for byte, so later stages are keyed the same either way."""
-    from tasks.dedup import dedup_stage
+    from sftflow.tasks.dedup import dedup_stage
 
     _, normalized, deduped = real_chain
     other_ws = ws_at(tmp_path)  # another warehouse: the same key must be computed afresh there

@@ -4,11 +4,11 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from tasks.core.catalog import Catalog, connect_readonly
-from tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput
+from sftflow.tasks.core.catalog import Catalog, connect_readonly
+from sftflow.tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput
 from tests.stage_helpers import records_from_rows
-from tasks.core.reasons import Reason
-from tasks.core.stage import StageCall, execute
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.stage import StageCall, execute
 
 
 def _call(tmp_path, stage, key, inputs=()):
@@ -247,8 +247,8 @@ def test_an_ingest_rerun_with_the_same_rows_is_one_version_and_keeps_its_normali
     """ingest recomputed (its code changed, the source did not) gives a new artifact with the same
     rows; normalize, keyed on those rows, is then a cache hit naming the old ingest artifact. The
     row is still one version, with its content_hash and category."""
-    from tasks.core.artifacts import ArtifactStore
-    from tasks.core.audit import explain
+    from sftflow.tasks.core.artifacts import ArtifactStore
+    from sftflow.tasks.core.audit import explain
 
     cat = Catalog(tmp_path / "wh" / "catalog.duckdb")
     rows = [_example("ex-0001", 1, '{"q": "first"}'), _example("ex-0002", 2, '{"q": "second"}')]

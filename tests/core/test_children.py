@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from tasks.core.children import _prctl
+from sftflow.tasks.core.children import _prctl
 
 # A parent that starts a long-sleeping child with die_with_parent and prints the child's pid.
 PARENT = """
 import functools, os, subprocess, sys, time
-from tasks.core.children import die_with_parent
+from sftflow.tasks.core.children import die_with_parent
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                          preexec_fn=functools.partial(die_with_parent, os.getpid()))
 print(child.pid, flush=True)

@@ -2,10 +2,10 @@ import signal
 import subprocess
 import sys
 
-from tasks.core.failpoints import FAILPOINT_ENV
+from sftflow.tasks.core.failpoints import FAILPOINT_ENV
 
 SCRIPT = """
-from tasks.core.failpoints import failpoint
+from sftflow.tasks.core.failpoints import failpoint
 failpoint("dedup:computed")
 print("passed dedup:computed", flush=True)
 failpoint("dedup:written")

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.stages import stage_names
+from sftflow.tasks.core.stages import stage_names
 
 REPO = Path(__file__).resolve().parents[2]
 
 FINGERPRINTS = """
 import json
-from tasks.core.cache_keys import code_fingerprint
-from tasks.core.stages import STAGES
+from sftflow.tasks.core.cache_keys import code_fingerprint
+from sftflow.tasks.core.stages import STAGES
 print(json.dumps({s.name: code_fingerprint(s.module) for s in STAGES}))
 """
 
@@ -31,8 +31,8 @@ print(json.dumps({s.name: code_fingerprint(s.module) for s in STAGES}))
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fingerprint") / "project"
-    for package in ("tasks", "flows"):
-        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("tasks", "flows"):  # laid out as the installed package `sftflow` imports them
+        shutil.copytree(REPO / package, root / "sftflow" / package, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
 
@@ -44,7 +44,7 @@ def fingerprints(root: Path) -> dict[str, str]:
 
 def changed_by(root: Path, relative: str, old: str, new: str) -> set[str]:
     """The stages whose fingerprint changes when `old` becomes `new` in the copy's `relative` file."""
-    path = root / relative
+    path = root / "sftflow" / relative
     before_text = path.read_text(encoding="utf-8")
     assert before_text.count(old) >= 1, f"{relative} no longer holds {old!r}: update this test's edit"
     before = fingerprints(root)
@@ -85,15 +85,15 @@ def test_an_ingest_error_message_re_runs_no_other_stage(project_copy):
 
 def test_no_module_but_the_flow_imports_a_stage():
     """No library or stage imports a stage: a stage's edits reach only its own key (and the flow)."""
-    from tasks.core.cache_keys import _module_file, _project_imports
-    from tasks.core.stages import STAGES
+    from sftflow.tasks.core.cache_keys import _module_file, _project_imports
+    from sftflow.tasks.core.stages import STAGES
 
     stage_modules = {spec.module for spec in STAGES}
     offenders = {}
     for path in sorted((REPO / "tasks").rglob("*.py")):
-        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        name = "sftflow." + ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         imported = (_project_imports(path, name) & stage_modules) - {name}  # nor does a stage import another
         if imported:
             offenders[name] = sorted(imported)
     assert offenders == {}
-    assert _module_file("tasks.lib.formats") is not None  # the walk sees the libraries
+    assert _module_file("sftflow.tasks.lib.formats") is not None  # the walk sees the libraries

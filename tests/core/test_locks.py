@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from tasks.core.locks import LOCK_WAIT_ENV, WorkspaceBusy, lock_wait_seconds, workspace_lock
+from sftflow.tasks.core.locks import LOCK_WAIT_ENV, WorkspaceBusy, lock_wait_seconds, workspace_lock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from tasks.core.locks import workspace_lock
+from sftflow.tasks.core.locks import workspace_lock
 with workspace_lock(Path(sys.argv[1]), recipe="nightly"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

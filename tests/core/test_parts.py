@@ -5,11 +5,11 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.artifacts import ArtifactStore
-from tasks.core.parts import sum_counts
+from sftflow.tasks.core.artifacts import ArtifactStore
+from sftflow.tasks.core.parts import sum_counts
 from tests.stage_helpers import records_from_rows
-from tasks.core.stage import StageCall, execute
-from tasks.normalize import normalize_stage
+from sftflow.tasks.core.stage import StageCall, execute
+from sftflow.tasks.normalize import normalize_stage
 
 U, A = "user", "assistant"
 
@@ -72,14 +72,14 @@ def test_sum_counts_adds_keywise():
 def test_a_part_read_back_is_the_table_computed(tmp_path):
     # list columns keep Arrow's child name through the scratch file, so the artifact a parted
     # stage writes has the bytes of a direct write of the same table
-    from tasks.core.parts import compute_part, read_part
-    from tasks.normalize import normalize_records
-    from tasks.core.recipe import NormalizeConfig
+    from sftflow.tasks.core.parts import compute_part, read_part
+    from sftflow.tasks.normalize import normalize_records
+    from sftflow.tasks.core.recipe import NormalizeConfig
 
     ingested = three_part_input(tmp_path)
     source = ingested.files_named("records")[0]
     call = normalize_call(tmp_path, ingested, {"kind": "sequential"})
-    compute_part("tasks.normalize:normalize_part", call.model_dump(mode="json"), str(source), str(tmp_path / "out"))
+    compute_part("sftflow.tasks.normalize:normalize_part", call.model_dump(mode="json"), str(source), str(tmp_path / "out"))
     back, direct = read_part(tmp_path / "out"), normalize_records(pq.read_table(source), NormalizeConfig())
     for ours, theirs in [(back.records, direct.records), (back.decisions, direct.decisions)]:
         assert ours.schema.field(0) == theirs.schema.field(0) and str(ours.schema) == str(theirs.schema)

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.core.recipe import RecipeError, apply_override, load_recipe, parse_recipe
+from sftflow.tasks.core.recipe import RecipeError, apply_override, load_recipe, parse_recipe
 
 MINIMAL = {"name": "x", "sources": [{"name": "a", "path": "a.json", "format": "alpaca"}]}
 

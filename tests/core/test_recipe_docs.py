@@ -1,13 +1,13 @@
 from pathlib import Path
 
-from tasks.core.recipe_docs import render
+from sftflow.tasks.core.recipe_docs import render
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
 
 
 def test_recipe_reference_is_current():
     assert DOCS.read_text(encoding="utf-8") == render(), (
-        "docs/recipes.md is stale: run `python -m tasks.core.recipe_docs > docs/recipes.md`"
+        "docs/recipes.md is stale: run `python -m sftflow.tasks.core.recipe_docs > docs/recipes.md`"
     )
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.recipe import load_recipe
+from sftflow.tasks.core.recipe import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "deployments" / "recipes").glob("*.yaml"))
 

@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from tasks.core import stages
-from tasks.core.stages import StageSpec
+from sftflow.tasks.core import stages
+from sftflow.tasks.core.stages import StageSpec
 
 
 def registry_with(monkeypatch, spec: StageSpec, after: str) -> None:
@@ -22,9 +22,9 @@ def test_the_shipped_registry_has_the_flow_shape():
 
 
 @pytest.mark.parametrize(("spec", "after", "message"), [
-    (StageSpec("late", "tasks.late", judges_rows=True), "mix", "must end with mix"),
-    (StageSpec("split", "tasks.split", judges_rows=True, per_source=True), "normalize", "per-source stages"),
-    (StageSpec("report", "tasks.report", judges_rows=False), "train", "stages after the data"),
+    (StageSpec("late", "sftflow.tasks.late", judges_rows=True), "mix", "must end with mix"),
+    (StageSpec("split", "sftflow.tasks.split", judges_rows=True, per_source=True), "normalize", "per-source stages"),
+    (StageSpec("report", "sftflow.tasks.report", judges_rows=False), "train", "stages after the data"),
 ])
 def test_a_registry_the_flow_cannot_run_is_refused(monkeypatch, spec, after, message):
     registry_with(monkeypatch, spec, after)
@@ -33,7 +33,7 @@ def test_a_registry_the_flow_cannot_run_is_refused(monkeypatch, spec, after, mes
 
 
 def test_the_runner_is_released_before_the_first_stage_after_its_last_user(monkeypatch):
-    from flows.pipeline import run_chain
+    from sftflow.flows.pipeline import run_chain
 
     events: list[str] = []
     fake = types.ModuleType("fake_chain_stages")

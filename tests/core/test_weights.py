@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.core.weights import (
+from sftflow.tasks.core.weights import (
     UnsafeWeightsError,
     missing_safetensors_error,
     pickled_weight_files,

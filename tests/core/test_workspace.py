@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tasks.core.workspace import PathNotAllowed, Workspace
+from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.audit import UNACCOUNTED_ROWS_SQL
-from tasks.core.catalog import connect_readonly
-from tasks.core import stages
+from sftflow.tasks.core.audit import UNACCOUNTED_ROWS_SQL
+from sftflow.tasks.core.catalog import connect_readonly
+from sftflow.tasks.core import stages
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -41,7 +41,7 @@ def _new_project(parent: Path) -> Path:
 
 def _run(root: Path, overrides: list[str] | None = None, recipe: str = "deployments/recipes/demo.yaml",
          only: str = "data") -> dict:
-    from flows.pipeline import sftflow_pipeline
+    from sftflow.flows.pipeline import sftflow_pipeline
 
     return sftflow_pipeline(recipe_path=recipe, overrides=overrides or [], only=only, root=str(root),
                             warehouse=str(root / "data" / "warehouse"))
@@ -122,7 +122,7 @@ def _sftflow(root: Path, *args: str, env: dict[str, str] | None = None, timeout:
     from prefect.settings import PREFECT_API_URL
 
     full_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), **(env or {})}
-    command = [sys.executable, "-m", "flows.cli", *args]
+    command = [sys.executable, "-m", "sftflow.flows.cli", *args]
     if not wait:
         return subprocess.Popen(command, cwd=root, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)

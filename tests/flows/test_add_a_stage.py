@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core import stages
-from tasks.core.catalog import connect_readonly
-from tasks.core.stages import StageSpec
+from sftflow.tasks.core import stages
+from sftflow.tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.stages import StageSpec
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.core.catalog import connect_readonly
+from sftflow.flows.cli import app
+from sftflow.tasks.core.catalog import connect_readonly
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner(env={"COLUMNS": "240"})  # wide enough that rich does not fold cells

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.catalog import connect_readonly
 from tests.tasks.malformed_corpus import CASES, INGEST, NORMALIZE, Row
 
 SAMPLE_ROWS_BETWEEN = 1  # sample rows written before each corpus row

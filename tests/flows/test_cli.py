@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.core.catalog import Catalog
+from sftflow.flows.cli import app
+from sftflow.tasks.core.catalog import Catalog
 
 runner = CliRunner()
 
@@ -111,10 +111,10 @@ def _ingest_run(tmp_path, cat, run_id, key, raw):
     """One run reading one source whose row 1 is `raw` (one ingest artifact, registered)."""
     import pyarrow as pa
 
-    from tasks.core.reasons import Reason
-    from tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput
+    from sftflow.tasks.core.reasons import Reason
+    from sftflow.tasks.core.records import EXAMPLE_SCHEMA, DecisionLog, StageOutput
     from tests.stage_helpers import records_from_rows
-    from tasks.core.stage import StageCall, execute
+    from sftflow.tasks.core.stage import StageCall, execute
 
     def compute(call):
         log = DecisionLog()

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from flows.cli import BUSY_EXIT_CODE
-from tasks.core.catalog import connect_readonly
-from tasks.core.locks import LOCK_FILE
+from sftflow.flows.cli import BUSY_EXIT_CODE
+from sftflow.tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.locks import LOCK_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.core.artifacts import MANIFEST, TMP_PREFIX, ArtifactStore
-from tasks.core.catalog import connect_readonly, writer_path
-from tasks.core.stages import data_stages
-from tasks.core.failpoints import FAILPOINT_ENV
+from sftflow.tasks.core.artifacts import MANIFEST, TMP_PREFIX, ArtifactStore
+from sftflow.tasks.core.catalog import connect_readonly, writer_path
+from sftflow.tasks.core.stages import data_stages
+from sftflow.tasks.core.failpoints import FAILPOINT_ENV
 
 pytestmark = pytest.mark.slow
 

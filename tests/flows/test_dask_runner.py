@@ -3,9 +3,9 @@ processes, through prefect-dask's task runner, gives the sequential run's artifa
 
 from __future__ import annotations
 
-from tasks.core.artifacts import ArtifactStore
-from tasks.core.catalog import connect_readonly
-from tasks.core.stages import data_stages
+from sftflow.tasks.core.artifacts import ArtifactStore
+from sftflow.tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.stages import data_stages
 
 
 def test_dask_localcluster_run_equals_the_sequential_run(completed_run, project, run_pipeline, small_train,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.gate import GATED_EXIT_CODE, ModelGated
-from tasks.core.catalog import connect_readonly
+from sftflow.flows.gate import GATED_EXIT_CODE, ModelGated
+from sftflow.tasks.core.catalog import connect_readonly
 
 
 def test_gated_model_fails_the_run_and_is_kept_and_marked(completed_project, run_pipeline, small_train, sftflow_cli):

@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from tasks.core import cache_keys
+from sftflow.tasks.core import cache_keys
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "caching.md"
@@ -51,14 +51,14 @@ def _edit_source_row(root: Path, _mp) -> None:
 
 def _fingerprint_edit(mp: pytest.MonkeyPatch, module: str) -> None:
     real = cache_keys.code_fingerprint
-    mp.setattr("tasks.core.stage.code_fingerprint",
+    mp.setattr("sftflow.tasks.core.stage.code_fingerprint",
                lambda name: "edited-" + real(name) if name == module else real(name))
 
 
 def _edit_filter_code(_root: Path, mp: pytest.MonkeyPatch) -> None:
     """An edit to tasks/filters.py that changes behaviour: responses need 3x the tokens."""
-    import tasks.filters as filters
-    from tasks.core.reasons import Reason
+    import sftflow.tasks.filters as filters
+    from sftflow.tasks.core.reasons import Reason
 
     real_decide = filters.decide
 
@@ -68,12 +68,12 @@ def _edit_filter_code(_root: Path, mp: pytest.MonkeyPatch) -> None:
         return real_decide(n_tokens_response, n_tokens_total, judged_toxicity, decon_hits, cfg)
 
     mp.setattr(filters, "decide", stricter)
-    _fingerprint_edit(mp, "tasks.filters")
+    _fingerprint_edit(mp, "sftflow.tasks.filters")
 
 
 def _refactor_dedup_code(_root: Path, mp: pytest.MonkeyPatch) -> None:
     """An edit to tasks/dedup.py that computes the same thing (a refactor)."""
-    _fingerprint_edit(mp, "tasks.dedup")
+    _fingerprint_edit(mp, "sftflow.tasks.dedup")
 
 
 def _library_upgrade(name: str):
@@ -84,7 +84,7 @@ def _library_upgrade(name: str):
             found = real(names)
             return {k: (v + ".post1" if k == name else v) for k, v in found.items()}
 
-        mp.setattr("tasks.core.stage.library_versions", versions)
+        mp.setattr("sftflow.tasks.core.stage.library_versions", versions)
 
     return edit
 

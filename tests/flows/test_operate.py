@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows import operate
-from flows.cli import app
-from flows.publish import stage_artifact_key
+from sftflow.flows import operate
+from sftflow.flows.cli import app
+from sftflow.flows.publish import stage_artifact_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def test_prefect_yaml_declares_the_nightly_deployment():
     # the parameters are the flow's own
     import inspect
 
-    from flows.pipeline import sftflow_pipeline
+    from sftflow.flows.pipeline import sftflow_pipeline
     assert set(spec.parameters) <= set(inspect.signature(sftflow_pipeline.fn).parameters)
     assert (REPO / spec.parameters["recipe_path"]).is_file()
 
@@ -94,7 +94,7 @@ def test_run_without_a_server_uses_the_early_temporary_server(tmp_path):
         "score: {enabled: false}\nmix: {eval_fraction: 0.0}\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "recipe.yaml", "--only", "data"], cwd=root,
+    done = subprocess.run([sys.executable, "-m", "sftflow.flows.cli", "run", "recipe.yaml", "--only", "data"], cwd=root,
                           env=env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]

@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.core.catalog import connect_readonly
-from tasks.core.stages import data_stages
+from sftflow.tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.stages import data_stages
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -82,7 +82,7 @@ def test_demo_cold_then_warm_run(project, run_pipeline, assert_ledger_balances):
                        "contaminated", "below_top_fraction", "invalid_json", "unknown_role"):
             assert reasons.get(reason, 0) > 0, reason
         # every reason recorded is in the closed vocabulary
-        from tasks.core.reasons import Reason
+        from sftflow.tasks.core.reasons import Reason
         assert set(reasons) <= {r.value for r in Reason}
 
 
@@ -154,7 +154,7 @@ def test_real_world_files(project, run_pipeline, monkeypatch, assert_ledger_bala
 
 
 def test_recipe_path_parameter_outside_the_roots_is_refused(project, run_pipeline, tmp_path):
-    from tasks.core.workspace import PathNotAllowed
+    from sftflow.tasks.core.workspace import PathNotAllowed
 
     outside = tmp_path / "elsewhere.yaml"  # beside the project root, not under it
     outside.write_text((project / "deployments" / "recipes" / "demo.yaml").read_text())

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.core.catalog import connect_readonly
-from tasks.core.records import RAW_PREVIEW_CHARS  # the catalog keeps this much of each raw line
+from sftflow.flows.cli import app
+from sftflow.tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.records import RAW_PREVIEW_CHARS  # the catalog keeps this much of each raw line
 
 runner = CliRunner(env={"COLUMNS": "240"})
 MAX_LENGTH = 256  # train.max_length of SMALL_TRAIN (tests/flows/conftest.py)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import flows.publish as publish
-from tasks.core.artifacts import ArtifactStore, Manifest
-from tasks.core.catalog import Catalog
-from tasks.core.reasons import Reason
-from tasks.core.records import DecisionLog
+import sftflow.flows.publish as publish
+from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
+from sftflow.tasks.core.catalog import Catalog
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.records import DecisionLog
 
 # (stage, label, {reason: rows}) shaped like a demo run; kept reasons are not drops.
 STAGE_DECISIONS = [

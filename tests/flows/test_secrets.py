@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.catalog import connect_readonly
 
 JUDGE_KEY_ENV = "SFTFLOW_TEST_JUDGE_API_KEY"
 CANARY_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", JUDGE_KEY_ENV)

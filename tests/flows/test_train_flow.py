@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.catalog import connect_readonly
 
 
 def test_ingest_to_evaluate(completed_run, completed_project, run_pipeline, small_train):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.operate import server_is_up
-from flows.publish import ARTIFACT_KEYS
+from sftflow.flows.operate import server_is_up
+from sftflow.flows.publish import ARTIFACT_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,7 +60,7 @@ def server(tmp_path_factory):
     env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
     warehouse = home / "warehouse"
     log = open(home / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "sftflow.flows.cli", "ui", "--port", str(port),
                                 "--warehouse", str(warehouse)], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     try:
@@ -148,7 +148,7 @@ def test_deploy_trigger_and_see_it_in_the_ui(server, project, small_train):
     assert "## Realized mixture" in by_key[ARTIFACT_KEYS["run"]].data
 
     # the run really wrote the catalog it claims to have written
-    from tasks.core.catalog import connect_readonly
+    from sftflow.tasks.core.catalog import connect_readonly
     with connect_readonly(project / "data" / "warehouse" / "catalog.duckdb") as con:
         (status,) = con.execute("SELECT status FROM runs WHERE flow_run_id = ?", [flow_run_id]).fetchone()
     assert status == "completed"
@@ -199,7 +199,7 @@ def _check_serve(server: dict, project: Path) -> None:
     """`sftflow serve` registers the same deployment with the same schedule and parameters."""
     log_path = SCREENSHOTS / "serve.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--root", str(REPO)],
+        process = subprocess.Popen([sys.executable, "-m", "sftflow.flows.cli", "serve", "--root", str(REPO)],
                                    cwd=REPO, env=server["env"], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90

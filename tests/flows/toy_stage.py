@@ -12,9 +12,9 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.core.reasons import Reason
-from tasks.core.records import DecisionLog, StageOutput
-from tasks.core.stage import StageCall, plan_call, records_paths, stage_task
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.records import DecisionLog, StageOutput
+from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
 
 LIBRARIES = ("pyarrow",)
 MIN_CHARS = 200  # drops some of the demo's short answers

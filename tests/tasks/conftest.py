@@ -55,7 +55,7 @@ def pickled_copy():
 @pytest.fixture(scope="module")
 def counter():
     """The packaged MiniLM token counter (filter and toxicity tests)."""
-    from tasks.lib.tokens import load_token_counter
+    from sftflow.tasks.lib.tokens import load_token_counter
 
     return load_token_counter("builtin:minilm")
 
@@ -63,6 +63,6 @@ def counter():
 @pytest.fixture(scope="module")
 def profanity():
     """profanity-check, the offline toxicity backend."""
-    from tasks.lib.toxicity import ProfanityCheckScorer
+    from sftflow.tasks.lib.toxicity import ProfanityCheckScorer
 
     return ProfanityCheckScorer()

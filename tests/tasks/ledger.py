@@ -10,8 +10,8 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
-from tasks.core.reasons import KEPT_REASONS, Reason
-from tasks.core.records import StageOutput
+from sftflow.tasks.core.reasons import KEPT_REASONS, Reason
+from sftflow.tasks.core.records import StageOutput
 
 VOCABULARY = {reason.value for reason in Reason}
 

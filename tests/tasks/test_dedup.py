@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.core.hashing import short_hash
-from tasks.core.recipe import DedupConfig
-from tasks.core.records import RECORD_SCHEMA
+from sftflow.tasks.core.hashing import short_hash
+from sftflow.tasks.core.recipe import DedupConfig
+from sftflow.tasks.core.records import RECORD_SCHEMA
 from tests.stage_helpers import records_from_rows
-from tasks.dedup import (
+from sftflow.tasks.dedup import (
     band_candidate_pairs,
     candidate_pairs,
     conversation_text,
@@ -365,7 +365,7 @@ def test_numpy_signatures_equal_datasketch_minhash_values():
 
 def test_numpy_signatures_span_passes(monkeypatch):
     # rows split across several numpy passes (and a row larger than one pass) give the same values
-    import tasks.dedup as dedup
+    import sftflow.tasks.dedup as dedup
 
     hashes = [shingle_hashes(shingles(" ".join(words(n, seed=n)), 3)) for n in (50, 7, 120, 30)]
     whole = signature_matrix(hashes, 32, 1)
@@ -395,7 +395,7 @@ def test_numpy_backend_decides_exactly_like_datasketch():
 
 def test_signature_batches_do_not_change_decisions(monkeypatch):
     # rows hashed 7 at a time (texts and signature rows) decide exactly as in one batch
-    import tasks.dedup as dedup
+    import sftflow.tasks.dedup as dedup
 
     rows = graded_rows()
     whole = deduplicate(table(rows), CFG)
@@ -407,8 +407,8 @@ def test_stage_over_parts_decides_like_one_table(tmp_path):
     # the stage streams conversations part by part; its decisions and rows are the in-memory ones
     import pyarrow.parquet as pq
 
-    from tasks.core.artifacts import ArtifactStore
-    from tasks.core.stage import StageCall, execute
+    from sftflow.tasks.core.artifacts import ArtifactStore
+    from sftflow.tasks.core.stage import StageCall, execute
 
     whole = table(graded_rows())
     writer = ArtifactStore(tmp_path / "artifacts").writer("normalize", "in")

@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.core.hashing import short_hash
-from tasks.core.recipe import DedupConfig, RecipeError, parse_recipe
+from sftflow.tasks.core.hashing import short_hash
+from sftflow.tasks.core.recipe import DedupConfig, RecipeError, parse_recipe
 from tests.stage_helpers import records_from_rows
-from tasks.dedup import (
+from sftflow.tasks.dedup import (
     band_candidate_pairs,
     conversation_text,
     deduplicate,
@@ -351,9 +351,9 @@ def test_chinese_rows_are_shingled_by_characters():
 
 # ---------------------------------------------------------- (e) real-world shared files --
 def shared_records(name: str, fmt: str) -> pa.Table:
-    from tasks.core.recipe import NormalizeConfig, SourceConfig
+    from sftflow.tasks.core.recipe import NormalizeConfig, SourceConfig
     from tests.stage_helpers import read_source
-    from tasks.normalize import normalize_records
+    from sftflow.tasks.normalize import normalize_records
 
     path = SHARED_DATA / name
     if not path.is_file():

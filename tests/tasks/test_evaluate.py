@@ -8,13 +8,13 @@ import socket
 import pytest
 import torch
 
-from tasks.core.recipe import EvalConfig, JudgeConfig
-from tasks.core.weights import UnsafeWeightsError
-from tasks.evaluate import evaluate_model, evaluate_stage_output
-from tasks.lib.eval_inputs import eval_precision
-from tasks.lib.ifeval import IF_PROMPTS
-from tasks.lib.judge import JudgeError
-from tasks.lib.lm_metrics import heldout_loss
+from sftflow.tasks.core.recipe import EvalConfig, JudgeConfig
+from sftflow.tasks.core.weights import UnsafeWeightsError
+from sftflow.tasks.evaluate import evaluate_model, evaluate_stage_output
+from sftflow.tasks.lib.eval_inputs import eval_precision
+from sftflow.tasks.lib.ifeval import IF_PROMPTS
+from sftflow.tasks.lib.judge import JudgeError
+from sftflow.tasks.lib.lm_metrics import heldout_loss
 from tests.tasks.lib.tiny_chat_lm import (
     CONVERSATION,
     GENERAL_TEXTS,

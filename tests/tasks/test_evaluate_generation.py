@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 
-from tasks.core.recipe import EvalConfig
-from tasks.evaluate import evaluate_model
-from tasks.lib.ifeval import IF_PROMPTS
+from sftflow.tasks.core.recipe import EvalConfig
+from sftflow.tasks.evaluate import evaluate_model
+from sftflow.tasks.lib.ifeval import IF_PROMPTS
 from tests.tasks.lib.tiny_chat_lm import CONVERSATION, GENERAL_TEXTS, TEMPLATE, build_model, save
 from tests.tasks.lib.tiny_chat_lm import one_cpu_thread, tokenizer  # noqa: F401 (fixtures)
 

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from tasks.core.recipe import EvalConfig
-from tasks.evaluate import evaluate_model, evaluate_stage_output
-from tasks.lib.eval_inputs import base_then_tuned
-from tasks.lib.lm_metrics import heldout_loss
+from sftflow.tasks.core.recipe import EvalConfig
+from sftflow.tasks.evaluate import evaluate_model, evaluate_stage_output
+from sftflow.tasks.lib.eval_inputs import base_then_tuned
+from sftflow.tasks.lib.lm_metrics import heldout_loss
 from tests.tasks.lib.tiny_chat_lm import CONVERSATION, TEMPLATE, build_model, build_tokenizer, fine_tune, save
 from tests.tasks.lib.tiny_chat_lm import one_cpu_thread, tokenizer  # noqa: F401 (fixtures)
 

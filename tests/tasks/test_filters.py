@@ -8,16 +8,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tasks.core.artifacts import ArtifactStore
-from tasks.core.records import RECORD_SCHEMA
+from sftflow.tasks.core.artifacts import ArtifactStore
+from sftflow.tasks.core.records import RECORD_SCHEMA
 from tests.stage_helpers import read_records, records_from_rows
-from tasks.core.recipe import EvalSetConfig, FilterConfig
-from tasks.core.stage import execute, plan_stage
-from tasks.core.workspace import Workspace
-from tasks.lib.decontaminate import load_eval_index
-from tasks.filters import LIBRARIES, filter_input_hashes, filter_records, filter_stage
-from tasks.lib.tokens import load_token_counter
-from tasks.lib.toxicity import ProfanityCheckScorer
+from sftflow.tasks.core.recipe import EvalSetConfig, FilterConfig
+from sftflow.tasks.core.stage import execute, plan_stage
+from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib.decontaminate import load_eval_index
+from sftflow.tasks.filters import LIBRARIES, filter_input_hashes, filter_records, filter_stage
+from sftflow.tasks.lib.tokens import load_token_counter
+from sftflow.tasks.lib.toxicity import ProfanityCheckScorer
 
 SYSTEM = "You are a helpful assistant."  # 6 MiniLM tokens
 INSULT = "You are a fucking idiot and a piece of shit."  # 11 tokens, profanity-check ~1.0
@@ -246,7 +246,7 @@ def test_stage_wrapper_writes_an_artifact(tmp_path, eval_file):
     upstream = writer.commit(inputs=[], config_hash="c", code_hash="c", n_in=6, n_out=6, stats={})
     config = make_cfg("heldout.jsonl").model_dump(mode="json")
     config["length"]["tokenizer"] = "builtin:minilm"
-    call = plan_stage("filter", "tasks.filters", config, [upstream], LIBRARIES, root=root, warehouse=warehouse)
+    call = plan_stage("filter", "sftflow.tasks.filters", config, [upstream], LIBRARIES, root=root, warehouse=warehouse)
     manifest, hit = execute(call, filter_stage.compute)
     assert not hit and manifest.n_in == 6 and manifest.n_out == 2
     assert read_records([manifest]).column("example_id").to_pylist() == ["toxic_prompt", "clean"]

@@ -33,10 +33,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.core.recipe import NormalizeConfig, SourceConfig
+from sftflow.tasks.core.recipe import NormalizeConfig, SourceConfig
 from tests.stage_helpers import read_source
-from tasks.lib.rows import SourceError
-from tasks.normalize import normalize_records
+from sftflow.tasks.lib.rows import SourceError
+from sftflow.tasks.normalize import normalize_records
 from tests.tasks.ledger import assert_ledger
 
 REPO = Path(__file__).resolve().parents[2]

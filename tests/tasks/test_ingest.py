@@ -9,17 +9,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.hashing import short_hash
-from tasks.core.reasons import Reason
-from tasks.core.recipe import SourceConfig
-from tasks.core.records import EXAMPLE_SCHEMA, RAW_PREVIEW_CHARS, RECORD_SCHEMA
-from tasks.core.stage import StageCall, execute
-from tasks.core.workspace import PathNotAllowed
-from tasks.ingest import _example_ids, ingest_stage, source_fingerprint, source_uri
+from sftflow.tasks.core.hashing import short_hash
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.recipe import SourceConfig
+from sftflow.tasks.core.records import EXAMPLE_SCHEMA, RAW_PREVIEW_CHARS, RECORD_SCHEMA
+from sftflow.tasks.core.stage import StageCall, execute
+from sftflow.tasks.core.workspace import PathNotAllowed
+from sftflow.tasks.ingest import _example_ids, ingest_stage, source_fingerprint, source_uri
 from tests.stage_helpers import read_source
-from tasks.lib.formats import alpaca_messages, openai_messages, sharegpt_messages
-from tasks.lib.hub import check_hub_id
-from tasks.lib.rows import RowProblem, SourceError, raw_preview
+from sftflow.tasks.lib.formats import alpaca_messages, openai_messages, sharegpt_messages
+from sftflow.tasks.lib.hub import check_hub_id
+from sftflow.tasks.lib.rows import RowProblem, SourceError, raw_preview
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -779,7 +779,7 @@ def test_real_glaive_toolcall_demo_every_row_accounted_for():
 
 def test_parts_of_a_source_concatenate_to_the_whole(tmp_path):
     # a source read 7 rows at a time gives the same tables, decisions and stats as in one part
-    from tasks.ingest import read_source_parts
+    from sftflow.tasks.ingest import read_source_parts
 
     path = tmp_path / "rows.jsonl"
     lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]})
@@ -798,7 +798,7 @@ def test_parts_of_a_source_concatenate_to_the_whole(tmp_path):
 
 
 def test_a_source_of_exactly_one_full_part_ends_cleanly(tmp_path):
-    from tasks.ingest import read_source_parts
+    from sftflow.tasks.ingest import read_source_parts
 
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant",

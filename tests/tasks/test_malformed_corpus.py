@@ -17,14 +17,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.reasons import KEPT_REASONS
-from tasks.core.recipe import FilterConfig, NormalizeConfig, SourceConfig
-from tasks.core.records import RAW_PREVIEW_CHARS
+from sftflow.tasks.core.reasons import KEPT_REASONS
+from sftflow.tasks.core.recipe import FilterConfig, NormalizeConfig, SourceConfig
+from sftflow.tasks.core.records import RAW_PREVIEW_CHARS
 from tests.stage_helpers import read_source, records_from_rows
-from tasks.filters import filter_records
-from tasks.lib.rows import SourceError
-from tasks.normalize import normalize_records
-from tasks.lib.tokens import load_token_counter
+from sftflow.tasks.filters import filter_records
+from sftflow.tasks.lib.rows import SourceError
+from sftflow.tasks.normalize import normalize_records
+from sftflow.tasks.lib.tokens import load_token_counter
 from tests.tasks.ledger import VOCABULARY, assert_ledger, decisions_by_id
 from tests.tasks.malformed_corpus import CASES, INGEST, NORMALIZE, Case, Row
 

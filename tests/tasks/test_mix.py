@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.recipe import MixConfig
-from tasks.core.records import RECORD_SCHEMA
-from tasks.core.stage import StageCall, execute
-from tasks.lib.mixture import eval_assignment, prompt_group
+from sftflow.tasks.core.recipe import MixConfig
+from sftflow.tasks.core.records import RECORD_SCHEMA
+from sftflow.tasks.core.stage import StageCall, execute
+from sftflow.tasks.lib.mixture import eval_assignment, prompt_group
 from tests.stage_helpers import mix_records
 
 SCHEMA = RECORD_SCHEMA.append(pa.field("n_tokens_total", pa.int64())).append(pa.field("score", pa.float64()))
@@ -281,8 +281,8 @@ def test_streamed_shards_equal_the_one_table_mix_whatever_the_parts_and_spool_si
     parts of 4 rows and spool files of at most 3 rows (upsampled rows, eval rows, several
     categories) it writes the same shards, decisions and stats as from one table, and every
     shard row is its input row, as often as its decision's copies say."""
-    import tasks.lib.shards as shards
-    import tasks.mix as mix
+    import sftflow.tasks.lib.shards as shards
+    import sftflow.tasks.mix as mix
 
     records = make_records({"code": 9, "qa": 4, "math": 6})
     config = cfg(shares={"code": 0.5, "qa": 0.3, "math": 0.2}, total_rows=40, max_upsample=3.0,
@@ -473,7 +473,7 @@ SHARED_ALPACA = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpac
 
 @pytest.mark.skipif(not SHARED_ALPACA.is_file(), reason="../shared/data/alpaca_en_demo.json is absent")
 def test_real_alpaca_file_prompt_groups_stay_together_and_shares_hold():
-    from tasks.lib.categories import classify_category
+    from sftflow.tasks.lib.categories import classify_category
 
     rows = []
     for position, r in enumerate(json.loads(SHARED_ALPACA.read_text(encoding="utf-8"))):
@@ -496,7 +496,7 @@ def test_real_alpaca_file_prompt_groups_stay_together_and_shares_hold():
 def test_catalog_latest_mixture_reads_the_new_mix_stats(tmp_path):
     """The catalog's `mixture` table takes its columns from stats["mixture"]; in token mode
     `realized_share` is the token share there too."""
-    from tasks.core.catalog import Catalog
+    from sftflow.tasks.core.catalog import Catalog
 
     rows = [{"example_id": f"{c}-{i:03d}", "category": c, "user": f"{c} question {i}?", "assistant": "a",
              "tokens": t} for c, n, t in (("qa", 40, 20), ("code", 10, 100)) for i in range(n)]
@@ -516,7 +516,7 @@ def test_catalog_latest_mixture_reads_the_new_mix_stats(tmp_path):
 
 
 def test_prefect_artifact_and_run_summary_say_what_the_policy_did(tmp_path, monkeypatch):
-    import flows.publish as publish
+    import sftflow.flows.publish as publish
 
     published = {}
     monkeypatch.setattr(publish, "create_table_artifact",

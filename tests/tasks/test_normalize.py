@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.artifacts import ArtifactStore
-from tasks.core.hashing import short_hash
-from tasks.core.reasons import Reason
-from tasks.core.recipe import NormalizeConfig
-from tasks.core.records import RECORD_SCHEMA
+from sftflow.tasks.core.artifacts import ArtifactStore
+from sftflow.tasks.core.hashing import short_hash
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.recipe import NormalizeConfig
+from sftflow.tasks.core.records import RECORD_SCHEMA
 from tests.stage_helpers import records_from_rows
-from tasks.core.stage import StageCall, execute
-from tasks.normalize import (
+from sftflow.tasks.core.stage import StageCall, execute
+from sftflow.tasks.normalize import (
     LIBRARIES,
     content_hash,
     edge_chars,

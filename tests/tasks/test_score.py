@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.artifacts import ArtifactStore
-from tasks.core.reasons import Reason
-from tasks.core.recipe import ScoreConfig
-from tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA
+from sftflow.tasks.core.artifacts import ArtifactStore
+from sftflow.tasks.core.reasons import Reason
+from sftflow.tasks.core.recipe import ScoreConfig
+from sftflow.tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA
 from tests.stage_helpers import records_from_rows, score_records
-from tasks.core.stage import StageCall, execute
-from tasks.score import GLOBAL_GROUP, keep_count, rank_groups, score_parts, score_stage
-from tasks.lib.scorers import ScoredPairs, Truncation
+from sftflow.tasks.core.stage import StageCall, execute
+from sftflow.tasks.score import GLOBAL_GROUP, keep_count, rank_groups, score_parts, score_stage
+from sftflow.tasks.lib.scorers import ScoredPairs, Truncation
 
 
 class ResponseNumberScorer:

@@ -13,12 +13,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tasks.core.recipe import MixConfig, TinyModelConfig, TrainConfig
-from tasks.core.records import RECORD_SCHEMA
-from tasks.core.stage import StageCall, execute
+from sftflow.tasks.core.recipe import MixConfig, TinyModelConfig, TrainConfig
+from sftflow.tasks.core.records import RECORD_SCHEMA
+from sftflow.tasks.core.stage import StageCall, execute
 from tests.stage_helpers import mix_records
-from tasks.lib.train_checks import RoundTripError, require_roundtrip, roundtrip_check
-from tasks.train import train_stage
+from sftflow.tasks.lib.train_checks import RoundTripError, require_roundtrip, roundtrip_check
+from sftflow.tasks.train import train_stage
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,10 +27,10 @@ TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=
 
 
 def test_the_accelerate_config_bytes_enter_the_train_key(tmp_path):
-    from tasks.train import plan as plan_train
-    from tasks.core.artifacts import Manifest
-    from tasks.core.recipe import Recipe
-    from tasks.core.workspace import Workspace
+    from sftflow.tasks.train import plan as plan_train
+    from sftflow.tasks.core.artifacts import Manifest
+    from sftflow.tasks.core.recipe import Recipe
+    from sftflow.tasks.core.workspace import Workspace
 
     ws = Workspace.from_env(root=tmp_path, warehouse=tmp_path / "wh")
     (tmp_path / "multi.yaml").write_text("num_processes: 8\nnum_machines: 2\n")
@@ -145,7 +145,7 @@ def test_stage_commits_model_reports_and_stats(trained):
 
 def _editable_model_copy(trained, tmp_path):
     """The trained model folder copied (with its trained sequences) so a test can damage it."""
-    from tasks.lib.train_worker import TrainJob
+    from sftflow.tasks.lib.train_worker import TrainJob
 
     manifest, call = trained
     job = TrainJob.read(call.store.root.parent / "work" / "train" / "trainkey" / "job.json")
@@ -190,7 +190,7 @@ def test_roundtrip_fails_when_generation_config_does_not_stop_at_end_of_turn(tra
 
 
 def test_mask_audit_failure_stops_before_any_training(tmp_path):
-    from tasks.lib.mask_audit import MaskAuditError
+    from sftflow.tasks.lib.mask_audit import MaskAuditError
 
     rows = []
     for i in range(6):  # prompts far longer than max_length: truncation leaves no assistant token

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.lib.base_model import model_location
+from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
+from sftflow.tasks.lib.base_model import model_location
 
 
 def test_local_model_paths_are_confined_and_hub_ids_pass_through(tmp_path):

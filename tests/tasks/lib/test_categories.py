@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.lib.categories import AUTO, CATEGORIES, classify_category
+from sftflow.tasks.lib.categories import AUTO, CATEGORIES, classify_category
 
 
 def chat(*texts: str, system: str | None = None) -> list[dict[str, str]]:
@@ -168,7 +168,7 @@ _PIECES = ["def f(", "class A:", "```", "function (", "#include <", "from a impo
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=8), max_size=12).map("".join))
 def test_the_literal_prefilters_never_change_a_match(text):
-    import tasks.lib.categories as c
+    import sftflow.tasks.lib.categories as c
 
     for name in ("CODE_SYNTAX", "CODE_TOPIC", "MATH_WORDS", "CREATIVE_REQUEST", "CREATIVE_WORDS"):
         pattern, literals = getattr(c, name), getattr(c, f"{name}_LITERALS")

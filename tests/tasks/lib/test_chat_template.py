@@ -3,15 +3,15 @@ import copy
 import jinja2
 import pytest
 
-from tasks.lib.chat_template import (
+from sftflow.tasks.lib.chat_template import (
     CHATML_TEMPLATE,
     ChatTemplateError,
     end_of_turn_token,
     has_generation_markers,
     select_chat_template,
 )
-from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.lib.tiny_model import train_tokenizer
+from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
+from sftflow.tasks.lib.tiny_model import train_tokenizer
 
 TEXTS = [
     "Be brief.", "What is the capital of France?", "Paris is the capital.",

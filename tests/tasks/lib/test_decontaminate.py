@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.recipe import DecontaminateConfig, EvalSetConfig
-from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.lib.decontaminate import (
+from sftflow.tasks.core.recipe import DecontaminateConfig, EvalSetConfig
+from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
+from sftflow.tasks.lib.decontaminate import (
     MAX_MATCHES_RECORDED,
     EvalSetError,
     eval_set_fingerprints,

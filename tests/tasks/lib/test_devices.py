@@ -2,7 +2,7 @@ import pytest
 
 
 def test_without_gpu_device_nodes_the_device_is_cpu_and_torch_is_not_asked(monkeypatch):
-    from tasks.lib import devices
+    from sftflow.tasks.lib import devices
 
     monkeypatch.setattr(devices.sys, "platform", "linux")
     monkeypatch.setattr(devices.glob, "glob", lambda pattern: [])

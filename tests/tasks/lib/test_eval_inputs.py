@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.lib.eval_inputs import base_then_tuned, eval_precision, load_prompts
+from sftflow.tasks.lib.eval_inputs import base_then_tuned, eval_precision, load_prompts
 from tests.tasks.lib.tiny_chat_lm import build_model, build_tokenizer, save
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tasks.lib.eval_report import gate_report
+from sftflow.tasks.lib.eval_report import gate_report
 
 
 def test_a_failed_check_gates_and_the_message_names_the_figures_and_the_remedies():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.lib.ifeval import CHECKS, IF_PROMPTS, run_check, score_responses
+from sftflow.tasks.lib.ifeval import CHECKS, IF_PROMPTS, run_check, score_responses
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.core.recipe import JudgeConfig
-from tasks.lib.judge import JudgeError, check_judge_reachable, judge_generations, parse_score
+from sftflow.tasks.core.recipe import JudgeConfig
+from sftflow.tasks.lib.judge import JudgeError, check_judge_reachable, judge_generations, parse_score
 
 SECRET = "sk-test-SECRET-0123456789"
 ITEMS = [

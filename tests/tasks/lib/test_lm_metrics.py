@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tasks.lib.lm_metrics import (
+from sftflow.tasks.lib.lm_metrics import (
     IGNORE_INDEX,
     conversation_labels,
     generate,

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from tasks.lib.chat_template import CHATML_TEMPLATE
-from tasks.lib.mask_audit import MaskAuditError, assistant_spans, audit_masks, check_audit, tokenize_conversation
-from tasks.lib.tiny_model import conversation_texts, train_tokenizer
+from sftflow.tasks.lib.chat_template import CHATML_TEMPLATE
+from sftflow.tasks.lib.mask_audit import MaskAuditError, assistant_spans, audit_masks, check_audit, tokenize_conversation
+from sftflow.tasks.lib.tiny_model import conversation_texts, train_tokenizer
 
 
 def row(example_id, user, answer, category="qa", source="alpha", system=None):
@@ -289,7 +289,7 @@ def test_template_supervising_half_the_content_is_refused(tokenizer):
 
 
 def test_content_the_template_rewrites_is_reported_not_passed_silently(tokenizer):
-    from tasks.lib.train_checks import audit_summary
+    from sftflow.tasks.lib.train_checks import audit_summary
 
     audit = audit_masks(ROWS, tokenizer, UPPERCASED, max_length=256)
     content = audit["assistant_content_supervised"]
@@ -304,8 +304,8 @@ def test_content_the_template_rewrites_is_reported_not_passed_silently(tokenizer
 
 
 def test_content_share_reaches_the_summary_and_the_artifact(tokenizer, monkeypatch):
-    import flows.publish as publish
-    from tasks.lib.train_checks import audit_summary
+    import sftflow.flows.publish as publish
+    from sftflow.tasks.lib.train_checks import audit_summary
 
     audit = audit_masks(ROWS, tokenizer, CHATML_TEMPLATE, max_length=256)
     summary = audit_summary(audit)
@@ -329,7 +329,7 @@ def test_content_share_reaches_the_summary_and_the_artifact(tokenizer, monkeypat
 
 
 def test_without_offsets_turns_are_reported_not_located(tokenizer, monkeypatch):
-    import tasks.lib.mask_audit as mask_audit
+    import sftflow.tasks.lib.mask_audit as mask_audit
 
     # The two ways to find turns agree where both work.
     messages = ROWS[2]["messages"]

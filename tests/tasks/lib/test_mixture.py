@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tasks.core.recipe import MixConfig
-from tasks.lib.mixture import apportion, sample_copies, target_counts, target_shares
+from sftflow.tasks.core.recipe import MixConfig
+from sftflow.tasks.lib.mixture import apportion, sample_copies, target_counts, target_shares
 
 
 def test_apportion_largest_remainder_sums_exactly():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.lib.model_card import render_data_card, render_model_card
+from sftflow.tasks.lib.model_card import render_data_card, render_model_card
 
 DATA_CARD = {
     "recipe": {"name": "demo", "hash": "r3c1p3"},

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.core.hashing import sha256_tree
-from tasks.core.recipe import ScoreConfig
-from tasks.core.weights import UnsafeWeightsError
-from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.lib.scorers import (
+from sftflow.tasks.core.hashing import sha256_tree
+from sftflow.tasks.core.recipe import ScoreConfig
+from sftflow.tasks.core.weights import UnsafeWeightsError
+from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
+from sftflow.tasks.lib.scorers import (
     EmbeddingRelevanceScorer,
     QualityScorer,
     RewardModelScorer,
@@ -299,7 +299,7 @@ def test_embedding_backend_refuses_a_model_it_would_ignore():
 
 def test_model_fingerprint_per_kind_of_model(models_root):
     ws = Workspace(root=models_root, warehouse=models_root / "warehouse")
-    from tasks.lib.scorers import default_device, reward_model_dtype
+    from sftflow.tasks.lib.scorers import default_device, reward_model_dtype
 
     # how it computes: where, and (reward models) in which dtype; tests/core/test_cache_keys.py has more
     device = [f"device={default_device()}"]
@@ -315,7 +315,7 @@ def test_model_fingerprint_per_kind_of_model(models_root):
 
 @pytest.mark.parametrize("payload", ["models/../../../etc", "/etc", "../outside", "~/model", "a/b/c"])
 def test_model_paths_outside_the_roots_are_refused(tmp_path, payload):
-    from tasks.core.workspace import PathNotAllowed, Workspace
+    from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
 
     ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
     with pytest.raises((PathNotAllowed, FileNotFoundError)):
@@ -323,7 +323,7 @@ def test_model_paths_outside_the_roots_are_refused(tmp_path, payload):
 
 
 def test_hub_shaped_id_without_local_folder_is_a_hub_id(tmp_path):
-    from tasks.core.workspace import Workspace
+    from sftflow.tasks.core.workspace import Workspace
 
     ws = Workspace(root=tmp_path, warehouse=tmp_path / "wh")
     assert model_location("OpenAssistant/reward-model-deberta-v3-large-v2", ws.resolve_input) == (
@@ -414,7 +414,7 @@ def test_the_template_and_the_whole_response_reach_the_model_on_a_long_prompt_co
 
 
 def test_truncation_is_reported_per_pair(models_root):
-    from tasks.lib.scorers import Truncation
+    from sftflow.tasks.lib.scorers import Truncation
 
     scorer = RewardModelScorer(str(models_root / "models" / "llama"), batch_size=4, max_length_tokens=32, device="cpu")
     long_prompt = " ".join(["why"] * 50)
@@ -447,7 +447,7 @@ def test_plain_layout_keeps_special_tokens_and_the_response_end(models_root):
 def test_slow_tokenizers_cut_where_fast_ones_do(models_root):
     from transformers import BertTokenizer, BertTokenizerFast
 
-    from tasks.lib.scorers import fit_reward_text
+    from sftflow.tasks.lib.scorers import fit_reward_text
 
     folder = models_root / "models" / "bert"
     slow, fast = BertTokenizer.from_pretrained(folder), BertTokenizerFast.from_pretrained(folder)

@@ -5,7 +5,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.lib.text_units import _UNSPACED_CHAR, text_units
+from sftflow.tasks.lib.text_units import _UNSPACED_CHAR, text_units
 
 WORD_CHAR = re.compile(r"\w")
 

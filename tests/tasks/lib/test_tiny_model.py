@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from tasks.lib.chat_template import CHATML_TEMPLATE
-from tasks.core.recipe import TinyModelConfig
-from tasks.core.weights import UnsafeWeightsError
-from tasks.lib.tiny_model import (
+from sftflow.tasks.lib.chat_template import CHATML_TEMPLATE
+from sftflow.tasks.core.recipe import TinyModelConfig
+from sftflow.tasks.core.weights import UnsafeWeightsError
+from sftflow.tasks.lib.tiny_model import (
     SPECIAL_TOKENS,
     build_tiny_llama,
     conversation_texts,

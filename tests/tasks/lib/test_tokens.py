@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.lib.tokens import (
+from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
+from sftflow.tasks.lib.tokens import (
     BUILTIN_MINILM,
     load_token_counter,
     minilm_folder,
@@ -42,9 +42,9 @@ def test_long_texts_are_not_truncated(minilm):
 
 
 def test_batches_larger_than_one_call(minilm, monkeypatch):
-    import tasks.lib.tokens
+    import sftflow.tasks.lib.tokens as tokens
 
-    monkeypatch.setattr(tasks.lib.tokens, "COUNT_BATCH_TEXTS", 2)
+    monkeypatch.setattr(tokens, "COUNT_BATCH_TEXTS", 2)
     assert minilm.count(["a b", "a", "a b c", "", "a b c d"]) == [2, 1, 3, 0, 4]
 
 
@@ -86,7 +86,7 @@ def test_builtin_minilm_counts_equal_the_transformers_fast_tokenizer():
 
     from transformers import AutoTokenizer
 
-    from tasks.lib.tokens import BUILTIN_MINILM, HFTokenCounter, RustTokenCounter, load_token_counter, minilm_folder
+    from sftflow.tasks.lib.tokens import BUILTIN_MINILM, HFTokenCounter, RustTokenCounter, load_token_counter, minilm_folder
 
     texts = ["", " ", "Hello, world!", "naïve café — Ünïcödé, accents and CAPITALS", "日本語のテキストと中文",
              "emoji 🤖🚀 and tabs\tand\nnewlines", "x" * 5000, " ".join(["supercalifragilistic"] * 600),

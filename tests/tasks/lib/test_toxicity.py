@@ -20,13 +20,13 @@ from collections import Counter
 
 import pytest
 
-from tasks.core.recipe import FilterConfig, RecipeError, ToxicityConfig, parse_recipe
+from sftflow.tasks.core.recipe import FilterConfig, RecipeError, ToxicityConfig, parse_recipe
 from tests.stage_helpers import records_from_rows
-from tasks.core.workspace import PathNotAllowed, Workspace
-from tasks.filters import filter_records, merge_stats
-from tasks.lib.model_card import render_data_card
-from tasks.lib.tokens import load_token_counter
-from tasks.lib.toxicity import (
+from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
+from sftflow.tasks.filters import filter_records, merge_stats
+from sftflow.tasks.lib.model_card import render_data_card
+from sftflow.tasks.lib.tokens import load_token_counter
+from sftflow.tasks.lib.toxicity import (
     ENGLISH_SCRIPTS,
     PROFANITY_WINDOW_WORDS,
     CheckpointHashError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.lib.train_checks import sample_rows
+from sftflow.tasks.lib.train_checks import sample_rows
 
 
 def test_roundtrip_sample_counts_copies_once_and_is_order_independent():

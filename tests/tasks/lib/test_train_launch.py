@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from tasks.lib.train_launch import launch_command, run_logged
+from sftflow.tasks.lib.train_launch import launch_command, run_logged
 
 
 def test_launch_command_uses_this_interpreter_and_cpu_flag(tmp_path):
     command = launch_command(tmp_path / "job.json", 2, use_cpu=True)
     assert command[:3] == [os.sys.executable, "-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "2" and "--cpu" in command
-    assert command[-3:] == ["-m", "tasks.lib.train_worker", str(tmp_path / "job.json")]
+    assert command[-3:] == ["-m", "sftflow.tasks.lib.train_worker", str(tmp_path / "job.json")]
     assert "--cpu" not in launch_command(tmp_path / "job.json", 1, use_cpu=False)
 
 
@@ -22,7 +22,7 @@ def test_an_accelerate_config_file_decides_the_launch(tmp_path):
     command = launch_command(tmp_path / "job.json", 4, use_cpu=False, config_file=tmp_path / "multi.yaml")
     assert command[3:5] == ["--config_file", str(tmp_path / "multi.yaml")]
     assert "--num_machines" not in command and "--num_processes" not in command
-    assert command[-3:] == ["-m", "tasks.lib.train_worker", str(tmp_path / "job.json")]
+    assert command[-3:] == ["-m", "sftflow.tasks.lib.train_worker", str(tmp_path / "job.json")]
 
 
 CHILD_OUTPUT = ("import sys\n"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.core.recipe import TrainConfig
-from tasks.lib.train_settings import attn_implementation, sft_kwargs, wants_packing
+from sftflow.tasks.core.recipe import TrainConfig
+from sftflow.tasks.lib.train_settings import attn_implementation, sft_kwargs, wants_packing
 
 
 def test_default_learning_rate_full_vs_lora_and_explicit_wins():

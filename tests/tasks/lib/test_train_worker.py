@@ -1,4 +1,4 @@
-"""The training process: pure helpers, then real runs of `python -m tasks.lib.train_worker JOB.json`
+"""The training process: pure helpers, then real runs of `python -m sftflow.tasks.lib.train_worker JOB.json`
 on a tiny Llama (full + BFD packing, resume from a checkpoint, LoRA without packing)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.lib.chat_template import CHATML_TEMPLATE
-from tasks.core.recipe import LoraSettings, TinyModelConfig
-from tasks.lib.mask_audit import tokenize_conversation
-from tasks.lib.train_worker import (
+from sftflow.tasks.lib.chat_template import CHATML_TEMPLATE
+from sftflow.tasks.core.recipe import LoraSettings, TinyModelConfig
+from sftflow.tasks.lib.mask_audit import tokenize_conversation
+from sftflow.tasks.lib.train_worker import (
     TrainJob,
     sequence_digest,
     split_packed_row,
@@ -98,7 +98,7 @@ def conversations() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from tasks.lib.tiny_model import build_tiny_llama, conversation_texts
+    from sftflow.tasks.lib.tiny_model import build_tiny_llama, conversation_texts
 
     folder = tmp_path_factory.mktemp("worker")
     rows = conversations()
@@ -125,7 +125,7 @@ def make_job(workspace: Path, run: str, *, max_steps: int, packing: bool, method
 def run_worker(job: TrainJob, folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     job_path = job.write(folder / "job.json")
-    done = subprocess.run([sys.executable, "-m", "tasks.lib.train_worker", str(job_path)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "sftflow.tasks.lib.train_worker", str(job_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
@@ -259,7 +259,7 @@ def test_lora_leaves_template_token_rows_alone_when_told(workspace):
 
 
 def test_template_special_tokens_are_the_added_tokens_the_template_names():
-    from tasks.lib.train_worker import template_special_tokens
+    from sftflow.tasks.lib.train_worker import template_special_tokens
 
     assert template_special_tokens(CHATML_TEMPLATE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]) \
         == ["<|im_start|>", "<|im_end|>"]
@@ -269,7 +269,7 @@ def test_template_special_tokens_are_the_added_tokens_the_template_names():
 def test_batch_counts_packed_and_padded():
     import torch
 
-    from tasks.lib.train_worker import batch_counts
+    from sftflow.tasks.lib.train_worker import batch_counts
 
     # padding-free: one flattened row of three conversations (3 + 2 + 4 tokens), no pad
     assert batch_counts({"input_ids": torch.ones(1, 9), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])}) \
@@ -280,7 +280,7 @@ def test_batch_counts_packed_and_padded():
 
 
 def test_step_line_has_every_field_and_skips_other_logs():
-    from tasks.lib.train_worker import step_line
+    from sftflow.tasks.lib.train_worker import step_line
 
     line = step_line({"loss": 4.81234, "grad_norm": 1.93, "learning_rate": 1.9e-3, "tokens_per_second": 5120.2,
                       "conversations_per_step": 11.5, "tokens_per_step": 2048}, 25, 300)
@@ -296,7 +296,7 @@ def test_lora_trains_template_token_rows_of_the_embedding_and_an_untied_head(tie
     from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tasks.lib.train_worker import peft_config
+    from sftflow.tasks.lib.train_worker import peft_config
 
     config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=tied)
