@@ -54,10 +54,10 @@ from common import REPO, Ratio, report
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sftflow.tasks.core.recipe import DedupConfig  # noqa: E402
-from sftflow.tasks.dedup import (  # noqa: E402
-    conversation_text, deduplicate, greedy_representatives, response_units, row_shingles, shingles,
-)
+from sftflow.tasks.core.recipe_data import DedupConfig  # noqa: E402
+from sftflow.tasks.dedup import deduplicate  # noqa: E402
+from sftflow.tasks.lib.minhash import greedy_representatives  # noqa: E402
+from sftflow.tasks.lib.shingles import conversation_text, response_units, row_shingles, shingles  # noqa: E402
 
 GOAL_SPEEDUP = 4.0
 GOAL_VS_DATATROVE = 1.0

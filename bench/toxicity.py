@@ -1,7 +1,7 @@
 """Toxicity scoring throughput: sftflow's DetoxifyScorer against Detoxify's own `predict`.
 
 Both sides load the same checkpoint file, built here offline in detoxify's checkpoint layout (as
-tests/tasks/lib/test_toxicity.py builds its tiny one) but BERT-base-shaped: hidden 768, 12 layers,
+tests/tasks/lib/test_detoxify_scorer.py builds its tiny one) but BERT-base-shaped: hidden 768, 12 layers,
 12 heads, intermediate 3072, 512 positions, the shape of detoxify's `original` model. No weights
 can be downloaded here, so:
 
@@ -60,8 +60,9 @@ from common import REPO, Ratio, report
 
 sys.path.insert(0, str(REPO))
 
-from sftflow.tasks.core.recipe import ToxicityConfig  # noqa: E402
-from sftflow.tasks.lib.toxicity import DetoxifyScorer, score_turns  # noqa: E402
+from sftflow.tasks.core.recipe_filters import ToxicityConfig  # noqa: E402
+from sftflow.tasks.lib.detoxify_scorer import DetoxifyScorer  # noqa: E402
+from sftflow.tasks.lib.toxicity import score_turns  # noqa: E402
 
 ALPACA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]  # detoxify original

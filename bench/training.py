@@ -121,7 +121,7 @@ def build_model_factory(conversations: list[dict[str, Any]], device: str, workdi
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftflow.tasks.core.recipe import TinyModelConfig
+    from sftflow.tasks.core.recipe_training import TinyModelConfig
     from sftflow.tasks.lib.tiny_model import build_tiny_llama, conversation_texts, train_tokenizer
 
     if device == "cpu":
@@ -138,7 +138,7 @@ def build_model_factory(conversations: list[dict[str, Any]], device: str, workdi
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from sftflow.tasks.lib.train_settings import attn_implementation
-    from sftflow.tasks.core.recipe import TrainConfig
+    from sftflow.tasks.core.recipe_training import TrainConfig
 
     tokenizer = train_tokenizer(conversation_texts(conversations), CUDA_TOKENIZER_VOCAB)
     config = LlamaConfig(**CUDA_SHAPE, max_position_embeddings=4096, tie_word_embeddings=True,
@@ -221,7 +221,7 @@ def sft_config(packing: bool, batch_size: int, max_length: int, steps: int, devi
                output_dir: Path):
     from trl import SFTConfig
 
-    from sftflow.tasks.core.recipe import TrainConfig
+    from sftflow.tasks.core.recipe_training import TrainConfig
     from sftflow.tasks.lib.train_settings import sft_kwargs
 
     cfg = TrainConfig(model="builtin:tiny-llama" if device == "cpu" else "local", max_length=max_length,
@@ -295,7 +295,7 @@ def main() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
 
-    from sftflow.tasks.core.recipe import TrainConfig
+    from sftflow.tasks.core.recipe_training import TrainConfig
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

@@ -21,13 +21,12 @@ from prefect.runtime import flow_run
 from sftflow.flows.gate import gate_failure
 from sftflow.flows.publish import publish_run
 from sftflow.flows.stage_runner import RunContext
+from sftflow.tasks import evaluate, ingest, normalize, train
+from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.cache_keys import project_code_version
 from sftflow.tasks.core.locks import lock_wait_seconds, workspace_lock
 from sftflow.tasks.core.parts import run_runner
-from sftflow.tasks.core.recipe import load_recipe
-from sftflow.tasks import evaluate, ingest, normalize, train
-from sftflow.tasks.core.artifacts import Manifest
-from sftflow.tasks.core.recipe import Recipe
+from sftflow.tasks.core.recipe import Recipe, load_recipe
 from sftflow.tasks.core.stages import RunLevel, chain_stages, check_flow_shape, n_stage_calls
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.train import TrainingFailed

@@ -22,25 +22,23 @@ near-duplicate drop reaches the threshold with its own `dup_of`; a near copy of 
 is far from the representative stays. (Connected components would drop a sliding-window chain
 down to rows with Jaccard 0.4 to the survivor.)
 
-The near path is split into small functions (`shingles`, signatures, candidate pairs, verified
-pairs, `greedy_representatives`) with two interchangeable backends for the middle three
-(`dedup.near.backend`):
+Which library does what. This module holds the exact pass and the stage: it reads the key columns
+and the conversations a batch at a time, and writes one decision per row. The near path runs
+small functions from two libraries:
 
-- `datasketch`, the reference: `MinHash.bulk`, `MinHashLSH`, `LeanMinHash.jaccard`.
-- `numpy` (default): datasketch's own hash function and permutation parameters, applied to
-  thousands of rows per numpy call instead of one row per call, and LSH buckets found by sorting
-  each band. It computes the same signature values, the same buckets and the same estimates,
-  so its decisions are identical (tests/tasks/test_dedup.py compares both; bench/dedup.py
-  measures both on 100k documents).
+- `tasks/lib/shingles.py`: each row's shingles and assistant text units (`row_features`).
+- `tasks/lib/minhash.py`: signatures, LSH candidate pairs and verified pairs, with two
+  interchangeable backends (`dedup.near.backend`): `datasketch`, the reference, and `numpy`
+  (default), which computes the same signature values, buckets and estimates for thousands of
+  rows per numpy call, so its decisions are identical (tests/tasks/test_dedup.py compares both;
+  bench/dedup.py measures both on 100k documents); then `greedy_representatives`.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections import defaultdict
-from hashlib import sha1
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -50,304 +48,23 @@ import pyarrow.parquet as pq
 # through the recipe models, which cache keys do not follow) so its source is in this stage's key.
 from sftflow.tasks.core import dedup_lsh
 from sftflow.tasks.core.artifacts import Manifest
-from sftflow.tasks.core.recipe import DedupConfig, NearDedupConfig, Recipe
+from sftflow.tasks.core.recipe import Recipe
+from sftflow.tasks.core.recipe_data import DedupConfig, NearDedupConfig
 from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
 from sftflow.tasks.core.workspace import Workspace
-from sftflow.tasks.lib.text_units import text_units, unspaced_char_count
-
-if TYPE_CHECKING:
-    from datasketch import LeanMinHash
-
-# datasketch is imported where it is used: importing it pulls in scipy (about 0.9 s), which
-# every `sftflow` command would pay for while only planning a run.
+from sftflow.tasks.lib.minhash import (
+    band_candidate_pairs, candidate_pairs, greedy_representatives, minhashes, shingle_hashes, signature_matrix,
+    verified_pairs, verified_signature_pairs,
+)
+from sftflow.tasks.lib.shingles import row_features
 
 LIBRARIES = ("datasketch", "numpy")
 # What decides besides the messages (read part by part): ids, exact hashes, survivor priority.
 KEY_COLUMNS = ("example_id", "content_hash", "source")
-
-
-# ------------------------------------------------------------------------------- near: text --
-def conversation_text(messages: Iterable[dict[str, Any]] | None, roles: Sequence[str] | str = "all") -> str:
-    """The contents of the turns whose role is in `roles` (`all`: every turn), joined.
-
-    Roles themselves are left out, so a reformatted dialogue still matches.
-
-    >>> turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-    ...          {"role": "assistant", "content": "Hello!"}]
-    >>> conversation_text(turns)
-    'Be brief.\\nHi\\nHello!'
-    >>> conversation_text(turns, ["user", "assistant", "tool"])
-    'Hi\\nHello!'
-    """
-    every = roles == "all"
-    return "\n".join(turn.get("content") or "" for turn in (messages or []) if every or turn.get("role") in roles)
-
-
-def response_units(messages: Iterable[dict[str, Any]] | None) -> int:
-    """Text units in the assistant turns: the `longest_response` survivor rule's measure.
-
-    >>> response_units([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there! 你好"}])
-    4
-    """
-    return sum(len(text_units(t.get("content") or "")) for t in (messages or []) if t.get("role") == "assistant")
-
-
-def shingles(text: str, n: int, n_unspaced: int | None = None) -> list[bytes]:
-    """Distinct n-grams of the text units of `text` (tasks/lib/text_units.py), as UTF-8 bytes.
-
-    Units are lowercase words, or single characters in scripts written without spaces; when
-    `n_unspaced` is given and most units are such characters, the n-grams are `n_unspaced`
-    long instead of `n`. Bytes because datasketch's default hash (SHA-1) takes bytes; order of
-    first appearance keeps the output deterministic (MinHash itself does not care about order).
-
-    >>> shingles("The cat sat. The cat sat!", 3)
-    [b'the cat sat', b'cat sat the', b'sat the cat']
-    >>> shingles("too short", 3)
-    []
-    >>> [gram.decode() for gram in shingles("请写一首诗", 5, n_unspaced=3)]
-    ['请 写 一', '写 一 首', '一 首 诗']
-    """
-    units = text_units(text)
-    unspaced = unspaced_char_count(text) if n_unspaced is not None else 0
-    return unit_shingles(units, n_unspaced if n_unspaced is not None and 2 * unspaced > len(units) else n)
-
-
-def unit_shingles(units: Sequence[str], n: int) -> list[bytes]:
-    """Distinct runs of `n` consecutive units, joined by spaces, in order of first appearance."""
-    grams = map(" ".join, zip(*(units[i:] for i in range(n))))
-    return [gram.encode("utf-8") for gram in dict.fromkeys(grams)]
-
-
-def row_features(messages: Iterable[dict[str, Any]] | None, cfg: NearDedupConfig) -> tuple[list[bytes], int]:
-    """(the shingles near-dedup compares, assistant text units) of one row, each turn split into
-    units once: the shingles are those of `conversation_text(messages, cfg.roles)` (units never
-    span the newline between turns), the count is `response_units`."""
-    every = cfg.roles == "all"
-    units: list[str] = []
-    n_unspaced = n_response = 0
-    for turn in messages or []:
-        role, content = turn.get("role"), turn.get("content") or ""
-        compared = every or role in cfg.roles
-        if not compared and role != "assistant":
-            continue
-        turn_units = text_units(content)
-        if role == "assistant":
-            n_response += len(turn_units)
-        if compared:
-            units += turn_units
-            n_unspaced += unspaced_char_count(content)
-    n = cfg.ngram_unspaced if 2 * n_unspaced > len(units) else cfg.ngram
-    return unit_shingles(units, n), n_response
-
-
-def row_shingles(messages: Iterable[dict[str, Any]] | None, cfg: NearDedupConfig) -> list[bytes]:
-    """The shingles near-dedup compares for one row under `cfg` (roles, ngram, ngram_unspaced).
-
-    >>> from sftflow.tasks.core.recipe import NearDedupConfig
-    >>> turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi twice."},
-    ...          {"role": "assistant", "content": "Hi! Hi!"}]
-    >>> row_shingles(turns, NearDedupConfig(ngram=4)) == shingles("Say hi twice. Hi! Hi!", 4)
-    True
-    """
-    return row_features(messages, cfg)[0]
-
-
-# ------------------------------------------------------------------------- near: signatures --
-def minhashes(shingle_sets: Sequence[Sequence[bytes]], num_perm: int, seed: int) -> list[LeanMinHash]:
-    """One MinHash signature per shingle set, hashed in bulk (update_batch, one init per call).
-
-    LeanMinHash drops the permutation tables each MinHash carries (2 x num_perm integers), so
-    memory grows with the signatures only.
-    """
-    if not shingle_sets:
-        return []
-    from datasketch import LeanMinHash, MinHash
-
-    return [LeanMinHash(m) for m in MinHash.bulk(shingle_sets, num_perm=num_perm, seed=seed)]
-
-
-def candidate_pairs(signatures: Sequence[LeanMinHash], cfg: NearDedupConfig) -> list[tuple[int, int]]:
-    """Index pairs (i < j) that share at least one LSH band bucket, sorted.
-
-    The bands are `cfg.lsh_params`: the recipe's, or derived from the threshold
-    (tasks/core/dedup_lsh.py), passed as params=(b, r) so datasketch does not pick its own.
-    Two sets with Jaccard s become candidates with P(candidate | s) = 1 - (1 - s^r)^b; for the
-    default threshold 0.8 the derived 13 x 7 gives 0.953 at s = 0.8, 0.993 at s = 0.85,
-    0.31 at s = 0.6 and 0.003 at s = 0.3. Candidates are only suspects: `verified_pairs` checks
-    each against the threshold before anything is dropped.
-    """
-    bands, rows = cfg.lsh_params
-    if len(signatures) < 2:
-        return []
-    from datasketch import MinHashLSH
-
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=(bands, rows))
-    with lsh.insertion_session() as session:
-        for index, signature in enumerate(signatures):
-            session.insert(index, signature, check_duplication=False)
-    pairs = set()
-    for index, signature in enumerate(signatures):
-        for other in lsh.query(signature):
-            if other != index:
-                pairs.add((min(index, other), max(index, other)))
-    return sorted(pairs)
-
-
-def verified_pairs(
-    pairs: Iterable[tuple[int, int]], signatures: Sequence[LeanMinHash], threshold: float
-) -> list[tuple[int, int, float]]:
-    """Candidate pairs whose MinHash-estimated Jaccard reaches `threshold`, with that estimate."""
-    verified = []
-    for i, j in pairs:
-        jaccard = signatures[i].jaccard(signatures[j])
-        if jaccard >= threshold:
-            verified.append((i, j, jaccard))
-    return verified
-
-
-# ------------------------------------------------------------------- near: numpy backend --
-# Why by hand: datasketch hashes one set per call (MinHash.update_batch), so 100k rows cost 100k
-# rounds of numpy dispatch, and MinHashLSH hashes every band of every row in Python. The
-# functions below apply datasketch's affine32 scheme (its default) to many rows per numpy call.
-# They take the permutation parameters from datasketch itself, and a test checks the resulting
-# signatures against datasketch's, so a change of scheme upstream fails loudly, not silently.
-UINT32_MAX = np.uint32(0xFFFFFFFF)  # datasketch's empty-set value for the affine32 scheme
-SHINGLES_PER_PASS = 1 << 16  # bounds the (shingles x num_perm) uint32 temporary: 32 MiB at 128
-ROWS_PER_TEXT_BATCH = 4096  # rows whose messages are turned into Python objects at a time
-
-
-def shingle_hashes(grams: Sequence[bytes]) -> np.ndarray:
-    """datasketch's default 32-bit hash of each shingle: the first 4 bytes of SHA-1, little-endian.
-
-    >>> from datasketch.hashfunc import sha1_hash32
-    >>> int(shingle_hashes([b"the cat sat"])[0]) == sha1_hash32(b"the cat sat")
-    True
-    """
-    # Whole 20-byte digests joined, then every fifth 4-byte word: no slice object per shingle.
-    return np.frombuffer(b"".join([sha1(gram).digest() for gram in grams]), dtype="<u4")[::5]
-
-
-def _fmix32(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, which datasketch's affine32 scheme applies before permuting."""
-    values = values ^ (values >> np.uint32(16))
-    values = values * np.uint32(0x85EBCA6B)
-    values = values ^ (values >> np.uint32(13))
-    values = values * np.uint32(0xC2B2AE35)
-    return values ^ (values >> np.uint32(16))
-
-
-@functools.lru_cache(maxsize=8)  # signature_matrix runs once per batch of rows: build them once
-def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from datasketch import MinHash
-
-    template = MinHash(num_perm=num_perm, seed=seed)
-    if template.scheme != "affine32":
-        raise RuntimeError(
-            f"datasketch's default MinHash scheme is {template.scheme!r}, not 'affine32': the numpy "
-            "backend no longer matches it; set dedup.near.backend: datasketch"
-        )
-    a, b = template.permutations
-    return a.astype(np.uint32), b.astype(np.uint32)
-
-
-def signature_matrix(hashes: Sequence[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
-    """One MinHash signature per row of shingle hashes, as an (n_rows, num_perm) uint32 matrix.
-
-    Row i equals `MinHash(num_perm, seed)` updated with row i's shingles (datasketch's affine32:
-    fmix32 the hash, then a*h + b wrapping at 2^32, then the minimum per permutation).
-    """
-    a, b = _permutations(num_perm, seed)
-    signatures = np.full((len(hashes), num_perm), UINT32_MAX, dtype=np.uint32)
-    lengths = np.fromiter((len(h) for h in hashes), dtype=np.int64, count=len(hashes))
-    ends = np.cumsum(lengths)
-    start = 0
-    while start < len(hashes):
-        # the rows whose shingles fit in one pass (always at least one row)
-        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - lengths[start] + SHINGLES_PER_PASS, "right")))
-        rows = np.flatnonzero(lengths[start:stop]) + start  # empty rows keep the empty-set value
-        if len(rows):
-            values = _fmix32(np.concatenate([hashes[r] for r in rows]).astype(np.uint32))
-            # (num_perm, shingles): each permutation's values are contiguous, which makes the
-            # multiply and the per-row minimum about 6x faster than the transposed layout.
-            permuted = a[:, None] * values[None, :]  # uint32 arithmetic: wraps at 2^32 like datasketch's
-            permuted += b[:, None]
-            offsets = np.concatenate(([0], np.cumsum(lengths[rows])[:-1]))
-            signatures[rows] = np.minimum.reduceat(permuted, offsets, axis=1).T
-        start = stop
-    return signatures
-
-
-def band_candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """Row pairs (i < j) equal on all `rows` values of at least one band, as a sorted (k, 2) array.
-
-    The same buckets as MinHashLSH(params=(bands, rows)), which keys band b by the bytes of
-    hashvalues[b*rows:(b+1)*rows]: rows with equal slices share a bucket. Here each band is sorted
-    and runs of equal slices are the buckets.
-    """
-    n_rows = len(signatures)
-    codes = []
-    for band in range(bands):
-        block = signatures[:, band * rows : (band + 1) * rows]
-        order = np.lexsort(block.T[::-1])
-        ordered = block[order]
-        starts_bucket = np.ones(n_rows, dtype=bool)
-        starts_bucket[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
-        starts = np.flatnonzero(starts_bucket)
-        sizes = np.diff(np.append(starts, n_rows))
-        for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = np.sort(order[start : start + size])
-            i, j = np.triu_indices(int(size), 1)
-            codes.append(members[i] * n_rows + members[j])
-    if not codes:
-        return np.empty((0, 2), dtype=np.int64)
-    unique = np.unique(np.concatenate(codes))
-    return np.stack([unique // n_rows, unique % n_rows], axis=1)
-
-
-def signature_jaccard(signatures: np.ndarray, i: int, j: int) -> float:
-    """The estimate LeanMinHash.jaccard computes: the share of equal signature values."""
-    return float(np.count_nonzero(signatures[i] == signatures[j])) / float(signatures.shape[1])
-
-
-def verified_signature_pairs(pairs: np.ndarray, signatures: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """`verified_pairs` for a signature matrix: candidates whose estimate reaches `threshold`."""
-    verified = []
-    for start in range(0, len(pairs), SHINGLES_PER_PASS):
-        chunk = pairs[start : start + SHINGLES_PER_PASS]
-        equal = np.count_nonzero(signatures[chunk[:, 0]] == signatures[chunk[:, 1]], axis=1)
-        for (i, j), n_equal in zip(chunk.tolist(), equal.tolist()):
-            jaccard = float(n_equal) / float(signatures.shape[1])
-            if jaccard >= threshold:
-                verified.append((i, j, jaccard))
-    return verified
-
-
-def greedy_representatives(n_items: int, pairs: Iterable[tuple[int, int, float]]) -> list[tuple[int, float] | None]:
-    """For items 0..n-1 visited in that order (the survivor order): None for a representative,
-    or (representative, estimate) for an item dropped as its near duplicate.
-
-    An item is dropped only when one of its verified pairs leads to an earlier item that is
-    itself a representative; of several, the one with the highest estimate (then the earliest)
-    is named. A near copy of a dropped row is therefore never dropped on that row's account:
-    there are no chains.
-
-    >>> greedy_representatives(4, [(0, 1, 0.9), (1, 2, 0.85), (2, 3, 0.95), (0, 3, 0.8)])
-    [None, (0, 0.9), None, (2, 0.95)]
-    """
-    earlier: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    for i, j, estimate in pairs:
-        first, second = min(i, j), max(i, j)
-        earlier[second].append((first, estimate))
-    assigned: list[tuple[int, float] | None] = [None] * n_items
-    for item in range(n_items):
-        best: tuple[int, float] | None = None
-        for other, estimate in earlier.get(item, ()):
-            if assigned[other] is None and (best is None or (-estimate, other) < (-best[1], best[0])):
-                best = (other, estimate)
-        assigned[item] = best
-    return assigned
+# The decisions this stage may record (tasks/core/stage.py refuses any other reason).
+REASONS = frozenset({Reason.KEPT, Reason.EXACT_DUPLICATE, Reason.NEAR_DUPLICATE})
 
 
 # ------------------------------------------------------------------------------------ exact --
@@ -401,6 +118,9 @@ def source_ranks(sources: Sequence[str | None], priority: Sequence[str]) -> list
 
 
 # ----------------------------------------------------------------------------- near: glue --
+ROWS_PER_TEXT_BATCH = 4096  # rows whose messages are turned into Python objects at a time
+
+
 def _message_batches(column: pa.ChunkedArray) -> Iterator[list[Any]]:
     for start in range(0, len(column), ROWS_PER_TEXT_BATCH):
         yield column.slice(start, ROWS_PER_TEXT_BATCH).to_pylist()
@@ -566,8 +286,8 @@ def dedup_decisions(
 
 
 # ------------------------------------------------------------------------------------ plan --
-# Both backends compute the same candidate pairs and decisions (tests/tasks/test_dedup.py): the
-# backend is read, not keyed (docs/caching.md, "Fields that are not in a key").
+# Both backends compute the same candidate pairs and decisions (tests/tasks/lib/test_minhash.py,
+# tests/tasks/test_dedup.py): the backend is read, not keyed (docs/caching.md, "Fields that are not in a key").
 UNKEYED = ("near.backend",)
 
 

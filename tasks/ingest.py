@@ -62,6 +62,20 @@ from sftflow.tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
 from sftflow.tasks.lib.rows import RawRow, RowProblem, SourceError, escape_surrogates
 
 LIBRARIES = ("pyarrow", "datasets")
+# The decisions this stage may record (tasks/core/stage.py refuses any other reason).
+REASONS = frozenset({
+    Reason.KEPT,
+    Reason.INVALID_JSON,
+    Reason.INVALID_ENCODING,
+    Reason.DUPLICATE_KEY,
+    Reason.NOT_AN_OBJECT,
+    Reason.MISSING_FIELD,
+    Reason.WRONG_TYPE,
+    Reason.UNKNOWN_ROLE,
+    Reason.TOOL_TURN_QUARANTINED,
+    Reason.UNSUPPORTED_CONTENT,
+    Reason.MIXED_SCHEMA,
+})
 
 FIRST_PROBLEMS_SHOWN = 3  # in the "0 of N rows" error: enough to see a pattern, short to read
 

@@ -43,7 +43,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sftflow.tasks.core.recipe import SLUG, MixConfig, Recipe
+from sftflow.tasks.core.recipe import SLUG, Recipe
+from sftflow.tasks.core.recipe_data import MixConfig
 from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.artifacts import Manifest, TMP_PREFIX
@@ -51,13 +52,14 @@ from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.mixture import (FittedCounts, apportion, derived_seed, eval_assignment, fit_counts, prompt_group,
                                row_quotas, sample_copies, short_category_error, target_shares, upsample_cap)
-from sftflow.tasks.lib.shards import TOKENS_COLUMN, Tables, data_hash, gather_shards, sum_tokens
+from sftflow.tasks.lib.shards import EVAL, TOKENS_COLUMN, TRAIN, ShardEntry, Tables, data_hash, gather_shards, sum_tokens
 
 LIBRARIES = ("numpy", "pyarrow")
+# The decisions this stage may record (tasks/core/stage.py refuses any other reason).
+REASONS = frozenset({Reason.SELECTED, Reason.HELD_OUT_EVAL, Reason.NOT_SAMPLED})
 
 SCORE_COLUMN = "score"
 MESSAGES_COLUMN = "messages"
-TRAIN, EVAL = "train", "eval"
 
 
 # ------------------------------------------------------------------------------------ input --
@@ -355,8 +357,8 @@ def mix_parts(schema: pa.Schema, tables: Tables, cfg: MixConfig, spool_dir: Path
         """One part per spool file: its shards are written before the next is read."""
         no_rows, no_decisions = schema.empty_table(), DecisionLog().to_table()
         for group, extra in gather_shards(tables, blocks, cfg.shard_rows, spool_dir):
-            shard_stats.extend({"name": name, "split": group.split, "category": group.category,
-                                "n_rows": part.num_rows, "n_tokens": sum_tokens(part)} for name, part in extra.items())
+            shard_stats.extend(ShardEntry(name, group.split, group.category, part.num_rows, sum_tokens(part)).to_stats()
+                               for name, part in extra.items())
             yield StageOutput(records=no_rows, decisions=no_decisions, extra=extra)
         yield StageOutput(records=no_rows, decisions=decisions.to_table())
 

@@ -33,12 +33,26 @@ from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.categories import AUTO, classify_category
 from sftflow.tasks.core.hashing import HASH_CHARS, sha256_text, short_hash
 from sftflow.tasks.core.reasons import Reason
-from sftflow.tasks.core.recipe import NormalizeConfig, Recipe
+from sftflow.tasks.core.recipe import Recipe
+from sftflow.tasks.core.recipe_data import NormalizeConfig
 from sftflow.tasks.core.parts import map_parts, sum_counts
 from sftflow.tasks.core.records import RECORD_SCHEMA, ROLES, DecisionLog, PartedOutput, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
 
 LIBRARIES: tuple[str, ...] = ("unicodedata",)  # stdlib only: the Unicode database version enters the key
+# The decisions this stage may record (tasks/core/stage.py refuses any other reason).
+REASONS = frozenset({
+    Reason.KEPT,
+    Reason.KEPT_TRIMMED,
+    Reason.EMPTY_CONVERSATION,
+    Reason.EMPTY_TURN,
+    Reason.UNKNOWN_ROLE,
+    Reason.SYSTEM_NOT_FIRST,
+    Reason.STARTS_WITH_ASSISTANT,
+    Reason.NON_ALTERNATING,
+    Reason.NO_ASSISTANT_TURN,
+    Reason.TEMPLATE_TOKEN_IN_TEXT,
+})
 
 # Trimmed from both ends of a turn: Unicode whitespace (`str.isspace`, the same test as the
 # regex class `\s`) plus a byte-order mark (leaked from the start of a file) and zero-width

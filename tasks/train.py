@@ -44,7 +44,9 @@ import yaml
 
 from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
 from sftflow.tasks.core.hashing import sha256_file, sha256_tree
-from sftflow.tasks.core.recipe import Recipe, TrainConfig
+from sftflow.tasks.core.recipe import Recipe
+from sftflow.tasks.core.recipe_training import TrainConfig
+from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.records import DecisionLog, StageOutput, empty_records
 from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
 from sftflow.tasks.core.weights import require_safetensors
@@ -54,6 +56,7 @@ from sftflow.tasks.lib.chat_template import select_chat_template
 from sftflow.tasks.lib.devices import compute_device
 from sftflow.tasks.lib.mask_audit import audit_masks, check_audit
 from sftflow.tasks.lib.model_card import render_model_card
+from sftflow.tasks.lib.shards import EVAL, TRAIN, shard_files
 from sftflow.tasks.lib.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
 from sftflow.tasks.lib.train_checks import (
     audit_sample,
@@ -76,9 +79,10 @@ from sftflow.tasks.lib.train_worker import (
 )
 
 LIBRARIES = ("trl", "transformers", "peft", "accelerate", "torch", "tokenizers", "datasets")
+# The decisions this stage may record (tasks/core/stage.py refuses any other reason).
+REASONS = frozenset({Reason.KEPT, Reason.NO_SUPERVISED_TOKENS})
 
 SHARD_COLUMNS = ("example_id", "category", "source", "messages")
-TRAIN, EVAL = "train", "eval"
 AUDIT_MAX_ROWS = 5000  # the audit renders growing prefixes per row: bounded cost on big mixes
 ROUNDTRIP_ROWS = 32  # train rows re-rendered after saving (at least MIN_ROUNDTRIP_ROWS when there are)
 MIN_ROUNDTRIP_ROWS = 20
@@ -86,14 +90,6 @@ TRAINING_ARGS_FILE = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_N
 
 
 # ---------------------------------------------------------------------------------- inputs --
-def shard_paths(manifest: Manifest, split: str) -> list[Path]:
-    """The mix artifact's shard files of one split, in the order its manifest lists them."""
-    shards = manifest.stats.get("shards")
-    if shards is not None:
-        return [manifest.file(s["name"]) for s in shards if s["split"] == split and s["n_rows"]]
-    return manifest.files_named(f"shards/{split}/")
-
-
 def read_shard_rows(paths: list[Path]) -> list[dict[str, Any]]:
     """messages, category, source, example_id of every row of the shards (copies kept)."""
     rows: list[dict[str, Any]] = []
@@ -112,12 +108,12 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     cfg = TrainConfig.model_validate(call.config)
     if not call.inputs:
         raise ValueError("train: needs the mix artifact as its input")
-    workspace = Workspace.from_env(root=call.root, warehouse=call.warehouse)
+    workspace = call.workspace
     work, reports, output_dir = _work_folder(call)
 
     # Inputs: the mix's shards, and where training runs.
     mix = call.inputs[0]
-    train_files, eval_files = shard_paths(mix, TRAIN), shard_paths(mix, EVAL)
+    train_files, eval_files = shard_files(mix, TRAIN), shard_files(mix, EVAL)
     if not train_files:
         raise ValueError(f"train: the mix artifact {mix.path} has no train shards; check mix.total_rows and shares")
     train_rows = read_shard_rows(train_files)
@@ -203,9 +199,8 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
 # ----------------------------------------------------------------------------------- steps --
 def _work_folder(call: StageCall) -> tuple[Path, Path, Path]:
     """The call's work folder (spent ones pruned), its fresh `reports/`, and `output/` emptied."""
-    work_root = Path(call.warehouse) / "work" / "train"
-    prune_finished_work(work_root, call.store, keep=call.key)
-    work = work_root / call.key
+    work = call.work_dir
+    prune_finished_work(work.parent, call.store, keep=call.key)
     work.mkdir(parents=True, exist_ok=True)
     reports = _fresh(work / "reports")
     output_dir = work / "output"
@@ -291,7 +286,7 @@ def _check_round_trip(call: StageCall, cfg: TrainConfig, output_dir: Path, repor
     if adapter_config.is_file() and cfg.model.startswith("builtin:"):
         # The adapter names the base folder it was trained on, which is about to move into the
         # artifact: point it at the base's final place so PEFT can load the pair.
-        final_base = Path(call.warehouse) / "artifacts" / "train" / call.key / "base_model"
+        final_base = call.artifact_dir / "base_model"
         config = json.loads(adapter_config.read_text(encoding="utf-8"))
         config["base_model_name_or_path"] = str(final_base)
         adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")

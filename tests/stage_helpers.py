@@ -11,7 +11,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from sftflow.tasks.core.artifacts import Manifest, read_tables
-from sftflow.tasks.core.recipe import MixConfig, ScoreConfig, SourceConfig
+from sftflow.tasks.core.recipe import SourceConfig
+from sftflow.tasks.core.recipe_data import MixConfig, ScoreConfig
 from sftflow.tasks.core.records import RECORD_SCHEMA, StageOutput
 from sftflow.tasks.core.stage import records_paths
 from sftflow.tasks.ingest import read_source_parts

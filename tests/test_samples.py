@@ -246,7 +246,7 @@ def test_sentence_windows_drop_only_the_planted_toxic_answers_at_the_default_thr
     """What the filter itself computes (max over sentence windows) against the recipe default:
     the planted toxic answers reach it, every clean answer (poem lines, code, stories) stays
     below it. At 0.5, ten clean demo answers were dropped as toxic on one word each."""
-    from sftflow.tasks.core.recipe import ToxicityConfig
+    from sftflow.tasks.core.recipe_filters import ToxicityConfig
     from sftflow.tasks.lib.toxicity import ProfanityCheckScorer, score_turns
 
     threshold = ToxicityConfig().effective_threshold

@@ -35,11 +35,11 @@ PROJECT_SUBPACKAGES = ("tasks", "flows")
 # Modules that do shape outputs (records.py: the schema; hashing.py: ids) stay in fingerprints.
 # Process plumbing (failpoints: crash-test hooks; children: the worker process's lifetime) and the
 # stage registry do not change outputs either.
-NOT_FINGERPRINTED = frozenset({
-    "sftflow.tasks.core.recipe", "sftflow.tasks.core.recipe_docs", "sftflow.tasks.core.reasons", "sftflow.tasks.core.cache_keys",
-    "sftflow.tasks.core.stage", "sftflow.tasks.core.artifacts", "sftflow.tasks.core.catalog", "sftflow.tasks.core.workspace",
-    "sftflow.tasks.core.stages", "sftflow.tasks.core.failpoints", "sftflow.tasks.core.children",
-}) | frozenset({
+NOT_FINGERPRINTED = frozenset(f"sftflow.tasks.core.{name}" for name in (
+    "recipe", "recipe_section", "recipe_data", "recipe_filters", "recipe_training", "recipe_docs",
+    "reasons", "cache_keys", "stage", "artifacts", "catalog", "catalog_schema", "workspace",
+    "stages", "failpoints", "children",
+)) | frozenset({
     # Reports: the model and data cards are written beside a stage's output, never read by a stage.
     # A wording change shows in the next artifact a stage computes; it re-runs nothing.
     "sftflow.tasks.lib.model_card",

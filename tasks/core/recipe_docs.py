@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import typing
 
 from pydantic import BaseModel
@@ -15,7 +16,7 @@ from sftflow.tasks.core.recipe import Recipe, SourceConfig
 
 HEADER = """# Recipe reference
 
-Generated from `tasks/core/recipe.py` by `python -m sftflow.tasks.core.recipe_docs` (a test checks it is
+Generated from `tasks/core/recipe*.py` by `python -m sftflow.tasks.core.recipe_docs` (a test checks it is
 current). Every section is optional except `name` and `sources`; unknown keys are errors.
 Override any value on the command line with `--set dotted.key=value` (the value is parsed as
 YAML; list items by index: `--set sources.0.path=data/other.jsonl`).
@@ -32,8 +33,9 @@ def _default(field) -> str:
 
 
 def _type(annotation) -> str:
-    # The recipe's own models by their class name: the reference is for recipe authors.
-    text = str(annotation).replace("typing.", "").replace(f"{__package__}.recipe.", "")
+    # The recipe's own models by their class name: the reference is for recipe authors. They are
+    # defined in recipe.py and its recipe_<part>.py section modules.
+    text = re.sub(rf"{re.escape(__package__)}\.recipe(_[a-z]+)?\.", "", str(annotation).replace("typing.", ""))
     return text.replace("<class '", "").replace("'>", "")
 
 

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftflow.tasks.core import stages
@@ -45,10 +46,28 @@ class StageCall(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)  # not in the key: e.g. resolved paths
     root: str
     warehouse: str
+    data_dirs: list[str] = Field(default_factory=list)  # further allowed input roots (SFTFLOW_DATA_DIRS)
 
     @property
     def store(self) -> ArtifactStore:
         return ArtifactStore(Path(self.warehouse) / "artifacts")
+
+    @property
+    def workspace(self) -> Workspace:
+        """The workspace the plan resolved: a task confines its paths with it and never reads the
+        environment again (a worker process may not share the planner's environment)."""
+        return Workspace(root=Path(self.root), warehouse=Path(self.warehouse),
+                         data_dirs=tuple(Path(d) for d in self.data_dirs))
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space of this call outside the artifact store: warehouse/work/<stage>/<key>."""
+        return Path(self.warehouse) / "work" / self.stage / self.key
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where this call's artifact lives once committed."""
+        return self.store.stage_dir(self.stage) / self.key
 
 
 def keyed_config(config: dict[str, Any], unkeyed: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
@@ -86,6 +105,7 @@ def plan_stage(
     *,
     root: Path,
     warehouse: Path,
+    data_dirs: tuple[Path, ...] = (),
     label: str = "",
     extra_input_hashes: list[str] | None = None,
     params: dict[str, Any] | None = None,
@@ -114,22 +134,35 @@ def plan_stage(
         stage=stage, key=key, label=label, code_hash=code_hash, config=config,
         config_hash=short_hash(keyed), unkeyed=list(unkeyed), inputs=inputs,
         input_hashes=list(extra_input_hashes or []), params=dict(params or {}), root=str(root),
-        warehouse=str(warehouse),
+        warehouse=str(warehouse), data_dirs=[str(d) for d in data_dirs],
     )
 
 
 def plan_call(module: ModuleType, config: dict[str, Any], inputs: list[Manifest], ws: Workspace,
               **kwargs: Any) -> StageCall:
     """`plan_stage` for a stage module's `plan`: the stage it is registered as, its `LIBRARIES` and
-    `UNKEYED` fields, the workspace's root and warehouse."""
+    `UNKEYED` fields, the workspace's root, warehouse and allowed data folders."""
     spec = stages.spec_of_module(module.__name__)
     return plan_stage(spec.name, module.__name__, config, inputs, module.LIBRARIES, root=ws.root,
-                      warehouse=ws.warehouse, unkeyed=getattr(module, "UNKEYED", ()), **kwargs)
+                      warehouse=ws.warehouse, data_dirs=ws.data_dirs, unkeyed=getattr(module, "UNKEYED", ()),
+                      **kwargs)
 
 
 def records_paths(manifests: list[Manifest]) -> list[Path]:
     """The records parts of input artifacts, in order."""
     return [p for m in manifests for p in m.files_named(RECORDS_PREFIX)]
+
+
+def check_reasons(stage: str, decisions: pa.Table, vocabulary: frozenset[str] | None) -> None:
+    """Refuse decisions with a reason the stage does not declare: the catalog's drops by stage and
+    reason are only as trustworthy as the rule that a reason means one thing in one stage."""
+    if vocabulary is None or not decisions.num_rows:
+        return
+    recorded = set(pc.unique(decisions["reason"]).to_pylist())
+    foreign = sorted(recorded - vocabulary)
+    if foreign:
+        raise ValueError(f"{stage}: recorded reason(s) {', '.join(foreign)} outside the stage's REASONS "
+                         f"({', '.join(sorted(vocabulary))}); declare them in the stage module")
 
 
 def execute(call: StageCall, compute: Callable[[StageCall], StageOutput | PartedOutput]) -> tuple[Manifest, bool]:
@@ -149,6 +182,7 @@ def execute(call: StageCall, compute: Callable[[StageCall], StageOutput | Parted
     if whole:
         failpoint(f"{call.stage}:computed")
     parts = [output] if whole else output.parts
+    vocabulary = stages.stage_reasons(call.stage)
     writer = store.writer(call.stage, call.key)
     try:
         n_out = n_records_files = 0
@@ -162,6 +196,7 @@ def execute(call: StageCall, compute: Callable[[StageCall], StageOutput | Parted
                                    part.records.slice(start, PART_ROWS))
                 n_records_files += 1
             n_out += part.records.num_rows
+            check_reasons(call.stage, part.decisions, vocabulary)
             for name, table in [(DECISIONS_FILE, part.decisions), *part.extra.items()]:
                 name = name if name.endswith(".parquet") else f"{name}.parquet"
                 if name not in appended:

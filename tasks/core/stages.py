@@ -7,12 +7,13 @@ registered module), the progress count, the model card's drop table, the tests. 
 `STAGES` up when they run (`stages.STAGES`, the functions below), so a registry changed at run
 time (a test's toy stage) is seen everywhere.
 
-A stage module provides `LIBRARIES`, optional `UNKEYED`, `plan(...) -> StageCall` and the
-Prefect task `<name>_stage`. Adding a data stage is one such module and one `StageSpec` line here.
+A stage module provides `LIBRARIES`, `REASONS` (the decisions it may record), optional `UNKEYED`,
+`plan(...) -> StageCall` and the Prefect task `<name>_stage`. Adding a data stage is one such module and one `StageSpec` line here.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,6 +115,24 @@ def stage_spec(name: str) -> StageSpec:
         if spec.name == name:
             return spec
     raise KeyError(f"no stage {name!r} in tasks/core/stages.py; registered: {', '.join(stage_names())}")
+
+
+def stage_reasons(name: str) -> frozenset[str] | None:
+    """The reasons registered stage `name` may record: its module's `REASONS` (None for a name
+    the registry does not hold; such a stage is held to the closed vocabulary alone).
+
+    >>> sorted(stage_reasons("score"))
+    ['below_top_fraction', 'kept']
+    """
+    spec = next((s for s in STAGES if s.name == name), None)
+    if spec is None:
+        return None
+    # Imported by name, not with an import statement: the registry stays out of every key.
+    module = importlib.import_module(spec.module)
+    reasons = getattr(module, "REASONS", None)
+    if reasons is None:
+        raise AttributeError(f"stage module {spec.module} declares no REASONS (the decisions it may record)")
+    return frozenset(str(r) for r in reasons)
 
 
 def n_stage_calls(n_sources: int, level: RunLevel) -> int:

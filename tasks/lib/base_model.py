@@ -7,7 +7,7 @@ model is built from the train rows (tasks/lib/tiny_model.py), not located.
 
 from __future__ import annotations
 
-from sftflow.tasks.core.recipe import TrainConfig
+from sftflow.tasks.core.recipe_training import TrainConfig
 from sftflow.tasks.core.workspace import Workspace, model_location as locate_model
 from sftflow.tasks.lib.tiny_model import BUILTIN_TINY_LLAMA
 

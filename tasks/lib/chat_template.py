@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+from sftflow.tasks.lib.chat_tokens import END_OF_TURN_CANDIDATES
+
 CHATML_ROLES = ("system", "user", "assistant", "tool")
 # Appended to the origin when the recipe's template replaces a different one the tokenizer had.
 OVERRIDE_NOTE = " (overrides the tokenizer's own template)"

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from sftflow.tasks.core.hashing import sha256_file
-from sftflow.tasks.core.recipe import DecontaminateConfig, EvalSetConfig
+from sftflow.tasks.core.recipe_filters import DecontaminateConfig, EvalSetConfig
 from sftflow.tasks.lib.formats import OPENAI_ROLES, SHAREGPT_ROLES
 from sftflow.tasks.lib.readers import FILE_SUFFIXES, iter_file_rows
 from sftflow.tasks.lib.rows import RawRow, SourceError

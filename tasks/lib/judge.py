@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from sftflow.tasks.core.recipe import JudgeConfig
+from sftflow.tasks.core.recipe_training import JudgeConfig
 
 SCORE_MIN, SCORE_MAX = 1, 10
 REPLY_PREVIEW_CHARS = 300

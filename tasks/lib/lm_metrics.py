@@ -1,10 +1,11 @@
 """Language-model measurements on a loaded model: held-out loss, perplexity and greedy generation.
 
 - **Held-out loss** (`heldout_loss`): mean cross-entropy on the *assistant* tokens of chat rows,
-  tokenized exactly as training does (the chat template's `{% generation %}` mask, truncated to
-  the training max_length keeping the start). It is the training objective on unseen rows, so it
-  is comparable with the training loss curve. The mean is token-weighted (sum of NLL over all
-  supervised tokens / their count), so it does not depend on batch size or padding.
+  tokenized exactly as training does (tasks/lib/chat_tokens.py: the chat template's
+  `{% generation %}` mask, truncated to the training max_length keeping the start). It is the
+  training objective on unseen rows, so it is comparable with the training loss curve. The mean
+  is token-weighted (sum of NLL over all supervised tokens / their count), so it does not depend
+  on batch size or padding.
 - **Perplexity** (`perplexity`): exp of the token-weighted mean NLL of plain texts without any
   template (the first token of each text has no context and is not scored).
 - **Generation** (`generate`): batched greedy decoding of one user turn per prompt, stopping at
@@ -19,27 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-IGNORE_INDEX = -100  # label value cross-entropy skips (the transformers/TRL convention)
-# End-of-turn tokens a chat template may close an assistant turn with; generation stops at them
-# when the template uses them, even if the tokenizer's eos is a different token.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
-
-
-# ---------------------------------------------------------------------------- tokenization --
-def conversation_labels(tokenizer, template: str, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one conversation: labels are the ids on assistant tokens, -100 elsewhere.
-
-    Tokenized as TRL does with assistant_only_loss (the template's generation mask), then truncated
-    to max_length keeping the start.
-    """
-    encoded = tokenizer.apply_chat_template(
-        [{"role": m["role"], "content": m["content"]} for m in messages],
-        tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template,
-    )
-    input_ids = list(encoded["input_ids"])[:max_length]
-    mask = list(encoded["assistant_masks"])[:max_length]
-    labels = [token if supervised else IGNORE_INDEX for token, supervised in zip(input_ids, mask)]
-    return input_ids, labels
+from sftflow.tasks.lib.chat_tokens import END_OF_TURN_CANDIDATES, IGNORE_INDEX, conversation_labels
 
 
 def _pad_id(tokenizer) -> int:
@@ -133,7 +114,7 @@ def stop_token_ids(tokenizer, model, template: str) -> list[int]:
     if config_eos is not None:
         ids.update(int(i) for i in (config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]))
     vocab = tokenizer.get_vocab()
-    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in template and token in vocab)
+    ids.update(vocab[token] for token in END_OF_TURN_CANDIDATES if token in template and token in vocab)
     return sorted(ids)
 
 

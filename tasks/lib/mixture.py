@@ -49,7 +49,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from sftflow.tasks.core.recipe import MixConfig
+from sftflow.tasks.core.recipe_data import MixConfig
 from sftflow.tasks.lib.text_units import text_units
 
 # Float products such as 1.15 * 100 land just below the integer they mean (114.999…); quotas

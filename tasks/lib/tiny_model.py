@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from sftflow.tasks.lib.chat_template import CHATML_TEMPLATE
-from sftflow.tasks.core.recipe import TinyModelConfig
+from sftflow.tasks.core.recipe_training import TinyModelConfig
 from sftflow.tasks.core.weights import missing_safetensors_error, require_safetensors
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")

@@ -22,7 +22,7 @@ from typing import Any
 from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.records import DecisionLog
 from sftflow.tasks.lib.chat_template import end_of_turn_token
-from sftflow.tasks.lib.mask_audit import supervised_counts, tokenize_conversation
+from sftflow.tasks.lib.chat_tokens import supervised_counts, tokenize_conversation
 from sftflow.tasks.lib.train_worker import CHAT_TEMPLATE_FILE, TRAINED_SEQUENCES_FILE, sequence_digest
 
 

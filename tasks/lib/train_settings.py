@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sftflow.tasks.core.recipe import TrainConfig
+from sftflow.tasks.core.recipe_training import TrainConfig
 from sftflow.tasks.lib.tiny_model import BUILTIN_TINY_LLAMA
 
 DEFAULT_LEARNING_RATE = {"full": 2e-5, "lora": 2e-4}

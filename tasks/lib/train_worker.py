@@ -20,10 +20,8 @@ What it does, in order:
    generation_config whose eos_token_id includes the template's end-of-turn token, and
    `log_history.json`, `metrics.json`, `trained_sequences.json`.
 
-Output: tqdm bars and datasets progress bars are off, so stdout/stderr carry transformers' and
-TRL's warnings (the stage keeps them in train.log) and one `[train] step ...` line per logging
-step (`step_line`), with conversations and tokens per optimizer step counted from the batches
-the trainer really trains on (`batch_counts`).
+Output: no progress bars, transformers' and TRL's warnings (the stage keeps them in train.log) and
+one `[train] step ...` line per logging step (tasks/lib/train_callbacks.py).
 
 `trained_sequences.json` holds a sha256 of every example-level token sequence that was really in
 the trainer's dataset after TRL's processing: packed rows (BFD) are cut back into their examples
@@ -37,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -47,7 +44,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sftflow.tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
 from sftflow.tasks.core.failpoints import FAILPOINT_ENV
-from sftflow.tasks.core.recipe import LoraSettings
+from sftflow.tasks.core.recipe_training import LoraSettings
+from sftflow.tasks.lib.train_callbacks import (
+    counting_trainer_class,
+    crash_test_callback,
+    quiet_progress,
+    step_line_callback,
+    train_metrics,
+)
+from sftflow.tasks.lib.train_model import expose_output_bias, load_training_model, peft_config, trainable_template_tokens
 
 JOB_FILE = "job.json"
 LOG_HISTORY_FILE = "log_history.json"
@@ -148,106 +153,6 @@ def with_end_of_turn(eos_token_id: int | list[int] | None, end_of_turn_id: int) 
     return ids if end_of_turn_id in ids else [*ids, end_of_turn_id]
 
 
-def template_special_tokens(template: str, candidates: Iterable[str]) -> list[str]:
-    """The tokens among `candidates` (a tokenizer's added/special tokens) whose text appears in the
-    chat template, in first-seen order without repeats.
-
-    >>> template_special_tokens("{{ '<|im_start|>' ~ role }}{{ text ~ '<|im_end|>' }}",
-    ...                         ["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|pad|>", "<|im_end|>"])
-    ['<|im_end|>', '<|im_start|>']
-    """
-    seen: list[str] = []
-    for token in candidates:
-        if token and token in template and token not in seen:
-            seen.append(token)
-    return seen
-
-
-def batch_counts(inputs: dict[str, Any]) -> tuple[int, int]:
-    """(conversations, tokens) in one batch as the collator hands it to the model.
-
-    Padding-free packing (no attention_mask) flattens the batch into rows whose `position_ids`
-    restart at 0 where each conversation starts, with no pad token; otherwise every row is one
-    conversation and the attention mask marks its non-pad tokens.
-
-    >>> import torch
-    >>> batch_counts({"position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])})
-    (3, 9)
-    >>> batch_counts({"input_ids": torch.zeros(2, 4), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])})
-    (2, 5)
-    """
-    if "attention_mask" in inputs and inputs["attention_mask"] is not None:
-        mask = inputs["attention_mask"]
-        return int(mask.shape[0]), int(mask.sum())
-    position_ids = inputs["position_ids"]
-    return int((position_ids == 0).sum()), int(position_ids.numel())
-
-
-STEP_LINE_PREFIX = "[train] step "
-
-
-def step_line(logs: dict[str, Any], step: int, max_steps: int) -> str | None:
-    """The one line printed per logging step (None for logs that are not a training step's).
-
-    >>> step_line({"loss": 4.8123, "grad_norm": 1.934, "learning_rate": 0.0019, "tokens_per_second": 5120.4,
-    ...            "conversations_per_step": 11.5, "tokens_per_step": 2048.0}, 25, 300)
-    '[train] step 25/300 loss 4.812 grad_norm 1.93 lr 1.9e-03 tokens/s 5120 conversations/step 11.5 tokens/step 2048'
-    >>> step_line({"eval_loss": 3.0}, 25, 300) is None
-    True
-    """
-    if "loss" not in logs:
-        return None
-    parts = [f"{STEP_LINE_PREFIX}{step}/{max_steps}", f"loss {logs['loss']:.3f}"]
-    for key, label, spec in (("grad_norm", "grad_norm", ".2f"), ("learning_rate", "lr", ".1e"),
-                             ("tokens_per_second", "tokens/s", ".0f"),
-                             ("conversations_per_step", "conversations/step", ".1f"),
-                             ("tokens_per_step", "tokens/step", ".0f")):
-        if logs.get(key) is not None:
-            parts.append(f"{label} {format(float(logs[key]), spec)}")
-    return " ".join(parts)
-
-
-def peak_memory_bytes() -> tuple[int, str]:
-    """(peak bytes, what was measured): CUDA allocations when training ran on a GPU, else max RSS."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-        return int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated"
-    # ru_maxrss is KiB on Linux (bytes on macOS)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "max_rss"
-
-
-def train_metrics(train_output_metrics: dict[str, Any], tokens_processed: int | None,
-                  log_history: list[dict[str, Any]], resumed_from: str | None,
-                  step_totals: dict[str, int] | None = None) -> dict[str, Any]:
-    """metrics.json: the trainer's own numbers plus tokens/s over non-pad tokens, peak memory, and
-    the mean conversations and tokens per optimizer step (`step_totals`: steps, conversations,
-    tokens counted by the trainer over this process's run, summed over all processes)."""
-    steps = (step_totals or {}).get("steps") or 0
-    runtime_s = float(train_output_metrics.get("train_runtime") or 0.0)
-    peak, peak_kind = peak_memory_bytes()
-    losses = [e["loss"] for e in log_history if "loss" in e]
-    return {
-        "train_runtime_s": runtime_s,
-        "train_samples_per_second": train_output_metrics.get("train_samples_per_second"),
-        "train_steps_per_second": train_output_metrics.get("train_steps_per_second"),
-        "train_loss": train_output_metrics.get("train_loss"),
-        "first_logged_loss": losses[0] if losses else None,
-        "last_logged_loss": losses[-1] if losses else None,
-        "global_step": max((e.get("step", 0) for e in log_history), default=0),
-        # counted by TRL from attention masks / packed lengths, so padding is excluded; only the
-        # tokens of this process's run (a resumed run counts from its resume point)
-        "tokens_processed": tokens_processed,
-        "tokens_per_second": (tokens_processed / runtime_s) if tokens_processed and runtime_s > 0 else None,
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
-        "resumed_from_checkpoint": resumed_from,
-        "mean_conversations_per_step": step_totals["conversations"] / steps if steps else None,
-        "mean_tokens_per_step": step_totals["tokens"] / steps if steps else None,
-    }
-
-
 # --------------------------------------------------------------------------------- the run --
 def load_messages(files: list[str], cache_dir: Path, exclude_ids: list[str] | None = None):
     """A datasets.Dataset of the shards' `messages` only (TRL would treat other columns as input),
@@ -264,82 +169,13 @@ def load_messages(files: list[str], cache_dir: Path, exclude_ids: list[str] | No
     return dataset.select_columns([MESSAGES_COLUMN])
 
 
-def model_dtype(job: TrainJob):
-    """Weights dtype: LoRA under bf16 keeps the frozen base in bf16 (half the memory, adapters
-    still train in fp32); full fine-tuning keeps fp32 master weights and lets autocast run bf16
-    matmuls, because pure-bf16 AdamW updates at lr ~2e-5 round away to nothing."""
-    import torch
-
-    return torch.bfloat16 if job.sft.get("bf16") and job.method == "lora" else torch.float32
-
-
-def prepare_for_training(model):
-    """Set the model up for training: `config.use_cache = False`.
-
-    Why it matters beyond memory: with padding-free packing the collator sends no attention mask,
-    only `position_ids` restarting at 0 per conversation, and transformers (masking_utils
-    `_preprocess_mask_arguments`) derives the per-conversation causal mask from them only when
-    there is no cache. A forward with `use_cache` on creates a DynamicCache first, that detection
-    is skipped, and on sdpa/eager the packed conversations attend to each other. TRL 1.16's loss
-    (its fused LM head forward) happens to pass use_cache=False; this makes every forward of the
-    training model safe (tests/tasks/lib/test_packing_isolation.py), whoever calls it. The worker
-    sets it back to True before saving: the saved config is for inference.
-    """
-    model.config.use_cache = False
-    return model
-
-
-def load_training_model(job: TrainJob):
-    """(model, tokenizer) for training: the base in `model_dtype(job)`, prepared for training."""
-    from sftflow.tasks.lib.tiny_model import load_causal_lm
-
-    model, tokenizer = load_causal_lm(job.base_model, revision=job.revision, trust_remote_code=job.trust_remote_code,
-                                      dtype=model_dtype(job), attn_implementation=job.attn_implementation)
-    return prepare_for_training(model), tokenizer
-
-
-def trainable_template_tokens(job: TrainJob, tokenizer) -> dict[str, int]:
-    """{token: id} of the special tokens the job's template uses, when LoRA trains them."""
-    if job.method != "lora" or not job.lora.train_template_tokens:
-        return {}
-    candidates = [*tokenizer.get_added_vocab(), *tokenizer.all_special_tokens]
-    return {token: tokenizer.convert_tokens_to_ids(token)
-            for token in template_special_tokens(job.chat_template, candidates)}
-
-
-def peft_config(job: TrainJob, model=None, token_ids: list[int] | None = None):
-    """LoraConfig for method lora (None otherwise).
-
-    `token_ids` (the template's special tokens) become PEFT trainable tokens: all-linear LoRA
-    freezes embed_tokens and lm_head, so tokens new to the base (ChatML on a base without it)
-    would keep their untrained rows. With tied embeddings PEFT ties lm_head to the embedding's
-    trainable rows itself; an untied lm_head is named too, so its output rows of those tokens
-    train as well (peft 0.21 wraps both as TrainableTokensWrapper; only those rows are saved).
-    """
-    if job.method != "lora":
-        return None
-    from peft import LoraConfig
-
-    trainable = None
-    if token_ids:
-        names = {module: name for name, module in model.named_modules()}
-        embedding = names[model.get_input_embeddings()]
-        trainable = {embedding: list(token_ids)}
-        output = model.get_output_embeddings()
-        if output is not None and not getattr(model.config, "tie_word_embeddings", False):
-            trainable[names[output]] = list(token_ids)
-    return LoraConfig(r=job.lora.r, lora_alpha=job.lora.alpha, lora_dropout=job.lora.dropout,
-                      target_modules=job.lora.target_modules, task_type="CAUSAL_LM",
-                      trainable_token_indices=trainable)
-
-
 def sample_sequences(job: TrainJob, tokenizer, max_length: int) -> list[dict[str, Any]]:
     """How this process tokenizes the sample rows (same call as TRL): compared in the round trip."""
     if not job.sample_ids:
         return []
     import pyarrow.parquet as pq
 
-    from sftflow.tasks.lib.mask_audit import tokenize_conversation
+    from sftflow.tasks.lib.chat_tokens import tokenize_conversation
 
     wanted, found = set(job.sample_ids), {}
     for path in job.train_files:
@@ -427,109 +263,6 @@ def _readable_json(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
-
-
-def crash_test_callback():
-    """A TrainerCallback that reaches the `train:checkpoint` failpoint after a checkpoint is saved
-    (transformers calls on_save once the checkpoint folder is complete)."""
-    from transformers import TrainerCallback
-
-    from sftflow.tasks.core.failpoints import failpoint
-
-    class CheckpointFailpoint(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            failpoint("train:checkpoint")
-
-    return CheckpointFailpoint()
-
-
-def expose_output_bias(model) -> None:
-    """Let TRL's fused LM head read `bias` from an lm_head that PEFT wrapped for trainable tokens.
-
-    TRL 1.16's fused loss reads `lm_head.weight` and `lm_head.bias` directly; PEFT 0.21's
-    TrainableTokensWrapper answers `.weight` with the merged (trainable-row) weights but has no
-    `.bias`, so training would stop with an AttributeError. The wrapped layer's own bias (None for
-    Llama-style heads) is set as a plain attribute: nothing is registered or saved.
-    """
-    from peft.utils.other import TrainableTokensWrapper
-
-    output = model.get_output_embeddings()
-    if isinstance(output, TrainableTokensWrapper) and "bias" not in output.__dict__:
-        object.__setattr__(output, "bias", output.original_module.bias)
-
-
-def step_line_callback():
-    """A TrainerCallback that prints `step_line` for every training log, on the main process only
-    (the stage echoes these lines; everything else stays in train.log)."""
-    from transformers import TrainerCallback
-
-    class StepLines(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            line = step_line(logs or {}, state.global_step, state.max_steps) if state.is_world_process_zero else None
-            if line:
-                print(line, flush=True)
-
-    return StepLines()
-
-
-def counting_trainer_class():
-    """SFTTrainer that counts conversations and tokens per optimizer step.
-
-    A subclass, not a callback: no callback event is given the batches (on_step_end gets the
-    state only), and with padding-free packing the number of conversations trained on is only
-    visible in the collated `position_ids`. Counts are kept per process and summed over all
-    processes when a training log is written (`log` runs on every process at the same steps,
-    like the loss all-gather before it), so the logged figures are for the whole run.
-    """
-    import torch
-    from trl import SFTTrainer
-
-    class CountingSFTTrainer(SFTTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._window = [0, 0]  # conversations, tokens since the last training log (this process)
-            self._window_start: tuple[int, float] | None = None  # (global step, time) of the window start
-            self.step_totals = {"steps": 0, "conversations": 0, "tokens": 0}  # all processes, this run
-
-        def training_step(self, model, inputs, *args, **kwargs):
-            if self._window_start is None:
-                self._window_start = (self.state.global_step, time.perf_counter())
-            conversations, tokens = batch_counts(inputs)
-            self._window[0] += conversations
-            self._window[1] += tokens
-            return super().training_step(model, inputs, *args, **kwargs)
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self._window_start is not None:
-                local = torch.tensor(self._window, dtype=torch.long, device=self.accelerator.device)
-                conversations, tokens = (int(v) for v in self.accelerator.reduce(local, reduction="sum"))
-                started_step, started_at = self._window_start
-                steps = max(self.state.global_step - started_step, 1)
-                elapsed_s = time.perf_counter() - started_at
-                logs["conversations_per_step"] = conversations / steps
-                logs["tokens_per_step"] = tokens / steps
-                # wall time since the last training log: checkpoint saves and evals in it count
-                logs["tokens_per_second"] = tokens / elapsed_s if elapsed_s > 0 else None
-                for key, value in (("steps", steps), ("conversations", conversations), ("tokens", tokens)):
-                    self.step_totals[key] += value
-                self._window = [0, 0]
-                self._window_start = (self.state.global_step, time.perf_counter())
-            super().log(logs, start_time)
-
-    return CountingSFTTrainer
-
-
-def quiet_progress() -> None:
-    """No tqdm bars: datasets' (TRL's tokenizing/packing maps), transformers' (loading and writing
-    weights) and the hub's; the Trainer's own bar is off through SFTConfig(disable_tqdm=True).
-    Warnings still go to stderr, which the stage keeps in train.log."""
-    from datasets.utils.logging import disable_progress_bar as datasets_bars_off
-    from huggingface_hub.utils import disable_progress_bars as hub_bars_off
-    from transformers.utils.logging import disable_progress_bar as transformers_bars_off
-
-    datasets_bars_off()
-    hub_bars_off()
-    transformers_bars_off()
 
 
 def run(job: TrainJob) -> None:

@@ -74,7 +74,7 @@ def test_a_part_read_back_is_the_table_computed(tmp_path):
     # stage writes has the bytes of a direct write of the same table
     from sftflow.tasks.core.parts import compute_part, read_part
     from sftflow.tasks.normalize import normalize_records
-    from sftflow.tasks.core.recipe import NormalizeConfig
+    from sftflow.tasks.core.recipe_data import NormalizeConfig
 
     ingested = three_part_input(tmp_path)
     source = ingested.files_named("records")[0]

@@ -1,8 +1,8 @@
 """A ninth data stage that exists only in the tests: `tag` drops every conversation whose last
 assistant turn is shorter than `min_chars` and keeps the rest unchanged.
 
-It is what adding a stage takes: this one module (a plan, the pure function, the Prefect
-wrapper) and one `StageSpec` line in the registry (the test inserts it after filter).
+It is what adding a stage takes: this one module (a plan, the reasons it records, the pure
+function, the Prefect wrapper) and one `StageSpec` line in the registry (the test inserts it after filter).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sftflow.tasks.core.records import DecisionLog, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
 
 LIBRARIES = ("pyarrow",)
+REASONS = frozenset({Reason.KEPT, Reason.TOO_SHORT_RESPONSE})
 MIN_CHARS = 200  # drops some of the demo's short answers
 
 

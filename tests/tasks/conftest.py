@@ -1,4 +1,5 @@
-"""Fixtures for the model loaders' safety checks (safetensors only, no remote code)."""
+"""Fixtures shared by the tests of tasks/: the model loaders' safety checks (safetensors only, no
+remote code), tiny reward models, the packaged token counter and profanity-check."""
 
 from __future__ import annotations
 
@@ -66,3 +67,50 @@ def profanity():
     from sftflow.tasks.lib.toxicity import ProfanityCheckScorer
 
     return ProfanityCheckScorer()
+
+
+# Words the tiny reward models' tokenizers know (models_root).
+REWARD_MODEL_WORDS = (
+    "the a of and in to is are why how what sky blue light sun sunlight plants water energy "
+    "photosynthesis explain leaves sugar football match team won goal python list sort numbers"
+).split()
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory) -> Path:
+    """A project root holding models/bert (1 label, no chat template) and models/llama (3 labels,
+    a chat template and no pad token), both written with save_pretrained."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        BertConfig, BertForSequenceClassification, BertTokenizer,
+        LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast,
+    )
+
+    root = tmp_path_factory.mktemp("project")
+    torch.manual_seed(0)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "user", "assistant", ":", "?", "."]
+    bert_tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(specials + REWARD_MODEL_WORDS)})
+    # A wide initializer so that different texts get clearly different rewards.
+    bert = BertForSequenceClassification(BertConfig(
+        vocab_size=len(bert_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, num_labels=1, initializer_range=0.5,
+    ))
+    bert.save_pretrained(root / "models" / "bert")
+    bert_tokenizer.save_pretrained(root / "models" / "bert")
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", *REWARD_MODEL_WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    llama_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    llama_tokenizer.chat_template = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+    llama = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, num_labels=3,
+        initializer_range=0.5,
+    ))
+    llama.save_pretrained(root / "models" / "llama")
+    llama_tokenizer.save_pretrained(root / "models" / "llama")
+    return root

@@ -11,21 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sftflow.tasks.core.hashing import short_hash
-from sftflow.tasks.core.recipe import DedupConfig
+from sftflow.tasks.core.recipe_data import DedupConfig
 from sftflow.tasks.core.records import RECORD_SCHEMA
 from tests.stage_helpers import records_from_rows
-from sftflow.tasks.dedup import (
-    band_candidate_pairs,
-    candidate_pairs,
-    conversation_text,
-    deduplicate,
-    dedup_stage,
-    greedy_representatives,
-    minhashes,
-    shingle_hashes,
-    shingles,
-    signature_matrix,
-)
+from sftflow.tasks.dedup import dedup_stage, deduplicate
+from sftflow.tasks.lib.minhash import minhashes
+from sftflow.tasks.lib.shingles import conversation_text, shingles
 
 CFG = DedupConfig()  # the recipe defaults: threshold 0.8, 128 perms, 5-grams, bands derived (13 x 7)
 
@@ -172,23 +163,6 @@ def test_empty_input():
     out = deduplicate(table([]), CFG)
     assert out.records.num_rows == 0 and out.decisions.num_rows == 0
     assert out.stats["n_in"] == 0
-
-
-def test_greedy_representatives_do_not_chain_and_do_not_depend_on_edge_order():
-    # 0~2, 2~4, 4~5 form a chain: 2 goes to 0; 4's only earlier partner (2) is dropped, so 4 is
-    # kept; 5 has pairs with 4 (0.9) and 0 (0.82): it goes to the best-matching kept row, 4
-    edges = [(4, 5, 0.9), (0, 2, 0.85), (2, 4, 0.85), (1, 3, 0.8), (0, 5, 0.82)]
-    expected = [None, None, (0, 0.85), (1, 0.8), None, (4, 0.9)]
-    assert greedy_representatives(7, edges) == expected + [None]
-    assert greedy_representatives(7, list(reversed(edges))) == expected + [None]
-    assert greedy_representatives(7, [(j, i, e) for i, j, e in edges]) == expected + [None]
-    assert greedy_representatives(3, []) == [None, None, None]
-
-
-def test_candidate_pairs_are_sorted_and_unique():
-    texts = [TEXT_A, TEXT_A.rsplit(" ", 1)[0] + " zzzword", TEXT_B]
-    signatures = minhashes([shingles(t, 5) for t in texts], 128, 1)
-    assert candidate_pairs(signatures, CFG.near) == [(0, 1)]
 
 
 # ------------------------------------------------------------------------------- user errors --
@@ -349,38 +323,6 @@ def graded_rows(n_pairs: int = 40) -> list[dict]:
         rows += [record(f"g{k:02d}a", " ".join(text)), record(f"g{k:02d}b", " ".join(edited))]
     rows += [record("copy", rows[0]["messages"][1]["content"]), record("short", "ok")]
     return rows
-
-
-def test_numpy_signatures_equal_datasketch_minhash_values():
-    from datasketch import MinHash
-
-    sets = [shingles(" ".join(words(n, seed=n)), 5) for n in (5, 6, 40, 300)] + [[]]
-    matrix = signature_matrix([shingle_hashes(s) for s in sets], num_perm=64, seed=3)
-    for row, grams in zip(matrix, sets):
-        reference = MinHash(num_perm=64, seed=3)
-        for gram in grams:
-            reference.update(gram)
-        assert row.tolist() == reference.hashvalues.tolist()
-
-
-def test_numpy_signatures_span_passes(monkeypatch):
-    # rows split across several numpy passes (and a row larger than one pass) give the same values
-    import sftflow.tasks.dedup as dedup
-
-    hashes = [shingle_hashes(shingles(" ".join(words(n, seed=n)), 3)) for n in (50, 7, 120, 30)]
-    whole = signature_matrix(hashes, 32, 1)
-    monkeypatch.setattr(dedup, "SHINGLES_PER_PASS", 40)
-    assert (signature_matrix(hashes, 32, 1) == whole).all()
-
-
-def test_band_buckets_equal_minhash_lsh_candidates():
-    rows = graded_rows()
-    grams = [shingles(conversation_text(r["messages"]), 5) for r in rows]
-    sketches = minhashes(grams, 128, 1)
-    matrix = signature_matrix([shingle_hashes(g) for g in grams], 128, 1)
-    expected = candidate_pairs(sketches, CFG.near)
-    assert 0 < len(expected) < len(rows) ** 2 / 2
-    assert [tuple(p) for p in band_candidate_pairs(matrix, *CFG.near.lsh_params).tolist()] == expected
 
 
 def test_numpy_backend_decides_exactly_like_datasketch():

@@ -20,16 +20,12 @@ import pyarrow as pa
 import pytest
 
 from sftflow.tasks.core.hashing import short_hash
-from sftflow.tasks.core.recipe import DedupConfig, RecipeError, parse_recipe
+from sftflow.tasks.core.recipe import RecipeError, parse_recipe
+from sftflow.tasks.core.recipe_data import DedupConfig
 from tests.stage_helpers import records_from_rows
-from sftflow.tasks.dedup import (
-    band_candidate_pairs,
-    conversation_text,
-    deduplicate,
-    shingle_hashes,
-    shingles,
-    signature_matrix,
-)
+from sftflow.tasks.dedup import deduplicate
+from sftflow.tasks.lib.minhash import band_candidate_pairs, shingle_hashes, signature_matrix
+from sftflow.tasks.lib.shingles import conversation_text, shingles
 
 CFG = DedupConfig()
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -341,17 +337,10 @@ def test_d_chinese_near_copies_with_one_character_changed_are_found():
     assert skipped == ["short-zh"]
 
 
-def test_chinese_rows_are_shingled_by_characters():
-    grams = shingles("请写一首关于春天的诗。", 5, n_unspaced=3)
-    assert len(grams) == 8  # 10 characters, 3-character shingles
-    assert shingles("请写一首关于春天的诗。", 5) and len(shingles("请写一首关于春天的诗。", 5)) == 6
-    # a mostly English row keeps word shingles even with a Chinese name in it
-    assert shingles("please translate the word 春 into english now", 5, 3)[0] == b"please translate the word \xe6\x98\xa5"
-
-
 # ---------------------------------------------------------- (e) real-world shared files --
 def shared_records(name: str, fmt: str) -> pa.Table:
-    from sftflow.tasks.core.recipe import NormalizeConfig, SourceConfig
+    from sftflow.tasks.core.recipe import SourceConfig
+    from sftflow.tasks.core.recipe_data import NormalizeConfig
     from tests.stage_helpers import read_source
     from sftflow.tasks.normalize import normalize_records
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 import torch
 
-from sftflow.tasks.core.recipe import EvalConfig, JudgeConfig
+from sftflow.tasks.core.recipe_training import EvalConfig, JudgeConfig
 from sftflow.tasks.core.weights import UnsafeWeightsError
 from sftflow.tasks.evaluate import evaluate_model, evaluate_stage_output
 from sftflow.tasks.lib.eval_inputs import eval_precision

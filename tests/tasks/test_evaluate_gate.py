@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sftflow.tasks.core.recipe import EvalConfig
+from sftflow.tasks.core.recipe_training import EvalConfig
 from sftflow.tasks.evaluate import evaluate_model, evaluate_stage_output
 from tests.tasks.lib.tiny_chat_lm import CONVERSATION, TEMPLATE, build_model, build_tokenizer, fine_tune, save
 from tests.tasks.lib.tiny_chat_lm import one_cpu_thread  # noqa: F401 (fixtures)

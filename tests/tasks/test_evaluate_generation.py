@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from sftflow.tasks.core.recipe import EvalConfig
+from sftflow.tasks.core.recipe_training import EvalConfig
 from sftflow.tasks.evaluate import evaluate_model
 from sftflow.tasks.lib.ifeval import IF_PROMPTS
 from tests.tasks.lib.tiny_chat_lm import CONVERSATION, GENERAL_TEXTS, TEMPLATE, build_model, save

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sftflow.tasks.core.recipe import EvalConfig
+from sftflow.tasks.core.recipe_training import EvalConfig
 from sftflow.tasks.evaluate import evaluate_model, evaluate_stage_output
 from sftflow.tasks.lib.eval_inputs import base_then_tuned
 from sftflow.tasks.lib.lm_metrics import heldout_loss

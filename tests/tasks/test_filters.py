@@ -11,7 +11,7 @@ import pytest
 from sftflow.tasks.core.artifacts import ArtifactStore
 from sftflow.tasks.core.records import RECORD_SCHEMA
 from tests.stage_helpers import read_records, records_from_rows
-from sftflow.tasks.core.recipe import EvalSetConfig, FilterConfig
+from sftflow.tasks.core.recipe_filters import EvalSetConfig, FilterConfig
 from sftflow.tasks.core.stage import execute, plan_stage
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.decontaminate import load_eval_index

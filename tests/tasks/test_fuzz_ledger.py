@@ -33,7 +33,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sftflow.tasks.core.recipe import NormalizeConfig, SourceConfig
+from sftflow.tasks.core.recipe import SourceConfig
+from sftflow.tasks.core.recipe_data import NormalizeConfig
 from tests.stage_helpers import read_source
 from sftflow.tasks.lib.rows import SourceError
 from sftflow.tasks.normalize import normalize_records

@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftflow.tasks.core.reasons import KEPT_REASONS
-from sftflow.tasks.core.recipe import FilterConfig, NormalizeConfig, SourceConfig
+from sftflow.tasks.core.recipe import SourceConfig
+from sftflow.tasks.core.recipe_data import NormalizeConfig
+from sftflow.tasks.core.recipe_filters import FilterConfig
 from sftflow.tasks.core.records import RAW_PREVIEW_CHARS
 from tests.stage_helpers import read_source, records_from_rows
 from sftflow.tasks.filters import filter_records

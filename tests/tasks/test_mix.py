@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftflow.tasks.core.recipe import MixConfig
+from sftflow.tasks.core.recipe_data import MixConfig
 from sftflow.tasks.core.records import RECORD_SCHEMA
 from sftflow.tasks.core.stage import StageCall, execute
 from sftflow.tasks.lib.mixture import eval_assignment, prompt_group

@@ -14,7 +14,7 @@ import pytest
 from sftflow.tasks.core.artifacts import ArtifactStore
 from sftflow.tasks.core.hashing import short_hash
 from sftflow.tasks.core.reasons import Reason
-from sftflow.tasks.core.recipe import NormalizeConfig
+from sftflow.tasks.core.recipe_data import NormalizeConfig
 from sftflow.tasks.core.records import RECORD_SCHEMA
 from tests.stage_helpers import records_from_rows
 from sftflow.tasks.core.stage import StageCall, execute

@@ -1,4 +1,4 @@
-"""Score stage logic on literal rows, with a fake scorer (the real scorers: test_scorers.py)."""
+"""Score stage logic on literal rows, with a fake scorer (the real scorers: tests/tasks/lib/test_scorers.py, test_reward_model.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from sftflow.tasks.core.artifacts import ArtifactStore
 from sftflow.tasks.core.reasons import Reason
-from sftflow.tasks.core.recipe import ScoreConfig
+from sftflow.tasks.core.recipe_data import ScoreConfig
 from sftflow.tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA
 from tests.stage_helpers import records_from_rows, score_records
 from sftflow.tasks.core.stage import StageCall, execute

@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from sftflow.tasks.core.recipe import MixConfig, TinyModelConfig, TrainConfig
+from sftflow.tasks.core.recipe_data import MixConfig
+from sftflow.tasks.core.recipe_training import TinyModelConfig, TrainConfig
 from sftflow.tasks.core.records import RECORD_SCHEMA
 from sftflow.tasks.core.stage import StageCall, execute
 from tests.stage_helpers import mix_records
@@ -107,7 +108,10 @@ def test_stage_echoes_one_line_per_logging_step_and_keeps_the_rest_in_train_log(
     assert [STEP_LINE.match(line).group(1) for line in steps] == ["1", "2", "3"]  # logging_steps=1, max_steps=3
     log = manifest.file("train.log").read_text()
     assert all(line in log for line in steps)  # train.log holds the whole output, step lines included
-    assert len(log.splitlines()) > len(steps)
+    # Whatever else the worker wrote (warnings, when a library emits one) stays in train.log only.
+    # Whether anything else is written depends on the libraries, so its amount is not asserted.
+    rest = {line for line in log.splitlines() if line.strip() and not line.startswith("[train] step ")}
+    assert not rest & set(lines)
     metrics = manifest.stats["train_metrics"]
     assert metrics["mean_conversations_per_step"] > 0 and metrics["mean_tokens_per_step"] > 0
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftflow.tasks.core.recipe import DecontaminateConfig, EvalSetConfig
+from sftflow.tasks.core.recipe_filters import DecontaminateConfig, EvalSetConfig
 from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
 from sftflow.tasks.lib.decontaminate import (
     MAX_MATCHES_RECORDED,

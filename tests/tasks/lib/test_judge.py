@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sftflow.tasks.core.recipe import JudgeConfig
+from sftflow.tasks.core.recipe_training import JudgeConfig
 from sftflow.tasks.lib.judge import JudgeError, check_judge_reachable, judge_generations, parse_score
 
 SECRET = "sk-test-SECRET-0123456789"

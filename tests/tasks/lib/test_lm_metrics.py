@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
+from sftflow.tasks.lib.chat_tokens import IGNORE_INDEX, conversation_labels
 from sftflow.tasks.lib.lm_metrics import (
-    IGNORE_INDEX,
-    conversation_labels,
     generate,
     generate_responses,
     generate_token_ids,
@@ -30,21 +29,6 @@ from tests.tasks.lib.tiny_chat_lm import one_cpu_thread, tokenizer  # noqa: F401
 @pytest.fixture(scope="module")
 def model(tokenizer):
     return build_model(tokenizer)
-
-
-# --------------------------------------------------------------------------------- labels --
-def test_labels_cover_exactly_the_assistant_content_and_end_of_turn(tokenizer):
-    ids, labels = conversation_labels(tokenizer, TEMPLATE, OTHER, max_length=512)
-    supervised = [token for token in labels if token != IGNORE_INDEX]
-    assert tokenizer.decode(supervised) == "Rain falls soft.<|im_end|>The moon looked at the cat.<|im_end|>"
-    assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
-
-
-def test_labels_truncate_keeping_the_start(tokenizer):
-    full_ids, _ = conversation_labels(tokenizer, TEMPLATE, CONVERSATION, max_length=512)
-    ids, labels = conversation_labels(tokenizer, TEMPLATE, CONVERSATION, max_length=6)
-    assert ids == full_ids[:6]
-    assert labels == [IGNORE_INDEX] * 6  # the user turn alone fills 6 tokens
 
 
 # ----------------------------------------------------------------------------------- loss --

@@ -3,7 +3,9 @@ import json
 import pytest
 
 from sftflow.tasks.lib.chat_template import CHATML_TEMPLATE
-from sftflow.tasks.lib.mask_audit import MaskAuditError, assistant_spans, audit_masks, check_audit, tokenize_conversation
+from sftflow.tasks.lib.assistant_turns import assistant_spans
+from sftflow.tasks.lib.chat_tokens import tokenize_conversation
+from sftflow.tasks.lib.mask_audit import MaskAuditError, audit_masks, check_audit
 from sftflow.tasks.lib.tiny_model import conversation_texts, train_tokenizer
 
 
@@ -42,67 +44,19 @@ EOT_OUTSIDE = CHATML_TEMPLATE.replace(
 )
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+def rows_tokenizer():
+    """A tokenizer trained on ROWS and LONG_PROMPT (the chat_tokens and assistant_turns tests use it too)."""
     texts = list(conversation_texts(ROWS)) + [LONG_PROMPT]
     return train_tokenizer(texts * 5, vocab_size=330)
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    return rows_tokenizer()
+
+
 def test_eot_outside_fixture_really_moves_the_token():
     assert EOT_OUTSIDE != CHATML_TEMPLATE and "{%- endgeneration -%}{{- '<|im_end|>' -}}" in EOT_OUTSIDE
-
-
-def test_tokenize_conversation_is_apply_chat_template_truncated(tokenizer):
-    messages = ROWS[2]["messages"]
-    reference = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=CHATML_TEMPLATE
-    )
-    full = tokenize_conversation(tokenizer, CHATML_TEMPLATE, messages, max_length=10_000)
-    assert full == {"input_ids": list(reference["input_ids"]), "assistant_masks": list(reference["assistant_masks"])}
-    short = tokenize_conversation(tokenizer, CHATML_TEMPLATE, messages, max_length=9)
-    assert short == {"input_ids": full["input_ids"][:9], "assistant_masks": full["assistant_masks"][:9]}
-
-
-def test_tokenize_conversation_matches_trl_labels(tokenizer, tmp_path):
-    # The same rows through TRL's own dataset preparation: identical ids and labels, and the
-    # example that truncation leaves without a supervised token is silently dropped by TRL.
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from trl import SFTConfig, SFTTrainer
-
-    rows = ROWS + [row("long-1", LONG_PROMPT, "Short answer.")]
-    max_length = 56  # cuts a-1 and b-1 inside an assistant turn, long-1 inside its prompt
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    ))
-    args = SFTConfig(output_dir=str(tmp_path / "sft"), assistant_only_loss=True, max_length=max_length, packing=False,
-                     use_cpu=True, report_to=[])
-    dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    prepared = {json.dumps(ex["messages"]): ex for ex in trainer.train_dataset}
-
-    supervised_rows = 0
-    for r in rows:
-        ours = tokenize_conversation(tokenizer, CHATML_TEMPLATE, r["messages"], max_length)
-        labels = [t if bit else -100 for t, bit in zip(ours["input_ids"], ours["assistant_masks"])]
-        theirs = prepared.get(json.dumps(r["messages"]))
-        if not any(ours["assistant_masks"]):
-            assert theirs is None, r["example_id"]
-            continue
-        supervised_rows += 1
-        assert (theirs["input_ids"], theirs["labels"]) == (ours["input_ids"], labels), r["example_id"]
-    assert supervised_rows == len(trainer.train_dataset) == len(rows) - 1
-
-
-def test_assistant_spans_found_from_prefixes(tokenizer):
-    messages = ROWS[2]["messages"]
-    ids = tokenize_conversation(tokenizer, CHATML_TEMPLATE, messages, max_length=10_000)["input_ids"]
-    spans = assistant_spans(tokenizer, CHATML_TEMPLATE, messages)
-    assert [tokenizer.decode(ids[start:end]) for start, end in spans] == [
-        "Calling the weather tool.<|im_end|>\n", "It is 21 degrees.<|im_end|>\n",
-    ]
 
 
 def test_audit_of_normal_rows_passes(tokenizer):
@@ -329,16 +283,16 @@ def test_content_share_reaches_the_summary_and_the_artifact(tokenizer, monkeypat
 
 
 def test_without_offsets_turns_are_reported_not_located(tokenizer, monkeypatch):
-    import sftflow.tasks.lib.mask_audit as mask_audit
+    import sftflow.tasks.lib.assistant_turns as assistant_turns
 
     # The two ways to find turns agree where both work.
     messages = ROWS[2]["messages"]
     ids = tokenize_conversation(tokenizer, CHATML_TEMPLATE, messages, 10_000)["input_ids"]
     by_offsets = assistant_spans(tokenizer, CHATML_TEMPLATE, messages)
-    assert by_offsets == mask_audit._assistant_spans_by_prefix_ids(tokenizer, CHATML_TEMPLATE, messages, ids)
+    assert by_offsets == assistant_turns._assistant_spans_by_prefix_ids(tokenizer, CHATML_TEMPLATE, messages, ids)
     # A tokenizer whose offsets cannot be tied to the rendering (slow, or ids that differ): spans
     # fall back to token prefixes and every content turn is reported, not counted as fine.
-    monkeypatch.setattr(mask_audit, "_offsets", lambda tokenizer, text, ids: None)
+    monkeypatch.setattr(assistant_turns, "_offsets", lambda tokenizer, text, ids: None)
     audit = audit_masks(ROWS, tokenizer, CHATML_TEMPLATE, max_length=256)
     content = audit["assistant_content_supervised"]
     assert content["n_rows_without_offsets"] == 3 and content["n_turns_not_located"] == 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sftflow.tasks.core.recipe import MixConfig
+from sftflow.tasks.core.recipe_data import MixConfig
 from sftflow.tasks.lib.mixture import apportion, sample_copies, target_counts, target_shares
 
 

@@ -16,7 +16,7 @@ import importlib.util
 import pytest
 import torch
 
-from sftflow.tasks.lib.train_worker import prepare_for_training
+from sftflow.tasks.lib.train_model import prepare_for_training
 
 LENGTHS = (7, 12, 5)  # three conversations of different lengths
 VOCAB = 128

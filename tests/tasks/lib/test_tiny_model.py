@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sftflow.tasks.lib.chat_template import CHATML_TEMPLATE
-from sftflow.tasks.core.recipe import TinyModelConfig
+from sftflow.tasks.core.recipe_training import TinyModelConfig
 from sftflow.tasks.core.weights import UnsafeWeightsError
 from sftflow.tasks.lib.tiny_model import (
     SPECIAL_TOKENS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sftflow.tasks.core.recipe import TrainConfig
+from sftflow.tasks.core.recipe_training import TrainConfig
 from sftflow.tasks.lib.train_settings import attn_implementation, sft_kwargs, wants_packing
 
 

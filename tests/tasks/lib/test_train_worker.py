@@ -14,14 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftflow.tasks.lib.chat_template import CHATML_TEMPLATE
-from sftflow.tasks.core.recipe import LoraSettings, TinyModelConfig
-from sftflow.tasks.lib.mask_audit import tokenize_conversation
+from sftflow.tasks.core.recipe_training import LoraSettings, TinyModelConfig
+from sftflow.tasks.lib.chat_tokens import tokenize_conversation
 from sftflow.tasks.lib.train_worker import (
     TrainJob,
     sequence_digest,
     split_packed_row,
     trained_sequences,
-    train_metrics,
     with_end_of_turn,
 )
 
@@ -58,15 +57,6 @@ def test_end_of_turn_is_added_to_eos_ids_once():
     assert with_end_of_turn(5, 2) == [5, 2]
     assert with_end_of_turn([2, 5], 2) == [2, 5]
     assert with_end_of_turn(None, 2) == [2]
-
-
-def test_train_metrics_tokens_per_second_from_tokens_and_runtime():
-    history = [{"loss": 3.0, "step": 1}, {"loss": 2.5, "step": 2}, {"train_runtime": 4.0, "step": 2}]
-    metrics = train_metrics({"train_runtime": 4.0, "train_loss": 2.75}, 1000, history, None)
-    assert metrics["tokens_per_second"] == 250.0 and metrics["global_step"] == 2
-    assert (metrics["first_logged_loss"], metrics["last_logged_loss"]) == (3.0, 2.5)
-    assert metrics["peak_memory_bytes"] > 0 and metrics["peak_memory_kind"] in ("max_rss", "torch.cuda.max_memory_allocated")
-    assert train_metrics({"train_runtime": 0.0}, None, [], None)["tokens_per_second"] is None
 
 
 def test_job_json_round_trips_and_refuses_unknown_fields(tmp_path):
@@ -139,7 +129,7 @@ def full_run(workspace):
 
 
 def expected_digests(workspace: Path) -> list[str]:
-    """How TRL should tokenize every row (mask_audit reproduces its call), truncated to max_length."""
+    """How TRL should tokenize every row (chat_tokens reproduces its call), truncated to max_length."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(workspace / "base")
@@ -256,59 +246,3 @@ def test_lora_leaves_template_token_rows_alone_when_told(workspace):
     assert json.loads((out / "metrics.json").read_text())["trainable_tokens"] == {}
     base_rows, tuned_rows, tuned_output, _ = embedding_rows(workspace / "base", out)
     assert changed_rows(base_rows, tuned_rows) == [] and changed_rows(base_rows, tuned_output) == []
-
-
-def test_template_special_tokens_are_the_added_tokens_the_template_names():
-    from sftflow.tasks.lib.train_worker import template_special_tokens
-
-    assert template_special_tokens(CHATML_TEMPLATE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]) \
-        == ["<|im_start|>", "<|im_end|>"]
-    assert template_special_tokens("{{ messages }}", ["<|im_end|>"]) == []
-
-
-def test_batch_counts_packed_and_padded():
-    import torch
-
-    from sftflow.tasks.lib.train_worker import batch_counts
-
-    # padding-free: one flattened row of three conversations (3 + 2 + 4 tokens), no pad
-    assert batch_counts({"input_ids": torch.ones(1, 9), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])}) \
-        == (3, 9)
-    # padded: one conversation per row, pad tokens excluded
-    assert batch_counts({"input_ids": torch.ones(3, 4),
-                         "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])}) == (3, 7)
-
-
-def test_step_line_has_every_field_and_skips_other_logs():
-    from sftflow.tasks.lib.train_worker import step_line
-
-    line = step_line({"loss": 4.81234, "grad_norm": 1.93, "learning_rate": 1.9e-3, "tokens_per_second": 5120.2,
-                      "conversations_per_step": 11.5, "tokens_per_step": 2048}, 25, 300)
-    assert line == ("[train] step 25/300 loss 4.812 grad_norm 1.93 lr 1.9e-03 tokens/s 5120 "
-                    "conversations/step 11.5 tokens/step 2048")
-    assert step_line({"eval_loss": 1.0}, 25, 300) is None
-    assert step_line({"train_runtime": 3.0, "train_loss": 2.0}, 300, 300) is None
-
-
-@pytest.mark.parametrize("tied", [True, False])
-def test_lora_trains_template_token_rows_of_the_embedding_and_an_untied_head(tied):
-    import torch
-    from peft import get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from sftflow.tasks.lib.train_worker import peft_config
-
-    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=tied)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    job = TrainJob(base_model="m", chat_template="t", train_files=["a.parquet"], checkpoint_dir="c", output_dir="o",
-                   method="lora")
-    lora = peft_config(job, model, [3, 5])
-    expected = {"model.embed_tokens": [3, 5]} if tied else {"model.embed_tokens": [3, 5], "lm_head": [3, 5]}
-    assert lora.trainable_token_indices == expected
-    trainable = {n for n, p in get_peft_model(model, lora).named_parameters() if p.requires_grad and "lora_" not in n}
-    # tied: PEFT ties lm_head to the embedding's trainable rows, so one delta serves both
-    assert {n.split(".token_adapter")[0].rsplit(".", 1)[-1] for n in trainable} == (
-        {"embed_tokens"} if tied else {"embed_tokens", "lm_head"})
-    assert peft_config(job, model, []).trainable_token_indices is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sftflow.tasks.lib.lm_metrics import conversation_labels
+from sftflow.tasks.lib.chat_tokens import conversation_labels
 
 # ChatML with generation markers: the assistant content and its <|im_end|> are supervised.
 TEMPLATE = (
