@@ -42,7 +42,7 @@ from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.records import DECISION_SCHEMA, RECORD_SCHEMA, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
 from sftflow.tasks.core.workspace import Workspace
-from sftflow.tasks.lib.devices import compute_device
+from sftflow.tasks.lib.devices import check_device, compute_device
 from sftflow.tasks.lib.eval_inputs import base_then_tuned, eval_precision, load_prompts, read_texts
 from sftflow.tasks.lib.eval_report import (
     gate_report,
@@ -70,7 +70,7 @@ OUTPUT_FILES = ("report.json", "report.md", "generations.json")
 def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, eval_rows: list[dict],
                    general_texts: list[str], cfg: EvalConfig, max_length: int, out_dir: Path,
                    mask_audit: dict | None = None, prompts: list[str] | None = None,
-                   base_revision: str | None = None) -> dict[str, Any]:
+                   base_revision: str | None = None, device: str | None = None) -> dict[str, Any]:
     """Measure base and tuned, write report.json, report.md and generations.json into out_dir.
 
     `prompts`: extra prompts to generate (already read); when None and eval.prompts is set, that
@@ -85,7 +85,7 @@ def evaluate_model(tuned_dir: Path, base_location: str | Path, template: str, ev
     items = [{"id": p["id"], "prompt": p["prompt"], "checks": p["checks"]} for p in IF_PROMPTS]
     items += [{"id": f"prompt-{i + 1:03d}", "prompt": text, "checks": []} for i, text in enumerate(prompts or [])]
     texts = list(general_texts)[: cfg.max_general_texts]
-    dtype, device = eval_precision()
+    dtype, device = eval_precision(check_device(device))
 
     measured = _measure_base_then_tuned(tuned_dir, base_location, base_revision, (dtype, device), template,
                                         eval_rows, texts, [i["prompt"] for i in items], cfg, max_length)
@@ -195,8 +195,10 @@ def plan(recipe: Recipe, trained: Manifest, mixed: Manifest, ws: Workspace) -> S
     external = [sha256_file(ws.resolve_input(p)) for p in (recipe.eval.general_text, recipe.eval.prompts) if p]
     # The device picks the precision both models are measured in (eval_precision): a verdict
     # measured in fp32 on CPU is no cache hit for a bf16 run on a GPU.
-    external.append(f"device={compute_device()}")
-    return plan_call(sys.modules[__name__], config, [trained, mixed], ws, extra_input_hashes=external)
+    device = compute_device()
+    external.append(f"device={device}")
+    return plan_call(sys.modules[__name__], config, [trained, mixed], ws, extra_input_hashes=external,
+                     params={"device": device})
 
 
 # --------------------------------------------------------------------------- Prefect wrapper --
@@ -228,5 +230,6 @@ def evaluate_stage(call: StageCall) -> StageOutput:
         mask_audit=json.loads(audit_path.read_text(encoding="utf-8")) if audit_path.is_file() else None,
         prompts=prompts,
         base_revision=None if base_folder.is_dir() else trained.stats["model"].get("revision"),
+        device=call.params.get("device"),
     )
     return evaluate_stage_output(result, out_dir, model_id=trained.key)

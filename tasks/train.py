@@ -53,7 +53,7 @@ from sftflow.tasks.core.weights import require_safetensors
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.base_model import load_tokenizer, model_location
 from sftflow.tasks.lib.chat_template import select_chat_template
-from sftflow.tasks.lib.devices import compute_device
+from sftflow.tasks.lib.devices import check_device, compute_device
 from sftflow.tasks.lib.mask_audit import audit_masks, check_audit
 from sftflow.tasks.lib.model_card import render_model_card
 from sftflow.tasks.lib.shards import EVAL, TRAIN, shard_files
@@ -108,7 +108,6 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     cfg = TrainConfig.model_validate(call.config)
     if not call.inputs:
         raise ValueError("train: needs the mix artifact as its input")
-    workspace = call.workspace
     work, reports, output_dir = _work_folder(call)
 
     # Inputs: the mix's shards, and where training runs.
@@ -117,11 +116,10 @@ def run_training(call: StageCall, echo: bool = True) -> StageOutput:
     if not train_files:
         raise ValueError(f"train: the mix artifact {mix.path} has no train shards; check mix.total_rows and shares")
     train_rows = read_shard_rows(train_files)
-    device = _training_device(cfg)
+    device = _training_device(cfg, call.params.get("device"))
 
     # Before training: base model and template, every row's decision, the mask audit.
-    location, tokenizer, template, template_origin = _base_model_and_template(cfg, train_rows, work, workspace,
-                                                                              reports)
+    location, tokenizer, template, template_origin = _base_model_and_template(cfg, train_rows, work, call, reports)
     decisions, dropped, trained_rows, audit = _decide_and_audit(cfg, train_rows, tokenizer, template, reports)
 
     # The job: everything the training process needs, written where a retry finds it.
@@ -209,8 +207,8 @@ def _work_folder(call: StageCall) -> tuple[Path, Path, Path]:
     return work, reports, output_dir
 
 
-def _training_device(cfg: TrainConfig) -> str:
-    device = compute_device()
+def _training_device(cfg: TrainConfig, planned: str | None) -> str:
+    device = check_device(planned)
     if device == "cuda":
         import torch
 
@@ -220,14 +218,16 @@ def _training_device(cfg: TrainConfig) -> str:
     return device
 
 
-def _base_model_and_template(cfg: TrainConfig, train_rows: list[dict[str, Any]], work: Path, workspace: Workspace,
+def _base_model_and_template(cfg: TrainConfig, train_rows: list[dict[str, Any]], work: Path, call: StageCall,
                              reports: Path) -> tuple[str, Any, str, str]:
     """(location, tokenizer, template, template origin): the builtin model is built into `base/`,
-    any other located; the template used is written to the reports."""
+    any other is where the plan located (and keyed) it; the template used is written to the reports."""
+    workspace = call.workspace
     if cfg.model == BUILTIN_TINY_LLAMA:
         location = str(build_tiny_llama(conversation_texts(train_rows), cfg.tiny, cfg.seed, _fresh(work / "base")))
     else:
-        location = model_location(cfg.model, workspace)
+        # A call not made by `plan` locates the model now, as the plan would.
+        location = call.params.get("base_location") or model_location(cfg.model, workspace)
         require_safetensors(location, "train.model")  # here, not after a launch and a retry in the worker
     tokenizer = load_tokenizer(location, cfg)
     template, template_origin = select_chat_template(tokenizer, cfg.chat_template, workspace.resolve_input)
@@ -338,15 +338,17 @@ def _write_json(path: Path, value: Any) -> Path:
 def plan(recipe: Recipe, mixed: Manifest, ws: Workspace, data_card: dict[str, Any]) -> StageCall:
     """The call on the mix artifact: the base model's bytes or pinned revision, the template file,
     the device and the accelerate config are keyed; the data card travels as a parameter."""
-    external = []
+    external, params = [], {"data_card": data_card}
     if not recipe.train.model.startswith("builtin:"):
         location = model_location(recipe.train.model, ws)
         external.append(sha256_tree(Path(location)) if Path(location).is_dir() else f"hub:{location}@{recipe.train.revision}")
+        params["base_location"] = location  # what was hashed is what the task loads
     if recipe.train.chat_template and recipe.train.chat_template.lower() != "chatml":
         external.append(sha256_file(ws.resolve_input(recipe.train.chat_template)))
     # Where it runs changes the result (bf16, attention kernel): a CPU model is no cache hit on a GPU.
-    external.append(f"device={compute_device()}")
-    params: dict[str, Any] = {"data_card": data_card}
+    device = compute_device()
+    external.append(f"device={device}")
+    params["device"] = device
     if recipe.train.accelerate_config:  # processes and machines change the global batch: keyed by bytes
         config_file = ws.resolve_input(recipe.train.accelerate_config)
         external.append(f"accelerate_config={sha256_file(config_file)}")

@@ -22,3 +22,18 @@ def compute_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(planned: str | None) -> str:
+    """The device this process computes on, which must be the one the plan keyed the call on
+    (`planned`, None for a call not made by a plan): a call planned where a GPU was seen must not
+    train on a CPU worker and be cached under the GPU's key, nor the reverse.
+
+    >>> check_device(compute_device()) == compute_device()
+    True
+    """
+    here = compute_device()
+    if planned is not None and planned != here:
+        raise RuntimeError(f"this call was planned (and keyed) for device {planned!r} but this process computes "
+                           f"on {here!r}; run the stage where the planner runs, or plan it again here")
+    return here

@@ -17,17 +17,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sftflow.tasks.core.weights import UnsafeWeightsError, missing_safetensors_error, require_safetensors
+from sftflow.tasks.lib.devices import compute_device
 
 BASE_MODEL, TUNED_MODEL = "evaluate (base model)", "evaluate (tuned model)"  # named in loading errors
 
 
 # ---------------------------------------------------------------------------------- models --
-def eval_precision() -> tuple[str, str]:
-    """(dtype, device) both models are measured in: bfloat16 on a CUDA device that supports it,
-    float32 on any other CUDA device and on CPU (where bf16 matmuls are slow and gain nothing here)."""
-    import torch
+def eval_precision(device: str) -> tuple[str, str]:
+    """(dtype, device) both models are measured in on `device`: bfloat16 on a CUDA device that
+    supports it, float32 on any other CUDA device and on CPU (where bf16 matmuls are slow and gain
+    nothing here)."""
+    if device == "cuda":
+        import torch
 
-    if torch.cuda.is_available():
         return ("bfloat16" if torch.cuda.is_bf16_supported() else "float32"), "cuda"
     return "float32", "cpu"
 
@@ -84,7 +86,8 @@ def base_then_tuned(tuned_dir: Path, base_location: str | Path, base_revision: s
     """Yield ("base", model, tokenizer) then ("tuned", model, tokenizer), holding one model at a time.
     A hub base is loaded at `base_revision`, the commit the train stage trained from.
 
-    Both are loaded in `precision` (dtype, device), by default `eval_precision()`; a LoRA adapter's
+    Both are loaded in `precision` (dtype, device), by default `eval_precision` on the device this
+    process computes on; a LoRA adapter's
     weights too. Both are measured with the tuned folder's tokenizer (the same vocabulary as the
     base; it is the one saved with the template that was trained), so the two losses count the same
     tokens.
@@ -92,7 +95,7 @@ def base_then_tuned(tuned_dir: Path, base_location: str | Path, base_revision: s
     import torch
     from transformers import AutoTokenizer
 
-    dtype, device = precision or eval_precision()
+    dtype, device = precision or eval_precision(compute_device())
     is_adapter = (tuned_dir / "adapter_config.json").exists()
     # Both folders are checked before either model loads: no base measured in vain.
     require_safetensors(base_location, BASE_MODEL)

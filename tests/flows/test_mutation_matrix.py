@@ -6,6 +6,14 @@ edits recompute nothing. A stage's inputs enter downstream keys by content hash,
 leaves a stage's output byte-identical (a refactor, a library upgrade that computes the same
 thing) stops there: the rows marked "same bytes" below check that early cut-off on purpose.
 
+A code row edits a copy of the real source file and makes the code fingerprint read the copy for
+that module, so the import walk itself decides which keys the edit reaches: a fingerprint that
+follows too little (a stage that runs the file but misses its edit) or too much (a report or an
+error message that re-runs the data stages) shows up as a wrong row. Each edit replaces text that
+must be in the file, so a file that moved or changed fails here instead of passing vacuously. An
+edit that changes behaviour also patches the running function (the filter row): the pipeline
+imports the real modules, not the copies.
+
 The rendered matrix must equal the table in docs/caching.md (between the markers), so the docs
 always show what this test saw. Results also land in build/mutation-matrix.md.
 """
@@ -49,17 +57,34 @@ def _edit_source_row(root: Path, _mp) -> None:
     path.write_text("".join(lines), encoding="utf-8")
 
 
-def _fingerprint_edit(mp: pytest.MonkeyPatch, module: str) -> None:
-    real = cache_keys.code_fingerprint
-    mp.setattr("sftflow.tasks.core.stage.code_fingerprint",
-               lambda name: "edited-" + real(name) if name == module else real(name))
+def _edit_module_file(root: Path, mp: pytest.MonkeyPatch, module: str, old: str, new: str) -> None:
+    """Fingerprints read an edited copy of `module`'s real source file: `old` becomes `new` once."""
+    real = cache_keys._module_file
+    path = real(module)
+    assert path is not None, f"{module} has no source file: update this row"
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, f"{path} holds {old!r} {text.count(old)} times, not once: update this row's edit"
+    copy = root.parent / "edited-code" / module / path.name  # beside the project, not in it
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(text.replace(old, new, 1), encoding="utf-8")
+    mp.setattr(cache_keys, "_module_file", lambda name: copy if name == module else real(name))
 
 
-def _edit_filter_code(_root: Path, mp: pytest.MonkeyPatch) -> None:
+def _code_edit(module: str, old: str, new: str):
+    def edit(root: Path, mp: pytest.MonkeyPatch) -> None:
+        _edit_module_file(root, mp, module, old, new)
+
+    return edit
+
+
+def _edit_filter_code(root: Path, mp: pytest.MonkeyPatch) -> None:
     """An edit to tasks/filters.py that changes behaviour: responses need 3x the tokens."""
     import sftflow.tasks.filters as filters
     from sftflow.tasks.core.reasons import Reason
 
+    _edit_module_file(root, mp, "sftflow.tasks.filters",
+                      "    if n_tokens_response < cfg.length.min_response_tokens:\n",
+                      "    if n_tokens_response < cfg.length.min_response_tokens * 3:\n")
     real_decide = filters.decide
 
     def stricter(n_tokens_response, n_tokens_total, judged_toxicity, decon_hits, cfg):
@@ -68,12 +93,6 @@ def _edit_filter_code(_root: Path, mp: pytest.MonkeyPatch) -> None:
         return real_decide(n_tokens_response, n_tokens_total, judged_toxicity, decon_hits, cfg)
 
     mp.setattr(filters, "decide", stricter)
-    _fingerprint_edit(mp, "sftflow.tasks.filters")
-
-
-def _refactor_dedup_code(_root: Path, mp: pytest.MonkeyPatch) -> None:
-    """An edit to tasks/dedup.py that computes the same thing (a refactor)."""
-    _fingerprint_edit(mp, "sftflow.tasks.dedup")
 
 
 def _library_upgrade(name: str):
@@ -117,7 +136,24 @@ MUTATIONS = [
     # Other shard files, the same rows (the mix artifact's data_hash): no retrain
     Mutation("shard size `mix.shard_rows=7` (same rows in other files)", ("mix",), ("mix.shard_rows=7",)),
     Mutation("stage code: tasks/filters.py edited (stricter length rule)", FROM_DEDUP[1:], edit=_edit_filter_code),
-    Mutation("stage code: tasks/dedup.py refactored (same bytes out)", ("dedup",), edit=_refactor_dedup_code),
+    Mutation("stage code: tasks/dedup.py refactored (same bytes out)", ("dedup",),
+             edit=_code_edit("sftflow.tasks.dedup", '"""Dedup stage: drop', '"""The dedup stage: drop')),
+    # A report is in no key: the next artifact a stage computes shows the new wording
+    Mutation("report: the model card's wording edited (tasks/lib/model_card.py)", (),
+             edit=_code_edit("sftflow.tasks.lib.model_card", "**This is a demonstration model.**",
+                             "**This model is a demonstration.**")),
+    # The stages that run the helper recompute (dedup's shingles, decontamination in filter and
+    # evaluate, mix's eval-split prompts); each writes the same bytes, so score and train, which
+    # read those outputs but do not run the helper, are hits
+    Mutation("shared helper: tasks/lib/text_units.py edited (same bytes out)", ("dedup", "filter", "mix", "evaluate"),
+             edit=_code_edit("sftflow.tasks.lib.text_units", "# One character each: CJK",
+                             "# One unit per character: CJK")),
+    # Sources and eval sets are read by the same reader: the filter (decontamination) and evaluate
+    # keys hold it as well as ingest's. No run raised the message, so every output is the same
+    Mutation("ingest error message edited (tasks/lib/readers.py, a SourceError no run raised)",
+             ("ingest[alpaca_sample]", "ingest[sharegpt_sample]", "ingest[openai_sample]", "filter", "evaluate"),
+             edit=_code_edit("sftflow.tasks.lib.readers", 'f"{where}: no such file")',
+                             'f"{where}: no such file; check the path")')),
     Mutation("library version in the train key (trl upgraded)", ("train", "evaluate"), edit=_library_upgrade("trl")),
     Mutation("library version in the dedup key (datasketch upgraded, same bytes out)", ("dedup",),
              edit=_library_upgrade("datasketch")),

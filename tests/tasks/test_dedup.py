@@ -10,45 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftflow.tasks.core.hashing import short_hash
 from sftflow.tasks.core.recipe_data import DedupConfig
 from sftflow.tasks.core.records import RECORD_SCHEMA
 from tests.stage_helpers import records_from_rows
+from tests.tasks.dedup_rows import CFG, TEXT_A, TEXT_B, graded_rows, record, table, words
 from sftflow.tasks.dedup import dedup_stage, deduplicate
 from sftflow.tasks.lib.minhash import minhashes
 from sftflow.tasks.lib.shingles import conversation_text, shingles
-
-CFG = DedupConfig()  # the recipe defaults: threshold 0.8, 128 perms, 5-grams, bands derived (13 x 7)
-
-_rng = random.Random(7)
-VOCAB = sorted({"".join(_rng.choices("abcdefghijklmnopqrstuvwxyz", k=_rng.randint(3, 8))) for _ in range(3000)})
-
-
-def words(n: int, seed: int) -> list[str]:
-    return random.Random(seed).choices(VOCAB, k=n)
-
-
-def record(example_id: str, text: str, prompt: str = "Please answer.", **extra) -> dict:
-    """One normalized row: RECORD_SCHEMA columns filled, content_hash from the messages."""
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
-    return {
-        "example_id": example_id,
-        "content_hash": short_hash(messages),
-        "source": "test",
-        "source_format": "openai",
-        "source_uri": "memory://test",
-        "source_row": 0,
-        "category": "qa",
-        "origin": "human",
-        "license": "cc0",
-        "messages": messages,
-        **extra,
-    }
-
-
-def table(rows: list[dict]) -> pa.Table:
-    return records_from_rows(rows)
-
 
 def decisions_by_id(out) -> dict[str, dict]:
     return {row["example_id"]: row for row in out.decisions.to_pylist()}
@@ -58,8 +26,6 @@ def kept_ids(out) -> set[str]:
     return set(out.records.column("example_id").to_pylist())
 
 
-TEXT_A = " ".join(words(60, seed=1))
-TEXT_B = " ".join(words(60, seed=2))
 
 
 # ------------------------------------------------------------------------------------ exact --
@@ -309,20 +275,6 @@ def test_exact_duplicate_of_a_near_duplicate_points_at_the_survivor():
 
 # ------------------------------------------------------------------ numpy backend = datasketch --
 REFERENCE = DedupConfig.model_validate({"near": {"backend": "datasketch"}})
-
-
-def graded_rows(n_pairs: int = 40) -> list[dict]:
-    """Pairs 1 to 7 spread-out word edits apart (Jaccard ~0.92 down to ~0.55), an exact copy, a short row."""
-    rows = []
-    for k in range(n_pairs):
-        text = words(120, seed=3000 + k)
-        edited = list(text)
-        n_edits = 1 + k // 6
-        for position in range(0, 120, 120 // n_edits)[:n_edits]:
-            edited[position + k % 7] = f"edit{position}"
-        rows += [record(f"g{k:02d}a", " ".join(text)), record(f"g{k:02d}b", " ".join(edited))]
-    rows += [record("copy", rows[0]["messages"][1]["content"]), record("short", "ok")]
-    return rows
 
 
 def test_numpy_backend_decides_exactly_like_datasketch():

@@ -75,7 +75,7 @@ def test_evaluate_model_writes_report_with_design_metric_names(folders, tmp_path
     assert "| held-out loss (assistant tokens) |" in result["report_md"] and "## Flags" in result["report_md"]
 
     output = evaluate_stage_output(result, out, model_id="m1")
-    dtype, device = eval_precision()  # float32 on cpu here; test_evaluate_precision.py pins the choice
+    dtype, device = eval_precision("cpu")  # this machine; test_evaluate_precision.py pins the choice
     assert output.files == {name: out / name for name in ("report.json", "report.md", "generations.json")}
     assert output.records.num_rows == 0 and output.decisions.num_rows == 0
     assert output.stats == {"model_id": "m1", "metrics": result["metrics"], "regressed": result["regressed"],

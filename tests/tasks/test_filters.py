@@ -16,8 +16,6 @@ from sftflow.tasks.core.stage import execute, plan_stage
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.decontaminate import load_eval_index
 from sftflow.tasks.filters import LIBRARIES, filter_input_hashes, filter_records, filter_stage
-from sftflow.tasks.lib.tokens import load_token_counter
-from sftflow.tasks.lib.toxicity import ProfanityCheckScorer
 
 SYSTEM = "You are a helpful assistant."  # 6 MiniLM tokens
 INSULT = "You are a fucking idiot and a piece of shit."  # 11 tokens, profanity-check ~1.0

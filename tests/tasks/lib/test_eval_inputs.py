@@ -19,13 +19,12 @@ def folders(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("cuda, bf16, expected", [
-    (False, False, ("float32", "cpu")), (True, True, ("bfloat16", "cuda")), (True, False, ("float32", "cuda")),
+@pytest.mark.parametrize("device, bf16, expected", [
+    ("cpu", True, ("float32", "cpu")), ("cuda", True, ("bfloat16", "cuda")), ("cuda", False, ("float32", "cuda")),
 ])
-def test_eval_precision_is_bf16_only_on_a_cuda_device_that_supports_it(monkeypatch, cuda, bf16, expected):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+def test_eval_precision_is_bf16_only_on_a_cuda_device_that_supports_it(monkeypatch, device, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
-    assert eval_precision() == expected
+    assert eval_precision(device) == expected
 
 
 def test_models_and_tokenizer_load_as_safetensors_without_remote_code(folders, from_pretrained_calls):

@@ -11,7 +11,7 @@ from sftflow.tasks.lib.minhash import (
     signature_matrix,
 )
 from sftflow.tasks.lib.shingles import conversation_text, shingles
-from tests.tasks.test_dedup import CFG, TEXT_A, TEXT_B, graded_rows, words
+from tests.tasks.dedup_rows import CFG, TEXT_A, TEXT_B, graded_rows, words
 
 
 def test_greedy_representatives_do_not_chain_and_do_not_depend_on_edge_order():
