@@ -1,8 +1,8 @@
 """Evaluate a tuned model against its base: held-out loss, general perplexity, generations, IF checks.
 
-What is measured, and why (how each is computed: `tasks.lib.lm_metrics`; the gate, the metric rows
-and report.md: `tasks.lib.eval_report`; loading the models and reading the inputs:
-`tasks.lib.eval_inputs`):
+What is measured, and why (how each is computed: `sftflow.tasks.lib.lm_metrics`; the gate, the metric rows
+and report.md: `sftflow.tasks.lib.eval_report`; loading the models and reading the inputs:
+`sftflow.tasks.lib.eval_inputs`):
 
 - **Held-out loss** (`heldout_loss`, `heldout_loss_base`): cross-entropy on the assistant tokens of
   the mix stage's eval split, tokenized as training does: the training objective on unseen rows,
@@ -14,7 +14,7 @@ and report.md: `tasks.lib.eval_report`; loading the models and reading the input
   perplexity, each failing past that tolerance. The flow decides what a gated model does to the
   run (eval.on_regression), so that setting is in no key (`UNKEYED`).
 - **Instruction following** (`if_prompt_acc`, `if_instruction_acc`, plus `_base`): greedy
-  generations for the built-in `tasks.lib.ifeval.IF_PROMPTS`, scored by the programmatic checks.
+  generations for the built-in `sftflow.tasks.lib.ifeval.IF_PROMPTS`, scored by the programmatic checks.
   The set is fixed, so these numbers compare across runs and recipes; the prompts of
   `eval.prompts` are generated and saved too, for reading, but not scored. Answers cut at
   eval.max_new_tokens and empty ones fail every check and are counted per model.
@@ -36,6 +36,7 @@ from typing import Any
 
 from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.hashing import sha256_file
+from sftflow.tasks.core.mix_shards import EVAL, shard_files
 from sftflow.tasks.core.recipe import Recipe
 from sftflow.tasks.core.recipe_training import EvalConfig, JudgeConfig
 from sftflow.tasks.core.reasons import Reason
@@ -61,7 +62,6 @@ from sftflow.tasks.lib.eval_report import (
 from sftflow.tasks.lib.ifeval import IF_PROMPTS
 from sftflow.tasks.lib.judge import check_judge_reachable, judge_generations
 from sftflow.tasks.lib.lm_metrics import measure_model
-from sftflow.tasks.lib.shards import EVAL, shard_files
 
 OUTPUT_FILES = ("report.json", "report.md", "generations.json")
 

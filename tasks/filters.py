@@ -132,7 +132,7 @@ def filter_records(
 ) -> StageOutput:
     """Measure every row, decide once per row, keep the passing rows with the measurement columns.
 
-    `eval_index` (tasks.lib.decontaminate.load_eval_index) may be None or empty: nothing is contaminated.
+    `eval_index` (sftflow.tasks.lib.decontaminate.load_eval_index) may be None or empty: nothing is contaminated.
     """
     if cfg.toxicity.enabled and toxicity is None:
         raise ValueError("filters.toxicity is enabled but no toxicity scorer was given")
@@ -261,7 +261,7 @@ def _measures(config_json: str, ws: Workspace,
 
 
 def filter_part(call: StageCall, records: pa.Table) -> StageOutput:
-    """One records part of the input (tasks.core.parts runs one per part)."""
+    """One records part of the input (sftflow.tasks.core.parts runs one per part)."""
     cfg = FilterConfig.model_validate(call.config)
     fingerprints = tuple(call.input_hashes)
     if not fingerprints:  # a call not made by `plan`: hash what would be loaded now

@@ -10,7 +10,7 @@ re-runs and across edits to other rows of the file.
 Ingest only maps a format to `messages` (roles system | user | assistant | tool, text content).
 It does not trim, NFC-normalize or check turn order: normalize does that, so the catalog keeps
 "could not be read" (ingest) apart from "is not a valid conversation" (normalize). A row that
-cannot become messages is quarantined with a reason from sftflow.tasks/core/reasons.py and the detail
+cannot become messages is quarantined with a reason from tasks/core/reasons.py and the detail
 {"location": "line 41" | "index 3 (line 5)" | "index 3", "error": "..."}; one bad row never fails
 the file, and a JSON array is parsed element by element, so one element that does not parse (or
 holds bytes that are not UTF-8) is quarantined alone. The same locator is kept on each record

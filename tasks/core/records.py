@@ -57,7 +57,7 @@ DECISION_SCHEMA = pa.schema(
     [
         ("example_id", pa.string()),
         ("kept", pa.bool_()),
-        ("reason", pa.string()),  # a tasks.core.reasons.Reason value
+        ("reason", pa.string()),  # a sftflow.tasks.core.reasons.Reason value
         ("score", pa.float64()),  # the stage's number for this row (toxicity, jaccard, reward)
         ("detail", pa.string()),  # JSON object with the stage's evidence
         ("dup_of", pa.string()),  # dedup: the cluster representative's example_id

@@ -176,13 +176,13 @@ def execute(call: StageCall, compute: Callable[[StageCall], StageOutput | Parted
     existing = store.load(call.stage, call.key)
     if existing is not None:
         return existing, True
+    vocabulary = stages.stage_reasons(call.stage)  # a stage that declares none fails before computing
     started = time.perf_counter()
     output = compute(call)
     whole = isinstance(output, StageOutput)
     if whole:
         failpoint(f"{call.stage}:computed")
     parts = [output] if whole else output.parts
-    vocabulary = stages.stage_reasons(call.stage)
     writer = store.writer(call.stage, call.key)
     try:
         n_out = n_records_files = 0

@@ -1,6 +1,6 @@
 """Decontamination: drop training rows that hold an eval item, by n-grams or, for short items, whole.
 
-Texts are split into units by `tasks.lib.text_units` (lowercase `\\w+` words; one unit per character
+Texts are split into units by `sftflow.tasks.lib.text_units` (lowercase `\\w+` words; one unit per character
 in Chinese, Japanese, Thai and the other scripts written without spaces), so punctuation, case
 and whitespace never hide a copy, and a Chinese question is matched like an English one.
 

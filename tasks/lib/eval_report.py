@@ -8,7 +8,7 @@
   None when no general text was measured.
 - **Metric rows** (`{metric, value, detail}`): what report.json, the stage stats and the catalog's
   `evals` table hold, tuned then base: held-out loss, general perplexity, instruction-following
-  accuracy on `tasks.lib.ifeval.IF_PROMPTS` (truncated and empty answers fail every check, and
+  accuracy on `sftflow.tasks.lib.ifeval.IF_PROMPTS` (truncated and empty answers fail every check, and
   their counts are reported per model), and the train stage's mask audit.
 - **report.md** (`render_report`): base vs tuned table, flags, mask audit numbers and a few
   generations.

@@ -2,7 +2,7 @@
 
 Only the mapping to `messages` (roles system | user | assistant | tool, text content) happens
 here: no trimming, NFC normalization or turn-order check (normalize does that). A row that
-cannot become messages raises RowProblem with a reason from sftflow.tasks/core/reasons.py. Text holding
+cannot become messages raises RowProblem with a reason from tasks/core/reasons.py. Text holding
 NUL (U+0000) or a lone UTF-16 surrogate from an unpaired "\\ud800" escape is refused as
 `invalid_encoding`: neither is text, and a surrogate cannot even be written to Parquet.
 
@@ -64,7 +64,7 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 # What _check_storable refuses: NUL is binary data, a lone surrogate is not Unicode text (see
-# tasks.lib.rows.escape_surrogates).
+# sftflow.tasks.lib.rows.escape_surrogates).
 _NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 

@@ -2,7 +2,7 @@
 
 Readers (tasks/lib/readers.py, tasks/lib/json_array.py, tasks/lib/hub.py) yield one RawRow per
 row found, with its locator; a row that did not even parse carries a RowProblem (a quarantine
-reason from sftflow.tasks/core/reasons.py and a message), so one bad row never fails the file. A problem
+reason from tasks/core/reasons.py and a message), so one bad row never fails the file. A problem
 with the whole source raises SourceError.
 
 What counts as unreadable besides bad JSON: an object naming one key twice (`duplicate_key`:

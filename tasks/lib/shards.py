@@ -1,7 +1,6 @@
-"""Shards of a mixture: their names, the `split` column, the data hash, the gather that writes
-the output rows in sampled order without holding the input in memory (tasks/mix.py runs it), and
-the typed list of a mix artifact's shards that train, evaluate and the catalog read (`mix_shards`,
-`shard_files`): the one place that parses the manifest's shard entries.
+"""Shards of a mixture: their names, the `split` column, the data hash, and the gather that writes
+the output rows in sampled order without holding the input in memory. tasks/mix.py runs it; the
+list of shards it records is read through tasks/core/mix_shards.py.
 
 The output is a list of blocks, (split, category, input rows in shard order), where an input row
 is its position in the input (over all parts, in order) and an upsampled row appears once per
@@ -20,58 +19,21 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.stage import PART_ROWS
 
 TOKENS_COLUMN = "n_tokens_total"  # the filter stage's token count per row
 SPLIT_COLUMN = "split"
-TRAIN, EVAL = "train", "eval"  # the two splits of a mixture's shards
 SPOOL_ROWS = PART_ROWS
 ORDER_COLUMN = "__mix_output_position"
 
 Block = tuple[str, str, list[int]]  # (split, category, input rows in shard order)
 Tables = Callable[[list[str] | None], Iterable[pa.Table]]  # the input parts, in order: only these columns, or all
-
-
-@dataclass(frozen=True)
-class ShardEntry:
-    """One shard file of a mix artifact, as its manifest's `stats["shards"]` lists it."""
-
-    name: str  # the file inside the artifact: shards/<split>/<category>-<part>.parquet
-    split: str  # train or eval
-    category: str
-    n_rows: int
-    n_tokens: int | None  # None when the input rows carry no token counts
-
-    def to_stats(self) -> dict[str, Any]:
-        """The manifest entry (the order of its keys is part of the manifest's bytes)."""
-        return {"name": self.name, "split": self.split, "category": self.category,
-                "n_rows": self.n_rows, "n_tokens": self.n_tokens}
-
-
-def mix_shards(manifest: Manifest) -> list[ShardEntry]:
-    """The shards a mix artifact holds, in the order it wrote them.
-
-    >>> m = Manifest.model_construct(stats={"shards": [
-    ...     {"name": "shards/train/code-00000.parquet", "split": "train", "category": "code",
-    ...      "n_rows": 3, "n_tokens": None}]})
-    >>> [(s.split, s.category, s.n_rows) for s in mix_shards(m)]
-    [('train', 'code', 3)]
-    """
-    return [ShardEntry(**entry) for entry in manifest.stats.get("shards", [])]
-
-
-def shard_files(manifest: Manifest, split: str) -> list[Path]:
-    """The files of one split's non-empty shards, in the order the mix artifact lists them."""
-    if "shards" not in manifest.stats:  # written before mix listed its shards: the folder's files
-        return manifest.files_named(f"shards/{split}/")
-    return [manifest.file(shard.name) for shard in mix_shards(manifest) if shard.split == split and shard.n_rows]
 
 
 def shard_name(split: str, category: str, part: int) -> str:

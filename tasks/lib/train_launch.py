@@ -20,7 +20,7 @@ from pathlib import Path
 from sftflow.tasks.core.children import DIE_WITH_FLOW_ENV, die_with_parent
 
 LOG_TAIL_LINES = 60
-ECHOED_PREFIX = "[train] "  # the worker's own lines (tasks/lib/train_worker.py step_line, resume notice)
+ECHOED_PREFIX = "[train] "  # the worker's own lines (tasks/lib/train_callbacks.py step_line, the resume notice)
 
 
 class TrainingFailed(RuntimeError):

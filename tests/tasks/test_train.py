@@ -19,6 +19,7 @@ from sftflow.tasks.core.records import RECORD_SCHEMA
 from sftflow.tasks.core.stage import StageCall, execute
 from tests.stage_helpers import mix_records
 from sftflow.tasks.lib.train_checks import RoundTripError, require_roundtrip, roundtrip_check
+from sftflow.tasks.lib.train_launch import ECHOED_PREFIX
 from sftflow.tasks.train import train_stage
 
 
@@ -110,7 +111,7 @@ def test_stage_echoes_one_line_per_logging_step_and_keeps_the_rest_in_train_log(
     assert all(line in log for line in steps)  # train.log holds the whole output, step lines included
     # Whatever else the worker wrote (warnings, when a library emits one) stays in train.log only.
     # Whether anything else is written depends on the libraries, so its amount is not asserted.
-    rest = {line for line in log.splitlines() if line.strip() and not line.startswith("[train] step ")}
+    rest = {line for line in log.splitlines() if line.strip() and not line.startswith(ECHOED_PREFIX)}
     assert not rest & set(lines)
     metrics = manifest.stats["train_metrics"]
     assert metrics["mean_conversations_per_step"] > 0 and metrics["mean_tokens_per_step"] > 0

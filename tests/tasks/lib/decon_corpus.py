@@ -84,7 +84,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 # ------------------------------------------------------------------------ real alpaca rows --
 def alpaca_prompt(row: dict) -> str:
-    """The user turn ingest builds from an Alpaca row (tasks.lib.formats.alpaca_messages)."""
+    """The user turn ingest builds from an Alpaca row (sftflow.tasks.lib.formats.alpaca_messages)."""
     return f"{row['instruction']}\n\n{row['input']}" if row["input"].strip() else row["instruction"]
 
 

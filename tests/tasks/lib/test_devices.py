@@ -24,9 +24,9 @@ def test_a_call_runs_only_on_the_device_its_plan_keyed(monkeypatch):
         devices.check_device("cuda")
 
 
-def test_train_and_evaluate_plans_hand_their_device_to_the_task(tmp_path):
+def test_plans_hand_their_device_to_the_task(tmp_path):
     """The plan's device travels in the call (and in its key), so the task need not probe again."""
-    from sftflow.tasks import evaluate, train
+    from sftflow.tasks import evaluate, score, train
     from sftflow.tasks.core.artifacts import Manifest
     from sftflow.tasks.core.recipe import Recipe
     from sftflow.tasks.core.workspace import Workspace
@@ -38,3 +38,5 @@ def test_train_and_evaluate_plans_hand_their_device_to_the_task(tmp_path):
     trained = Manifest.model_construct(stage="train", key="t", files=[], stats={"data_hash": "t"})
     assert train.plan(recipe, upstream, ws, data_card={}).params["device"] == compute_device()
     assert evaluate.plan(recipe, trained, upstream, ws).params["device"] == compute_device()
+    scoring = recipe.model_copy(update={"score": recipe.score.model_copy(update={"enabled": True})})
+    assert score.plan(scoring, [upstream], ws).params["device"] == compute_device()
