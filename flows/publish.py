@@ -29,8 +29,8 @@ ARTIFACT_KEYS = {
     "run": "sftflow-run",
 }
 # Columns of a stage's table artifact; every line has all of them (empty where they do not apply).
-STAGE_TABLE_COLUMNS = ("stage", "source", "rows in", "rows out", "dropped", "reason", "cache hit", "seconds",
-                       "artifact")
+STAGE_TABLE_COLUMNS = ("stage", "source", "rows in", "rows out", "dropped", "reason", "rows computed",
+                       "rows reused", "cache hit", "seconds", "artifact")
 
 
 def stage_artifact_key(stage: str, label: str | None) -> str:
@@ -56,11 +56,28 @@ def drops_by_reason(manifest: Manifest) -> dict[str, int]:
     return dict(sorted(counts, key=lambda rn: (-rn[1], rn[0])))
 
 
+def memo_counts(row: dict[str, Any], manifest: Manifest) -> tuple[int | None, int | None]:
+    """(rows computed, rows reused from the row memo) by this stage run; (None, None) for a stage
+    without a row memo, and for a cache hit, which computed nothing (its artifact's counts belong
+    to the run that wrote it).
+
+    >>> m = Manifest.model_construct(stats={"n_reused": 30})
+    >>> memo_counts({"cache_hit": False, "n_in": 100}, m), memo_counts({"cache_hit": True, "n_in": 100}, m)
+    ((70, 30), (None, None))
+    """
+    reused = manifest.stats.get("n_reused")
+    if reused is None or row["cache_hit"]:
+        return None, None
+    return row["n_in"] - reused, reused
+
+
 def stage_table(row: dict[str, Any], manifest: Manifest) -> list[dict[str, Any]]:
     """The stage's counts line, then one line per drop reason."""
     drops = drops_by_reason(manifest)
+    computed, reused = memo_counts(row, manifest)
     table = [{"stage": row["stage"], "source": row["label"] or "-", "rows in": row["n_in"],
               "rows out": row["n_out"], "dropped": sum(drops.values()), "reason": "(all)",
+              "rows computed": computed, "rows reused": reused,
               "cache hit": row["cache_hit"], "seconds": row["seconds"], "artifact": manifest.key}]
     table += [{"stage": row["stage"], "source": row["label"] or "-", "dropped": n, "reason": reason}
               for reason, n in drops.items()]

@@ -105,6 +105,18 @@ def test_every_data_stage_artifact_shows_its_drops_by_reason(manifests, captured
     assert [line["reason"] for line in dedup[1:]] == ["near_duplicate", "exact_duplicate"]
 
 
+def test_a_stage_with_a_row_memo_shows_rows_computed_and_reused(tmp_path):
+    store = ArtifactStore(tmp_path / "artifacts")
+    manifest = store.writer("score", "k").commit(inputs=[], config_hash="c", code_hash="x", n_in=100, n_out=80,
+                                                 stats={"n_scored": 7, "n_reused": 93})
+    counts = publish.stage_table(stage_row("score", "", manifest), manifest)[0]
+    assert (counts["rows computed"], counts["rows reused"]) == (7, 93)
+    hit = publish.stage_table({**stage_row("score", "", manifest), "cache_hit": True}, manifest)[0]
+    assert (hit["rows computed"], hit["rows reused"]) == (None, None)  # a cache hit computed nothing
+    dedup = store.writer("dedup", "k").commit(inputs=[], config_hash="c", code_hash="x", n_in=5, n_out=5, stats={})
+    assert publish.stage_table(stage_row("dedup", "", dedup), dedup)[0]["rows reused"] is None  # no memo
+
+
 def test_a_stage_without_decisions_shows_its_counts_only(tmp_path, captured):
     store = ArtifactStore(tmp_path / "artifacts")
     writer = store.writer("evaluate", "k")
