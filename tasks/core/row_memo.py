@@ -51,18 +51,18 @@ class RowMemo:
         >>> sorted(memo.lookup(["b", "c", "a"]).to_pylist(), key=lambda r: r["row_hash"])
         [{'row_hash': 'a', 'score': 0.5}, {'row_hash': 'b', 'score': 0.25}]
         """
-        wanted = pa.array(sorted(set(row_hashes)), pa.string())
-        found = []
-        for path in self.files():
-            table = pq.read_table(path)
-            found.append(table.filter(pc.is_in(table[KEY_COLUMN], value_set=wanted)))
-        if not found:
+        committed = self._committed()
+        if committed is None:
             return pa.table({KEY_COLUMN: pa.array([], pa.string())})
-        table = pa.concat_tables(found, promote_options="default")
-        # the first occurrence of each hash, in file order
-        first = pc.equal(pc.index_in(table[KEY_COLUMN], value_set=table[KEY_COLUMN]),
-                         pa.array(range(table.num_rows), pa.int32()))
-        return table.filter(first)
+        wanted = pa.array(sorted(set(row_hashes)), pa.string())
+        return committed.filter(pc.is_in(committed[KEY_COLUMN], value_set=wanted))
+
+    def _committed(self) -> pa.Table | None:
+        """The committed rows, first row of each hash in file order: the files are read once per
+        RowMemo (a stage looks up once per records part), and what `add` writes is appended."""
+        if not hasattr(self, "_first_rows"):
+            self._first_rows = _first_of_each_hash([pq.read_table(path) for path in self.files()])
+        return self._first_rows
 
     def add(self, table: pa.Table) -> None:
         """Write `table` (a `row_hash` column and the value columns) as one new file, atomically."""
@@ -81,3 +81,15 @@ class RowMemo:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if hasattr(self, "_first_rows"):  # newer than every file read: its rows come last
+            self._first_rows = _first_of_each_hash([t for t in (self._first_rows, table) if t is not None])
+
+
+def _first_of_each_hash(tables: list[pa.Table]) -> pa.Table | None:
+    """The tables in order, keeping the first row of each hash (None for no table)."""
+    if not tables:
+        return None
+    table = pa.concat_tables(tables, promote_options="default")
+    first = pc.equal(pc.index_in(table[KEY_COLUMN], value_set=table[KEY_COLUMN]),
+                     pa.array(range(table.num_rows), pa.int32()))
+    return table.filter(first)
