@@ -46,7 +46,7 @@ serve: install
 # Benchmarks print `RATIO <name> <measured> <goal> <pass|fail>` lines and write build/bench/*.json;
 # bench/report.py turns those records into docs/BENCHMARKS.md. bench-quick: small sizes, minutes.
 BENCHES := bench/dedup.py bench/ingest.py bench/toxicity.py bench/training.py bench/scale.py bench/orchestration.py \
-           bench/score_memo.py
+           bench/score_memo.py bench/incremental.py
 bench: install
 	for b in $(BENCHES); do $(PY) $$b || exit 1; done
 	$(PY) bench/report.py

@@ -343,6 +343,26 @@ def _audit_call(call):
 
 
 @app.command()
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would go; remove nothing."),
+    warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
+) -> None:
+    """Prune the row memos no committed artifact references (artifacts themselves are never removed)."""
+    from sftflow.tasks.core.locks import workspace_lock
+    from sftflow.tasks.core.memo_gc import prune_memos
+    from sftflow.tasks.core.workspace import Workspace
+
+    ws = Workspace.from_env(warehouse=warehouse)
+    with workspace_lock(ws.warehouse, command="gc"):  # no run adds to a memo meanwhile
+        pruned = prune_memos(ws.warehouse, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in pruned.folders + pruned.temporary_files:
+        console.print(f"{verb} {path}")
+    console.print(f"{verb} {len(pruned.folders)} memo folders and {len(pruned.temporary_files)} temporary files "
+                  f"({pruned.bytes_freed / 2**20:.1f} MiB); kept {len(pruned.kept)} referenced memo folders")
+
+
+@app.command()
 def ui(
     port: int = typer.Option(4200, help="Port on 127.0.0.1."),
     warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),

@@ -18,17 +18,22 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from sftflow.tasks.core.artifacts import Manifest
+from sftflow.tasks.core.cache_keys import code_fingerprint, library_versions
+from sftflow.tasks.core.hashing import short_hash
 from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.recipe import Recipe
 from sftflow.tasks.core.recipe_filters import FilterConfig
 from sftflow.tasks.core.parts import map_parts, sum_counts
 from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
-from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
+from sftflow.tasks.core.row_memo import KEY_COLUMN, RowMemo
+from sftflow.tasks.core.stage import StageCall, keyed_config, plan_call, stage_task
 from sftflow.tasks.core.workspace import Workspace
-from sftflow.tasks.lib.decontaminate import EvalIndex, RowMatch, eval_set_fingerprints, load_eval_index
+from sftflow.tasks.lib.decontaminate import EvalIndex, eval_set_fingerprints, load_eval_index
+from sftflow.tasks.lib.row_measures import (ALWAYS_SCORED_ROLES, RowMeasures, from_json, measure_rows, to_json,
+                                            turns_hash)
 from sftflow.tasks.lib.tokens import (BUILTIN_MINILM, TokenCounter, load_token_counter, resolve_tokenizer_revision,
                               resolve_tokenizer_spec, tokenizer_fingerprint)
-from sftflow.tasks.lib.toxicity import RoleToxicity, ToxicityScorer, WindowMode, score_turns
+from sftflow.tasks.lib.toxicity import RoleToxicity, ToxicityScorer
 from sftflow.tasks.lib.toxicity_loader import load_toxicity_scorer, toxicity_scorer_name
 
 LIBRARIES = (
@@ -44,53 +49,6 @@ REASONS = frozenset({
     Reason.TOXIC,
     Reason.CONTAMINATED,
 })
-
-PROMPT_ROLES = ("system", "user", "tool")  # everything the model reads but is not trained to write
-RESPONSE_ROLES = ("assistant",)
-ALWAYS_SCORED_ROLES = ("user", "assistant")  # recorded even when only one of them is judged
-
-
-# ---------------------------------------------------------------------------- measurements --
-def count_tokens(messages_per_row: list[list[dict]], counter: TokenCounter) -> tuple[list[int], list[int]]:
-    """(prompt tokens, response tokens) per row, with one batched tokenizer pass over all turns."""
-    owners: list[tuple[int, bool]] = []  # (row, is_response) of each text
-    texts: list[str] = []
-    for row, messages in enumerate(messages_per_row):
-        for message in messages:
-            if message["role"] in PROMPT_ROLES or message["role"] in RESPONSE_ROLES:
-                owners.append((row, message["role"] in RESPONSE_ROLES))
-                texts.append(message["content"] or "")
-    prompt = [0] * len(messages_per_row)
-    response = [0] * len(messages_per_row)
-    for (row, is_response), n_tokens in zip(owners, counter.count(texts)):
-        if is_response:
-            response[row] += n_tokens
-        else:
-            prompt[row] += n_tokens
-    return prompt, response
-
-
-def score_toxicity(
-    messages_per_row: list[list[dict]], scorer: ToxicityScorer, roles: tuple[str, ...],
-    window: WindowMode = "sentence",
-) -> list[dict[str, RoleToxicity]]:
-    """Per row: role -> toxicity over that role's non-empty turns (roles without turns absent).
-
-    Each turn is scored by windows (tasks/lib/toxicity.py `score_turns`); all windows of the table
-    go to the scorer in one call.
-    """
-    owners: list[tuple[int, str, int]] = []  # (row, role, message index)
-    texts: list[str] = []
-    for row, messages in enumerate(messages_per_row):
-        for turn, message in enumerate(messages):
-            if message["role"] in roles and (message["content"] or "").strip():
-                owners.append((row, message["role"], turn))
-                texts.append(message["content"])
-    per_row: list[dict[str, RoleToxicity]] = [{} for _ in messages_per_row]
-    for (row, role, turn), result in zip(owners, score_turns(texts, scorer, window)):
-        per_row[row].setdefault(role, RoleToxicity()).add(turn, result)
-    return per_row
-
 
 def _role_score(by_role: dict[str, RoleToxicity], role: str) -> float | None:
     return by_role[role].score if role in by_role else None
@@ -123,36 +81,64 @@ def decide(
 
 
 # ---------------------------------------------------------------------------------- stage --
+def scored_roles(cfg: FilterConfig) -> tuple[str, ...]:
+    """The roles whose toxicity is measured: user and assistant always (recorded), plus the judged."""
+    return tuple(dict.fromkeys(ALWAYS_SCORED_ROLES + tuple(cfg.toxicity.roles))) if cfg.toxicity.enabled else ()
+
+
+def memo_measures(
+    messages_per_row: list[list[dict]], cfg: FilterConfig, counter: TokenCounter, toxicity: ToxicityScorer | None,
+    eval_index: EvalIndex | None, memo: RowMemo | None,
+) -> tuple[list[RowMeasures], int]:
+    """(every row's measures, how many rows were read from `memo`): without a memo all are
+    measured; with one, only the distinct rows it lacks, which are then added to it. Every row's
+    measures then come through the memo's JSON, so a row measured now and one read back are equal
+    to the bit."""
+    def measure(rows: list[list[dict]]) -> list[RowMeasures]:
+        return measure_rows(rows, counter, toxicity if cfg.toxicity.enabled else None, scored_roles(cfg),
+                            cfg.toxicity.window, eval_index)
+
+    if memo is None:
+        return measure(messages_per_row), 0
+    hashes = [turns_hash(messages) for messages in messages_per_row]
+    known = memo.lookup(hashes)
+    found = dict(zip(known[KEY_COLUMN].to_pylist(), known[MEMO_VALUE].to_pylist())) if known.num_rows else {}
+    n_reused = sum(h in found for h in hashes)
+    first_rows = dict(zip(hashes, messages_per_row))  # equal hashes, equal turns: any one serves
+    missing = [h for h in dict.fromkeys(hashes) if h not in found]
+    texts = [to_json(m) for m in measure([first_rows[h] for h in missing])]
+    memo.add(pa.table({KEY_COLUMN: pa.array(missing, pa.string()), MEMO_VALUE: pa.array(texts, pa.string())}))
+    found.update(zip(missing, texts))
+    return [from_json(found[h]) for h in hashes], n_reused
+
+
 def filter_records(
     records: pa.Table,
     cfg: FilterConfig,
     counter: TokenCounter,
     toxicity: ToxicityScorer | None,
     eval_index: EvalIndex | None,
+    memo: RowMemo | None = None,
 ) -> StageOutput:
     """Measure every row, decide once per row, keep the passing rows with the measurement columns.
 
-    `eval_index` (sftflow.tasks.lib.decontaminate.load_eval_index) may be None or empty: nothing is contaminated.
+    `eval_index` (sftflow.tasks.lib.decontaminate.load_eval_index) may be None or empty: nothing is
+    contaminated. With a `memo`, only the rows it lacks are measured (`memo_measures`).
     """
     if cfg.toxicity.enabled and toxicity is None:
         raise ValueError("filters.toxicity is enabled but no toxicity scorer was given")
     example_ids = records.column("example_id").to_pylist()
     messages_per_row = [messages or [] for messages in records.column("messages").to_pylist()]
 
-    n_prompt, n_response = count_tokens(messages_per_row, counter)
+    measures, n_reused = memo_measures(messages_per_row, cfg, counter, toxicity, eval_index, memo)
+    n_prompt = [m.n_tokens_prompt for m in measures]
+    n_response = [m.n_tokens_response for m in measures]
     n_total = [p + r for p, r in zip(n_prompt, n_response)]
-
-    judged_roles = tuple(dict.fromkeys(cfg.toxicity.roles))
-    if cfg.toxicity.enabled:
-        scored_roles = tuple(dict.fromkeys(ALWAYS_SCORED_ROLES + judged_roles))
-        toxicity_per_row = score_toxicity(messages_per_row, toxicity, scored_roles, cfg.toxicity.window)
-    else:
-        toxicity_per_row = [{} for _ in messages_per_row]
-
-    no_match = RowMatch(hits_by_set={}, matches=[])
-    decon_per_row = [eval_index.match(m) if eval_index else no_match for m in messages_per_row]
+    toxicity_per_row = [m.toxicity for m in measures]
+    decon_per_row = [m.decon for m in measures]
     hits_per_row = [match.hits_by_set for match in decon_per_row]
     decon_hits = [match.hits for match in decon_per_row]
+    judged_roles = tuple(dict.fromkeys(cfg.toxicity.roles))
 
     log = DecisionLog()
     keep: list[bool] = []
@@ -203,6 +189,9 @@ def filter_records(
     stats = {
         "n_in": records.num_rows,
         "n_out": kept.num_rows,
+        "n_measured": records.num_rows - n_reused,  # rows measured in this run (all without a memo)
+        "n_reused": n_reused if memo is not None else None,  # rows whose measures came from the row memo
+        "memo_fingerprint": memo.folder.name if memo is not None else None,  # what `sftflow gc` keeps
         "reasons": dict(sorted(reasons.items())),
         "tokenizer": counter.name,
         "toxicity_scorer": toxicity.name if cfg.toxicity.enabled else None,
@@ -267,7 +256,11 @@ def filter_part(call: StageCall, records: pa.Table) -> StageOutput:
     if not fingerprints:  # a call not made by `plan`: hash what would be loaded now
         fingerprints = tuple(filter_input_hashes(cfg, call.workspace.resolve_input))
     counter, scorer, eval_ngrams = _measures(json.dumps(call.config, sort_keys=True), call.workspace, fingerprints)
-    return filter_records(records, cfg, counter, scorer, eval_ngrams)
+    memo_key = call.params.get(MEMO_PARAM)
+    # Not cached across parts: each part scans the memo's files for its own rows only (streaming,
+    # so a worker never holds the whole memo), and sees what earlier parts added.
+    memo = RowMemo(Path(call.warehouse), call.stage, memo_key, snapshot=False) if memo_key else None
+    return filter_records(records, cfg, counter, scorer, eval_ngrams, memo)
 
 
 def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -277,6 +270,8 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
         **first,
         "n_in": sum(p["n_in"] for p in parts),
         "n_out": sum(p["n_out"] for p in parts),
+        "n_measured": sum(p["n_measured"] for p in parts),
+        "n_reused": None if first["n_reused"] is None else sum(p["n_reused"] for p in parts),
         "reasons": sum_counts([p["reasons"] for p in parts]),
         "rows_with_hits_by_set": sum_counts([p["rows_with_hits_by_set"] for p in parts]),
         "toxicity_unjudged_rows": sum(p.get("toxicity_unjudged_rows", 0) for p in parts),
@@ -285,10 +280,23 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------- Prefect wrapper --
 # ------------------------------------------------------------------------------------ plan --
 # How many texts go through detoxify per forward pass; profanity-check does not batch.
 UNKEYED = ("toxicity.batch_size", "toxicity.max_batch_tokens")
+# Fields the stage decides with after measuring: changing one re-decides every row from the memo.
+DECISION_FIELDS = ("length.min_response_tokens", "length.max_total_tokens", "toxicity.threshold")
+MEASURES_MODULE = "sftflow.tasks.lib.row_measures"  # measures a row; its imports: tokens, toxicity, decon
+MEMO_PARAM = "memo_fingerprint"
+MEMO_VALUE = "measures"  # the memo's value column: a row's RowMeasures as JSON (row_measures.to_json)
+
+
+def memo_fingerprint(config: dict[str, Any], external: list[str]) -> str:
+    """What computes one row's measures: the filters section less the decision fields and the
+    unkeyed ones (tokenizer, toxicity backend, model, roles, window, scripts, decontamination
+    settings), the bytes of what they load (`filter_input_hashes`), the measuring code and the
+    stage's libraries. The deciding code in this module is not in it: editing it keeps the memo."""
+    return short_hash({"config": keyed_config(config, UNKEYED + DECISION_FIELDS), "inputs": external,
+                       "code": code_fingerprint(MEASURES_MODULE), "libraries": library_versions(LIBRARIES)})
 
 
 def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
@@ -302,8 +310,10 @@ def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str
     config["length"]["tokenizer_revision"] = resolve_tokenizer_revision(
         length.tokenizer, length.tokenizer_revision, recipe.train.model, recipe.train.revision)
     external = filter_input_hashes(FilterConfig.model_validate(config), ws.resolve_input)
+    # The memo fingerprint is not keyed: the stage key already changes with all it holds.
     return plan_call(sys.modules[__name__], config, inputs, ws, extra_input_hashes=external,
-                     params={"runner": runner or recipe.runner.canonical()})
+                     params={"runner": runner or recipe.runner.canonical(),
+                             MEMO_PARAM: memo_fingerprint(config, external)})
 
 
 @stage_task("filter")

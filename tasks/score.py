@@ -304,6 +304,7 @@ def score_parts(tables: Callable[[], Iterable[pa.Table]], cfg: ScoreConfig, scor
         "n_response_truncated": _count_truncated(truncations, "response_tokens_dropped"),
         "n_scored": row_scorer.n_scored,  # pairs the scorer computed in this run
         "n_reused": row_scorer.n_reused,  # rows whose score came from the row memo
+        "memo_fingerprint": memo.folder.name if memo is not None else None,  # what `sftflow gc` keeps
     }
     return PartedOutput(parts(), lambda: stats)
 

@@ -11,6 +11,12 @@ Files are only added, never rewritten: `add` writes a temporary `.tmp-*` file, s
 renames it into place, so a crash leaves at most a temporary file, which `lookup` never reads.
 Two processes adding at once write two files; a hash found in several files takes the value of
 the first file in name order (names start with the write time), so every reader agrees.
+
+Two ways to read. With `snapshot=True` (the default) the files are read once per RowMemo and every
+lookup filters that table in memory: for small memos looked up part after part (score). With
+`snapshot=False` each lookup streams the files batch by batch and keeps only the wanted rows, so
+memory holds one batch and the result, never the whole memo: for stages run per part in worker
+processes over memos of millions of rows (filter).
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ import pyarrow.parquet as pq
 KEY_COLUMN = "row_hash"
 MEMO_DIR = "memo"
 TMP_PREFIX = ".tmp-"  # a file being written: never read, left by a crash at most
+SCAN_BATCH_ROWS = 65_536  # rows held at once by a streaming lookup (snapshot=False)
 
 
 class RowMemo:
     """The memo of one stage under one fingerprint: `lookup` what is there, `add` what was computed."""
 
-    def __init__(self, warehouse: Path, stage: str, fingerprint: str):
+    def __init__(self, warehouse: Path, stage: str, fingerprint: str, snapshot: bool = True):
         self.folder = Path(warehouse) / MEMO_DIR / stage / fingerprint
+        self.snapshot = snapshot
 
     def files(self) -> list[Path]:
         """The committed files, oldest first (a temporary file left by a crash is not one)."""
@@ -51,11 +59,21 @@ class RowMemo:
         >>> sorted(memo.lookup(["b", "c", "a"]).to_pylist(), key=lambda r: r["row_hash"])
         [{'row_hash': 'a', 'score': 0.5}, {'row_hash': 'b', 'score': 0.25}]
         """
-        committed = self._committed()
+        wanted = pa.array(sorted(set(row_hashes)), pa.string())
+        committed = self._committed() if self.snapshot else self._scan(wanted)
         if committed is None:
             return pa.table({KEY_COLUMN: pa.array([], pa.string())})
-        wanted = pa.array(sorted(set(row_hashes)), pa.string())
         return committed.filter(pc.is_in(committed[KEY_COLUMN], value_set=wanted))
+
+    def _scan(self, wanted: pa.Array) -> pa.Table | None:
+        """The rows of `wanted` hashes in the committed files, in file order, one batch in memory."""
+        found = []
+        for path in self.files():
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=SCAN_BATCH_ROWS):
+                hit = pc.is_in(batch.column(KEY_COLUMN), value_set=wanted)
+                if pc.any(hit).as_py():
+                    found.append(pa.Table.from_batches([batch.filter(hit)]))
+        return _first_of_each_hash(found)
 
     def _committed(self) -> pa.Table | None:
         """The committed rows, first row of each hash in file order: the files are read once per
@@ -81,7 +99,7 @@ class RowMemo:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        if hasattr(self, "_first_rows"):  # newer than every file read: its rows come last
+        if self.snapshot and hasattr(self, "_first_rows"):  # newer than every file read: its rows come last
             self._first_rows = _first_of_each_hash([t for t in (self._first_rows, table) if t is not None])
 
 

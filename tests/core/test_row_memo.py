@@ -66,3 +66,17 @@ def test_files_are_plain_parquet_with_the_added_columns(tmp_path):
     memo.add(table)
     [path] = memo.files()
     assert pq.read_table(path).equals(table)
+
+
+def test_a_streaming_lookup_finds_what_a_snapshot_finds(tmp_path, monkeypatch):
+    monkeypatch.setattr(row_memo, "SCAN_BATCH_ROWS", 3)  # several batches per file
+    writer = RowMemo(tmp_path, "filter", "f")
+    writer.add(pa.table({"row_hash": [f"h{i}" for i in range(10)], "score": [float(i) for i in range(10)]}))
+    writer.add(pa.table({"row_hash": ["h4", "h20", "h21"], "score": [40.0, 20.0, 21.0]}))  # h4 again: older wins
+    wanted = ["h4", "h9", "h20", "nope", "h4"]
+    streamed = RowMemo(tmp_path, "filter", "f", snapshot=False)
+    assert values(streamed.lookup(wanted)) == values(RowMemo(tmp_path, "filter", "f").lookup(wanted))
+    assert values(streamed.lookup(wanted)) == {"h4": 4.0, "h9": 9.0, "h20": 20.0}
+    streamed.add(pa.table({"row_hash": ["h30"], "score": [30.0]}))
+    assert values(streamed.lookup(["h30"])) == {"h30": 30.0}  # each lookup reads the files anew
+    assert not hasattr(streamed, "_first_rows")  # never holds the whole memo
