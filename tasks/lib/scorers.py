@@ -144,6 +144,10 @@ def embedding_package_version() -> str:
     return metadata.version(EMBEDDING_PACKAGE)
 
 
+def embedding_scorer_name() -> str:
+    return f"embedding-relevance:{EMBEDDING_MODEL_NAME}@{embedding_package_version()}"
+
+
 class EmbeddingRelevanceScorer:
     """Relevance proxy (not a reward model): cosine(prompt embedding, response embedding).
 
@@ -157,7 +161,7 @@ class EmbeddingRelevanceScorer:
         from sentence_transformers import SentenceTransformer
 
         self.batch_size = batch_size
-        self.name = f"embedding-relevance:{EMBEDDING_MODEL_NAME}@{embedding_package_version()}"
+        self.name = embedding_scorer_name()
         self.model = SentenceTransformer(
             str(get_model_path()), device=_pick_device(device), local_files_only=True,
             trust_remote_code=False, model_kwargs={"use_safetensors": True},
@@ -236,6 +240,35 @@ def load_quality_scorer(cfg: ScoreConfig, resolve: Callable[[str], Path]) -> Qua
         str(location), batch_size=cfg.batch_size, max_length_tokens=cfg.max_length_tokens, label=model,
         revision=cfg.revision,
     )
+
+
+def scorer_name(cfg: ScoreConfig) -> str:
+    """The name `load_quality_scorer(cfg, ...)` gives its scorer, known without loading it."""
+    if cfg.backend == "embedding-relevance":
+        return embedding_scorer_name()
+    return f"reward-model:{_require_model(cfg)}"
+
+
+class DeferredScorer:
+    """A scorer loaded on its first use (`load()`): a score run whose every pair is in the row memo
+    loads no model, which costs seconds of imports and weights. Its `name` is the loaded scorer's
+    once loaded, `name` (from `scorer_name`) before."""
+
+    def __init__(self, name: str, load: Callable[[], QualityScorer]):
+        self._name, self._load = name, load
+        self.loaded: QualityScorer | None = None
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name if self.loaded is not None else self._name
+
+    def score_truncated(self, pairs: list[tuple[str, str]]) -> ScoredPairs:
+        if self.loaded is None:
+            self.loaded = self._load()
+        return score_pairs(self.loaded, pairs)
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        return self.score_truncated(pairs).scores
 
 
 def _check_revision(cfg: ScoreConfig, location: Path | str | None) -> None:

@@ -15,7 +15,7 @@ from sftflow.tasks.core.recipe_data import ScoreConfig
 from sftflow.tasks.core.row_memo import TMP_PREFIX, RowMemo
 from sftflow.tasks.core.stage import execute
 from sftflow.tasks.core.workspace import Workspace
-from sftflow.tasks.lib.scorers import ScoredPairs, Truncation
+from sftflow.tasks.lib.scorers import ScoredPairs, Truncation, scorer_name
 from tests.stage_helpers import records_from_rows
 
 CATEGORIES = ("qa", "code", "math")
@@ -131,13 +131,14 @@ def test_what_changes_a_rows_score_reuses_nothing(tmp_path, scorers):
     assert (manifest.stats["n_scored"], manifest.stats["n_reused"]) == (N_ROWS - 1, 0)
 
 
-def test_ranking_changes_reuse_every_score(tmp_path, scorers):
+def test_ranking_changes_reuse_every_score_and_load_no_scorer(tmp_path, scorers):
     first, _ = run(tmp_path, "p", base_rows())
-    for n, section in enumerate([{"keep_top_fraction": 0.5}, {"per_category": False}], start=1):
+    for section in [{"keep_top_fraction": 0.5}, {"per_category": False}]:
         call, manifest = run(tmp_path, "p", base_rows(), **section)
         assert call.params[score.MEMO_PARAM] == first.params[score.MEMO_PARAM]
-        assert scorers[n].pairs == []
+        assert len(scorers) == 1  # every pair came from the memo: no model was loaded
         assert (manifest.stats["n_scored"], manifest.stats["n_reused"]) == (0, N_ROWS)
+        assert manifest.stats["scorer"] == scorer_name(ScoreConfig())  # named without loading it
     _, cold = run(tmp_path, "cold", base_rows(), per_category=False)
     assert content(manifest) == content(cold)
 

@@ -14,7 +14,7 @@ from sftflow.tasks.core.recipe_data import ScoreConfig
 from sftflow.tasks.core.weights import UnsafeWeightsError
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.reward_model import RewardModelScorer, fit_reward_text, length_sorted_batches, reward_model_text
-from sftflow.tasks.lib.scorers import load_quality_scorer
+from sftflow.tasks.lib.scorers import load_quality_scorer, scorer_name
 
 PAIRS = [
     ("why is the sky blue?", "light from the sun"),
@@ -119,6 +119,7 @@ def test_load_quality_scorer_resolves_a_local_folder_under_the_project(models_ro
     scorer = load_quality_scorer(cfg, ws.resolve_input)
     assert isinstance(scorer, RewardModelScorer)
     assert scorer.name == "reward-model:models/bert"  # the recipe's spelling, not a machine path
+    assert scorer_name(cfg) == scorer.name  # what a score run that loads nothing records
     assert (scorer.batch_size, scorer.max_length_tokens) == (3, 32)
     assert len(scorer.score(PAIRS[:2])) == 2
 

@@ -13,11 +13,13 @@ from sftflow.tasks.core.hashing import sha256_tree
 from sftflow.tasks.core.recipe_data import ScoreConfig
 from sftflow.tasks.core.workspace import PathNotAllowed, Workspace, model_location
 from sftflow.tasks.lib.scorers import (
+    DeferredScorer,
     EmbeddingRelevanceScorer,
     QualityScorer,
     load_quality_scorer,
     model_fingerprint,
     prompt_response,
+    scorer_name,
 )
 
 # ------------------------------------------------------------------------------ conversation --
@@ -52,6 +54,26 @@ def test_prompt_response_without_assistant_turn_is_an_error():
 @pytest.fixture(scope="module")
 def embedding_scorer() -> EmbeddingRelevanceScorer:
     return EmbeddingRelevanceScorer(batch_size=2, max_length_tokens=512, device="cpu")
+
+
+def test_the_embedding_scorers_name_is_known_without_loading_it(embedding_scorer):
+    assert scorer_name(ScoreConfig()) == embedding_scorer.name
+
+
+def test_a_deferred_scorer_loads_on_its_first_pair_only():
+    loads = []
+
+    class Fixed:
+        name = "fake:fixed"
+
+        def score(self, pairs):
+            return [0.5] * len(pairs)
+
+    deferred = DeferredScorer("fake:predicted", lambda: loads.append(1) or Fixed())
+    assert deferred.name == "fake:predicted" and loads == []
+    assert deferred.score_truncated([("q", "a")]).scores == [0.5]
+    assert deferred.score([("q", "a"), ("r", "b")]) == [0.5, 0.5]
+    assert loads == [1] and deferred.name == "fake:fixed"
 
 
 PHOTOSYNTHESIS = "How does photosynthesis work in plants?"
