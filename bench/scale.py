@@ -48,6 +48,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 GOAL_PEAK_GIB = 4.0
+GOAL_MINUTES_PER_MILLION = 6.0  # the whole `--only data` command, per 1,000,000 conversations
+GOAL_FILTER_ROWS_PER_S = 10_000
 DATA_DIR = REPO / "build" / "bench-data"
 SEED = 12  # the data layout changed: a new seed names a new cached file
 VOCABULARY = 20_000
@@ -272,9 +274,18 @@ def main() -> None:
               f"{(stage['peak_rss_flow_process_bytes'] or 0) / 2**30:.2f} GiB", flush=True)
     print(f"  wall {wall:.0f}s, peak RSS (process tree) {peak_gib:.2f} GiB, flow process VmHWM "
           f"{memory.root_hwm_bytes / 2**30:.2f} GiB, ledger balanced: {checked['balanced']}", flush=True)
+    filter_stage = next(stage for stage in checked["stages"] if stage["stage"] == "filter")
     ratios = [
         Ratio("scale_peak_rss_gib", peak_gib, GOAL_PEAK_GIB, higher_is_better=False,
               note=f"{n_rows:,} conversations, `sftflow run --only data`, whole process tree, {wall:.0f}s wall"),
+        Ratio("scale_minutes_per_million_rows", wall / 60 * 1_000_000 / n_rows, GOAL_MINUTES_PER_MILLION,
+              higher_is_better=False,
+              note=f"the whole command's wall time per 1,000,000 conversations: {wall:.0f}s for {n_rows:,}"
+                   + ("" if n_rows == 1_000_000 else " (scaled linearly: fixed start-up costs weigh more here)")),
+        Ratio("scale_filter_rows_per_s", float(filter_stage["rows_per_s"] or 0), GOAL_FILTER_ROWS_PER_S,
+              note=f"the filter stage's rows in / its seconds ({filter_stage['seconds']:.1f}s for "
+                   f"{filter_stage['n_in']:,} rows; offline backends: MiniLM token counts, windowed "
+                   "profanity-check, decontamination; 2 worker processes)"),
         Ratio("scale_ledger_balanced", float(checked["balanced"]), 1.0,
               note=f"n_in = kept + dropped at every stage; rows read but neither sharded nor dropped: "
                    f"{checked['rows_lost']}"),
@@ -283,7 +294,8 @@ def main() -> None:
                "peak_rss_tree_bytes": memory.peak_bytes, "peak_rss_tree_bytes_after_mix": peaks["finish"][0],
                "flow_process_vmhwm_bytes": memory.root_hwm_bytes,
                "command": " ".join(command[2:]), "recipe": RECIPE.format(source="data/scale.jsonl"), **checked}
-    report("scale", ratios, details, quick=args.quick, libraries=("pyarrow", "duckdb", "prefect", "datasketch"))
+    report("scale", ratios, details, quick=args.quick, libraries=("pyarrow", "duckdb", "prefect", "rensa", "tokenizers",
+                                                                   "alt-profanity-check"))
 
 
 if __name__ == "__main__":
