@@ -29,6 +29,7 @@ from sftflow.tasks.core.row_memo import KEY_COLUMN, RowMemo
 from sftflow.tasks.core.stage import StageCall, keyed_config, plan_call, stage_task
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.decontaminate import EvalIndex, eval_set_fingerprints, load_eval_index
+from sftflow.tasks.lib.gc_pause import gc_paused
 from sftflow.tasks.lib.row_measures import (ALWAYS_SCORED_ROLES, RowMeasures, from_json, measure_rows, to_json,
                                             turns_hash)
 from sftflow.tasks.lib.tokens import (BUILTIN_MINILM, TokenCounter, load_token_counter, resolve_tokenizer_revision,
@@ -127,6 +128,12 @@ def filter_records(
     """
     if cfg.toxicity.enabled and toxicity is None:
         raise ValueError("filters.toxicity is enabled but no toxicity scorer was given")
+    with gc_paused():  # a table's worth of small dicts and lists, none in a cycle (tasks/lib/gc_pause.py)
+        return _filter_records(records, cfg, counter, toxicity, eval_index, memo)
+
+
+def _filter_records(records: pa.Table, cfg: FilterConfig, counter: TokenCounter, toxicity: ToxicityScorer | None,
+                    eval_index: EvalIndex | None, memo: RowMemo | None) -> StageOutput:
     example_ids = records.column("example_id").to_pylist()
     messages_per_row = [messages or [] for messages in records.column("messages").to_pylist()]
 

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress, islice
+from operator import and_
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -53,6 +55,15 @@ from sftflow.tasks.lib.text_units import text_units
 
 DECON_ROLES = ("user", "assistant")  # prompts and answers can both leak an eval item
 MAX_MATCHES_RECORDED = 5  # distinct eval items named in one decision's detail; hit counts are complete
+
+
+def ngram_check_offsets(n: int) -> tuple[int, int, int]:
+    """Offsets of the units a training n-gram is checked at before it is hashed: first, middle, last.
+
+    >>> ngram_check_offsets(13)
+    (0, 6, 12)
+    """
+    return (0, n // 2, n - 1)
 
 
 def _key_hash(joined_units: str) -> int:
@@ -198,6 +209,9 @@ class EvalSetIndex:
     ngrams: dict[int, int]  # hashed n-gram -> item number
     whole: dict[str, int]  # the unit sequence of a prompt without n-grams, space-joined -> item number
     stats: dict[str, int]
+    # offset -> the units at that offset (first, middle, last) of every used n-gram: a training
+    # n-gram is hashed only when its own units there are among them (EvalIndex.turn_keys)
+    ngram_units_at: dict[int, set[str]] = field(default_factory=dict)
 
 
 def _template_mask(units: list[str], t: int, is_template: Callable[[int], bool]) -> list[int]:
@@ -243,6 +257,7 @@ def build_eval_set_index(
     limit = key_item_limit(len(places), cfg.max_ngram_item_fraction, cfg.max_ngram_items)
     frequent = {run for run, count in run_items.items() if count > limit}
     ngrams: dict[int, int] = {}
+    units_at: dict[int, set[str]] = {offset: set() for offset in ngram_check_offsets(n)}
     whole_keys: list[set[str]] = []
     with_ngrams: set[int] = set()
     with_template = 0
@@ -259,6 +274,8 @@ def build_eval_set_index(
             for i in range(len(units) - n + 1):
                 if n - (covered[i + n] - covered[i]) >= t:  # enough of the item's own text
                     ngrams.setdefault(_key_hash(" ".join(units[i : i + n])), item)
+                    for offset, seen_there in units_at.items():
+                        seen_there.add(units[i + offset])
                     has_ngram = True
             if has_ngram:
                 with_ngrams.add(item)
@@ -288,7 +305,8 @@ def build_eval_set_index(
         "frequent_whole_items_ignored": sum(1 for c in whole_items.values() if c > limit),
         "items_without_keys": len(places) - len(keyed_items),  # too short (< min_item_units), or all template
     }
-    return EvalSetIndex(name=name, places=places, ngrams=ngrams, whole=whole, stats=stats)
+    return EvalSetIndex(name=name, places=places, ngrams=ngrams, whole=whole, stats=stats,
+                        ngram_units_at=units_at)
 
 
 @dataclass
@@ -312,6 +330,7 @@ class EvalIndex:
     # First unit of any used whole item -> the item lengths starting with it: a turn is cut into
     # candidate runs only where such a unit stands, and only at lengths some item has.
     whole_lengths_by_first_unit: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    ngram_units_at: dict[int, set[str]] = field(default_factory=dict)  # over every set's used n-grams
 
     def __getstate__(self) -> None:
         raise TypeError("an EvalIndex is keyed by this process's string hash: build it where it is used")
@@ -323,6 +342,10 @@ class EvalIndex:
                 units = key.split(" ")
                 lengths.setdefault(units[0], set()).add(len(units))
         self.whole_lengths_by_first_unit = {u: tuple(sorted(ks)) for u, ks in lengths.items()}
+        self.ngram_units_at = {
+            offset: set().union(*(index.ngram_units_at.get(offset, ()) for index in self.sets.values()))
+            for offset in ngram_check_offsets(self.n)
+        }
 
     def __bool__(self) -> bool:
         return bool(self.sets)
@@ -331,10 +354,20 @@ class EvalIndex:
         return {name: index.stats for name, index in self.sets.items()}
 
     def turn_keys(self, text: str) -> tuple[set[int], set[str]]:
-        """(hashed n-grams, candidate whole-item runs) of one training turn."""
+        """(hashed n-grams that may be keys, candidate whole-item runs) of one training turn.
+
+        An n-gram equal to a key has that key's units at every offset, so only n-grams whose
+        first, middle and last units are among the keys' there are joined and hashed: most of a
+        turn's n-grams are skipped by three set lookups each (in C, by map and compress). The keys found
+        are the same; only an n-gram whose 64-bit hash collides with a key's without being equal
+        to it (negligible, see `_key_hash`) is no longer a false hit.
+        """
         units = text_units(text)
         n = self.n
-        grams = {_key_hash(" ".join(units[i : i + n])) for i in range(len(units) - n + 1)}
+        first, middle, last = (map(self.ngram_units_at[offset].__contains__, islice(units, offset, None))
+                               for offset in ngram_check_offsets(n))
+        may_be_keys = map(and_, map(and_, first, middle), last)  # stops at the last n-gram's start
+        grams = {_key_hash(" ".join(units[i : i + n])) for i in compress(range(len(units)), may_be_keys)}
         runs: set[str] = set()
         if self.whole_lengths_by_first_unit:
             for i, unit in enumerate(units):

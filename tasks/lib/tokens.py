@@ -9,11 +9,22 @@ whenever it exists before this stage runs.
 from __future__ import annotations
 
 import hashlib
+import re
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Protocol
 
+from sftflow.tasks.lib.gc_pause import gc_paused
+
 BUILTIN_MINILM = "builtin:minilm"
 COUNT_BATCH_TEXTS = 1024  # texts per tokenizer call: bounded memory, still few Rust round-trips
+WORD_COUNT_CACHE_WORDS = 200_000  # words whose token counts are remembered (about 30 MB at most)
+# Every character str.split() cuts at (Unicode white space as Python defines it; the test
+# checks this list against every code point).
+PYTHON_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 
 # Files that decide how a local tokenizer folder splits text; their bytes name the counter.
 _TOKENIZER_FILES = (
@@ -57,21 +68,61 @@ class RustTokenCounter:
     For the builtin MiniLM tokenizer only, where tests/tasks/lib/test_tokens.py checks that its counts
     equal transformers' fast tokenizer's: loading it through transformers imports torch, about
     240 MB more in every filter worker process, for the same counts.
+
+    Counting by words. A BERT tokenizer (BertNormalizer, BertPreTokenizer, WordPiece) maps and
+    drops characters one at a time, splits at white space and punctuation and cuts each piece
+    alone, so no token spans white space and a text's count is the sum of its white-space
+    separated words' counts. Words repeat across turns far more than texts do, so each distinct
+    word is tokenized once and its count remembered, instead of tokenizing every text whole. This holds only where the tokenizer splits at every
+    character str.split() splits at: the few it instead deletes (vertical tab, form feed, the
+    separators U+001C-U+001F, U+0085: control characters to BERT) would join two words into one,
+    so a text holding one is tokenized whole. tests/tasks/lib/test_tokens.py compares the counts
+    with whole-text tokenization on varied and generated texts.
     """
 
     def __init__(self, tokenizer_json: Path, name: str):
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
         self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
         self.tokenizer.no_truncation()  # over-long texts are what max_total_tokens catches
         self.tokenizer.no_padding()
         self.name = name
+        self._word_tokens: dict[str, int] = {}
+        self._by_word = (isinstance(self.tokenizer.normalizer, normalizers.BertNormalizer)
+                         and isinstance(self.tokenizer.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+                         and isinstance(self.tokenizer.model, models.WordPiece))
+        joining = [char for char in PYTHON_WHITESPACE if self._by_word and not self._splits_at(char)]
+        self._joining_space = re.compile("[" + re.escape("".join(joining)) + "]") if joining else None
+
+    def _splits_at(self, char: str) -> bool:
+        """Whether the tokenizer cuts "x<char>y" into the words x and y, as str.split() does."""
+        normalized = self.tokenizer.normalizer.normalize_str(f"x{char}y")
+        return [word for word, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(normalized)] == ["x", "y"]
 
     def count(self, texts: list[str]) -> list[int]:
         counts: list[int] = []
-        for start in range(0, len(texts), COUNT_BATCH_TEXTS):
-            encoded = self.tokenizer.encode_batch(texts[start : start + COUNT_BATCH_TEXTS], add_special_tokens=False)
-            counts.extend(len(encoding.ids) for encoding in encoded)
+        with gc_paused():  # a list of words per text, acyclic: tasks/lib/gc_pause.py
+            for start in range(0, len(texts), COUNT_BATCH_TEXTS):
+                chunk = texts[start : start + COUNT_BATCH_TEXTS]
+                counts.extend(self._count_by_words(chunk) if self._by_word else self._count_whole(chunk))
+        return counts
+
+    def _count_whole(self, texts: list[str]) -> list[int]:
+        # encode_batch_fast: the same ids as encode_batch, without computing character offsets
+        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def _count_by_words(self, texts: list[str]) -> list[int]:
+        joining = self._joining_space
+        words_per_text = [None if joining is not None and joining.search(text) else text.split() for text in texts]
+        known = self._word_tokens
+        if len(known) > WORD_COUNT_CACHE_WORDS:
+            known.clear()
+        new = list(set(chain.from_iterable(filter(None, words_per_text))).difference(known))
+        known.update(zip(new, self._count_whole(new)))
+        counts = [sum(map(known.__getitem__, words)) if words is not None else -1 for words in words_per_text]
+        whole = [i for i, words in enumerate(words_per_text) if words is None]
+        for i, n_tokens in zip(whole, self._count_whole([texts[i] for i in whole])):
+            counts[i] = n_tokens
         return counts
 
 

@@ -33,11 +33,15 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable, Literal, Protocol
 
+from sftflow.tasks.lib.gc_pause import gc_paused
+
 
 class ToxicityScorer(Protocol):
-    """What the filter needs of a backend. Two optional members are read with getattr:
+    """What the filter needs of a backend. Optional members are read with getattr:
     `windows(texts) -> list[list[str]]` (each text cut to what the model judges whole; default:
-    the text itself) and `scripts` (frozenset of script names it reads; default: any script)."""
+    the text itself), `score_windows(windows) -> list[float]` (scores texts already cut by
+    `windows`, without cutting them again; default: `score`) and `scripts` (frozenset of script
+    names it reads; default: any script)."""
 
     name: str  # identifies backend, model and version in stats and cache keys
 
@@ -57,7 +61,14 @@ MULTILINGUAL_SCRIPTS = frozenset({"Latin", "Cyrillic"})
 # Sentence ends: . ! ? … followed by white space (with closing quotes/brackets kept on the left),
 # CJK full stops (no space follows them), and line breaks (paragraphs, list items, table rows).
 _SENTENCE_END = re.compile(r"(?<=[.!?…][\"'”’)\]])\s+|(?<=[.!?…])\s+|(?<=[。！？])|\s*\n\s*")
+# The same cuts for a text without CJK full stops, where every cut starts at a white-space
+# character: written to start with `\s`, so the regex engine skips to white space instead of
+# trying four alternatives at every character. Each alternative matches from the same start to
+# the end of the white-space run, as the alternatives of _SENTENCE_END do, so the pieces are equal
+# (tests/tasks/lib/test_toxicity_windows.py compares the two).
+_SENTENCE_END_NO_CJK = re.compile(r"\s(?:(?<=[.!?…][\"'”’)\]]\s)\s*|(?<=[.!?…]\s)\s*|(?<=\n)\s*|\s*\n\s*)")
 _WORD = re.compile(r"\S+")
+_SPACE_RUN = re.compile(r"(\s+)")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -73,7 +84,9 @@ def split_sentences(text: str) -> list[str]:
     >>> split_sentences("Steps:\\n1. Boil the water.\\n\\n2. Add salt.")
     ['Steps:', '1.', 'Boil the water.', '2.', 'Add salt.']
     """
-    return [piece.strip() for piece in _SENTENCE_END.split(text) if piece and piece.strip()]
+    cjk = "。" in text or "！" in text or "？" in text
+    pattern = _SENTENCE_END if cjk else _SENTENCE_END_NO_CJK
+    return [stripped for stripped in map(str.strip, pattern.split(text)) if stripped]
 
 
 def word_windows(text: str, max_words: int) -> list[str]:
@@ -85,15 +98,23 @@ def word_windows(text: str, max_words: int) -> list[str]:
     >>> word_windows("a b c", 4)
     ['a b c']
     """
-    spans = [m.span() for m in _WORD.finditer(text)]
-    if len(spans) <= max_words:
+    # str.split() and `\s+` cut at the same characters (Python's Unicode white space: checked for
+    # every code point in tests/tasks/lib/test_toxicity_windows.py), so the words counted here
+    # are the `\S+` words a window is made of.
+    words = text.split()
+    n_words = len(words)
+    if n_words <= max_words:
         return [text]
+    if " ".join(words) == text:  # single spaces only (the common case): join the words
+        parts, separator, step = words, " ", 1
+    else:  # words and the white space between them, alternating: a window is a slice of it
+        parts, separator, step = _SPACE_RUN.split(text.strip()), "", 2
     stride = max(1, max_words // 2)
     windows = []
-    for start in range(0, len(spans), stride):
-        end = min(start + max_words, len(spans))
-        windows.append(text[spans[start][0]: spans[end - 1][1]])
-        if end == len(spans):
+    for start in range(0, n_words, stride):
+        end = min(start + max_words, n_words)
+        windows.append(separator.join(parts[step * start: step * end - (step - 1)]))
+        if end == n_words:
             break
     return windows
 
@@ -168,7 +189,14 @@ def score_turns(texts: list[str], scorer: ToxicityScorer, mode: WindowMode = "se
 
     All windows of all texts go to the backend in one `score` call (it batches them itself).
     """
+    with gc_paused():  # hundreds of thousands of acyclic lists: tasks/lib/gc_pause.py
+        return _score_turns(texts, scorer, mode)
+
+
+def _score_turns(texts: list[str], scorer: ToxicityScorer, mode: WindowMode) -> list[TurnToxicity]:
     cut = getattr(scorer, "windows", None)
+    # windows cut here are scored as they are: the backend need not cut them again
+    score = getattr(scorer, "score_windows", scorer.score) if cut is not None else scorer.score
     scripts = getattr(scorer, "scripts", None)
     per_text = [turn_windows(text, mode) for text in texts]
     if cut is not None:
@@ -186,7 +214,7 @@ def score_turns(texts: list[str], scorer: ToxicityScorer, mode: WindowMode = "se
             else:
                 owners.append((t, w))
                 judged.append(window)
-    for (t, w), value in zip(owners, scorer.score(judged) if judged else []):
+    for (t, w), value in zip(owners, score(judged) if judged else []):
         result = results[t]
         if result.score is None or value > result.score:
             result.score, result.top_window = float(value), w
@@ -252,9 +280,9 @@ class ProfanityCheckScorer:
     scripts = ENGLISH_SCRIPTS
 
     def __init__(self, scripts: frozenset[str] | None = None) -> None:
-        from profanity_check import predict_prob
+        from sftflow.tasks.lib.profanity_model import ProfanityModel
 
-        self._predict_prob = predict_prob
+        self._model = ProfanityModel()  # profanity_check.predict_prob, bitwise, in array steps
         self.name = f"profanity-check@{_version('alt-profanity-check')}"
         if scripts is not None:
             self.scripts = scripts
@@ -266,10 +294,11 @@ class ProfanityCheckScorer:
         """Per text, the max over its word windows."""
         if not texts:
             return []
-        return _max_over_windows(self.windows(list(texts)), self._score_fitting)
+        return _max_over_windows(self.windows(list(texts)), self.score_windows)
 
-    def _score_fitting(self, texts: list[str]) -> list[float]:
-        return [float(p) for p in self._predict_prob(texts)]
+    def score_windows(self, windows: list[str]) -> list[float]:
+        """Per window (at most PROFANITY_WINDOW_WORDS words, as `windows` cuts), its probability."""
+        return self._model.predict_prob(list(windows)).tolist()
 
 
 def _max_over_windows(per_text: list[list[str]], score: Callable[[list[str]], list[float]]) -> list[float]:

@@ -314,3 +314,19 @@ def test_fingerprints_follow_file_bytes(tmp_path, ws):
     assert first == eval_set_fingerprints(sets, ws.resolve_input) and len(first[0]) == 64
     write_jsonl(path, [{"text": ITEM + " again"}])
     assert eval_set_fingerprints(sets, ws.resolve_input) != first
+
+
+@pytest.mark.parametrize("ngram", [3, 4, 13])
+def test_ngrams_skipped_before_hashing_are_never_keys(tmp_path, ws, ngram):
+    """turn_keys hashes only n-grams whose first, middle and last units are those of some key:
+    the hits equal those of hashing every n-gram of the turn."""
+    rng = random.Random(ngram)
+    vocabulary = [f"w{i}" for i in range(40)]
+    items = [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(3, 20))) for _ in range(30)]
+    index = text_set(tmp_path, ws, items, ngram=ngram, min_item_units=3)
+    for _ in range(300):
+        turn = " ".join(rng.choice(vocabulary + ["other", "words"]) for _ in range(rng.randint(0, 60)))
+        every_ngram = unit_ngrams(turn, ngram)
+        grams, _ = index.turn_keys(turn)
+        assert grams <= every_ngram
+        assert {g for g in every_ngram if g in index.sets["e"].ngrams} == {g for g in grams if g in index.sets["e"].ngrams}

@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
 from sftflow.tasks.lib.tokens import (
@@ -104,3 +106,37 @@ def test_builtin_minilm_counts_equal_the_transformers_fast_tokenizer():
     assert len(texts) > 100
     assert builtin.count(texts) == reference.count(texts)
     assert builtin.count(["x " * 3000])[0] == 3000  # never truncated
+
+
+# ------------------------------------------------- counting by words equals whole-text counts --
+def whole_text_counts(counter, texts: list[str]) -> list[int]:
+    return [len(e.ids) for e in counter.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_python_whitespace_lists_every_code_point_str_split_cuts_at():
+    from sftflow.tasks.lib.tokens import PYTHON_WHITESPACE
+
+    assert PYTHON_WHITESPACE == "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+
+
+# Characters BERT drops, maps or cuts at, around and inside words: the white space it deletes
+# (vertical tab, form feed, U+001C-U+001F, U+0085), the one it keeps, control and format
+# characters, accents it strips, CJK it isolates, punctuation, special tokens' text, long words.
+_PIECES = ["word", "Hello", "un", "believ", "ably", "café", "NAÏVE", "日本", "語", "你好", "[CLS]", "[MASK]", "[UNK",
+           ".", ",", "'", "—", "(", ")", "e.g.", "x" * 120, "ab" * 60, " ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c",
+           "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000", "\u200b", "\u00ad", "\x00", "\ufffd", "\x7f", "ﬁ", "Σ"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=30).map("".join), max_size=6))
+def test_counts_by_words_equal_whole_text_counts(minilm, texts):
+    assert minilm.count(texts) == whole_text_counts(minilm, texts)
+
+
+def test_counts_by_words_equal_whole_text_counts_on_long_answers(minilm):
+    from tests.tasks.lib.toxicity_corpus import buried_insults, generated_answers
+
+    answers = generated_answers(300)
+    texts = answers + buried_insults(answers) + ["a\x0bb c", "a\x85b", "x\x1cy z"]
+    assert minilm.count(texts) == whole_text_counts(minilm, texts)
+    assert minilm.count(texts) == minilm.count(texts)  # remembered word counts give the same again

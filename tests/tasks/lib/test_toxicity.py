@@ -9,9 +9,12 @@ The detoxify backend's own token windows: test_detoxify_scorer.py.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sftflow.tasks.core.recipe import RecipeError, parse_recipe
 from sftflow.tasks.core.recipe_filters import FilterConfig, ToxicityConfig
@@ -176,10 +179,11 @@ def test_unjudged_script(text, expected):
 
 
 def test_unjudged_rows_sum_over_parts_and_reach_the_data_card():
-    part = {"n_in": 3, "n_out": 3, "reasons": {"kept": 3}, "rows_with_hits_by_set": {},
+    part = {"n_in": 3, "n_out": 3, "n_measured": 1, "n_reused": 2, "reasons": {"kept": 3}, "rows_with_hits_by_set": {},
             "toxicity_unjudged_rows": 2, "toxicity_unjudged_rows_kept": 2, "toxicity_unjudged_by_script": {"Han": 2}}
     merged = merge_stats([part, {**part, "toxicity_unjudged_by_script": {"Han": 1, "Thai": 1}}])
     assert merged["toxicity_unjudged_rows"] == 4 and merged["toxicity_unjudged_by_script"] == {"Han": 3, "Thai": 1}
+    assert (merged["n_measured"], merged["n_reused"]) == (2, 4)
     card = render_data_card({"toxicity": {"scorer": "profanity-check@1.9.1", "window": "sentence",
                                           "unjudged_rows": 4, "unjudged_rows_kept": 4,
                                           "unjudged_by_script": {"Han": 3, "Thai": 1}}})
@@ -211,3 +215,83 @@ def test_recipe_window_and_scripts_fields():
     with pytest.raises(RecipeError, match=r"filters\.toxicity\.judged_scripts"):
         parse_recipe({**base, "filters": {"toxicity": {"judged_scripts": []}}})
 
+
+
+# ------------------------------------------------------- fast cuts equal the reference cuts --
+_REFERENCE_SENTENCE_END = re.compile(r"(?<=[.!?…][\"'”’)\]])\s+|(?<=[.!?…])\s+|(?<=[。！？])|\s*\n\s*")
+
+
+def reference_split_sentences(text: str) -> list[str]:
+    """The sentence split as one regex states it (split_sentences skips to white space when it can)."""
+    return [piece.strip() for piece in _REFERENCE_SENTENCE_END.split(text) if piece and piece.strip()]
+
+
+def reference_word_windows(text: str, max_words: int) -> list[str]:
+    """Word windows from `\\S+` match spans (word_windows uses str.split instead)."""
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    if len(spans) <= max_words:
+        return [text]
+    stride = max(1, max_words // 2)
+    windows = []
+    for start in range(0, len(spans), stride):
+        end = min(start + max_words, len(spans))
+        windows.append(text[spans[start][0]: spans[end - 1][1]])
+        if end == len(spans):
+            break
+    return windows
+
+
+def test_python_white_space_is_the_regex_white_space():
+    """str.split()/strip() and `\\s` agree on every code point, so word counts and cuts agree."""
+    for code in range(0x110000):
+        char = chr(code)
+        assert (re.fullmatch(r"\s", char) is not None) == char.isspace() == (char.strip() == ""), hex(code)
+
+
+_CUT_CHARS = list("ab .!?…\"'”’)]。！？\n\t") + ["\xa0", "\u2003", "\u2028", "\x1c", "\r\n", "x y", "Hi. "]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_CUT_CHARS), max_size=60).map("".join), st.integers(min_value=1, max_value=9))
+def test_fast_cuts_equal_reference_cuts(text, max_words):
+    assert split_sentences(text) == reference_split_sentences(text)
+    assert word_windows(text, max_words) == reference_word_windows(text, max_words)
+
+
+def test_fast_cuts_equal_reference_cuts_on_the_corpus():
+    clean = generated_answers(100)
+    texts = clean + buried_insults(clean) + [CHINESE_INSULT, "Sure. " + CHINESE_INSULT + " OK?"]
+    for text in texts:
+        assert split_sentences(text) == reference_split_sentences(text)
+        for piece in [text] + split_sentences(text):
+            assert word_windows(piece, PROFANITY_WINDOW_WORDS) == reference_word_windows(piece, PROFANITY_WINDOW_WORDS)
+
+
+def test_windows_cut_by_score_turns_are_scored_without_a_second_cut():
+    class Cutting:
+        name = "cutting"
+        scored: list[list[str]] = []
+
+        def windows(self, texts):
+            return [word_windows(text, 2) for text in texts]
+
+        def score(self, texts):
+            raise AssertionError("score() cuts again: score_turns must use score_windows")
+
+        def score_windows(self, windows):
+            self.scored.append(list(windows))
+            return [0.9 if "idiot" in w else 0.1 for w in windows]
+
+    scorer = Cutting()
+    results = score_turns(["One two three. You idiot."], scorer)
+    assert scorer.scored == [["One two", "two three.", "You idiot."]]
+    assert (results[0].score, results[0].top_window, results[0].n_windows, results[0].excerpt) == (0.9, 2, 3, "You idiot.")
+
+
+def test_profanity_scorer_scores_windows_as_predict_prob_does(profanity):
+    from profanity_check import predict_prob
+
+    windows = [w for a in buried_insults(generated_answers(30)) for s in split_sentences(a)
+               for w in word_windows(s, PROFANITY_WINDOW_WORDS)]
+    assert profanity.score_windows(windows) == [float(p) for p in predict_prob(windows)]
+    assert profanity.score(windows[:50]) == profanity.score_windows(windows[:50])  # none is cut again
