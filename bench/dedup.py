@@ -1,4 +1,4 @@
-"""Near-duplicate dedup: the dedup stage end to end against a per-row datasketch pipeline.
+"""Near-duplicate dedup: the dedup stage end to end against rensa, datatrove and per-row datasketch.
 
 Data. N synthetic documents of ~200 words (150-250), drawn from a 20,000-word vocabulary with
 Zipf-like frequencies, so common words repeat as in prose. A fifth of them are planted variants:
@@ -10,25 +10,32 @@ purpose: with 128 permutations the estimate's standard deviation at J = 0.8 is a
 pairs right at the 0.8 threshold fall either way by chance, whatever the implementation. The
 per-level detection rates are in the JSON record.
 
-Both sides get the same rows and the recipe-default NearDedupConfig (5-grams, 128 permutations,
-threshold 0.8, bands and rows derived from it: 13 x 7):
+Every side gets the same rows and the recipe-default NearDedupConfig (5-grams, 128 permutations,
+threshold 0.8, bands and rows derived from it: 13 x 7, backend `rensa`):
 
-- `ours`: `sftflow.tasks.dedup.deduplicate` (exact pass, shingles, signatures, LSH, verification,
-  greedy representatives, one decision per row), timed end to end.
+- `ours`: `sftflow.tasks.dedup.deduplicate` (exact pass, shingles, signatures, LSH, exact-Jaccard
+  verification, greedy representatives, one decision per row), timed end to end.
+- `rensa`: what a rensa user writes (bench/peers/rensa_minhash.py): Python shingles of the same
+  document texts into `RMinHash.digest_matrix_from_token_sets`, then `RMinHashLSH.insert_matrix`
+  and `query_duplicate_flags_matrix` with the same 13 x 7 bands; timed from the texts to a
+  candidate flag per document (less than a decision: no verification, no representatives).
+  rensa's own time from pre-built shingles is in the record.
+- `numpy`: `deduplicate` with `backend="numpy"` (datasketch's hash and permutations, pairs
+  verified by the MinHash estimate), whose decisions must equal the reference's.
 - `per_row`: what common tools do: one `datasketch.MinHash` per row updated shingle by shingle
   (`MinHash.update`), inserted into a `MinHashLSH` and queried back, candidates verified with
   `MinHash.jaccard`, then the same greedy representatives in the same survivor order; the same
   text extraction and shingling functions.
-- `reference`: `deduplicate` with `backend="datasketch"` (MinHash.bulk + MinHashLSH), whose
-  decisions ours must reproduce exactly.
+- `reference`: `deduplicate` with `backend="datasketch"` (MinHash.bulk + MinHashLSH).
 - `datatrove`: datatrove's four-step MinHash pipeline (bench/peers/datatrove_minhash.py), in its
   own virtual environment under build/bench-venvs/ (created from PyPI on first use), on the same
   documents written as JSONL; its own wall time of the four steps, imports excluded. Skipped,
   and said so in the record, when it cannot be installed.
 
-Goals: docs/s of ours >= 4x per_row and >= 1x datatrove; recall >= 0.9 on planted pairs with Jaccard >= 0.8 (the
-variant dropped as a near duplicate of its base); precision >= 0.95 (near-duplicate drops whose
-exact Jaccard to the row they duplicate is >= 0.8); decisions identical to the reference.
+Goals: docs/s of ours >= 0.5x rensa, >= 4x per_row and >= 1x datatrove; recall >= 0.95 on planted
+pairs with Jaccard >= 0.8 (the variant dropped as a near duplicate of its base); precision >= 0.99
+(near-duplicate drops whose exact Jaccard to the row they duplicate is >= 0.8); the numpy
+backend's decisions identical to the reference's.
 
     .venv/bin/python bench/dedup.py [--quick] [--docs N]
 """
@@ -50,6 +57,7 @@ import numpy as np
 import pyarrow as pa
 
 from common import REPO, Ratio, report
+from peers import rensa_minhash
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -61,11 +69,12 @@ from sftflow.tasks.lib.shingles import conversation_text, response_units, row_sh
 
 GOAL_SPEEDUP = 4.0
 GOAL_VS_DATATROVE = 1.0
+GOAL_VS_RENSA = 0.5
 DATATROVE_VENV = REPO / "build" / "bench-venvs" / "datatrove"
 # datatrove and the packages its MinHash steps and JSONL reader import (not all are its dependencies).
 DATATROVE_PACKAGES = ("datatrove==0.10.1", "regex", "tokenizers", "orjson")
-GOAL_RECALL = 0.9
-GOAL_PRECISION = 0.95
+GOAL_RECALL = 0.95
+GOAL_PRECISION = 0.99
 NEGATIVE_LEVELS = (0.3, 0.5, 0.6, 0.7)
 POSITIVE_LEVELS = (0.85, 0.9, 0.95)
 PLANTED_SHARE = 0.2
@@ -278,6 +287,7 @@ def main() -> None:
     n_docs = args.docs or (10_000 if args.quick else 100_000)
 
     cfg = DedupConfig()
+    numpy_cfg = DedupConfig.model_validate({"near": {"backend": "numpy"}})
     reference_cfg = DedupConfig.model_validate({"near": {"backend": "datasketch"}})
     started = time.perf_counter()
     records, pairs = corpus(n_docs, cfg.near.ngram)
@@ -285,9 +295,17 @@ def main() -> None:
           f"(built in {time.perf_counter() - started:.1f}s)", flush=True)
 
     import datasketch  # noqa: F401  both sides use it: its import (scipy, ~1 s) is timed by neither
+    import rensa  # noqa: F401  likewise
 
     ours, ours_seconds = timed(deduplicate, records, cfg)
     print(f"  ours       {ours_seconds:8.2f}s  {n_docs / ours_seconds:9.0f} docs/s", flush=True)
+    texts = [conversation_text(m, cfg.near.roles) for m in records.column("messages").to_pylist()]
+    rensa_peer = rensa_minhash.run(texts, cfg.near.threshold, *cfg.near.lsh_params, cfg.near.ngram, cfg.near.seed)
+    rensa_seconds = rensa_peer["seconds"]
+    print(f"  rensa      {rensa_seconds:8.2f}s  {n_docs / rensa_seconds:9.0f} docs/s "
+          f"(signatures + LSH alone: {rensa_peer['signature_seconds']:.2f}s)", flush=True)
+    numpy_run, numpy_seconds = timed(deduplicate, records, numpy_cfg)
+    print(f"  numpy      {numpy_seconds:8.2f}s  {n_docs / numpy_seconds:9.0f} docs/s", flush=True)
     reference, reference_seconds = timed(deduplicate, records, reference_cfg)
     print(f"  reference  {reference_seconds:8.2f}s  {n_docs / reference_seconds:9.0f} docs/s", flush=True)
     baseline, baseline_seconds = timed(per_row_dedup, records, cfg)
@@ -299,11 +317,15 @@ def main() -> None:
     else:
         print(f"  datatrove  skipped: {peer['skipped']}", flush=True)
 
-    identical = ours.decisions.equals(reference.decisions) and ours.records.equals(reference.records)
-    same_as_per_row = near_drops(ours.decisions) == baseline
+    identical = numpy_run.decisions.equals(reference.decisions) and numpy_run.records.equals(reference.records)
+    same_as_per_row = near_drops(numpy_run.decisions) == baseline
     measured = quality(near_drops(ours.decisions), pairs, records, cfg)
+    measured_numpy = quality(near_drops(numpy_run.decisions), pairs, records, cfg)
     speedup = baseline_seconds / ours_seconds
     ratios = [
+        Ratio("dedup_docs_per_s_vs_rensa", rensa_seconds / ours_seconds, GOAL_VS_RENSA,
+              note=f"{n_docs} docs: ours {n_docs / ours_seconds:.0f} docs/s (decisions), rensa "
+                   f"{n_docs / rensa_seconds:.0f} docs/s (Python shingles + bulk signatures + LSH flags)"),
         Ratio("dedup_docs_per_s_vs_datasketch_per_row", speedup, GOAL_SPEEDUP,
               note=f"{n_docs} docs: ours {n_docs / ours_seconds:.0f} docs/s, per-row datasketch "
                    f"{n_docs / baseline_seconds:.0f} docs/s"),
@@ -315,15 +337,20 @@ def main() -> None:
         Ratio("dedup_precision", measured["precision"], GOAL_PRECISION,
               note=f"{measured['n_near_drops']} near-duplicate drops, exact Jaccard >= 0.8 to their representative"),
         Ratio("dedup_decisions_identical_to_datasketch", float(identical), 1.0,
-              note="every decision and kept row equal to backend=datasketch (MinHash.bulk + MinHashLSH)"),
+              note="backend=numpy: every decision and kept row equal to backend=datasketch (MinHash.bulk + MinHashLSH)"),
     ]
     details = {
         "n_docs": n_docs, "n_planted_pairs": len(pairs), "config": cfg.near.model_dump(),
-        "seconds": {"ours": round(ours_seconds, 3), "reference": round(reference_seconds, 3),
+        "seconds": {"ours": round(ours_seconds, 3), "rensa": round(rensa_seconds, 3),
+                    "rensa_signatures_and_lsh_only": round(rensa_peer["signature_seconds"], 3),
+                    "numpy": round(numpy_seconds, 3), "reference": round(reference_seconds, 3),
                     "per_row": round(baseline_seconds, 3)},
-        "docs_per_s": {"ours": round(n_docs / ours_seconds), "reference": round(n_docs / reference_seconds),
+        "docs_per_s": {"ours": round(n_docs / ours_seconds), "rensa": round(n_docs / rensa_seconds),
+                       "numpy": round(n_docs / numpy_seconds), "reference": round(n_docs / reference_seconds),
                        "per_row": round(n_docs / baseline_seconds)},
-        "near_drops_equal_per_row_baseline": same_as_per_row,
+        "rensa_n_flagged": rensa_peer["n_flagged"],
+        "numpy_near_drops_equal_per_row_baseline": same_as_per_row,
+        "numpy_quality": {k: measured_numpy[k] for k in ("recall", "precision", "n_near_drops", "detection_rate_by_level")},
         "datatrove": ({"seconds": round(peer["seconds"], 3), "docs_per_s": round(n_docs / peer["seconds"]),
                        "n_removed": len(peer["removed"]),
                        "n_removed_also_dropped_by_ours": len(set(peer["removed"]) & set(near_drops(ours.decisions))),
@@ -332,7 +359,7 @@ def main() -> None:
         "stats": ours.stats,
         **measured,
     }
-    report("dedup", ratios, details, quick=args.quick, libraries=("datasketch", "numpy", "pyarrow"))
+    report("dedup", ratios, details, quick=args.quick, libraries=("datasketch", "numpy", "pyarrow", "rensa"))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ whether two rows are the same example), shingled into n-grams of `tasks/lib/text
 `ngram` words, or `ngram_unspaced` characters for rows written mostly in scripts without spaces.
 
 No chains. Representatives are chosen greedily: rows are visited in survivor order; a row with a
-verified pair (MinHash estimate >= threshold) to an already kept representative is dropped as a
+verified pair (Jaccard >= threshold: exact, or the MinHash estimate, by backend) to an already kept
+representative is dropped as a
 duplicate of the best-matching one, otherwise it becomes a representative itself. So every
 near-duplicate drop reaches the threshold with its own `dup_of`; a near copy of a near copy that
 is far from the representative stays. (Connected components would drop a sliding-window chain
@@ -24,14 +25,19 @@ down to rows with Jaccard 0.4 to the survivor.)
 
 Which library does what. This module holds the exact pass and the stage: it reads the key columns
 and the conversations a batch at a time, and writes one decision per row. The near path runs
-small functions from two libraries:
+small functions from libraries, by `dedup.near.backend`:
 
-- `tasks/lib/shingles.py`: each row's shingles and assistant text units (`row_features`).
-- `tasks/lib/minhash.py`: signatures, LSH candidate pairs and verified pairs, with two
-  interchangeable backends (`dedup.near.backend`): `datasketch`, the reference, and `numpy`
-  (default), which computes the same signature values, buckets and estimates for thousands of
-  rows per numpy call, so its decisions are identical (tests/tasks/test_dedup.py compares both;
-  bench/dedup.py measures both on 100k documents); then `greedy_representatives`.
+- `rensa` (default): `tasks/lib/ngram_hashes.py` hashes each row's shingles to 64-bit integers
+  and `tasks/lib/minhash_rensa.py` computes signatures with rensa, LSH candidate pairs, and
+  verifies each pair by its exact shingle Jaccard, re-reading the conversations of candidate
+  rows only (a second pass), so `score` and `jaccard_to_representative` are exact.
+- `numpy` and `datasketch`, the reference: `tasks/lib/shingles.py` (each row's shingle strings and
+  assistant text units, `row_features`) and `tasks/lib/minhash.py` (signatures, LSH candidate
+  pairs, pairs verified by the MinHash estimate). `numpy` computes datasketch's signature values,
+  buckets and estimates for thousands of rows per numpy call, so their decisions are identical
+  (tests/tasks/test_dedup.py compares them; bench/dedup.py measures every backend on 100k documents).
+
+All then run `greedy_representatives` (tasks/lib/minhash.py).
 """
 
 from __future__ import annotations
@@ -54,13 +60,14 @@ from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.records import DecisionLog, PartedOutput, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, records_paths, stage_task
 from sftflow.tasks.core.workspace import Workspace
+from sftflow.tasks.lib import minhash_rensa
 from sftflow.tasks.lib.minhash import (
     band_candidate_pairs, candidate_pairs, greedy_representatives, minhashes, shingle_hashes, signature_matrix,
     verified_pairs, verified_signature_pairs,
 )
 from sftflow.tasks.lib.shingles import row_features
 
-LIBRARIES = ("datasketch", "numpy")
+LIBRARIES = ("datasketch", "numpy", "rensa")
 # What decides besides the messages (read part by part): ids, exact hashes, survivor priority.
 KEY_COLUMNS = ("example_id", "content_hash", "source")
 # The decisions this stage may record (tasks/core/stage.py refuses any other reason).
@@ -176,6 +183,18 @@ def _near_pairs(rows: np.ndarray | Sequence[Sequence[bytes]], cfg: NearDedupConf
     return verified_pairs(candidates, sketches, cfg.threshold), len(candidates)
 
 
+def _exact_near_pairs(
+    row_signatures: np.ndarray, eligible: np.ndarray, n_total: np.ndarray, cfg: NearDedupConfig,
+    messages: Callable[[], Iterable[list[Any]]],
+) -> tuple[list[tuple[int, int, float]], int]:
+    """(pairs verified by exact Jaccard, number of candidate pairs) of the rensa backend:
+    `eligible` are the row positions in survivor order, the pairs index into it."""
+    pairs = minhash_rensa.band_pairs(row_signatures[eligible], *cfg.lsh_params)
+    verified = minhash_rensa.exact_verified_pairs(
+        pairs, eligible, n_total, cfg.threshold, lambda needed: minhash_rensa.row_ngram_sets(messages(), needed, cfg))
+    return verified, len(pairs)
+
+
 # ------------------------------------------------------------------------------------ stage --
 def deduplicate(records: pa.Table, cfg: DedupConfig) -> StageOutput:
     """Exact dedup on content_hash, then MinHash-LSH near dedup over the exact representatives."""
@@ -229,13 +248,19 @@ def dedup_decisions(
         wanted = np.zeros(n_rows, dtype=bool)
         wanted[representatives] = True
         reference = near.backend == "datasketch"
-        n_shingles, n_units, row_signatures, row_grams = near_inputs(messages(), wanted, near, keep_shingles=reference)
+        if near.backend == "rensa":
+            n_shingles, n_units, row_signatures, n_total = minhash_rensa.near_inputs(messages(), wanted, near)
+            row_grams: dict[int, list[bytes]] = {}
+        else:
+            n_shingles, n_units, row_signatures, row_grams = near_inputs(messages(), wanted, near, keep_shingles=reference)
         longest = cfg.prefer == "longest_response"
         order = sorted(representatives, key=lambda p: (source_rank[p], -int(n_units[p]) if longest else 0, example_ids[p]))
         eligible = [p for p in order if n_shingles[p] >= near.min_shingles]
         skipped = [p for p in order if n_shingles[p] < near.min_shingles]
         if reference:
             verified, n_candidates = _near_pairs([row_grams[p] for p in eligible], near)
+        elif near.backend == "rensa":
+            verified, n_candidates = _exact_near_pairs(row_signatures, np.array(eligible, dtype=np.int64), n_total, near, messages)
         else:
             verified, n_candidates = _near_pairs(row_signatures[np.array(eligible, dtype=np.int64)], near)
         del row_signatures, row_grams
@@ -277,6 +302,9 @@ def dedup_decisions(
         "clusters": len(members),
         "candidate_pairs": n_candidates,
         "verified_pairs": n_verified,
+        # what a verified pair reached the threshold with: the exact shingle Jaccard (rensa) or the
+        # MinHash estimate (numpy, datasketch)
+        "near_verification": "exact_jaccard" if near.backend == "rensa" else "minhash_estimate",
         # the LSH banding used and P(candidate | J = threshold): the recall ceiling at the threshold
         "bands": bands,
         "rows": rows,
@@ -286,15 +314,22 @@ def dedup_decisions(
 
 
 # ------------------------------------------------------------------------------------ plan --
-# Both backends compute the same candidate pairs and decisions (tests/tasks/lib/test_minhash.py,
-# tests/tasks/test_dedup.py): the backend is read, not keyed (docs/caching.md, "Fields that are not in a key").
+# The backend itself is read, not keyed: `numpy` and `datasketch` compute the same candidate pairs
+# and decisions (tests/tasks/lib/test_minhash.py, tests/tasks/test_dedup.py), so switching between
+# them re-runs nothing. What is keyed is the backend's family, which decides the output: `rensa`
+# hashes shingles and permutes differently and verifies by exact Jaccard, so a switch between it
+# and the others re-runs dedup (docs/caching.md, "Fields that are not in a key").
 UNKEYED = ("near.backend",)
+NEAR_FAMILIES = {"numpy": "datasketch-sha1-affine32-estimate", "datasketch": "datasketch-sha1-affine32-estimate",
+                 "rensa": "ngram64-rensa-exact-jaccard"}
 
 
 def plan(recipe: Recipe, inputs: list[Manifest], ws: Workspace, runner: dict[str, Any] | None = None) -> StageCall:
     """The call over every source's normalize artifact."""
+    family = f"dedup.near family: {NEAR_FAMILIES[recipe.dedup.near.backend]}"
     # Inputs in data-hash order: listing the sources in another order changes nothing.
-    return plan_call(sys.modules[__name__], recipe.dedup.canonical(), sorted(inputs, key=lambda m: m.data_hash), ws)
+    return plan_call(sys.modules[__name__], recipe.dedup.canonical(), sorted(inputs, key=lambda m: m.data_hash), ws,
+                     extra_input_hashes=[family])
 
 
 @stage_task("dedup")

@@ -65,11 +65,13 @@ class NearDedupConfig(Section):
     rows: int | None = Field(None, ge=1, description="LSH rows per band r; see `bands`.")
     min_shingles: int = Field(3, ge=1, description="Rows with fewer shingles skip near-dedup (exact path only).")
     seed: int = Field(1, description="MinHash permutation seed.")
-    backend: Literal["numpy", "datasketch"] = Field(
-        "numpy",
-        description="`numpy`: datasketch's hash and permutations applied to many rows per numpy call, "
-        "LSH bands bucketed by sorting; `datasketch`: MinHash.bulk + MinHashLSH, the reference. "
-        "Both give identical decisions.",
+    backend: Literal["rensa", "numpy", "datasketch"] = Field(
+        "rensa",
+        description="`rensa`: 64-bit shingle hashes computed per batch with numpy, signatures by rensa "
+        "(only the b*r values the bands read), and candidate pairs verified by their EXACT shingle "
+        "Jaccard, which `threshold` and the decision's score then mean; `numpy`: datasketch's hash "
+        "and permutations applied to many rows per numpy call, pairs verified by the MinHash estimate; "
+        "`datasketch`: MinHash.bulk + MinHashLSH, the reference, decisions identical to `numpy`.",
     )
 
     @field_validator("roles")

@@ -252,7 +252,7 @@ def test_a_revision_that_would_be_ignored_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------- present but changing nothing --
-def test_batch_sizes_and_the_near_backend_are_not_keyed(tmp_path):
+def test_batch_sizes_and_an_equivalent_near_backend_are_not_keyed(tmp_path):
     ws = ws_at(tmp_path)
     store = ArtifactStore(ws.artifacts_dir)
     empty = {"records-00000.parquet": records_from_rows([])}
@@ -263,7 +263,7 @@ def test_batch_sizes_and_the_near_backend_are_not_keyed(tmp_path):
         return (dedup.plan(rec, [normalized], ws), filters.plan(rec, [deduped], ws),
                 score_stage_module.plan(rec, [filtered], ws))
 
-    base = keys()
+    base = keys(dedup={"near": {"backend": "numpy"}})
     runtime = keys(dedup={"near": {"backend": "datasketch"}},
                    filters={"toxicity": {"batch_size": 3, "max_batch_tokens": 64}}, score={"batch_size": 5})
     assert [c.key for c in runtime] == [c.key for c in base]
@@ -274,6 +274,8 @@ def test_batch_sizes_and_the_near_backend_are_not_keyed(tmp_path):
     changed = keys(dedup={"near": {"seed": 2}}, filters={"toxicity": {"threshold": 0.3}},
                    score={"keep_top_fraction": 0.5})
     assert all(c.key != b.key for c, b in zip(changed, base))
+    # rensa hashes shingles another way and verifies by exact Jaccard: another dedup key (the default)
+    assert keys()[0].key == keys(dedup={"near": {"backend": "rensa"}})[0].key != base[0].key
 
 
 def test_mix_shard_layout_does_not_retrain(tmp_path):
@@ -342,14 +344,18 @@ def test_a_reworded_dedup_decision_does_not_rerun_filter(real_chain, tmp_path):
 
 
 def test_both_near_backends_write_the_same_records_on_real_data(real_chain, tmp_path):
-    """Why dedup.near.backend is unkeyed: on the shared Alpaca file both backends keep the same
-    rows, byte for byte, so later stages are keyed the same either way."""
+    """Why numpy and datasketch share a key (dedup.near.backend is unkeyed between them): on the
+    shared Alpaca file both keep the same rows, byte for byte, so later stages are keyed the same
+    either way. rensa (the default) has a key of its own."""
     from sftflow.tasks.dedup import dedup_stage
 
     _, normalized, deduped = real_chain
-    other_ws = ws_at(tmp_path)  # another warehouse: the same key must be computed afresh there
-    call = dedup.plan(recipe(dedup={"near": {"backend": "datasketch"}}), [normalized], other_ws)
-    assert call.key == deduped.key
-    other, hit = execute(call, dedup_stage.compute)
-    assert not hit
-    assert other.data_hash == deduped.data_hash
+    written = []
+    for backend in ("numpy", "datasketch"):
+        other_ws = ws_at(tmp_path / backend)  # another warehouse: the same key must be computed afresh there
+        call = dedup.plan(recipe(dedup={"near": {"backend": backend}}), [normalized], other_ws)
+        assert call.key != deduped.key
+        other, hit = execute(call, dedup_stage.compute)
+        assert not hit
+        written.append((other.key, other.data_hash))
+    assert written[0] == written[1]

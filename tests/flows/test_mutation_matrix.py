@@ -131,8 +131,11 @@ MUTATIONS = [
              ("train.learning_rate=0.001",)),
     Mutation("eval setting `eval.max_new_tokens=6`", ("evaluate",), ("eval.max_new_tokens=6",)),
     # Unkeyed: how a stage computes, not what it writes (a stage module's UNKEYED)
-    Mutation("run-only settings `filters.toxicity.batch_size=8`, `score.batch_size=4`, `dedup.near.backend=datasketch`",
-             (), ("filters.toxicity.batch_size=8", "score.batch_size=4", "dedup.near.backend=datasketch")),
+    Mutation("run-only settings `filters.toxicity.batch_size=8`, `score.batch_size=4`",
+             (), ("filters.toxicity.batch_size=8", "score.batch_size=4")),
+    # Another MinHash family (numpy: datasketch's hash and estimate; rensa, the default: its own
+    # hash and exact Jaccard) is keyed; the same rows kept stop the re-run at dedup
+    Mutation("dedup backend `dedup.near.backend=numpy` (same rows kept)", ("dedup",), ("dedup.near.backend=numpy",)),
     # Other shard files, the same rows (the mix artifact's data_hash): no retrain
     Mutation("shard size `mix.shard_rows=7` (same rows in other files)", ("mix",), ("mix.shard_rows=7",)),
     Mutation("stage code: tasks/filters.py edited (stricter length rule)", FROM_DEDUP[1:], edit=_edit_filter_code),
@@ -155,8 +158,8 @@ MUTATIONS = [
              edit=_code_edit("sftflow.tasks.lib.readers", 'f"{where}: no such file")',
                              'f"{where}: no such file; check the path")')),
     Mutation("library version in the train key (trl upgraded)", ("train", "evaluate"), edit=_library_upgrade("trl")),
-    Mutation("library version in the dedup key (datasketch upgraded, same bytes out)", ("dedup",),
-             edit=_library_upgrade("datasketch")),
+    Mutation("library version in the dedup key (rensa upgraded, same bytes out)", ("dedup",),
+             edit=_library_upgrade("rensa")),
     Mutation("irrelevant: a comment added to the recipe", (),
              edit=_recipe_edit("name: demo\n", "# nightly run, reviewed by the data team\nname: demo\n")),
     Mutation("irrelevant: the run (recipe) name", (), edit=_recipe_edit("name: demo\n", "name: demo-nightly\n")),

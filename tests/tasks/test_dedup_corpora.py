@@ -28,6 +28,9 @@ from sftflow.tasks.lib.minhash import band_candidate_pairs, shingle_hashes, sign
 from sftflow.tasks.lib.shingles import conversation_text, shingles
 
 CFG = DedupConfig()
+# The decisions below hold for both hash families: rensa (the default: exact-Jaccard verification)
+# and numpy (datasketch's values, estimate verification, decisions identical to datasketch's).
+BACKENDS = ["rensa", "numpy"]
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 # A Zipf-like vocabulary: frequent words recur across distinct rows as in prose, so distinct
@@ -68,6 +71,10 @@ def compared_shingles(messages: list[dict], cfg: DedupConfig = CFG) -> list[byte
     of two rows is computed on these."""
     near = cfg.near
     return shingles(conversation_text(messages, near.roles), near.ngram, near.ngram_unspaced)
+
+
+def near_cfg(backend: str, **near) -> DedupConfig:
+    return DedupConfig.model_validate({"near": {"backend": backend, **near}})
 
 
 def near_drops(out) -> dict[str, str]:
@@ -129,13 +136,14 @@ def shared_prompt_corpus(seed: int = 11, n_distinct: int = 400, n_copies: int = 
     return rows, pairs
 
 
-def test_a_shared_system_prompt_does_not_make_distinct_rows_duplicates():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_shared_system_prompt_does_not_make_distinct_rows_duplicates(backend):
     rows, pairs = shared_prompt_corpus()
     by_id = {r["example_id"]: r for r in rows}
     truths = [exact_jaccard(compared_shingles(by_id[a]["messages"]), compared_shingles(by_id[b]["messages"]))
               for a, b in pairs]
     assert min(truths) >= 0.85  # true near copies: one word in 80+ words
-    out = deduplicate(records_from_rows(rows), CFG)
+    out = deduplicate(records_from_rows(rows), near_cfg(backend))
     drops = near_drops(out)
     wrong = false_drops(drops, pairs)
     n_distinct = len(rows) - len(pairs)
@@ -144,13 +152,14 @@ def test_a_shared_system_prompt_does_not_make_distinct_rows_duplicates():
     assert out.stats["near_skipped_few_shingles"] <= 0.02 * len(rows)  # only the shortest Q+A rows
 
 
-def test_roles_all_compares_the_whole_conversation():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_roles_all_compares_the_whole_conversation(backend):
     # the old comparison, still available: the shared prompt now dominates the short rows and
     # makes distinct rows near duplicates (fewer than with connected components: no chains)
     rows, pairs = shared_prompt_corpus(n_distinct=80, n_copies=0)
-    whole = DedupConfig.model_validate({"near": {"roles": "all"}})
+    whole = near_cfg(backend, roles="all")
     assert len(false_drops(near_drops(deduplicate(records_from_rows(rows), whole)), pairs)) >= 3
-    assert near_drops(deduplicate(records_from_rows(rows), CFG)) == {}
+    assert near_drops(deduplicate(records_from_rows(rows), near_cfg(backend))) == {}
 
 
 # ---------------------------------------------------------------------- (b) no chains --
@@ -167,29 +176,33 @@ def chain_corpus(seed: int = 5, n_chains: int = 4, length: int = 40, window: int
     return rows
 
 
-def test_b_every_near_drop_reaches_the_threshold_with_its_survivor():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_b_every_near_drop_reaches_the_threshold_with_its_survivor(backend):
     rows = chain_corpus()
     by_id = {r["example_id"]: r for r in rows}
-    out = deduplicate(records_from_rows(rows), CFG)
+    out = deduplicate(records_from_rows(rows), near_cfg(backend))
     drops = near_drops(out)
     assert len(drops) >= len(rows) // 3  # the chains are redundant: plenty is dropped
     kept = set(out.records.column("example_id").to_pylist())
     worst = min(exact_jaccard(compared_shingles(by_id[d]["messages"]), compared_shingles(by_id[r]["messages"]))
                 for d, r in drops.items())
-    assert worst >= CFG.near.threshold - 0.1, f"a row was dropped at exact Jaccard {worst:.2f} to its survivor"
+    # the estimate may err by chance; exact verification may not
+    assert worst >= CFG.near.threshold - (0 if backend == "rensa" else 0.1), \
+        f"a row was dropped at exact Jaccard {worst:.2f} to its survivor"
     assert set(drops.values()) <= kept  # dup_of is always a kept representative
     for detail, score in zip(out.decisions.column("detail").to_pylist(), out.decisions.column("score").to_pylist()):
         if detail and "jaccard_to_representative" in detail:
             assert json.loads(detail)["jaccard_to_representative"] == score >= CFG.near.threshold
 
 
-def test_b_survivors_do_not_depend_on_input_order():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_b_survivors_do_not_depend_on_input_order(backend):
     rows = chain_corpus(n_chains=2)
-    reference = deduplicate(records_from_rows(rows), CFG)
+    reference = deduplicate(records_from_rows(rows), near_cfg(backend))
     for seed in range(3):
         shuffled = rows[:]
         random.Random(seed).shuffle(shuffled)
-        assert deduplicate(records_from_rows(shuffled), CFG).decisions.equals(reference.decisions)
+        assert deduplicate(records_from_rows(shuffled), near_cfg(backend)).decisions.equals(reference.decisions)
 
 
 # ----------------------------------------------------------------------- survivor rule --
@@ -200,29 +213,33 @@ def near_pair(seed: int) -> tuple[str, str]:
     return text, one_word_changed(rng, text, "changed") + " " + prose(rng, 8)
 
 
-def test_the_longest_response_survives_then_the_smallest_id():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_longest_response_survives_then_the_smallest_id(backend):
     short, longer = near_pair(1)
     rows = [row("a", chat(None, "Q?", short)), row("b", chat(None, "Q?", longer))]
-    out = deduplicate(records_from_rows(rows), CFG)
+    out = deduplicate(records_from_rows(rows), near_cfg(backend))
     assert near_drops(out) == {"a": "b"}
-    by_id = deduplicate(records_from_rows(rows), DedupConfig(prefer="example_id"))
+    by_id = deduplicate(records_from_rows(rows), DedupConfig.model_validate(
+        {"prefer": "example_id", "near": {"backend": backend}}))
     assert near_drops(by_id) == {"b": "a"}
 
 
-def test_source_priority_wins_over_length_for_exact_and_near_groups():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_source_priority_wins_over_length_for_exact_and_near_groups(backend):
     short, longer = near_pair(2)
     rows = [
         row("a", chat(None, "Q?", longer), source="web"),
         row("b", chat(None, "Q?", short), source="web"),
         row("c", chat(None, "Q?", short), source="curated"),  # exact twin of b, from the preferred source
     ]
-    out = deduplicate(records_from_rows(rows), DedupConfig(source_priority=["curated"]))
+    out = deduplicate(records_from_rows(rows), DedupConfig.model_validate(
+        {"source_priority": ["curated"], "near": {"backend": backend}}))
     decisions = {d["example_id"]: d for d in out.decisions.to_pylist()}
     assert (decisions["b"]["reason"], decisions["b"]["dup_of"]) == ("exact_duplicate", "c")
     assert (decisions["a"]["reason"], decisions["a"]["dup_of"]) == ("near_duplicate", "c")
     assert decisions["c"]["kept"]
     # without the priority, the longer web row survives and the twins point at it
-    plain = {d["example_id"]: d for d in deduplicate(records_from_rows(rows), CFG).decisions.to_pylist()}
+    plain = {d["example_id"]: d for d in deduplicate(records_from_rows(rows), near_cfg(backend)).decisions.to_pylist()}
     assert plain["a"]["kept"]
     assert (plain["b"]["reason"], plain["b"]["dup_of"]) == ("near_duplicate", "a")
     assert (plain["c"]["reason"], plain["c"]["dup_of"]) == ("exact_duplicate", "a")
@@ -257,8 +274,9 @@ def graded_pairs(seed: int, n_pairs: int, low: float, high: float, threshold_cfg
     return rows, pairs
 
 
-def test_c_threshold_06_with_derived_bands_finds_pairs_at_06():
-    cfg = DedupConfig.model_validate({"near": {"threshold": 0.6}})
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_c_threshold_06_with_derived_bands_finds_pairs_at_06(backend):
+    cfg = near_cfg(backend, threshold=0.6)
     assert cfg.near.lsh_params == (22, 4) and cfg.near.expected_recall >= 0.95
     rows, pairs = graded_pairs(21, 120, 0.60, 0.64, cfg)
     grams = [compared_shingles(r["messages"], cfg) for r in rows]
@@ -325,10 +343,11 @@ def chinese_corpus(seed: int = 8, n_distinct: int = 300, n_copies: int = 60):
     return rows, pairs
 
 
-def test_d_chinese_near_copies_with_one_character_changed_are_found():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_d_chinese_near_copies_with_one_character_changed_are_found(backend):
     rows, pairs = chinese_corpus()
     rows.append(row("short-zh", chat(None, "你好", "你好！")))  # truly a few characters: 4 units
-    out = deduplicate(records_from_rows(rows), CFG)
+    out = deduplicate(records_from_rows(rows), near_cfg(backend))
     drops = near_drops(out)
     assert found_pairs(drops, pairs) >= 0.9 * len(pairs)
     assert len(false_drops(drops, pairs)) <= 0.01 * (len(rows) - len(pairs))
@@ -351,22 +370,23 @@ def shared_records(name: str, fmt: str) -> pa.Table:
     return normalize_records(ingested.records, NormalizeConfig()).records
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name, fmt", [("glaive_toolcall_en_demo.json", "sharegpt"), ("alpaca_en_demo.json", "alpaca")])
-def test_e_shared_files_drops_reach_the_threshold(name, fmt):
+def test_e_shared_files_drops_reach_the_threshold(name, fmt, backend):
     records = shared_records(name, fmt)
-    out = deduplicate(records, CFG)
+    out = deduplicate(records, near_cfg(backend))
     assert out.decisions.num_rows == records.num_rows  # one decision per row
     messages = dict(zip(records.column("example_id").to_pylist(), records.column("messages").to_pylist()))
     for dropped, survivor in near_drops(out).items():
         jaccard = exact_jaccard(compared_shingles(messages[dropped]), compared_shingles(messages[survivor]))
-        assert jaccard >= CFG.near.threshold - 0.1
+        assert jaccard >= CFG.near.threshold - (0 if backend == "rensa" else 0.1)
     print(f"{name}: {out.stats}")
 
 
-# ------------------------------------------------------------------ both backends agree --
+# ------------------------------------------------------- numpy and datasketch agree --
 def test_backends_decide_alike_on_chains_and_chinese_rows():
     rows = chain_corpus(n_chains=2) + chinese_corpus(n_distinct=40, n_copies=10)[0] + shared_prompt_corpus(40, 20, 10)[0]
     reference = DedupConfig.model_validate({"near": {"backend": "datasketch"}})
-    ours, theirs = deduplicate(records_from_rows(rows), CFG), deduplicate(records_from_rows(rows), reference)
+    ours, theirs = deduplicate(records_from_rows(rows), near_cfg("numpy")), deduplicate(records_from_rows(rows), reference)
     assert ours.stats["near_duplicates"] > 30
     assert ours.decisions.equals(theirs.decisions) and ours.stats == theirs.stats
