@@ -14,8 +14,9 @@ the first file in name order (names start with the write time), so every reader 
 
 Two ways to read. With `snapshot=True` (the default) the files are read once per RowMemo and every
 lookup filters that table in memory: for small memos looked up part after part (score). With
-`snapshot=False` each lookup streams the files batch by batch and keeps only the wanted rows, so
-memory holds one batch and the result, never the whole memo: for stages run per part in worker
+`snapshot=False` each lookup streams the files row group by row group, reading a group's values
+only when its hashes include a wanted one, and keeps only the wanted rows, so memory holds one
+row group and the result, never the whole memo: for stages run per part in worker
 processes over memos of millions of rows (filter).
 """
 
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 KEY_COLUMN = "row_hash"
 MEMO_DIR = "memo"
 TMP_PREFIX = ".tmp-"  # a file being written: never read, left by a crash at most
-SCAN_BATCH_ROWS = 65_536  # rows held at once by a streaming lookup (snapshot=False)
+SCAN_BATCH_ROWS = 65_536  # rows per row group: what a streaming lookup (snapshot=False) holds at once
 
 
 class RowMemo:
@@ -66,13 +67,16 @@ class RowMemo:
         return committed.filter(pc.is_in(committed[KEY_COLUMN], value_set=wanted))
 
     def _scan(self, wanted: pa.Array) -> pa.Table | None:
-        """The rows of `wanted` hashes in the committed files, in file order, one batch in memory."""
+        """The rows of `wanted` hashes in the committed files, in file order: each row group's hash
+        column is read first, its other columns only when it holds a wanted hash (a cold run's
+        lookups find none and read hashes only)."""
         found = []
         for path in self.files():
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=SCAN_BATCH_ROWS):
-                hit = pc.is_in(batch.column(KEY_COLUMN), value_set=wanted)
+            parquet = pq.ParquetFile(path)
+            for group in range(parquet.num_row_groups):
+                hit = pc.is_in(parquet.read_row_group(group, columns=[KEY_COLUMN])[KEY_COLUMN], value_set=wanted)
                 if pc.any(hit).as_py():
-                    found.append(pa.Table.from_batches([batch.filter(hit)]))
+                    found.append(parquet.read_row_group(group).filter(hit))
         return _first_of_each_hash(found)
 
     def _committed(self) -> pa.Table | None:
@@ -92,7 +96,7 @@ class RowMemo:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.folder / f"{TMP_PREFIX}{name}"
         try:
-            pq.write_table(table, tmp, compression="zstd")
+            pq.write_table(table, tmp, compression="zstd", row_group_size=SCAN_BATCH_ROWS)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, self.folder / name)

@@ -69,10 +69,11 @@ def test_files_are_plain_parquet_with_the_added_columns(tmp_path):
 
 
 def test_a_streaming_lookup_finds_what_a_snapshot_finds(tmp_path, monkeypatch):
-    monkeypatch.setattr(row_memo, "SCAN_BATCH_ROWS", 3)  # several batches per file
+    monkeypatch.setattr(row_memo, "SCAN_BATCH_ROWS", 3)  # several row groups per file
     writer = RowMemo(tmp_path, "filter", "f")
     writer.add(pa.table({"row_hash": [f"h{i}" for i in range(10)], "score": [float(i) for i in range(10)]}))
     writer.add(pa.table({"row_hash": ["h4", "h20", "h21"], "score": [40.0, 20.0, 21.0]}))  # h4 again: older wins
+    assert pq.ParquetFile(writer.files()[0]).num_row_groups == 4
     wanted = ["h4", "h9", "h20", "nope", "h4"]
     streamed = RowMemo(tmp_path, "filter", "f", snapshot=False)
     assert values(streamed.lookup(wanted)) == values(RowMemo(tmp_path, "filter", "f").lookup(wanted))
