@@ -75,7 +75,11 @@ def score_toxicity(
                 texts.append(message["content"])
     per_row: list[dict[str, RoleToxicity]] = [{} for _ in messages_per_row]
     for (row, role, turn), result in zip(owners, score_turns(texts, scorer, window)):
-        per_row[row].setdefault(role, RoleToxicity()).add(turn, result)
+        by_role = per_row[row]
+        role_toxicity = by_role.get(role)
+        if role_toxicity is None:
+            role_toxicity = by_role[role] = RoleToxicity()
+        role_toxicity.add(turn, result)
     return per_row
 
 

@@ -14,6 +14,10 @@ from itertools import chain
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from sftflow.tasks.lib.gc_pause import gc_paused
 
 BUILTIN_MINILM = "builtin:minilm"
@@ -25,6 +29,9 @@ PYTHON_WHITESPACE = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
     "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
+
+# The ASCII characters str.split() cuts at and pyarrow's ascii_split_whitespace does not.
+_PYTHON_ONLY_ASCII_WHITESPACE = "\x1c\x1d\x1e\x1f"
 
 # Files that decide how a local tokenizer folder splits text; their bytes name the counter.
 _TOKENIZER_FILES = (
@@ -93,6 +100,10 @@ class RustTokenCounter:
                          and isinstance(self.tokenizer.model, models.WordPiece))
         joining = [char for char in PYTHON_WHITESPACE if self._by_word and not self._splits_at(char)]
         self._joining_space = re.compile("[" + re.escape("".join(joining)) + "]") if joining else None
+        # Per byte value: whether an ASCII text holding it is left to str.split() (and to
+        # `_joining_space`), where pyarrow's split would differ.
+        apart = [ord(char) for char in _PYTHON_ONLY_ASCII_WHITESPACE + "".join(joining) if char.isascii()]
+        self._split_apart = np.isin(np.arange(256), apart)
 
     def _splits_at(self, char: str) -> bool:
         """Whether the tokenizer cuts "x<char>y" into the words x and y, as str.split() does."""
@@ -112,18 +123,61 @@ class RustTokenCounter:
         return [len(encoding.ids) for encoding in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
     def _count_by_words(self, texts: list[str]) -> list[int]:
-        joining = self._joining_space
-        words_per_text = [None if joining is not None and joining.search(text) else text.split() for text in texts]
         known = self._word_tokens
         if len(known) > WORD_COUNT_CACHE_WORDS:
             known.clear()
-        new = list(set(chain.from_iterable(filter(None, words_per_text))).difference(known))
-        known.update(zip(new, self._count_whole(new)))
+        ascii_rows = [i for i, text in enumerate(texts) if text.isascii()]
+        ascii_counts = self._count_ascii_by_words([texts[i] for i in ascii_rows] if len(ascii_rows) < len(texts) else texts)
+        if len(ascii_rows) == len(texts) and None not in ascii_counts:
+            return ascii_counts
+        counts: list[int | None] = [None] * len(texts)
+        for i, n_tokens in zip(ascii_rows, ascii_counts):
+            counts[i] = n_tokens
+        rest = [i for i, n_tokens in enumerate(counts) if n_tokens is None]
+        for i, n_tokens in zip(rest, self._count_split_by_words([texts[i] for i in rest])):
+            counts[i] = n_tokens
+        return counts
+
+    def _count_split_by_words(self, texts: list[str]) -> list[int]:
+        """Counts of texts cut into words by str.split(): a text holding a joining space whole."""
+        joining = self._joining_space
+        words_per_text = [None if joining is not None and joining.search(text) else text.split() for text in texts]
+        known = self._word_tokens
+        self._learn(list(set(chain.from_iterable(filter(None, words_per_text))).difference(known)))
         counts = [sum(map(known.__getitem__, words)) if words is not None else -1 for words in words_per_text]
         whole = [i for i, words in enumerate(words_per_text) if words is None]
         for i, n_tokens in zip(whole, self._count_whole([texts[i] for i in whole])):
             counts[i] = n_tokens
         return counts
+
+    def _count_ascii_by_words(self, texts: list[str]) -> list[int | None]:
+        """Counts of ASCII texts, cut into words by pyarrow: only each distinct word becomes a
+        Python string. None for a text holding a byte of `_split_apart` (left to str.split())."""
+        if not texts:
+            return []
+        array = pa.array(texts, type=pa.large_string())
+        words = pc.ascii_split_whitespace(array)
+        encoded = pc.dictionary_encode(words.flatten())
+        # Leading, trailing and all-space texts give empty strings, never a str.split() word: 0 tokens.
+        distinct = encoded.dictionary.to_pylist()
+        known = self._word_tokens
+        self._learn([word for word in distinct if word and word not in known])
+        per_distinct = np.fromiter((known[word] if word else 0 for word in distinct), dtype=np.int64,
+                                   count=len(distinct))
+        running = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(per_distinct[encoded.indices.to_numpy()], out=running[1:])
+        word_offsets = words.offsets.to_numpy()
+        counts = (running[word_offsets[1:]] - running[word_offsets[:-1]]).tolist()
+        offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[: len(texts) + 1]
+        if offsets[-1]:
+            data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[: offsets[-1]]
+            for i in np.unique(np.searchsorted(offsets, np.flatnonzero(self._split_apart[data]), side="right") - 1).tolist():
+                counts[i] = None
+        return counts
+
+    def _learn(self, words: list[str]) -> None:
+        """Remember the token counts of `words` (none of them known yet)."""
+        self._word_tokens.update(zip(words, self._count_whole(words)))
 
 
 def resolve_tokenizer_spec(length_tokenizer: str | None, train_model: str) -> str:

@@ -31,7 +31,10 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
+from itertools import chain
 from typing import Callable, Literal, Protocol
+
+import numpy as np
 
 from sftflow.tasks.lib.gc_pause import gc_paused
 
@@ -198,27 +201,62 @@ def _score_turns(texts: list[str], scorer: ToxicityScorer, mode: WindowMode) -> 
     # windows cut here are scored as they are: the backend need not cut them again
     score = getattr(scorer, "score_windows", scorer.score) if cut is not None else scorer.score
     scripts = getattr(scorer, "scripts", None)
-    per_text = [turn_windows(text, mode) for text in texts]
+    pieces = [split_sentences(text) for text in texts] if mode == "sentence" else [[text] for text in texts]
+    pieces_per_text = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    flat = list(chain.from_iterable(pieces))
     if cut is not None:
-        flat = [piece for pieces in per_text for piece in pieces]
-        refined = iter(cut(flat))
-        per_text = [[w for _ in pieces for w in next(refined)] for pieces in per_text]
-    results = [TurnToxicity(score=None, n_windows=len(windows)) for windows in per_text]
-    owners: list[tuple[int, int]] = []  # (text, window) of each window sent to the model
-    judged: list[str] = []
-    for t, windows in enumerate(per_text):
-        for w, window in enumerate(windows):
-            script = unjudged_script(window, scripts)
-            if script is not None:
-                results[t].unjudged[script] += 1
-            else:
-                owners.append((t, w))
-                judged.append(window)
-    for (t, w), value in zip(owners, score(judged) if judged else []):
+        refined = cut(flat)
+        windows_per_piece = np.fromiter(map(len, refined), dtype=np.int64, count=len(refined))
+        flat = list(chain.from_iterable(refined))
+        # a text's windows: those of its pieces, in order
+        piece_window_offsets = np.zeros(len(refined) + 1, dtype=np.int64)
+        np.cumsum(windows_per_piece, out=piece_window_offsets[1:])
+        piece_offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+        np.cumsum(pieces_per_text, out=piece_offsets[1:])
+        offsets = piece_window_offsets[piece_offsets]
+    else:
+        offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+        np.cumsum(pieces_per_text, out=offsets[1:])
+    windows_per_text = np.diff(offsets)
+    results = [TurnToxicity(score=None, n_windows=n) for n in windows_per_text.tolist()]
+    text_of_window = np.repeat(np.arange(len(texts), dtype=np.int64), windows_per_text)
+    # unjudged_script judges every ASCII text: only the other windows are checked.
+    unjudged = [] if scripts is None else [
+        (i, script) for i, window in enumerate(flat)
+        if not window.isascii() and (script := unjudged_script(window, scripts)) is not None]
+    for i, script in unjudged:
+        results[text_of_window[i]].unjudged[script] += 1
+    if unjudged:
+        judged_at = np.delete(np.arange(len(flat), dtype=np.int64), [i for i, _ in unjudged])
+        judged = [flat[i] for i in judged_at.tolist()]
+    else:
+        judged_at, judged = np.arange(len(flat), dtype=np.int64), flat
+    if not judged:
+        return results
+    values = score(judged)
+    # Per text, the first of its highest-scoring judged windows. The windows are in text order,
+    # so each text's judged windows are one contiguous run of `values`.
+    owner = text_of_window[judged_at]
+    scored_texts, run_starts, run_lengths = np.unique(owner, return_index=True, return_counts=True)
+    array = np.asarray(values, dtype=np.float64)
+    if np.isnan(array).any():  # NaN compares false either way: keep the reading-order comparison
+        return _first_max_in_order(results, flat, owner, judged_at, offsets, values)
+    maxima = np.maximum.reduceat(array, run_starts)
+    at_max = np.flatnonzero(array == np.repeat(maxima, run_lengths))
+    top = judged_at[at_max[np.searchsorted(at_max, run_starts)]]
+    for t, window, value in zip(scored_texts.tolist(), top.tolist(), maxima.tolist()):
+        result = results[t]
+        result.score, result.top_window, result.excerpt = value, window - int(offsets[t]), _excerpt(flat[window])
+    return results
+
+
+def _first_max_in_order(results: list[TurnToxicity], flat: list[str], owner, judged_at, offsets,
+                        values: list[float]) -> list[TurnToxicity]:
+    for t, window, value in zip(owner.tolist(), judged_at.tolist(), values):
         result = results[t]
         if result.score is None or value > result.score:
-            result.score, result.top_window = float(value), w
-            result.excerpt = _excerpt(per_text[t][w])
+            result.score, result.top_window = float(value), window - int(offsets[t])
+            result.excerpt = _excerpt(flat[window])
     return results
 
 
@@ -242,7 +280,8 @@ class RoleToxicity:
 
     def add(self, turn: int, result: TurnToxicity) -> None:
         self.n_windows += result.n_windows
-        self.unjudged.update(result.unjudged)
+        if result.unjudged:  # Counter.update is Python code: skipped for the usual empty one
+            self.unjudged.update(result.unjudged)
         if result.score is not None and (self.score is None or result.score > self.score):
             self.score = result.score
             self.top = {"turn": turn, "window": result.top_window, "of": result.n_windows,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 
 import numpy as np
 import pytest
@@ -81,3 +82,62 @@ def test_a_model_fitted_with_other_analyzer_settings_is_refused():
     del vectorizer._tfidf
     with pytest.raises(ProfanityModelMismatch, match="_tfidf"):
         ProfanityModel(vectorizer, profanity_check.profanity_check.model)
+
+
+# ---------------------------------------------- ASCII texts: tokens from bytes, not the regex --
+_ASCII = st.text(alphabet=st.sampled_from([chr(c) for c in range(128)]), max_size=60)
+_ASCII_WORDY = st.lists(st.sampled_from(["ass", "Shit", "DAMN", "idiot", "a", "I", "_", "__x__", "a_b", "42", "x2",
+                                         "don't", "e.g.", "well-known", " ", "  ", "\t", "\n", "\x0b", "\x1c", "\x00",
+                                         ".", "-", "'", "(", ")", "@", "\x7f"]), max_size=40).map("".join)
+
+
+def _regex_cells(model: ProfanityModel, texts: list[str]) -> list[tuple[int, int]]:
+    rows, columns = model._regex_tokens(texts)
+    return sorted(zip(rows.tolist(), columns.tolist()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_ASCII, _ASCII_WORDY), max_size=8))
+def test_ascii_tokens_from_bytes_equal_the_vectorizer_pattern(texts):
+    """On ASCII, `(?u)\\b\\w\\w+\\b` after str.lower matches the runs of two or more [A-Za-z0-9_]
+    bytes, cut at each text's ends (texts are concatenated in one buffer)."""
+    model = ProfanityModel()
+    rows, columns = model._ascii_tokens(texts)
+    assert sorted(zip(rows.tolist(), columns.tolist())) == _regex_cells(model, texts)
+    # and token by token, out-of-vocabulary ones included: the runs are the pattern's matches
+    finder = re.compile(profanity_check.profanity_check.vectorizer.token_pattern)
+    for text in texts:
+        runs = [run for run in re.split(r"[^a-z0-9_]+", text.lower()) if len(run) >= 2]
+        assert runs == finder.findall(text.lower())
+
+
+def test_word_bytes_are_the_ascii_characters_the_pattern_calls_word_characters():
+    from sftflow.tasks.lib.profanity_model import _LOWER_BYTE, _WORD_BYTE
+
+    for code in range(128):
+        assert bool(_WORD_BYTE[code]) == (re.fullmatch(r"(?u)\w", chr(code)) is not None), code
+        assert chr(_LOWER_BYTE[code]) == chr(code).lower()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(_ASCII_WORDY, st.text(alphabet=st.sampled_from(list("abSKΣσςİıßé_0 \t\n.,'-!日")),
+                                                max_size=40)), min_size=1, max_size=10))
+def test_mixed_ascii_and_other_batches_are_bitwise_equal(texts):
+    _assert_bitwise_equal(texts)
+
+
+def test_mixed_batch_of_corpus_texts_is_bitwise_equal():
+    texts = _varied_texts(2000, seed=2)  # about a third hold a non-ASCII character
+    assert 0 < sum(text.isascii() for text in texts) < len(texts)
+    _assert_bitwise_equal(texts)
+    _assert_bitwise_equal(["", " ", "\n"] + [text for text in texts if text.isascii()][:500] + ["", "日本語 shit"])
+
+
+def test_a_model_with_another_token_pattern_uses_the_pattern_for_every_text():
+    vectorizer = copy.deepcopy(profanity_check.profanity_check.vectorizer)
+    vectorizer.token_pattern = r"(?u)\b\w\w\w+\b"  # no two-letter tokens: not what the byte runs find
+    texts = ["hi yo idiot idiot shit", "oh", "yo you are a dumb ass, a real ass im"]
+    got = ProfanityModel(vectorizer, profanity_check.profanity_check.model).predict_prob(texts)
+    expected = profanity_check.profanity_check.model.predict_proba(vectorizer.transform(texts))[:, 1]
+    assert np.array_equal(got, expected)
+    assert not np.array_equal(got, ProfanityModel().predict_prob(texts))  # the pattern changed the counts

@@ -140,3 +140,22 @@ def test_counts_by_words_equal_whole_text_counts_on_long_answers(minilm):
     texts = answers + buried_insults(answers) + ["a\x0bb c", "a\x85b", "x\x1cy z"]
     assert minilm.count(texts) == whole_text_counts(minilm, texts)
     assert minilm.count(texts) == minilm.count(texts)  # remembered word counts give the same again
+
+
+# ASCII texts are cut into words by pyarrow; the ASCII white space it does not cut at
+# (U+001C-U+001F) and what BERT deletes (vertical tab, form feed) send a text to str.split().
+_ASCII_PIECES = ["word", "Hello", "un", "believ", "ably", "e.g.", ".", ",", "'", "(", "x" * 120, "[CLS]", " ", "  ",
+                 "\t", "\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\x00", "\x7f", "\x01"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_ASCII_PIECES), max_size=30).map("".join), max_size=8),
+       st.lists(st.lists(st.sampled_from(_PIECES), max_size=10).map("".join), max_size=2))
+def test_ascii_texts_cut_by_pyarrow_count_as_whole_texts(minilm, ascii_texts, others):
+    assert minilm.count(ascii_texts) == whole_text_counts(minilm, ascii_texts)
+    mixed = ascii_texts[: len(ascii_texts) // 2] + others + ascii_texts[len(ascii_texts) // 2:]
+    assert minilm.count(mixed) == whole_text_counts(minilm, mixed)
+
+
+def test_texts_without_any_word_count_zero(minilm):
+    assert minilm.count(["", " ", "\n\t ", "\x1c", "a", ""]) == [0, 0, 0, 0, 1, 0]

@@ -295,3 +295,51 @@ def test_profanity_scorer_scores_windows_as_predict_prob_does(profanity):
                for w in word_windows(s, PROFANITY_WINDOW_WORDS)]
     assert profanity.score_windows(windows) == [float(p) for p in predict_prob(windows)]
     assert profanity.score(windows[:50]) == profanity.score_windows(windows[:50])  # none is cut again
+
+
+# ------------------------------------------------ score_turns equals the window-by-window loop --
+def reference_score_turns(texts, scorer, mode="sentence"):
+    """score_turns as one loop over the windows: the first highest-scoring judged window wins."""
+    from sftflow.tasks.lib.toxicity import TurnToxicity, _excerpt, turn_windows
+
+    per_text = [[w for piece in turn_windows(text, mode) for w in scorer.windows([piece])[0]] for text in texts]
+    results = [TurnToxicity(score=None, n_windows=len(windows)) for windows in per_text]
+    for t, windows in enumerate(per_text):
+        for w, window in enumerate(windows):
+            script = unjudged_script(window, scorer.scripts)
+            if script is not None:
+                results[t].unjudged[script] += 1
+                continue
+            value = scorer.score_windows([window])[0]
+            if results[t].score is None or value > results[t].score:
+                results[t].score, results[t].top_window, results[t].excerpt = float(value), w, _excerpt(window)
+    return results
+
+
+class _Coarse:
+    """Few distinct scores (ties between windows), NaN for one word, two-word windows."""
+
+    name = "coarse"
+    scripts = ENGLISH_SCRIPTS
+
+    def windows(self, texts):
+        return [word_windows(text, 2) for text in texts]
+
+    def score_windows(self, windows):
+        return [float("nan") if "nan" in w else (len(w) % 3) / 2 for w in windows]
+
+    score = score_windows
+
+
+_TURN_PIECES = ["one", "two", "idiot", "nan", "Ты", "白痴", "。", ". ", "! ", "\n", " ", "x y z"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_TURN_PIECES), min_size=1, max_size=25).map("".join)
+                .filter(str.strip), max_size=6), st.sampled_from(["sentence", "turn"]))
+def test_score_turns_equals_the_window_by_window_loop(texts, mode):
+    def key(results):
+        return [(r.score if r.score == r.score else "nan", r.n_windows, r.top_window, r.excerpt, r.unjudged)
+                for r in results]
+
+    assert key(score_turns(texts, _Coarse(), mode)) == key(reference_score_turns(texts, _Coarse(), mode))
