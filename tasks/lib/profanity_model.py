@@ -33,6 +33,7 @@ _EXPECTED_SETTINGS = {
     "analyzer": "word", "ngram_range": (1, 1), "lowercase": True, "strip_accents": None,
     "preprocessor": None, "tokenizer": None, "binary": False, "input": "content",
 }
+TEXTS_PER_CHUNK = 8192  # windows counted and scored at once: bounds the byte tables to tens of MB
 _FITTED_ATTRIBUTES = ("vocabulary_", "_tfidf", "token_pattern", "dtype")
 # The token pattern whose ASCII tokens `_ascii_tokens` finds without the regex.
 _WORD_RUNS_PATTERN = r"(?u)\b\w\w+\b"
@@ -73,8 +74,12 @@ class ProfanityModel:
         """Probability of profanity per text (float64), equal to profanity_check.predict_prob."""
         if not texts:
             return np.zeros(0, dtype=np.float64)
-        features = self._tfidf.transform(self._counts(texts), copy=False)
-        return self._model.predict_proba(features)[:, 1]
+        # A chunk at a time: the byte tables of `_ascii_tokens` take several bytes per byte of
+        # text, and every step is row by row, so chunking bounds memory and changes no bit.
+        return np.concatenate([
+            self._model.predict_proba(self._tfidf.transform(self._counts(texts[start:start + TEXTS_PER_CHUNK]),
+                                                            copy=False))[:, 1]
+            for start in range(0, len(texts), TEXTS_PER_CHUNK)])
 
     def _counts(self, texts: list[str]):
         """The vectorizer's document-term count matrix: CSR, columns sorted within each row."""

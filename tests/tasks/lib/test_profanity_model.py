@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sftflow.tasks.lib import profanity_model
 from sftflow.tasks.lib.profanity_model import ProfanityModel, ProfanityModelMismatch
 from tests.tasks.lib.toxicity_corpus import INSULTS, alpaca_long_answers, buried_insults, generated_answers, SHARED_ALPACA
 
@@ -60,6 +61,12 @@ def test_toxicity_corpus_probabilities_are_bitwise_equal():
 
 def test_thousands_of_varied_texts_are_bitwise_equal():
     _assert_bitwise_equal(_varied_texts(5000, seed=1))
+
+
+def test_texts_scored_in_chunks_are_bitwise_equal(monkeypatch):
+    monkeypatch.setattr(profanity_model, "TEXTS_PER_CHUNK", 7)  # 300 texts: 43 chunks, the last one short
+    texts = _varied_texts(300, seed=2) + ["日本語 idiot", "", "shut up you moron"]
+    _assert_bitwise_equal(texts)
 
 
 @settings(max_examples=150, deadline=None)
