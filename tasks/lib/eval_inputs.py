@@ -148,7 +148,7 @@ def read_texts(path: Path, limit: int) -> list[str]:
 
     Read like a decontamination eval set of format `text`: same file kinds, same errors.
     """
-    from sftflow.tasks.lib.decontaminate import eval_row_texts, read_eval_rows
+    from sftflow.tasks.lib.eval_files import eval_row_texts, read_eval_rows
 
     texts: list[str] = []
     for place, row in read_eval_rows(path, f"eval.general_text {path}"):

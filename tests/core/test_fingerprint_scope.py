@@ -67,7 +67,9 @@ def test_the_copy_is_fingerprinted_not_the_installed_tree(project_copy):
     ("tasks/dedup.py", "def ", "# logic\ndef ", {"dedup"}),
     ("tasks/train.py", "def ", "# logic\ndef ", {"train"}),
     # a shared library: the stages that run it
-    ("tasks/lib/text_units.py", "def ", "# helper\ndef ", {"dedup", "filter", "mix", "evaluate"}),
+    ("tasks/lib/text_units.py", "def ", "# helper\ndef ", {"dedup", "filter", "mix"}),
+    # eval set files are read by filter (decontamination) and evaluate alike
+    ("tasks/lib/eval_files.py", "def ", "# helper\ndef ", {"filter", "evaluate"}),
     ("tasks/lib/chat_template.py", "def ", "# helper\ndef ", {"train"}),
     ("tasks/lib/train_checks.py", "def ", "# helper\ndef ", {"train"}),
     # process plumbing and the registry change no output

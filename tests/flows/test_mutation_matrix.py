@@ -148,7 +148,7 @@ MUTATIONS = [
     # The stages that run the helper recompute (dedup's shingles, decontamination in filter and
     # evaluate, mix's eval-split prompts); each writes the same bytes, so score and train, which
     # read those outputs but do not run the helper, are hits
-    Mutation("shared helper: tasks/lib/text_units.py edited (same bytes out)", ("dedup", "filter", "mix", "evaluate"),
+    Mutation("shared helper: tasks/lib/text_units.py edited (same bytes out)", ("dedup", "filter", "mix"),
              edit=_code_edit("sftflow.tasks.lib.text_units", "# One character each: CJK",
                              "# One unit per character: CJK")),
     # Sources and eval sets are read by the same reader: the filter (decontamination) and evaluate

@@ -14,11 +14,11 @@ from sftflow.tasks.core.recipe_filters import DecontaminateConfig, EvalSetConfig
 from sftflow.tasks.core.workspace import PathNotAllowed, Workspace
 from sftflow.tasks.lib.decontaminate import (
     MAX_MATCHES_RECORDED,
-    EvalSetError,
     eval_set_fingerprints,
     load_eval_index,
     unit_ngrams,
 )
+from sftflow.tasks.lib.eval_files import EvalSetError
 from tests.tasks.lib import decon_corpus as corpus
 from tests.tasks.lib.decon_corpus import chat, write_jsonl
 
