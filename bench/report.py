@@ -4,6 +4,9 @@
 
 One section per benchmark record: its RATIO goals (measured, goal, pass/fail), the command, the
 machine and library versions. The file says it is generated; edit the benchmarks, not the table.
+
+A benchmark with no record in the results folder (not run this time) keeps its rows and section
+from the file being replaced, marked as carried over: its own "finished" line still dates it.
 """
 
 from __future__ import annotations
@@ -22,14 +25,52 @@ machine and data. Each benchmark also prints `RATIO <name> <measured> <goal> <pa
 """
 
 
-def render(records: list[dict]) -> str:
+CARRIED = "- carried over: not re-run when this file was last generated; the figures are those of the run above"
+
+
+def carried_over(previous: str, fresh: set[str]) -> tuple[list[str], list[str]]:
+    r"""(table rows, section lines) of the benchmarks in `previous` (a generated file) that are not
+    in `fresh`, each section ending with the CARRIED line.
+
+    >>> old = "| a | `x` | 1 | ≥ 1 | pass |\n| b | `y` | 2 | ≥ 1 | pass |\n\n## a\n\n- one\n\n## b\n\n- two\n"
+    >>> rows, sections = carried_over(old, {"a"})
+    >>> rows, sections[:4], sections[-1] == CARRIED
+    (['| b | `y` | 2 | ≥ 1 | pass |'], ['', '## b', '', '- two'], True)
+    """
+    rows: list[str] = []
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in previous.splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            sections[current] = [line]
+        elif current is not None:
+            if line != CARRIED:
+                sections[current].append(line)
+        else:
+            cells = [c.strip() for c in line.split("|")]
+            if len(cells) == 7 and cells[1] not in fresh and cells[2].startswith("`"):
+                rows.append(line)
+    out: list[str] = []
+    for name, body in sections.items():
+        if name in fresh:
+            continue
+        while body and not body[-1].strip():
+            body.pop()
+        out += ["", *body, CARRIED]
+    return rows, out
+
+
+def render(records: list[dict], previous: str = "") -> str:
     lines = [HEADER.format(results=records[0]["_dir"] if records else "build/bench"), ""]
+    rows, sections = carried_over(previous, {record["benchmark"] for record in records})
     lines += ["| benchmark | goal | measured | target | result |", "|---|---|---:|---:|---|"]
     for record in records:
         for ratio in record["ratios"]:
             target = ("≥ " if ratio["higher_is_better"] else "≤ ") + f"{ratio['goal']:g}"
             lines.append(f"| {record['benchmark']} | `{ratio['name']}` | {ratio['measured']:.4g} | {target} | "
                          f"{'pass' if ratio['passed'] else 'fail'} |")
+    lines += rows
     for record in records:
         m = record["machine"]
         lines += ["", f"## {record['benchmark']}", ""]
@@ -51,7 +92,7 @@ def render(records: list[dict]) -> str:
             f"- machine: {m['cpu']}, {m['cpus']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(record["versions"].items())),
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + sections) + "\n"
 
 
 def main() -> None:
@@ -69,7 +110,8 @@ def main() -> None:
     if not records:
         raise SystemExit(f"no benchmark records in {args.results}: run `make bench` first")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(records), encoding="utf-8")
+    previous = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
+    args.out.write_text(render(records, previous), encoding="utf-8")
     print(f"wrote {args.out} ({len(records)} benchmarks)")
 
 
