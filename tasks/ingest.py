@@ -41,6 +41,7 @@ describes each format, `columns` and `role_map`).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import sys
@@ -50,10 +51,17 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from sftflow.tasks.core.hashing import HASH_CHARS, sha256_file, sha256_text, sha256_tree, short_hash
+from sftflow.tasks.core.hashing import HASH_CHARS, sha256_file, sha256_tree, short_hash
 from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.recipe import SourceConfig
-from sftflow.tasks.core.records import EXAMPLE_SCHEMA, RECORD_SCHEMA, DecisionLog, PartedOutput, StageOutput
+from sftflow.tasks.core.records import (
+    DECISION_SCHEMA,
+    EXAMPLE_SCHEMA,
+    MESSAGE_TYPE,
+    RECORD_SCHEMA,
+    PartedOutput,
+    StageOutput,
+)
 from sftflow.tasks.core.stage import PART_ROWS, StageCall, plan_call, stage_task
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.formats import check_columns, row_messages
@@ -152,31 +160,41 @@ def read_source_parts(source: SourceConfig, path: Path | None, root: Path | None
     def parts() -> Iterator[StageOutput]:
         rows = source_rows(source, path)
         while True:
-            # Column by column: the tables are built from one list per column, not from a dict per row.
+            # Column by column: the tables are built from one list per column, not from a dict per
+            # row; messages as one flat list of turns (roles, texts) and each row's number of turns.
             examples: dict[str, list[Any]] = {"example_id": [], "source_row": [], "raw": []}
-            records: dict[str, list[Any]] = {"example_id": [], "source_row": [], "source_location": [], "messages": []}
-            decisions = DecisionLog()
+            records: dict[str, Any] = {"example_id": [], "source_row": [], "source_location": []}
+            turns = _TurnColumns()
+            reasons: list[str] = []
+            details: list[str | None] = []
+            # Bound once: the loop below runs once per row read.
+            example_ids, example_rows, raws = (examples[name].append for name in ("example_id", "source_row", "raw"))
+            record_ids, record_rows, record_locations = (
+                records[name].append for name in ("example_id", "source_row", "source_location"))
+            add_reason, add_detail, add_turns = reasons.append, details.append, turns.add
             for row in itertools.islice(rows, rows_per_part):
                 example_id = example_id_of(row.source_row)
-                examples["example_id"].append(example_id)
-                examples["source_row"].append(row.source_row)
-                examples["raw"].append(row.raw)
+                example_ids(example_id)
+                example_rows(row.source_row)
+                raws(row.raw)
                 try:
                     if row.problem is not None:
                         raise row.problem
                     messages = row_messages(row.value, source)
                 except RowProblem as problem:
                     error = escape_surrogates(problem.message)  # messages quote the row's own strings
-                    decisions.add(example_id, problem.reason, detail={"location": row.location, "error": error})
+                    add_reason(problem.reason.value)
+                    add_detail(_detail({"location": row.location, "error": error}))
                     quarantined[problem.reason.value] += 1
                     if len(first_problems) < FIRST_PROBLEMS_SHOWN:
                         first_problems.append(f"{row.location}: {problem.reason.value}: {error}")
                     continue
-                decisions.add(example_id, Reason.KEPT)
-                records["example_id"].append(example_id)
-                records["source_row"].append(row.source_row)
-                records["source_location"].append(row.location)
-                records["messages"].append(messages)
+                add_reason(_KEPT)
+                add_detail(None)
+                record_ids(example_id)
+                record_rows(row.source_row)
+                record_locations(row.location)
+                add_turns(messages)
             n_read = len(examples["example_id"])
             if not n_read and totals["n_in"]:
                 break
@@ -187,10 +205,11 @@ def read_source_parts(source: SourceConfig, path: Path | None, root: Path | None
                     f"source {source.name!r} ({uri}): the source holds no rows (an empty file, only blank lines, "
                     "or an empty array); point `path` at the data, or remove the source from the recipe"
                 )
+            records["messages"] = turns.array()
             yield StageOutput(
                 records=_columns_table(records, {**provenance, "content_hash": None, "category": category},
                                        RECORD_SCHEMA),
-                decisions=decisions.to_table(),
+                decisions=_decisions_table(examples["example_id"], reasons, details),
                 extra={"examples": _columns_table(examples, provenance, EXAMPLE_SCHEMA)},
             )
             if n_read < rows_per_part:
@@ -224,18 +243,69 @@ def _example_ids(source_name: str) -> Callable[[int], str]:
     def example_id(source_row: int) -> str:
         if type(source_row) is not int:
             return short_hash(source_name, source_row)
-        return sha256_text(f"{prefix}{source_row}]")[:HASH_CHARS]
+        return hashlib.sha256(f"{prefix}{source_row}]".encode()).hexdigest()[:HASH_CHARS]  # sha256_text, inlined
 
     return example_id
 
 
-def _columns_table(columns: dict[str, list[Any]], constants: dict[str, Any], schema: pa.Schema) -> pa.Table:
-    """A table from one list per column plus columns holding one value on every row: the same
-    arrays as Table.from_pylist of the equivalent rows (so the same Parquet bytes)."""
+def _columns_table(columns: dict[str, Any], constants: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """A table from one list (or array) per column plus columns holding one value on every row:
+    the same arrays as Table.from_pylist of the equivalent rows (so the same Parquet bytes)."""
     n_rows = len(next(iter(columns.values())))
-    arrays = [pa.array(columns[f.name] if f.name in columns else [constants[f.name]] * n_rows, type=f.type)
+    arrays = [_array(columns[f.name], f.type) if f.name in columns else pa.array([constants[f.name]] * n_rows, f.type)
               for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _array(values: Any, type: pa.DataType) -> Any:
+    return pa.array(values, type=type) if isinstance(values, list) else values
+
+
+class _TurnColumns:
+    """Rows' messages gathered as flat columns: every turn's role and text, and where each row's
+    turns start. Why: converting a list of {role, content} dicts per row to Arrow costs several
+    times more than converting two lists of strings, and a part's rows do not hold a dict per turn
+    (fewer objects for the garbage collector to walk)."""
+
+    def __init__(self) -> None:
+        self.roles: list[str] = []
+        self.texts: list[str] = []
+        self.offsets: list[int] = [0]
+
+    def add(self, messages: list[dict[str, str]]) -> None:
+        roles, texts = self.roles, self.texts
+        for message in messages:
+            roles.append(message["role"])
+            texts.append(message["content"])
+        self.offsets.append(len(texts))
+
+    def array(self) -> pa.Array:
+        """The messages column: the same array as pa.array(<each row's messages>, MESSAGE_TYPE)."""
+        texts = pa.array(self.texts, pa.string())
+        if isinstance(texts, pa.ChunkedArray):  # over 2 GiB of text: pyarrow splits the column itself
+            spans = zip(self.offsets, self.offsets[1:])
+            return pa.array([[{"role": self.roles[j], "content": self.texts[j]} for j in range(start, end)]
+                             for start, end in spans], MESSAGE_TYPE)
+        values = pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), texts],
+                                            fields=list(MESSAGE_TYPE.value_type))
+        return pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), values, type=MESSAGE_TYPE)
+
+
+_KEPT = Reason.KEPT.value
+
+
+def _detail(detail: dict[str, Any]) -> str:
+    """A decision's detail, as DecisionLog writes it."""
+    return json.dumps(detail, sort_keys=True, ensure_ascii=False)
+
+
+def _decisions_table(example_ids: list[str], reasons: list[str], details: list[str | None]) -> pa.Table:
+    """The decisions table DecisionLog would build for these rows (ingest records no score or dup_of)."""
+    n_rows = len(example_ids)
+    return pa.Table.from_arrays([
+        pa.array(example_ids, pa.string()), pa.array([reason == _KEPT for reason in reasons], pa.bool_()),
+        pa.array(reasons, pa.string()), pa.nulls(n_rows, pa.float64()), pa.array(details, pa.string()),
+        pa.nulls(n_rows, pa.string())], schema=DECISION_SCHEMA)
 
 
 # ------------------------------------------------------------------------------------ plan --

@@ -18,7 +18,7 @@ normalize differently under a newer Python.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import re
 import sys
@@ -26,20 +26,26 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
+import numpy as np
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.workspace import Workspace
-from sftflow.tasks.lib.categories import AUTO, classify_category
+from sftflow.tasks.lib.categories import AUTO, classify_conversations
+from sftflow.tasks.lib.turns import Turns, normalize_text
 from sftflow.tasks.core.hashing import HASH_CHARS, sha256_text, short_hash
 from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.recipe import Recipe
 from sftflow.tasks.core.recipe_data import NormalizeConfig
 from sftflow.tasks.core.parts import map_parts, sum_counts
-from sftflow.tasks.core.records import RECORD_SCHEMA, ROLES, DecisionLog, PartedOutput, StageOutput
+from sftflow.tasks.core.reasons import KEPT_REASONS
+from sftflow.tasks.core.records import DECISION_SCHEMA, MESSAGE_TYPE, RECORD_SCHEMA, ROLES, PartedOutput, StageOutput
 from sftflow.tasks.core.stage import StageCall, plan_call, stage_task
 
-LIBRARIES: tuple[str, ...] = ("unicodedata",)  # stdlib only: the Unicode database version enters the key
+# The Unicode database version enters the key; orjson writes the JSON that content_hash hashes.
+LIBRARIES: tuple[str, ...] = ("unicodedata", "orjson")
 # The decisions this stage may record (tasks/core/stage.py refuses any other reason).
 REASONS = frozenset({
     Reason.KEPT,
@@ -53,18 +59,6 @@ REASONS = frozenset({
     Reason.NO_ASSISTANT_TURN,
     Reason.TEMPLATE_TOKEN_IN_TEXT,
 })
-
-# Trimmed from both ends of a turn: Unicode whitespace (`str.isspace`, the same test as the
-# regex class `\s`) plus a byte-order mark (leaked from the start of a file) and zero-width
-# spaces, which make a turn look empty to a reader while it is not empty to `str.strip`.
-EXTRA_EDGE_CHARS = "\ufeff\u200b"
-
-
-@functools.cache
-def edge_chars() -> str:
-    """Every character normalize_text trims, for `str.strip` (built on first use: it scans
-    all code points, which an import should not pay for)."""
-    return "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) + EXTRA_EDGE_CHARS
 
 # Which role may follow which. A user turn expects an answer; an assistant turn may call a tool;
 # tool results come back in one or more tool turns and are read by the assistant.
@@ -92,21 +86,6 @@ Messages = list[dict[str, str]]
 
 # How json.dumps(..., ensure_ascii=False) writes a string (the C encoder when it is built).
 _json_string = json.encoder.encode_basestring
-
-
-def normalize_text(text: str) -> str:
-    """Unicode NFC, Windows line ends to "\\n", and no leading/trailing whitespace.
-
-    Inner whitespace is content (indentation in code, blank lines in poems) and stays.
-
-    >>> normalize_text("  caf\\u0065\\u0301\\r\\nbar \\n")
-    'café\\nbar'
-    """
-    if not text.isascii():  # ASCII text is already NFC
-        text = unicodedata.normalize("NFC", text)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    return text.strip(edge_chars())
 
 
 def normalize_messages(messages: list[dict[str, Any]] | None) -> Messages:
@@ -237,13 +216,13 @@ def source_location(row: dict[str, Any]) -> str:
     return row.get("source_location") or f"source_row {row.get('source_row')}"
 
 
-def _records_table(records: pa.Table, kept: list[int], computed: dict[str, list[Any]]) -> pa.Table:
+def _records_table(records: pa.Table, kept: np.ndarray, computed: dict[str, Any]) -> pa.Table:
     """Kept rows as a table: the base columns in RECORD_SCHEMA's types, then the input's extras.
 
-    Columns are built whole: `computed` ones from Python lists, the others taken from the input
-    when their type already matches (converted from Python values otherwise, missing ones null),
-    each as one contiguous array, the layout Table.from_pylist gives; Parquet pages, hence the
-    artifact's bytes, depend on it.
+    Columns are built whole: `computed` ones from Python lists or given as arrays, the others taken
+    from the input when their type already matches (converted from Python values otherwise,
+    missing ones null), each as one contiguous array, the layout Table.from_pylist gives; Parquet
+    pages, hence the artifact's bytes, depend on it.
     """
     extra_fields = [f for f in records.schema if f.name not in RECORD_SCHEMA.names]
     schema = pa.schema(list(RECORD_SCHEMA) + extra_fields)
@@ -252,7 +231,8 @@ def _records_table(records: pa.Table, kept: list[int], computed: dict[str, list[
     arrays = []
     for field in schema:
         if field.name in computed:
-            arrays.append(pa.array(computed[field.name], type=field.type))
+            values = computed[field.name]
+            arrays.append(pa.array(values, type=field.type) if isinstance(values, list) else values)
         elif field.name not in names:
             arrays.append(pa.nulls(len(kept), type=field.type))
         elif records.schema.field(field.name).type == field.type:
@@ -270,50 +250,122 @@ def _column_values(records: pa.Table, name: str) -> list[Any]:
     return [None] * records.num_rows
 
 
+MAX_TEXT_BYTES = 2**31 - 2**24  # a records part's messages column must fit one string array: 2 GiB, less a margin
+_SYSTEM, _USER, _ASSISTANT = (ROLES.index(role) for role in ("system", "user", "assistant"))
+_ALLOWED_CODES = np.array([[role in _ALLOWED_NEXT.get(previous, ()) for role in ROLES] for previous in ROLES])
+
+
+def _plain_valid(turns: Turns, reject_template_tokens: bool) -> np.ndarray:
+    """Per row: whether validate_messages keeps it whole with nothing to report, by the checks
+    in its docstring on the normalized turns: known roles, a system turn only first, then a
+    user turn, allowed transitions, an assistant turn last, no empty turn and (when
+    rejected) no template token. Other rows go through validate_messages itself."""
+    code = pc.fill_null(pc.index_in(turns.roles, pa.array(ROLES)), -1).to_numpy()
+    position = np.arange(len(code)) - np.repeat(turns.start, turns.length)
+    has_turns = turns.length > 0
+    first, last = np.full(len(turns.length), -1), np.full(len(turns.length), -1)
+    first[has_turns] = code[turns.start[has_turns]]
+    last[has_turns] = code[turns.start[has_turns] + turns.length[has_turns] - 1]
+    start = (first == _SYSTEM).astype(np.int64)  # the position of the first non-system turn
+    turn_start = np.repeat(start, turns.length)
+    previous = np.concatenate([[-1], code[:-1]])
+    allowed = _ALLOWED_CODES[np.clip(previous, 0, None), np.clip(code, 0, None)]
+    good = ((code >= 0) & ((code != _SYSTEM) | (position == 0))
+            & np.where(position == turn_start, code == _USER, (position < turn_start) | allowed)
+            & (pc.binary_length(turns.texts).to_numpy() > 0))
+    if reject_template_tokens:  # Arrow's RE2 finds the same tokens: the patterns name ASCII characters only
+        good &= ~pc.match_substring_regex(turns.texts, _TEMPLATE_TOKEN.pattern).to_numpy(zero_copy_only=False)
+    n_bad = np.bincount(turns.row, weights=~good, minlength=len(turns.length))
+    return (turns.length > start) & (last == _ASSISTANT) & (n_bad == 0)
+
+
 def normalize_records(records: pa.Table, cfg: NormalizeConfig) -> StageOutput:
-    """Normalize, validate, hash and categorize every row; one decision per input row."""
-    decisions = DecisionLog()
-    kept: list[int] = []
-    kept_messages: list[Messages] = []
-    kept_hashes: list[str] = []
-    kept_categories: list[str] = []
-    categories: Counter[str] = Counter()
-    # Column by column: only the columns the checks read become Python objects; the others are
-    # carried over as Arrow data.
-    example_ids = records.column("example_id").to_pylist()
-    all_messages = _column_values(records, "messages")
-    fixed_categories = _column_values(records, "category")
-    for index, (example_id, raw_messages) in enumerate(zip(example_ids, all_messages)):
-        messages, reason, error = validate_messages(raw_messages, cfg.trim_trailing_turns, cfg.reject_template_tokens)
+    """Normalize, validate, hash and categorize every row; one decision per input row.
+
+    Column by column: the turns of all rows are one flat column, each text is normalized once,
+    rows of the usual shape are validated with array operations (_plain_valid) and only the
+    others by validate_messages; categories are classified a column at a time. Rows holding more
+    text than one Arrow string array can (2 GiB) are done in halves.
+    """
+    n_rows = records.num_rows
+    if n_rows > 1 and "messages" in records.schema.names and records.column("messages").nbytes > MAX_TEXT_BYTES:
+        halves = [normalize_records(records.slice(start, length), cfg)
+                  for start, length in ((0, n_rows // 2), (n_rows // 2, n_rows - n_rows // 2))]
+        return StageOutput(records=pa.concat_tables([h.records for h in halves]),
+                           decisions=pa.concat_tables([h.decisions for h in halves]),
+                           stats=merge_stats([h.stats for h in halves]))
+    turns = Turns(records)
+    plain = _plain_valid(turns, cfg.reject_template_tokens)
+    n_kept_turns = np.where(plain, turns.length, 0)
+    reasons: list[str] = [Reason.KEPT.value] * n_rows
+    details: list[str | None] = [None] * n_rows
+    for index in np.flatnonzero(~plain).tolist():
+        messages, reason, error = validate_messages(turns.messages(index), cfg.trim_trailing_turns,
+                                                    cfg.reject_template_tokens)
         if reason is not None:
             row = {"source_location": _value_at(records, "source_location", index),
                    "source_row": _value_at(records, "source_row", index)}
-            decisions.add(example_id, reason, detail={"location": source_location(row), "error": error})
+            reasons[index], details[index] = reason.value, _detail({"location": source_location(row), "error": error})
             continue
-        n_trimmed = len(raw_messages or []) - len(messages)
-        if n_trimmed:
-            decisions.add(example_id, Reason.KEPT_TRIMMED, detail={"trimmed_turns": n_trimmed})
-        else:
-            decisions.add(example_id, Reason.KEPT)
-        # A source-fixed category is the recipe author's decision; only `auto` rows are guessed.
-        fixed = fixed_categories[index]
-        category = fixed if fixed and fixed != AUTO else classify_category(messages)
-        categories[category] += 1
-        kept.append(index)
-        kept_messages.append(messages)
-        kept_hashes.append(content_hash(messages))
-        kept_categories.append(category)
+        n_kept_turns[index] = len(messages)
+        if n_trimmed := turns.length[index] - len(messages):
+            reasons[index] = Reason.KEPT_TRIMMED.value
+            details[index] = _detail({"trimmed_turns": int(n_trimmed)})
+    kept = np.flatnonzero([reason in _KEPT for reason in reasons])
+    counts = n_kept_turns[kept]
+    kept_turns = turns.index(kept, counts)
+    hashes = _content_hashes(turns, kept, counts)
+    categories = _categories(records, turns, kept, counts)
 
-    decision_table = decisions.to_table()
-    reasons = Counter(decision_table.column("reason").to_pylist())
+    decision_table = pa.Table.from_arrays([
+        records.column("example_id").combine_chunks().cast(pa.string()),
+        pa.array([reason in _KEPT for reason in reasons], pa.bool_()),
+        pa.array(reasons, pa.string()), pa.nulls(n_rows, pa.float64()), pa.array(details, pa.string()),
+        pa.nulls(n_rows, pa.string())], schema=DECISION_SCHEMA)
     stats = {
-        "n_in": records.num_rows,
+        "n_in": n_rows,
         "unidata_version": unicodedata.unidata_version,
-        "categories": dict(sorted(categories.items())),
-        "reasons": dict(sorted(reasons.items())),
+        "categories": dict(sorted(Counter(categories).items())),
+        "reasons": dict(sorted(Counter(reasons).items())),
     }
-    computed = {"messages": kept_messages, "content_hash": kept_hashes, "category": kept_categories}
+    values = pa.StructArray.from_arrays([turns.roles, turns.texts], fields=list(MESSAGE_TYPE.value_type))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
+    messages = pa.ListArray.from_arrays(offsets, values.take(pa.array(kept_turns, pa.int64())), type=MESSAGE_TYPE)
+    computed = {"messages": messages, "content_hash": hashes, "category": categories}
     return StageOutput(records=_records_table(records, kept, computed), decisions=decision_table, stats=stats)
+
+
+_KEPT = frozenset(reason.value for reason in KEPT_REASONS)
+
+
+def _detail(detail: dict[str, Any]) -> str:
+    """A decision's detail as DecisionLog writes it."""
+    return json.dumps(detail, sort_keys=True, ensure_ascii=False)
+
+
+def _content_hashes(turns: Turns, kept: np.ndarray, counts: np.ndarray) -> list[str]:
+    """content_hash of each kept row's first `counts` turns, from the flat columns (`hashed`: their
+    texts normalized again, as content_hash does). orjson writes the same canonical JSON as
+    json.dumps(..., ensure_ascii=False, separators=(",", ":")) for lists of strings (tests compare
+    every code point), several times faster."""
+    hashed, roles = turns.hashed, turns.role_list
+    pairs = ([[roles[j], hashed[j]] for j in range(start, start + count)]
+             for start, count in zip(turns.start[kept].tolist(), counts.tolist()))
+    return [hashlib.sha256(orjson.dumps([row])).hexdigest()[:HASH_CHARS] for row in pairs]
+
+
+def _categories(records: pa.Table, turns: Turns, kept: np.ndarray, counts: np.ndarray) -> list[str]:
+    """Each kept row's category: the source's fixed one, else the classifier's on its kept turns."""
+    fixed = _column_values(records, "category")
+    categories = [fixed[i] for i in kept.tolist()]
+    auto = np.fromiter((not c or c == AUTO for c in categories), dtype=bool, count=len(categories))
+    if auto.any():
+        conversation = np.full(len(turns.texts), -1)  # the turns of dropped and fixed rows are not read
+        conversation[turns.index(kept[auto], counts[auto])] = np.repeat(np.arange(int(auto.sum())), counts[auto])
+        classified = classify_conversations(turns.roles, turns.texts, conversation, int(auto.sum()))
+        for position, category in zip(np.flatnonzero(auto).tolist(), classified):
+            categories[position] = category
+    return categories
 
 
 def _value_at(records: pa.Table, name: str, index: int) -> Any:

@@ -38,6 +38,10 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 CATEGORIES = ("conversation", "qa", "code", "math", "creative")
 AUTO = "auto"  # the recipe value that asks for this classifier instead of a fixed category
 
@@ -100,55 +104,92 @@ CREATIVE_REQUEST = re.compile(
 CREATIVE_WORDS = re.compile(r"\b(?:imagine|fictional|creative|creatively|once\s+upon\s+a\s+time)\b", _FLAGS)
 
 
-# Literals without which a pattern cannot match: every alternative of the pattern contains one. Why: scanning a long answer with a case-insensitive alternation
-# costs ~100x a substring test, and most texts contain none of these. Only ASCII texts are
-# prefiltered: there, IGNORECASE matches exactly what `lower()` finds; non-ASCII texts (where
-# Unicode case folding has exceptions such as the Kelvin sign) always go to the regex.
-CODE_SYNTAX_LITERALS = ("```", "def", "class", "function", "#include", "import", "console.log")
-CODE_TOPIC_LITERALS = ("python", "java", "kotlin", "php", "golang", "haskell", "bash", "html", "css", "json",
-                       "sql", "regex", "regular", "numpy", "program", "source", "compiler", "debug", "script",
-                       "c++", "c#", "function", "method", "class")
-MATH_WORDS_LITERALS = ("solve", "calculat", "comput", "equation", "integra", "derivative", "differentiate",
-                       "probability", "percent", "arithmetic", "algebra", "geometry", "trigonometry", "theorem",
-                       "factorial", "square", "prime", "fraction", "greatest", "least")
-CREATIVE_REQUEST_LITERALS = ("write", "compose", "create", "tell", "make", "invent")
-CREATIVE_WORDS_LITERALS = ("imagine", "fictional", "creative", "once")
+# Why a second, relaxed form of each pattern: a case-insensitive alternation whose branches start
+# with \b is tried at every position of the text (~100x a plain scan on a long answer), while the
+# same alternation without \b or lookarounds, searched case-sensitively in the folded text, is
+# skipped through much faster. The relaxed form matches wherever the exact one does (it only drops
+# conditions, and `fold` maps every character that one of the patterns' lowercase letters matches,
+# ignoring case, to that letter), so a text it does not match cannot match the exact pattern; where
+# it matches, the exact pattern decides, searched from the relaxed match's start (an exact match
+# starts where a relaxed one does, never before the first; \b and lookbehinds still see the text
+# before that position).
+def relaxed(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """`pattern` without word boundaries and lookarounds, case-sensitive (for `fold`ed text)."""
+    source = pattern.pattern.replace(r"\b", "").replace(r"(?<!\w)", "").replace(r"(?!\w)", "")
+    return re.compile(source)
+
+
+# The characters besides A-Z that an ASCII letter matches ignoring case (re.IGNORECASE follows
+# Unicode simple case folding): dotted and dotless i, long s and the Kelvin sign. str.lower maps
+# the Kelvin sign to "k" but keeps the dotless i and long s and turns the dotted I into two
+# characters ("i" and a combining dot), so these three are replaced first.
+_FOLD_FIRST = (("\u0130", "i"), ("\u0131", "i"), ("\u017f", "s"))
+
+
+def fold(text: str) -> str:
+    """The text lowercased character for character (same length, same positions), such that every
+    character an ASCII letter matches ignoring case becomes that letter, while word, digit and
+    space characters stay what they are (tests/tasks/lib/test_categories.py checks every code
+    point). On ASCII text it is `str.lower`.
+
+    >>> fold("Write \u017fome DEF\u212a")
+    'write some defk'
+    """
+    if not text.isascii():
+        for special, letter in _FOLD_FIRST:
+            if special in text:
+                text = text.replace(special, letter)
+    return text.lower()
+
+
+# What a relaxed pattern becomes for RE2 (Arrow's regex engine, which runs over a whole column in
+# C++), searched ignoring case in the unfolded text: a pattern matching wherever the relaxed one
+# matches the folded text, and exactly there on ASCII text. Python's classes are spelled out on
+# ASCII (RE2's \s lacks \x0b and \x1c-\x1f) and take in every non-ASCII character, a superset of
+# Python's Unicode classes whatever the Unicode version; "i" also takes the dotted and dotless i,
+# which Python's case folding matches and RE2's does not (RE2 folds the long s and Kelvin sign
+# itself). The class inside [\w.] is replaced first.
+_NON_ASCII = r"\x{80}-\x{10FFFF}"
+RE2_CLASSES = ((r"[\w.]", f"[0-9A-Za-z_.{_NON_ASCII}]"), (r"\s", rf"[\t-\r\x1c-\x1f {_NON_ASCII}]"),
+               (r"\w", f"[0-9A-Za-z_{_NON_ASCII}]"), (r"\W", "[^0-9A-Za-z_]"), (r"\d", f"[0-9{_NON_ASCII}]"))
+
+
+def re2_form(pattern: re.Pattern[str]) -> str:
+    """The relaxed form of `pattern` in RE2 syntax, to search ignoring case (see RE2_CLASSES)."""
+    source = relaxed(pattern).pattern.replace("i", "[i\u0130\u0131]")  # no class or escape holds an "i"
+    for python, spelled_out in RE2_CLASSES:
+        source = source.replace(python, spelled_out)
+    return source
+
+
+class Rule:
+    """One pattern and its relaxed forms: `rule.search(text, fold(text))` is
+    `bool(pattern.search(text))`, at a fraction of the cost."""
+
+    def __init__(self, pattern: re.Pattern[str]):
+        self.pattern = pattern
+        self.relaxed = relaxed(pattern)
+        self.re2 = re2_form(pattern)
+
+    def search(self, text: str, folded: str) -> bool:
+        candidate = self.relaxed.search(folded)
+        return candidate is not None and self.pattern.search(text, candidate.start()) is not None
+
+    def any(self, texts: list[str], folded: list[str]) -> bool:
+        return any(self.search(text, low) for text, low in zip(texts, folded))
+
+
+CODE_SYNTAX_RULE = Rule(CODE_SYNTAX)
+CODE_TOPIC_RULE = Rule(CODE_TOPIC)
+ARITHMETIC_RULE = Rule(ARITHMETIC)
+MATH_WORDS_RULE = Rule(MATH_WORDS)
+HOW_MANY_RULE = Rule(HOW_MANY)
+CREATIVE_REQUEST_RULE = Rule(CREATIVE_REQUEST)
+CREATIVE_WORDS_RULE = Rule(CREATIVE_WORDS)
 
 
 def _texts(messages: Iterable[dict[str, Any]], roles: tuple[str, ...]) -> list[str]:
     return [m.get("content") or "" for m in messages if m.get("role") in roles]
-
-
-def _any(pattern: re.Pattern[str], texts: list[str]) -> bool:
-    return any(pattern.search(text) for text in texts)
-
-
-def _any_prefiltered(pattern: re.Pattern[str], literals: tuple[str, ...], texts: list[str]) -> bool:
-    """`_any(pattern, texts)`, skipping the regex on ASCII texts that hold none of `literals`."""
-    for text in texts:
-        if text.isascii():
-            lowered = text.lower()
-            if not any(literal in lowered for literal in literals):
-                continue
-        if pattern.search(text):
-            return True
-    return False
-
-
-def is_code(user: list[str], user_and_assistant: list[str]) -> bool:
-    return (_any_prefiltered(CODE_SYNTAX, CODE_SYNTAX_LITERALS, user_and_assistant)
-            or _any_prefiltered(CODE_TOPIC, CODE_TOPIC_LITERALS, user))
-
-
-def is_math(user: list[str]) -> bool:
-    if _any(ARITHMETIC, user) or _any_prefiltered(MATH_WORDS, MATH_WORDS_LITERALS, user):
-        return True
-    return any(HOW_MANY.search(text) and DIGIT.search(text) for text in user)
-
-
-def is_creative(user: list[str]) -> bool:
-    return (_any_prefiltered(CREATIVE_REQUEST, CREATIVE_REQUEST_LITERALS, user)
-            or _any_prefiltered(CREATIVE_WORDS, CREATIVE_WORDS_LITERALS, user))
 
 
 def classify_category(messages: list[dict[str, Any]]) -> str:
@@ -161,14 +202,62 @@ def classify_category(messages: list[dict[str, Any]]) -> str:
     ...                    {"role": "assistant", "content": "84"}])
     'math'
     """
-    user = _texts(messages, ("user",))
-    user_and_assistant = _texts(messages, ("user", "assistant"))
-    if is_code(user, user_and_assistant):
+    user, assistant = _texts(messages, ("user",)), _texts(messages, ("assistant",))
+    user_folded = [fold(text) for text in user]
+    if (CODE_SYNTAX_RULE.any(user, user_folded) or CODE_SYNTAX_RULE.any(assistant, [fold(t) for t in assistant])
+            or CODE_TOPIC_RULE.any(user, user_folded)):
         return "code"
-    if is_math(user):
+    if (ARITHMETIC_RULE.any(user, user_folded) or MATH_WORDS_RULE.any(user, user_folded)
+            or any(HOW_MANY_RULE.search(t, low) and DIGIT.search(t) for t, low in zip(user, user_folded))):
         return "math"
-    if is_creative(user):
+    if CREATIVE_REQUEST_RULE.any(user, user_folded) or CREATIVE_WORDS_RULE.any(user, user_folded):
         return "creative"
     if len(user) >= 2:
         return "conversation"
     return "qa"
+
+
+def classify_conversations(roles: pa.Array, texts: pa.Array, conversation: np.ndarray, n_conversations: int) -> list[str]:
+    """classify_category of each of `n_conversations` conversations given as flat turns: turn i
+    has role roles[i] and text texts[i] and belongs to conversation conversation[i] (-1: to none,
+    the turn is not read; so a column of many rows' turns needs no copy to classify some of them).
+
+    The same answers, a column at a time: each rule's relaxed pattern is searched over the whole
+    column by Arrow (re2_form: it matches wherever the relaxed pattern does), and only the texts
+    it matches are searched by Rule.search. A conversation is not searched by the rules after the
+    one that decided it.
+    """
+    if not n_conversations:
+        return []
+    texts = pc.fill_null(texts, "")  # as classify_category reads a null text
+    is_user = _mask(pc.equal(roles, "user")) & (conversation >= 0)
+    read = (is_user | _mask(pc.equal(roles, "assistant"))) & (conversation >= 0)
+    user_turns = np.flatnonzero(is_user)
+    every_turn = (texts, conversation, read)
+    user = (texts.take(pa.array(user_turns)), conversation[user_turns], np.ones(len(user_turns), dtype=bool))
+    decided = np.zeros(n_conversations, dtype=bool)
+
+    def matches(rule: Rule, turns: tuple[pa.Array, np.ndarray, np.ndarray]) -> np.ndarray:
+        """Per conversation: whether one of `turns` (texts, conversation, read) matches the rule."""
+        texts, conversation, read = turns
+        candidates = _mask(pc.match_substring_regex(texts, rule.re2, ignore_case=True)) & read
+        index = np.flatnonzero(candidates & ~decided[conversation])
+        found = np.zeros(n_conversations, dtype=bool)
+        if len(index):
+            hit = np.fromiter((rule.search(text, fold(text)) and (rule is not HOW_MANY_RULE or DIGIT.search(text))
+                               for text in texts.take(pa.array(index)).to_pylist()), dtype=bool, count=len(index))
+            found[conversation[index[hit]]] = True
+        decided[found] = True
+        return found
+
+    code = matches(CODE_SYNTAX_RULE, every_turn) | matches(CODE_TOPIC_RULE, user)
+    math = matches(ARITHMETIC_RULE, user) | matches(MATH_WORDS_RULE, user) | matches(HOW_MANY_RULE, user)
+    creative = matches(CREATIVE_REQUEST_RULE, user) | matches(CREATIVE_WORDS_RULE, user)
+    several_users = np.bincount(user[1], minlength=n_conversations) >= 2
+    return np.select([code, math, creative, several_users], ["code", "math", "creative", "conversation"],
+                     "qa").tolist()
+
+
+def _mask(values: pa.Array) -> np.ndarray:
+    """A boolean array as numpy, null as False."""
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)

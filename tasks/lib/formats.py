@@ -142,14 +142,23 @@ def alpaca_messages(row: dict[str, Any], source: SourceConfig) -> list[Message]:
     >>> alpaca_messages({"instruction": "Add.", "input": "2+2", "output": "4"}, src)
     [{'role': 'user', 'content': 'Add.\\n\\n2+2'}, {'role': 'assistant', 'content': '4'}]
     """
+    if not source.columns and "system" not in row and "history" not in row:
+        # The usual row, read without the per-field helpers (same checks, same messages).
+        instruction, extra_input, output = row.get("instruction"), row.get("input"), row.get("output")
+        if (type(instruction) is str and type(output) is str and (extra_input is None or type(extra_input) is str)
+                and _storable(instruction) and _storable(output) and (extra_input is None or _storable(extra_input))):
+            prompt = f"{instruction}\n\n{extra_input}" if extra_input and not extra_input.isspace() else instruction
+            return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     instruction = _required_field(row, source, "instruction")
     extra_input = _optional_field(row, source, "input")
     output = _required_field(row, source, "output")
-    system = _optional_field(row, source, "system")
     messages: list[Message] = []
-    if system.strip():  # LLaMA-Factory style files carry "system": "" on rows without one
-        messages.append({"role": "system", "content": system})
-    messages.extend(_alpaca_history(row, source))
+    if _column(source, "system") in row:
+        system = _optional_field(row, source, "system")
+        if system.strip():  # LLaMA-Factory style files carry "system": "" on rows without one
+            messages.append({"role": "system", "content": system})
+    if _column(source, "history") in row:
+        messages.extend(_alpaca_history(row, source))
     prompt = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
     messages.append({"role": "user", "content": prompt})
     messages.append({"role": "assistant", "content": output})

@@ -149,7 +149,7 @@ def _text_position(text: str, pos: int) -> str:
     return f"line {line}, column {column}"
 
 
-def iter_json_array_rows(text: str) -> Iterator[RawRow]:
+def iter_json_array_rows(text: str, undecodable: bool | None = None) -> Iterator[RawRow]:
     """Rows of a JSON array (the text starts with '[' after whitespace), one element at a time.
 
     Each element is located by its 0-based index and the line it starts on. An element that does
@@ -157,11 +157,14 @@ def iter_json_array_rows(text: str) -> Iterator[RawRow]:
     INVALID_JSON row for its last element, so every element started is accounted for. A comma
     before the closing ']' is not a row; arrays written one after another are read as one. An
     element holding a byte that was not UTF-8 (see UNDECODABLE_BYTE) is an INVALID_ENCODING row.
+    `undecodable=False` says the text came from valid UTF-8, so it holds no such byte (the text is
+    not scanned for them).
     """
     lines = _LineCounter(text)
     index = 0
     keys: frozenset[str] = frozenset()  # of the last object read: what a row of this file looks like
-    undecodable = UNDECODABLE_BYTE.search(text) is not None  # one scan; elements only when needed
+    if undecodable is None:
+        undecodable = UNDECODABLE_BYTE.search(text) is not None  # one scan; elements only when needed
     pos = _skip_whitespace(text, 0)
     while pos < len(text):
         if text[pos] != "[":

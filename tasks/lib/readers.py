@@ -21,11 +21,11 @@ from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.records import RAW_PREVIEW_CHARS
 from sftflow.tasks.lib.json_array import iter_json_array_rows
 from sftflow.tasks.lib.rows import (
-    ROW_DECODER,
     UNREADABLE_JSON,
     RawRow,
     RowProblem,
     SourceError,
+    decode_row,
     json_error_text,
     raw_preview,
     unreadable_json_problem,
@@ -57,8 +57,10 @@ def iter_jsonl_rows(lines: Iterable[bytes]) -> Iterator[RawRow]:
     """
     for line_number, line in enumerate(lines, start=1):
         # A BOM may start any line, not only the first: concatenated files (`cat a b`) keep them.
-        line = line.removeprefix(UTF8_BOM).rstrip(b"\r\n")
-        if not line.strip():
+        if line.startswith(UTF8_BOM):
+            line = line[len(UTF8_BOM):]
+        line = line.rstrip(b"\r\n")
+        if not line or line.isspace():  # what `not line.strip()` tests, without copying the line
             continue
         location = f"line {line_number}"
         try:
@@ -74,7 +76,7 @@ def iter_jsonl_rows(lines: Iterable[bytes]) -> Iterator[RawRow]:
             continue
         raw = text[:RAW_PREVIEW_CHARS]
         try:
-            value = ROW_DECODER.decode(text)
+            value = decode_row(text)
         except json.JSONDecodeError as exc:
             problem = RowProblem(Reason.INVALID_JSON, f"not valid JSON: {json_error_text(exc)} at column {exc.colno}")
             yield RawRow(line_number, location, raw, problem=problem, line=line_number)
@@ -102,7 +104,10 @@ def _json_file_rows(path: Path, where: str) -> Iterator[RawRow]:
     if body.lstrip()[:1] != b"[":
         _refuse_single_object(body, where)
         return iter_jsonl_rows(io.BytesIO(data))
-    return iter_json_array_rows(body.decode("utf-8", errors="surrogateescape"))  # see UNDECODABLE_BYTE
+    try:
+        return iter_json_array_rows(body.decode("utf-8"), undecodable=False)
+    except UnicodeDecodeError:  # elements holding bytes that are not UTF-8 are quarantined one by one
+        return iter_json_array_rows(body.decode("utf-8", errors="surrogateescape"))  # see UNDECODABLE_BYTE
 
 
 def _refuse_single_object(body: bytes, where: str) -> None:

@@ -806,3 +806,58 @@ def test_a_source_of_exactly_one_full_part_ends_cleanly(tmp_path):
     parts = list(read_source_parts(SourceConfig(name="s", path="rows.jsonl", format="openai"), path, tmp_path,
                                    rows_per_part=4).parts)
     assert [p.records.num_rows for p in parts] == [4]
+
+
+# ---------------------------------------------------------------------- tables built by column --
+_ROWS_OF_MESSAGES = [
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello"}],
+    [{"role": "user", "content": "é"}, {"role": "assistant", "content": ""}],
+    [],
+]
+
+
+def test_turn_columns_make_the_array_a_list_of_messages_would():
+    from sftflow.tasks.core.records import MESSAGE_TYPE
+    from sftflow.tasks.ingest import _TurnColumns
+
+    turns = _TurnColumns()
+    for messages in _ROWS_OF_MESSAGES:
+        turns.add(messages)
+    expected = pa.array(_ROWS_OF_MESSAGES, MESSAGE_TYPE)
+    assert turns.array().equals(expected)
+    assert turns.array().buffers()[1] == expected.buffers()[1]  # the same offsets
+
+
+def test_turn_columns_over_2_gib_of_text_let_pyarrow_split_the_column(monkeypatch):
+    """pa.array answers a ChunkedArray for strings that do not fit one array; the column is then
+    converted from the rows' messages (simulated: 2 GiB of text is too much for a test)."""
+    import sftflow.tasks.ingest as ingest
+    from sftflow.tasks.core.records import MESSAGE_TYPE
+
+    class SplittingPyarrow:
+        def __getattr__(self, name):
+            return getattr(pa, name)
+
+        @staticmethod
+        def array(values, type=None):
+            if type == pa.string():
+                return pa.chunked_array([pa.array(values, type)])
+            return pa.array(values, type)
+
+    turns = ingest._TurnColumns()
+    for messages in _ROWS_OF_MESSAGES:
+        turns.add(messages)
+    monkeypatch.setattr(ingest, "pa", SplittingPyarrow())
+    assert turns.array().equals(pa.array(_ROWS_OF_MESSAGES, MESSAGE_TYPE))
+
+
+def test_decisions_table_is_the_decision_logs():
+    from sftflow.tasks.core.records import DecisionLog
+    from sftflow.tasks.ingest import _decisions_table, _detail
+
+    log = DecisionLog()
+    log.add("a", Reason.KEPT)
+    log.add("b", Reason.INVALID_JSON, detail={"location": "line 2", "error": "é"})
+    table = _decisions_table(["a", "b"], ["kept", "invalid_json"], [None, _detail({"location": "line 2", "error": "é"})])
+    assert table.equals(log.to_table())

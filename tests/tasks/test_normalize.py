@@ -10,6 +10,8 @@ import unicodedata
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sftflow.tasks.core.artifacts import ArtifactStore
 from sftflow.tasks.core.hashing import short_hash
@@ -18,10 +20,10 @@ from sftflow.tasks.core.recipe_data import NormalizeConfig
 from sftflow.tasks.core.records import RECORD_SCHEMA
 from tests.stage_helpers import records_from_rows
 from sftflow.tasks.core.stage import StageCall, execute
+from sftflow.tasks.lib.turns import edge_chars
 from sftflow.tasks.normalize import (
     LIBRARIES,
     content_hash,
-    edge_chars,
     normalize_records,
     normalize_stage,
     normalize_text,
@@ -293,7 +295,7 @@ def test_empty_input():
 
 
 def test_stage_wrapper_reads_inputs_and_config(tmp_path):
-    assert LIBRARIES == ("unicodedata",)
+    assert LIBRARIES == ("unicodedata", "orjson")
     assert normalize_stage.stage == "normalize"
     writer = ArtifactStore(tmp_path / "artifacts").writer("ingest", "k1")
     writer.write_table("records-00000.parquet", records_from_rows(
@@ -361,3 +363,104 @@ def test_drop_detail_names_the_location_ingest_wrote_or_the_source_row():
     details = {d["example_id"]: json.loads(d["detail"]) for d in out.decisions.to_pylist()}
     assert details["array"]["location"] == "index 3 (line 5)"
     assert details["made_elsewhere"]["location"] == "source_row 9"
+
+
+# ------------------------------------------------------------- columns equal the row-by-row rules --
+def reference_normalize(table: pa.Table, cfg: NormalizeConfig) -> tuple[list, list, dict]:
+    """What normalize_records computes, one row at a time with the public per-row functions:
+    (kept rows as dicts, decisions as dicts, stats)."""
+    from collections import Counter
+
+    from sftflow.tasks.lib.categories import AUTO, classify_category
+    from sftflow.tasks.normalize import source_location
+
+    kept, decisions, categories = [], [], Counter()
+    for record in table.to_pylist():
+        messages, reason, error = validate_messages(record["messages"], cfg.trim_trailing_turns,
+                                                    cfg.reject_template_tokens)
+        decision = {"example_id": record["example_id"], "kept": reason is None, "score": None, "dup_of": None}
+        if reason is not None:
+            detail = {"location": source_location(record), "error": error}
+            decisions.append({**decision, "reason": reason.value, "detail": json.dumps(detail, sort_keys=True)})
+            continue
+        n_trimmed = len(record["messages"] or []) - len(messages)
+        detail = json.dumps({"trimmed_turns": n_trimmed}) if n_trimmed else None
+        reason = Reason.KEPT_TRIMMED if n_trimmed else Reason.KEPT
+        decisions.append({**decision, "reason": reason.value, "detail": detail})
+        fixed = record["category"]
+        category = fixed if fixed and fixed != AUTO else classify_category(messages)
+        categories[category] += 1
+        kept.append({**record, "messages": messages, "content_hash": content_hash(messages), "category": category})
+    reasons = Counter(d["reason"] for d in decisions)
+    stats = {"n_in": table.num_rows, "unidata_version": unicodedata.unidata_version,
+             "categories": dict(sorted(categories.items())), "reasons": dict(sorted(reasons.items()))}
+    return kept, decisions, stats
+
+
+_TEXT_PIECES = ["Hi", " ", "\n", "\r\n", "\r\r\n", "\t", "\u200b", "\ufeff", "\u3000", "e\u0301", "\u212b", "é",
+                "<|im_end|>", "<start_of_turn>", "<|\u212a|>", "def f(x):", "Write a poem", "12 * 7", "```", "ſolve"]
+_TURN_TEXTS = st.lists(st.sampled_from(_TEXT_PIECES) | st.text(max_size=5), min_size=1, max_size=6).map("".join) | st.none()
+# Mostly conversations of the usual shape (an optional system turn, then user and assistant turns
+# in turn, sometimes a trailing user turn), so most rows are kept; some with any roles at all.
+_USUAL_ROLES = st.tuples(st.booleans(), st.integers(1, 3), st.booleans()).map(
+    lambda shape: ["system"] * shape[0] + ["user", "assistant"] * shape[1] + ["user"] * shape[2])
+_ANY_ROLES = st.lists(st.sampled_from(["user", "assistant", "system", "tool", "bot", "", None]), max_size=5)
+_TURNS = (_USUAL_ROLES | _USUAL_ROLES | _ANY_ROLES).flatmap(
+    lambda roles: st.tuples(*[st.tuples(st.just(role), _TURN_TEXTS) for role in roles]).map(list))
+_ROWS = st.lists(st.tuples(_TURNS | st.none(), st.sampled_from([None, "auto", "math"])), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ROWS, st.booleans(), st.booleans())
+def test_normalize_records_equals_the_row_by_row_rules(rows, trim, reject):
+    table = records_from_rows([
+        row(f"e{i}", None if turns is None else [t(role, text) for role, text in turns], category=category,
+            source_row=i, source_location=f"line {i}" if i % 2 else None)
+        for i, (turns, category) in enumerate(rows)])
+    cfg = NormalizeConfig(trim_trailing_turns=trim, reject_template_tokens=reject)
+    out = normalize_records(table, cfg)
+    kept, decisions, stats = reference_normalize(table, cfg)
+    assert out.records.to_pylist() == kept
+    assert out.decisions.to_pylist() == decisions
+    assert out.stats == stats
+
+
+def test_normalize_records_makes_the_arrays_a_list_of_rows_would():
+    """The artifact's bytes depend on the arrays' layout, not only their values."""
+    import io
+
+    table = records_from_rows([row("a", [t(S, " Be brief. "), t(U, "Hi\r\n"), t(A, "Hello")]),
+                               row("b", [t(U, "x"), t(U, "y")]), row("c", [t(U, "q"), t(A, "r"), t(U, "s")])])
+    out = normalize_records(table, NormalizeConfig())
+    kept, _, _ = reference_normalize(table, NormalizeConfig())
+    rebuilt = pa.Table.from_pylist(kept, schema=out.records.schema)
+
+    def parquet(t):
+        sink = io.BytesIO()
+        pq.write_table(t, sink, compression="zstd")
+        return sink.getvalue()
+
+    assert parquet(out.records) == parquet(rebuilt)
+
+
+def test_orjson_writes_the_canonical_json_of_every_code_point():
+    """content_hash's text, as orjson writes it for the columns (normalize_records) and as json.dumps
+    writes it (content_hash), for a text holding every code point but the surrogates."""
+    import orjson
+
+    text = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    pairs = [["user", text], ["assistant", text[::-1]]]
+    assert orjson.dumps([pairs]) == json.dumps([pairs], ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_rows_with_more_text_than_one_array_holds_are_done_in_halves(monkeypatch):
+    import sftflow.tasks.normalize as normalize
+
+    table = records_from_rows([row(f"e{i}", [t(U, f"Write a poem {i} "), t(A, "x")] if i % 3 else [t(U, "a")])
+                               for i in range(7)])
+    whole = normalize_records(table, NormalizeConfig())
+    monkeypatch.setattr(normalize, "MAX_TEXT_BYTES", 100)
+    halves = normalize_records(table, NormalizeConfig())
+    assert halves.records.to_pylist() == whole.records.to_pylist()
+    assert halves.decisions.to_pylist() == whole.decisions.to_pylist()
+    assert halves.stats == whole.stats

@@ -157,19 +157,118 @@ def test_deterministic_and_total():
     assert classify_category([{"role": "user", "content": None}]) == "qa"
 
 
-# The literal prefilter must never change an answer: on any text, prefiltered == plain regex.
+# The fast paths must never change an answer. `fold`, `relaxed` and `re2_form` together make a
+# prefilter: it has to match wherever the exact pattern matches, on any text.
 _PIECES = ["def f(", "class A:", "```", "function (", "#include <", "from a import b", "console.log(",
            "python", "C++", "c#", "write a function", "code the program", "Java", "SQL", "debugging",
-           "regular expression", " ", "\n", "x", "é", "\u212a", "ſ", "DEF g (", "CLASS B extends", "impl",
-           "Solve", "calculation", "square root", "prime numbers", "Write a", "tell me", "make up", "poem",
-           "story", "Imagine", "once upon a time", "fractions", "Greatest common divisor", "3", "theorem"]
+           "regular expression", " ", "\n", "\x0b", "\x1c", "x", "é", "\u212a", "ſ", "\u0130", "\u0131", "\u00a0",
+           "\u3000", "\u0663", "DEF g (", "CLASS B extends", "impl", "Solve", "calculation", "square root",
+           "prime numbers", "Write a", "tell me", "make up", "poem", "story", "Imagine", "once upon a time",
+           "fractions", "Greatest common divisor", "3", "12 * 7", "4 − 2", "3 ÷ 1", "how many", "HOW MUCH",
+           "theorem", "MA\u0130N", "pr\u0131me", "ſolve", "\u212aotlin"]
+_TEXTS = st.lists(st.sampled_from(_PIECES) | st.text(max_size=8), max_size=12).map("".join)
+
+
+def _rules():
+    import sftflow.tasks.lib.categories as c
+
+    return {name: getattr(c, f"{name}_RULE") for name in (
+        "CODE_SYNTAX", "CODE_TOPIC", "ARITHMETIC", "MATH_WORDS", "HOW_MANY", "CREATIVE_REQUEST", "CREATIVE_WORDS")}
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=8), max_size=12).map("".join))
-def test_the_literal_prefilters_never_change_a_match(text):
-    import sftflow.tasks.lib.categories as c
+@given(_TEXTS)
+def test_the_relaxed_forms_never_change_a_match(text):
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    for name in ("CODE_SYNTAX", "CODE_TOPIC", "MATH_WORDS", "CREATIVE_REQUEST", "CREATIVE_WORDS"):
-        pattern, literals = getattr(c, name), getattr(c, f"{name}_LITERALS")
-        assert c._any_prefiltered(pattern, literals, [text]) == bool(pattern.search(text)), name
+    from sftflow.tasks.lib.categories import fold
+
+    column = pa.array([text])
+    for name, rule in _rules().items():
+        exact = rule.pattern.search(text) is not None
+        assert rule.search(text, fold(text)) == exact, name
+        if exact:  # the prefilters: Python's relaxed pattern on the folded text, RE2's on the text
+            assert rule.relaxed.search(fold(text)), name
+            assert pc.match_substring_regex(column, rule.re2, ignore_case=True)[0].as_py(), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40) | _TEXTS.filter(str.isascii))
+def test_on_ascii_text_the_re2_form_is_the_relaxed_pattern(text):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name, rule in _rules().items():
+        re2 = pc.match_substring_regex(pa.array([text]), rule.re2, ignore_case=True)[0].as_py()
+        assert re2 == (rule.relaxed.search(text.lower()) is not None), name
+
+
+def test_the_relaxed_forms_only_drop_conditions():
+    """Every pattern's letters are lowercase (the folded text is), no character class holds an "i"
+    (re2_form spells out each "i"), and relaxing only removes \\b and lookarounds."""
+    import re
+
+    for name, rule in _rules().items():
+        literal_text = re.sub(r"\\.", "", rule.pattern.pattern)
+        assert literal_text == literal_text.lower(), name
+        assert not any("i" in group for group in re.findall(r"\[[^\]]*\]", rule.pattern.pattern)), name
+        assert rule.relaxed.pattern == re.sub(r"\\b|\(\?<!\\w\)|\(\?!\\w\)", "", rule.pattern.pattern), name
+
+
+def test_fold_maps_what_ignorecase_matches_and_keeps_classes():
+    """Over every code point: fold keeps one character, maps each character an ASCII letter matches
+    ignoring case to that letter, and keeps word, digit and space characters what they are."""
+    import re
+    import sys
+
+    from sftflow.tasks.lib.categories import fold
+
+    letter = re.compile("[a-z]", re.IGNORECASE)
+    for code in range(sys.maxunicode + 1):
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        char = chr(code)
+        folded = fold(char)
+        assert len(folded) == 1, hex(code)
+        if letter.fullmatch(char):
+            assert re.fullmatch(folded, char, re.IGNORECASE) and "a" <= folded <= "z", hex(code)
+        else:
+            assert not "a" <= folded <= "z", hex(code)
+        assert (folded.isalnum() or folded == "_") == (char.isalnum() or char == "_"), hex(code)
+        assert folded.isdecimal() == char.isdecimal() and folded.isspace() == char.isspace(), hex(code)
+
+
+def test_python_classes_are_the_string_methods():
+    """What the fold test checks with str methods is what re's \\w, \\d and \\s mean."""
+    import re
+
+    for code in list(range(0x3000)) + [0x1680, 0x2028, 0x3000, 0xFF10, 0x1D7CE, 0x10FFFF]:
+        char = chr(code)
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        assert bool(re.match(r"\w", char)) == (char.isalnum() or char == "_")
+        assert bool(re.match(r"\d", char)) == char.isdecimal()
+        assert bool(re.match(r"\s", char)) == char.isspace()
+
+
+def _conversation(draw_texts, roles):
+    return [{"role": role, "content": text} for role, text in zip(roles, draw_texts)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["user", "assistant", "system", "tool", None]),
+                                   _TEXTS | st.none()), max_size=5), max_size=8))
+def test_classify_conversations_equals_classify_category(conversations):
+    import numpy as np
+    import pyarrow as pa
+
+    from sftflow.tasks.lib.categories import classify_conversations
+
+    messages = [[{"role": role, "content": text} for role, text in turns] for turns in conversations]
+    # An extra turn that belongs to no conversation (-1) must not change anything.
+    roles = pa.array([m["role"] for turns in messages for m in turns] + ["user"], pa.string())
+    texts = pa.array([m["content"] for turns in messages for m in turns] + ["def f(x): write a poem"], pa.string())
+    conversation = np.array([i for i, turns in enumerate(messages) for _ in turns] + [-1])
+    expected = [classify_category(turns) for turns in messages]
+    assert classify_conversations(roles, texts, conversation, len(messages)) == expected
