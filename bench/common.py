@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -40,6 +42,20 @@ class Ratio:
 
     def line(self) -> str:
         return f"RATIO {self.name} {self.measured:.4g} {self.goal:g} {'pass' if self.passed else 'fail'}"
+
+
+# The CLI as a user runs it, with this interpreter: benchmarks time whole commands.
+SFTFLOW = [sys.executable, "-m", "sftflow.flows.cli"]
+
+
+def timed_command(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Wall seconds of one whole command; the benchmark stops with its output if it fails."""
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds
 
 
 def machine() -> dict[str, Any]:

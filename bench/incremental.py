@@ -26,21 +26,18 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from common import REPO, Ratio, report
+from common import REPO, SFTFLOW, Ratio, report, timed_command
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 ALPACA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"
-SFTFLOW = [sys.executable, "-m", "sftflow.flows.cli"]
 GOAL_RUN = 0.30
 GOAL_SCORE = 0.15
 GROWTH = 0.01
@@ -80,13 +77,7 @@ def grow(root: Path, n_rows: int) -> int:
 
 
 def timed_run(root: Path, only: str, env: dict[str, str]) -> float:
-    command = SFTFLOW + ["run", "grown.yaml", "--root", str(root), "--only", only]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return seconds
+    return timed_command(SFTFLOW + ["run", "grown.yaml", "--root", str(root), "--only", only], root, env)
 
 
 def last_run_stages(root: Path) -> dict[str, dict]:

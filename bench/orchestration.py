@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, Ratio, report
+from common import REPO, SFTFLOW, Ratio, report, timed_command
 
-SFTFLOW = [sys.executable, "-m", "sftflow.flows.cli"]
 GOAL_RERUN = 0.05
 GOAL_OVERHEAD = 0.02
 
@@ -47,13 +46,8 @@ def new_project(parent: Path) -> Path:
 
 
 def timed_run(root: Path, recipe: str, overrides: list[str], env: dict[str, str]) -> float:
-    command = SFTFLOW + ["run", recipe, "--root", str(root)] + [a for o in overrides for a in ("--set", o)]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return seconds
+    overrides_args = [a for o in overrides for a in ("--set", o)]
+    return timed_command(SFTFLOW + ["run", recipe, "--root", str(root)] + overrides_args, root, env)
 
 
 def stage_seconds(root: Path) -> dict[str, float]:
