@@ -212,6 +212,16 @@ def decisions_by_id(output) -> dict[str, dict]:
     return {d["example_id"]: d for d in output.decisions.to_pylist()}
 
 
+def test_a_null_turn_is_a_recorded_drop_not_a_crash():
+    """A message list holding null (a hand-built Parquet source can) is one row's unknown_role
+    drop; the rest of the part is normalized."""
+    table = records_from_rows([row("null", [t(U, "Hi"), None, t(A, "Hello")]),
+                               row("ok", [t(U, "Write a haiku about rain."), t(A, "Soft rain")])])
+    decisions = decisions_by_id(normalize_records(table, NormalizeConfig()))
+    assert {k: (d["kept"], d["reason"]) for k, d in decisions.items()} == {
+        "null": (False, "unknown_role"), "ok": (True, "kept")}
+
+
 def test_records_decisions_and_stats():
     table = records_from_rows([
         row("ok", [t(U, "Write a haiku about rain."), t(A, "Soft rain")]),
