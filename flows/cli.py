@@ -99,6 +99,7 @@ def run(
 def _reporting_to(temporary: Any) -> Iterator[None]:
     """Point Prefect at the run's early-started temporary server, when it is up and Prefect's
     settings (a profile may name a server) leave the run to a temporary server at all."""
+    from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     from sftflow.flows.operate import ephemeral_startup_timeout_s
@@ -113,13 +114,18 @@ def _reporting_to(temporary: Any) -> Iterator[None]:
         temporary.stop()
         yield
         return
-    # Child processes (part workers) read the environment; this process reads its settings.
+    # Child processes (part workers) read the environment; this process reads its settings, in
+    # the run's context and, from threads that have none (the process pool's relay of its
+    # workers' events and logs), in Prefect's process-wide settings: both are refreshed, or
+    # those threads would start a second temporary server of their own.
     os.environ["PREFECT_API_URL"] = temporary.api_url
+    refresh_global_settings_context()
     try:
         with temporary_settings(updates={PREFECT_API_URL: temporary.api_url}):
             yield
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        refresh_global_settings_context()
 
 
 def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:

@@ -102,3 +102,42 @@ def test_run_without_a_server_uses_the_early_temporary_server(tmp_path):
     assert "Starting temporary server" not in output  # Prefect's own was not needed
     port = int(output.split("View at http://127.0.0.1:")[1].split("/")[0])
     assert not operate.server_is_up(operate.local_api_url(port))  # stopped with the run
+
+
+def test_threads_without_the_runs_context_report_to_the_early_server(tmp_path):
+    """With `runner: processes`, Prefect relays the part workers' events and logs from threads
+    that carry no settings context: they read Prefect's process-wide settings, which were loaded
+    at import, before the early server's URL was set. Those must name the early server too, or
+    each such thread starts a second temporary server (and the part tasks' events land there)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import threading
+from prefect.settings import get_current_settings  # loaded first, as the pipeline's import does
+from sftflow.flows.cli import _reporting_to
+from sftflow.flows.operate import TemporaryServer
+
+server = TemporaryServer()
+try:
+    with _reporting_to(server):
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(get_current_settings().api.url))
+        thread.start()
+        thread.join()
+        print("in run:", seen[0] == server.api_url, seen[0])
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(get_current_settings().api.url))
+    thread.start()
+    thread.join()
+    print("after run:", seen[0])
+finally:
+    server.stop()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in run: True" in done.stdout, done.stdout
+    assert "after run: None" in done.stdout, done.stdout  # the process-wide settings are restored
