@@ -10,12 +10,16 @@ only its new rows, and a changed threshold re-decides from the memo without meas
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sftflow.tasks.core.hashing import short_hash
+import orjson
+
+from sftflow.tasks.core.hashing import HASH_CHARS, short_hash
 from sftflow.tasks.lib.decontaminate import EvalIndex, RowMatch
 from sftflow.tasks.lib.tokens import TokenCounter
 from sftflow.tasks.lib.toxicity import RoleToxicity, ToxicityScorer, WindowMode, score_turns
@@ -112,28 +116,51 @@ def turns_hash(messages: list[dict]) -> str:
     >>> turns_hash([{"role": "user", "content": "Hi"}]) != turns_hash([{"role": "assistant", "content": "Hi"}])
     True
     """
-    return short_hash([[m["role"], m["content"]] for m in messages])
+    turns = [[m["role"], m["content"]] for m in messages]
+    try:
+        # orjson writes the canonical JSON short_hash hashes (lists of strings: the same bytes as
+        # json.dumps with sort_keys and no spaces), several times faster, once per row
+        return hashlib.sha256(orjson.dumps([turns])).hexdigest()[:HASH_CHARS]
+    except orjson.JSONEncodeError:  # a lone surrogate: short_hash says what it says of it
+        return short_hash(turns)
 
 
 def to_json(measures: RowMeasures) -> str:
     """The memo's text of one row's measures; `from_json` gives them back equal, dict order
     included (floats round-trip exactly through JSON's shortest representation).
 
+    Written by orjson (about ten times json.dumps here, where it was a sixth of the filter's
+    time per row). orjson writes NaN as null and refuses lone surrogates, so a row holding
+    either is written by json.dumps instead, which keeps both (surrogates escaped: the memo's
+    Arrow strings must be valid UTF-8).
+
     >>> m = RowMeasures(3, 5, {"assistant": RoleToxicity(0.25, {"turn": 1, "window": 0, "of": 1,
     ...                 "excerpt": "Hi"}, Counter({"Han": 1}), 2)}, RowMatch({"gsm8k": 1}, []))
     >>> from_json(to_json(m)) == m
     True
+    >>> nan = RowMeasures(3, 5, {"user": RoleToxicity(float("nan"), None, Counter(), 1)}, RowMatch({}, []))
+    >>> from_json(to_json(nan)).toxicity["user"].score
+    nan
     """
-    return json.dumps({
+    value = {
         "n_tokens_prompt": measures.n_tokens_prompt,
         "n_tokens_response": measures.n_tokens_response,
         "toxicity": {role: [t.score, t.top, dict(t.unjudged), t.n_windows] for role, t in measures.toxicity.items()},
         "decon": [measures.decon.hits_by_set, measures.decon.matches],
-    }, ensure_ascii=False)
+    }
+    if all(t.score is None or math.isfinite(t.score) for t in measures.toxicity.values()):
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:  # a lone surrogate in an excerpt or a match
+            pass
+    return json.dumps(value)
 
 
 def from_json(text: str) -> RowMeasures:
-    value: dict[str, Any] = json.loads(text)
+    try:
+        value: dict[str, Any] = orjson.loads(text)
+    except orjson.JSONDecodeError:  # NaN or a lone surrogate: json.dumps wrote it (to_json)
+        value = json.loads(text)
     toxicity = {role: RoleToxicity(score=score, top=top, unjudged=Counter(unjudged), n_windows=n_windows)
                 for role, (score, top, unjudged, n_windows) in value["toxicity"].items()}
     hits_by_set, matches = value["decon"]
