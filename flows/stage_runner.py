@@ -1,14 +1,23 @@
 """Run bookkeeping for a flow: call a stage task, trust only verified artifacts, record the result.
 
 The flow process is the catalog's single writer: tasks compute artifacts, and this module (run
-in the flow, between tasks) registers them, records `stage_runs`, and publishes each stage's
-counts as a Prefect table artifact.
+in the flow) registers them, records `stage_runs`, and publishes each stage's counts as a Prefect
+table artifact.
+
+Catalog writes run on one background thread, in stage order, while the next stage computes: at a
+million rows, loading a stage's decisions (and ingest's raw rows) into DuckDB takes seconds to
+tens of seconds that no stage needs, since stages read artifacts, never the catalog. Whatever
+reads the catalog (the data card, the run summary, the run's end) first waits for every pending
+write, and a failed write fails the run there or before the next stage starts. A crash between
+an artifact's commit and its record is already recovered by the next run (it registers an
+artifact the catalog lacks when it serves it), so the order of commit and record is unchanged.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +67,8 @@ class RunContext:
     results: list[StageResult] = field(default_factory=list)
     data_card_path: str | None = None  # runs/<run_id>/DATA_CARD.md once written
     started: float = field(default_factory=time.perf_counter)
+    _recorder: ThreadPoolExecutor | None = None  # the catalog's writer thread (one: writes stay in order)
+    _pending: list[Future] = field(default_factory=list)
 
     @classmethod
     def start(cls, workspace: Workspace, recipe: Recipe, overrides: list[str], code_version: str,
@@ -87,6 +98,7 @@ class RunContext:
         `retries`: Prefect re-runs the task when it fails with one of `retry_on` (train resumes
         from its last checkpoint); deterministic errors such as a failed mask audit are final.
         """
+        self._raise_failed_record()
         started = time.perf_counter()
 
         def transient(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -113,7 +125,7 @@ class RunContext:
             if manifest is None:
                 raise RuntimeError(f"{call.stage}: artifact {call.key} missing right after it was written")
         seconds = time.perf_counter() - started
-        self.catalog.record_stage(self.run_id, manifest, call.label, cache_hit, seconds)
+        self._record(manifest, call.label, cache_hit, seconds)
         outcome = StageResult(call, manifest, cache_hit, seconds)
         self.results.append(outcome)
         self._publish(outcome)
@@ -146,11 +158,41 @@ class RunContext:
         self.data_card_path = str(path)
         return card
 
+    def _record(self, manifest: Manifest, label: str, cache_hit: bool, seconds: float) -> None:
+        """Register the artifact and this run's use of it, on the catalog's writer thread."""
+        if self._recorder is None:
+            self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftflow-catalog")
+        self._pending.append(self._recorder.submit(self.catalog.record_stage, self.run_id, manifest, label,
+                                                   cache_hit, seconds))
+
+    def _raise_failed_record(self) -> None:
+        """A catalog write that already failed stops the run before another stage starts."""
+        for future in self._pending:
+            if future.done() and future.exception() is not None:
+                self.wait_for_catalog()  # raises it
+
+    def wait_for_catalog(self) -> None:
+        """Every stage recorded so far is in the catalog; the first failed write raises here."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
     def finish(self, status: str) -> None:
+        """Wait for the catalog's pending writes, then mark the run (failed if a write failed)."""
+        try:
+            self.wait_for_catalog()
+        except BaseException:
+            self.catalog.finish_run(self.run_id, "failed")
+            raise
+        finally:
+            if self._recorder is not None:
+                self._recorder.shutdown(wait=True)
+                self._recorder = None
         self.catalog.finish_run(self.run_id, status)
 
     def data_card(self) -> dict[str, Any]:
         """What the model card says about its data: sources, drops by stage and reason, mixture."""
+        self.wait_for_catalog()
         sources = self.catalog.query(
             """SELECT e.source, any_value(e.source_format), any_value(e.source_uri), any_value(e.origin),
                       any_value(e.license), count(*) FROM examples e
@@ -173,6 +215,7 @@ class RunContext:
         }
 
     def summary(self) -> dict[str, Any]:
+        self.wait_for_catalog()
         ledger = self.catalog.query(
             "SELECT stage, n_in, n_kept, n_dropped FROM ledger_by_run JOIN stage_order USING (stage) "
             "WHERE run_id = ? ORDER BY ordinal", [self.run_id])
