@@ -131,9 +131,12 @@ def map_parts(call: Any, function: str, merge_stats: Callable[[list[dict[str, An
                                    "out_dir": str(part_dir(index))})
                     for index, path in enumerate(records_paths)
                 ]
-                collected.extend(future.result() for future in futures)
-            for index in range(len(records_paths)):
-                yield read_part(part_dir(index))
+                # Each part is handed on as soon as it and those before it are done, so the stage
+                # writes part i into its artifact while the workers compute the parts after it,
+                # instead of writing every part after the last one finished.
+                for index, future in enumerate(futures):
+                    collected.append(future.result())
+                    yield read_part(part_dir(index))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
