@@ -167,9 +167,8 @@ class RunContext:
 
     def _raise_failed_record(self) -> None:
         """A catalog write that already failed stops the run before another stage starts."""
-        for future in self._pending:
-            if future.done() and future.exception() is not None:
-                self.wait_for_catalog()  # raises it
+        if any(future.done() and future.exception() is not None for future in self._pending):
+            self.wait_for_catalog()  # raises it
 
     def wait_for_catalog(self) -> None:
         """Every stage recorded so far is in the catalog; the first failed write raises here."""

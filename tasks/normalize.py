@@ -18,7 +18,6 @@ normalize differently under a newer Python.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -27,7 +26,6 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -35,7 +33,7 @@ from sftflow.tasks.core.artifacts import Manifest
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.categories import AUTO, classify_conversations
 from sftflow.tasks.lib.turns import Turns, normalize_text
-from sftflow.tasks.core.hashing import HASH_CHARS, sha256_text, short_hash
+from sftflow.tasks.core.hashing import HASH_CHARS, sha256_text, short_hash, texts_hash
 from sftflow.tasks.core.reasons import Reason
 from sftflow.tasks.core.recipe import Recipe
 from sftflow.tasks.core.recipe_data import NormalizeConfig
@@ -345,13 +343,12 @@ def _detail(detail: dict[str, Any]) -> str:
 
 def _content_hashes(turns: Turns, kept: np.ndarray, counts: np.ndarray) -> list[str]:
     """content_hash of each kept row's first `counts` turns, from the flat columns (`hashed`: their
-    texts normalized again, as content_hash does). orjson writes the same canonical JSON as
-    json.dumps(..., ensure_ascii=False, separators=(",", ":")) for lists of strings (tests compare
-    every code point), several times faster."""
+    texts normalized again, as content_hash does), hashed by `texts_hash`: orjson's bytes, the same
+    canonical JSON as content_hash's for lists of strings (tests compare every code point)."""
     hashed, roles = turns.hashed, turns.role_list
     pairs = ([[roles[j], hashed[j]] for j in range(start, start + count)]
              for start, count in zip(turns.start[kept].tolist(), counts.tolist()))
-    return [hashlib.sha256(orjson.dumps([row])).hexdigest()[:HASH_CHARS] for row in pairs]
+    return [texts_hash(row) for row in pairs]
 
 
 def _categories(records: pa.Table, turns: Turns, kept: np.ndarray, counts: np.ndarray) -> list[str]:

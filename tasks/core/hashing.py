@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 HASH_CHARS = 32  # 128 bits of sha256: collision-free for any catalog we will ever hold
 
 
@@ -37,6 +39,20 @@ def short_hash(*parts: Any) -> str:
     32
     """
     return sha256_text(canonical_json(list(parts)))[:HASH_CHARS]
+
+
+def texts_hash(value: list) -> str:
+    """`short_hash(value)` of a value made only of lists, strings and None (a row's turns), from
+    orjson's bytes: for such values they equal canonical_json's (tests compare every code point),
+    and orjson writes them several times faster, which counts for a hash taken once per row.
+
+    >>> texts_hash([["user", "Hi"], ["assistant", None]]) == short_hash([["user", "Hi"], ["assistant", None]])
+    True
+    """
+    try:
+        return hashlib.sha256(orjson.dumps([value])).hexdigest()[:HASH_CHARS]
+    except orjson.JSONEncodeError:  # a lone surrogate, which orjson refuses: canonical_json's own path
+        return short_hash(value)
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:

@@ -10,7 +10,6 @@ only its new rows, and a changed threshold re-decides from the memo without meas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter
@@ -19,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from sftflow.tasks.core.hashing import HASH_CHARS, short_hash
+from sftflow.tasks.core.hashing import texts_hash
 from sftflow.tasks.lib.decontaminate import EvalIndex, RowMatch
 from sftflow.tasks.lib.tokens import TokenCounter
 from sftflow.tasks.lib.toxicity import RoleToxicity, ToxicityScorer, WindowMode, score_turns
@@ -116,13 +115,7 @@ def turns_hash(messages: list[dict]) -> str:
     >>> turns_hash([{"role": "user", "content": "Hi"}]) != turns_hash([{"role": "assistant", "content": "Hi"}])
     True
     """
-    turns = [[m["role"], m["content"]] for m in messages]
-    try:
-        # orjson writes the canonical JSON short_hash hashes (lists of strings: the same bytes as
-        # json.dumps with sort_keys and no spaces), several times faster, once per row
-        return hashlib.sha256(orjson.dumps([turns])).hexdigest()[:HASH_CHARS]
-    except orjson.JSONEncodeError:  # a lone surrogate: short_hash says what it says of it
-        return short_hash(turns)
+    return texts_hash([[m["role"], m["content"]] for m in messages])
 
 
 def to_json(measures: RowMeasures) -> str:
