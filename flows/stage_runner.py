@@ -29,6 +29,7 @@ from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
 from sftflow.tasks.core.catalog import Catalog
 from sftflow.tasks.core.recipe import Recipe, recipe_canonical_json
 from sftflow.tasks.core.stage import StageCall
+from sftflow.tasks.core.why import BASELINES_SQL, baselines, explain_call, why_text
 from sftflow.tasks.core.workspace import Workspace
 from sftflow.tasks.lib.model_card import render_data_card, toxicity_card
 
@@ -43,12 +44,14 @@ class StageResult:
     manifest: Manifest
     cache_hit: bool
     seconds: float
+    why: list[dict[str, Any]] | None = None  # computed: which key inputs changed (tasks/core/why.py)
 
     def row(self) -> dict[str, Any]:
         return {
             "stage": self.call.stage, "label": self.call.label, "key": self.call.key[:12],
             "cache_hit": self.cache_hit, "seconds": round(self.seconds, 2),
             "n_in": self.manifest.n_in, "n_out": self.manifest.n_out,
+            "why": why_text(self.why) if self.why else "",
         }
 
 
@@ -66,6 +69,8 @@ class RunContext:
     n_planned: int = 0  # stages this run will execute, for the [i/n] progress lines
     results: list[StageResult] = field(default_factory=list)
     data_card_path: str | None = None  # runs/<run_id>/DATA_CARD.md once written
+    # (stage, label) -> the newest artifact an earlier run of this recipe used: what "why" compares to
+    baselines: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     _recorder: ThreadPoolExecutor | None = None  # the catalog's writer thread (one: writes stay in order)
     _pending: list[Future] = field(default_factory=list)
@@ -84,8 +89,10 @@ class RunContext:
         run_id = uuid.uuid4().hex[:16]
         catalog.start_run(run_id, flow_run_id, recipe.name, recipe.recipe_hash(), code_version,
                           recipe_canonical_json(recipe), list(overrides))
+        earlier = baselines(catalog.query(BASELINES_SQL, [recipe.name, run_id]))
         return cls(workspace=workspace, recipe=recipe, run_id=run_id, flow_run_id=flow_run_id,
-                   catalog=catalog, overrides=list(overrides), code_version=code_version, n_planned=n_planned)
+                   catalog=catalog, overrides=list(overrides), code_version=code_version, n_planned=n_planned,
+                   baselines=earlier)
 
     @property
     def store(self) -> ArtifactStore:
@@ -125,8 +132,10 @@ class RunContext:
             if manifest is None:
                 raise RuntimeError(f"{call.stage}: artifact {call.key} missing right after it was written")
         seconds = time.perf_counter() - started
-        self._record(manifest, call.label, cache_hit, seconds)
-        outcome = StageResult(call, manifest, cache_hit, seconds)
+        why = None if cache_hit else explain_call(call.key_inputs(), call.key, call.label,
+                                                  self.baselines.get((call.stage, call.label)))
+        self._record(manifest, call.label, cache_hit, seconds, why)
+        outcome = StageResult(call, manifest, cache_hit, seconds, why)
         self.results.append(outcome)
         self._publish(outcome)
         if manifest.n_out == 0 and call.stage not in ("train", "evaluate"):
@@ -141,9 +150,9 @@ class RunContext:
     def _publish(self, outcome: StageResult) -> None:
         row = outcome.row()
         get_run_logger().info(
-            "[%d/%d] %-9s %-16s in %6d  out %6d  %s  %.2fs",
+            "[%d/%d] %-9s %-16s in %6d  out %6d  %s  %.2fs%s",
             len(self.results), self.n_planned, row["stage"], row["label"], row["n_in"], row["n_out"],
-            "cache hit" if row["cache_hit"] else "computed ", row["seconds"],
+            "cache hit" if row["cache_hit"] else "computed ", row["seconds"], f"  why: {row['why']}" if row["why"] else "",
         )
         publish_stage(row, outcome.manifest, self.run_id)
 
@@ -158,12 +167,13 @@ class RunContext:
         self.data_card_path = str(path)
         return card
 
-    def _record(self, manifest: Manifest, label: str, cache_hit: bool, seconds: float) -> None:
+    def _record(self, manifest: Manifest, label: str, cache_hit: bool, seconds: float,
+                why: list[dict[str, Any]] | None) -> None:
         """Register the artifact and this run's use of it, on the catalog's writer thread."""
         if self._recorder is None:
             self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftflow-catalog")
         self._pending.append(self._recorder.submit(self.catalog.record_stage, self.run_id, manifest, label,
-                                                   cache_hit, seconds))
+                                                   cache_hit, seconds, why))
 
     def _raise_failed_record(self) -> None:
         """A catalog write that already failed stops the run before another stage starts."""

@@ -192,11 +192,12 @@ UNKEYED = ("eval.on_regression",)
 def plan(recipe: Recipe, trained: Manifest, mixed: Manifest, ws: Workspace) -> StageCall:
     """The call on the train artifact and the mix artifact (its eval split), keyed by the eval files."""
     config = {"eval": recipe.eval.canonical(), "max_length": recipe.train.max_length}
-    external = [sha256_file(ws.resolve_input(p)) for p in (recipe.eval.general_text, recipe.eval.prompts) if p]
+    external = {f"eval.{field} file": sha256_file(ws.resolve_input(path))
+                for field, path in (("general_text", recipe.eval.general_text), ("prompts", recipe.eval.prompts)) if path}
     # The device picks the precision both models are measured in (eval_precision): a verdict
     # measured in fp32 on CPU is no cache hit for a bf16 run on a GPU.
     device = compute_device()
-    external.append(f"device={device}")
+    external["device"] = f"device={device}"
     return plan_call(sys.modules[__name__], config, [trained, mixed], ws, extra_input_hashes=external,
                      params={"device": device})
 

@@ -313,7 +313,7 @@ def plan(source: SourceConfig, ws: Workspace) -> StageCall:
     """One source's call: its recipe entry, and the bytes (or pinned hub revision) it reads."""
     path = ws.resolve_input(source.path) if source.path else None
     return plan_call(sys.modules[__name__], source.canonical(), [], ws, label=source.name,
-                     extra_input_hashes=[source_fingerprint(source, path)],
+                     extra_input_hashes={"source file" if path else "source on the hub": source_fingerprint(source, path)},
                      params={"path": str(path) if path else None})
 
 

@@ -338,20 +338,22 @@ def _write_json(path: Path, value: Any) -> Path:
 def plan(recipe: Recipe, mixed: Manifest, ws: Workspace, data_card: dict[str, Any]) -> StageCall:
     """The call on the mix artifact: the base model's bytes or pinned revision, the template file,
     the device and the accelerate config are keyed; the data card travels as a parameter."""
-    external, params = [], {"data_card": data_card}
+    external: dict[str, str] = {}  # in key order; the names say what changed when one does
+    params: dict[str, Any] = {"data_card": data_card}
     if not recipe.train.model.startswith("builtin:"):
         location = model_location(recipe.train.model, ws)
-        external.append(sha256_tree(Path(location)) if Path(location).is_dir() else f"hub:{location}@{recipe.train.revision}")
+        external["train.model files"] = (sha256_tree(Path(location)) if Path(location).is_dir()
+                                         else f"hub:{location}@{recipe.train.revision}")
         params["base_location"] = location  # what was hashed is what the task loads
     if recipe.train.chat_template and recipe.train.chat_template.lower() != "chatml":
-        external.append(sha256_file(ws.resolve_input(recipe.train.chat_template)))
+        external["train.chat_template file"] = sha256_file(ws.resolve_input(recipe.train.chat_template))
     # Where it runs changes the result (bf16, attention kernel): a CPU model is no cache hit on a GPU.
     device = compute_device()
-    external.append(f"device={device}")
+    external["device"] = f"device={device}"
     params["device"] = device
     if recipe.train.accelerate_config:  # processes and machines change the global batch: keyed by bytes
         config_file = ws.resolve_input(recipe.train.accelerate_config)
-        external.append(f"accelerate_config={sha256_file(config_file)}")
+        external["train.accelerate_config file"] = f"accelerate_config={sha256_file(config_file)}"
         params["accelerate_config"] = str(config_file)
     # The data card is descriptive (it names this run): a parameter, not part of the key.
     return plan_call(sys.modules[__name__], recipe.train.canonical(), [mixed], ws, extra_input_hashes=external,

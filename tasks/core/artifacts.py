@@ -49,6 +49,9 @@ class Manifest(BaseModel):
     n_out: int
     stats: dict[str, Any] = Field(default_factory=dict)
     created_at: str
+    label: str = ""  # the call's label (a per-source stage's source name)
+    # What the key hashes, by name (StageCall.key_inputs); empty in artifacts written before it was kept.
+    key_inputs: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def content_hash(self) -> str:
@@ -120,11 +123,11 @@ class ArtifactWriter:
             self._files.append(ArtifactFile(name=path.relative_to(self.tmp).as_posix(), sha256=sha256_file(path)))
 
     def commit(self, *, inputs: list[str], config_hash: str, code_hash: str, n_in: int, n_out: int,
-               stats: dict[str, Any]) -> Manifest:
+               stats: dict[str, Any], label: str = "", key_inputs: dict[str, Any] | None = None) -> Manifest:
         manifest = Manifest(
             stage=self.stage, key=self.key, path=str(self.final), files=self._files, inputs=inputs,
             config_hash=config_hash, code_hash=code_hash, n_in=n_in, n_out=n_out, stats=stats,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"), label=label, key_inputs=key_inputs or {},
         )
         manifest_path = self.tmp / MANIFEST
         manifest_path.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")

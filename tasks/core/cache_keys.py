@@ -83,8 +83,10 @@ def _project_imports(path: Path, module_name: str) -> set[str]:
 
 
 @lru_cache(maxsize=None)
-def code_fingerprint(module_name: str) -> str:
-    """Hash of a module's source and the sources of the project modules it (transitively) imports."""
+def code_modules(module_name: str) -> tuple[tuple[str, str], ...]:
+    """(module, sha256 of its source) for a module and every project module it (transitively)
+    imports, sorted by name: what a code fingerprint hashes, kept so a changed key can name the
+    module whose edit changed it."""
     seen: dict[str, str] = {}
     pending = [module_name]
     while pending:
@@ -96,7 +98,18 @@ def code_fingerprint(module_name: str) -> str:
             raise ValueError(f"cannot fingerprint {name!r}: no Python source found")
         seen[name] = sha256_text(path.read_text(encoding="utf-8"))
         pending.extend(_project_imports(path, name) - seen.keys())
-    return short_hash(sorted(seen.items()))
+    return tuple(sorted(seen.items()))
+
+
+def fingerprint_of(modules: dict[str, str] | tuple[tuple[str, str], ...]) -> str:
+    """The code fingerprint of `code_modules`' result (or of the same pairs as a dict)."""
+    pairs = sorted(modules.items()) if isinstance(modules, dict) else list(modules)
+    return short_hash([list(pair) for pair in pairs])
+
+
+def code_fingerprint(module_name: str) -> str:
+    """Hash of a module's source and the sources of the project modules it (transitively) imports."""
+    return fingerprint_of(code_modules(module_name))
 
 
 def project_code_version() -> str:

@@ -137,9 +137,9 @@ class Catalog:
             con.execute("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?", [_now(), status, run_id])
 
     def record_stage_run(self, run_id: str, manifest: Manifest, label: str, cache_hit: bool,
-                         seconds: float) -> None:
+                         seconds: float, why: list[dict[str, Any]] | None = None) -> None:
         with self.connect() as con:
-            _insert_stage_run(con, run_id, manifest, label, cache_hit, seconds)
+            _insert_stage_run(con, run_id, manifest, label, cache_hit, seconds, why)
 
     # ----------------------------------------------------------------------- artifacts --
     def register_artifact(self, manifest: Manifest, run_id: str) -> bool:
@@ -151,11 +151,12 @@ class Catalog:
         with self.connect() as con:
             return _register(con, manifest, run_id)
 
-    def record_stage(self, run_id: str, manifest: Manifest, label: str, cache_hit: bool, seconds: float) -> bool:
+    def record_stage(self, run_id: str, manifest: Manifest, label: str, cache_hit: bool, seconds: float,
+                     why: list[dict[str, Any]] | None = None) -> bool:
         """Register the artifact (once) and this run's use of it, in one write transaction."""
         with self.connect() as con:
             new = _register(con, manifest, run_id)
-            _insert_stage_run(con, run_id, manifest, label, cache_hit, seconds)
+            _insert_stage_run(con, run_id, manifest, label, cache_hit, seconds, why)
             if manifest.stage == "evaluate":
                 _set_model_gate(con, manifest)
             failpoint(f"{manifest.stage}:recording")
@@ -168,10 +169,12 @@ class Catalog:
 
 
 def _insert_stage_run(con: duckdb.DuckDBPyConnection, run_id: str, manifest: Manifest, label: str,
-                      cache_hit: bool, seconds: float) -> None:
+                      cache_hit: bool, seconds: float, why: list[dict[str, Any]] | None = None) -> None:
     con.execute(
-        "INSERT INTO stage_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [run_id, manifest.stage, manifest.key, label, cache_hit, seconds, manifest.n_in, manifest.n_out],
+        "INSERT INTO stage_runs (run_id, stage, key, label, cache_hit, seconds, n_in, n_out, why) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, manifest.stage, manifest.key, label, cache_hit, seconds, manifest.n_in, manifest.n_out,
+         None if why is None else json.dumps(why, sort_keys=True, ensure_ascii=False)],
     )
 
 
@@ -182,10 +185,11 @@ def _register(con: duckdb.DuckDBPyConnection, manifest: Manifest, run_id: str) -
         return False
     con.execute(
         "INSERT INTO artifacts (artifact_id, stage, path, sha256, config_hash, code_hash, created_at, run_id, "
-        "n_in, n_out, stats, data_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "n_in, n_out, stats, data_hash, key_inputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [manifest.key, manifest.stage, manifest.path, manifest.content_hash, manifest.config_hash,
          manifest.code_hash, manifest.created_at, run_id, manifest.n_in, manifest.n_out,
-         json.dumps(manifest.stats, sort_keys=True), manifest.data_hash],
+         json.dumps(manifest.stats, sort_keys=True), manifest.data_hash,
+         json.dumps(manifest.key_inputs, sort_keys=True) if manifest.key_inputs else None],
     )
     for input_key in manifest.inputs:
         con.execute("INSERT INTO artifact_inputs VALUES (?, ?)", [manifest.key, input_key])

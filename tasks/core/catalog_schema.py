@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS evals (model_id VARCHAR, metric VARCHAR, value DOUBLE
 -- gate: the verdict of the evaluation the model's latest run used (passed | gated | not_measured; NULL until
 -- evaluated). A gated model's artifact is kept; the evals row `gated` holds each evaluation's own.
 ALTER TABLE models ADD COLUMN IF NOT EXISTS gate VARCHAR;
+-- key_inputs: what the artifact's key hashes, by name (JSON; NULL for artifacts that predate it).
+-- why: for a stage a run computed, which key inputs changed against the newest artifact of that
+-- stage for the same recipe (a JSON list of {kind, what, old, new}; tasks/core/why.py); NULL for a cache hit.
+ALTER TABLE artifacts ADD COLUMN IF NOT EXISTS key_inputs VARCHAR;
+ALTER TABLE stage_runs ADD COLUMN IF NOT EXISTS why VARCHAR;
 """
 
 

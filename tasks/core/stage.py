@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sftflow.tasks.core import stages
 from sftflow.tasks.core.artifacts import DECISIONS_FILE, ArtifactStore, Manifest, TableAppender
-from sftflow.tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
+from sftflow.tasks.core.cache_keys import code_modules, fingerprint_of, library_versions, logic_version, stage_key
 from sftflow.tasks.core.failpoints import failpoint
 from sftflow.tasks.core.hashing import short_hash
 from sftflow.tasks.core.records import PartedOutput, StageOutput
@@ -43,6 +43,9 @@ class StageCall(BaseModel):
     unkeyed: list[str] = Field(default_factory=list)  # dotted fields of `config` left out of the key
     inputs: list[Manifest] = Field(default_factory=list)
     input_hashes: list[str] = Field(default_factory=list)  # non-artifact inputs (source file bytes)
+    input_names: list[str] = Field(default_factory=list)  # what each of `input_hashes` is ("" where it says itself)
+    code_modules: dict[str, str] = Field(default_factory=dict)  # what `code_hash` hashes: module -> source sha256
+    libraries: dict[str, str] = Field(default_factory=dict)  # the keyed library versions
     params: dict[str, Any] = Field(default_factory=dict)  # not in the key: e.g. resolved paths
     root: str
     warehouse: str
@@ -68,6 +71,29 @@ class StageCall(BaseModel):
     def artifact_dir(self) -> Path:
         """Where this call's artifact lives once committed."""
         return self.store.stage_dir(self.stage) / self.key
+
+    def key_inputs(self) -> dict[str, Any]:
+        """Everything the key hashes, by name: kept in the artifact's manifest and the catalog so a
+        later run can say which of them changed (tasks/core/why.py). `key_from_inputs` of it is
+        the key itself."""
+        return {
+            "stage": self.stage,
+            "logic_version": logic_version(self.stage),
+            "code": dict(self.code_modules),
+            "config": keyed_config(self.config, self.unkeyed),
+            "inputs": [{"stage": m.stage, "label": m.label, "key": m.key, "data_hash": m.data_hash}
+                       for m in self.inputs],
+            "external": [{"name": name, "value": value} for name, value in zip(self.input_names, self.input_hashes)],
+            "libraries": dict(self.libraries),
+        }
+
+
+def key_from_inputs(key_inputs: dict[str, Any]) -> str:
+    """The key a `StageCall.key_inputs()` record hashes to: a record that misses a key input
+    cannot reproduce its artifact's key."""
+    return stage_key(key_inputs["stage"], fingerprint_of(key_inputs["code"]), key_inputs["config"],
+                     [i["data_hash"] for i in key_inputs["inputs"]] + [e["value"] for e in key_inputs["external"]],
+                     key_inputs["libraries"])
 
 
 def keyed_config(config: dict[str, Any], unkeyed: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
@@ -107,7 +133,7 @@ def plan_stage(
     warehouse: Path,
     data_dirs: tuple[Path, ...] = (),
     label: str = "",
-    extra_input_hashes: list[str] | None = None,
+    extra_input_hashes: list[str] | dict[str, str] | None = None,
     params: dict[str, Any] | None = None,
     unkeyed: tuple[str, ...] | list[str] = (),
 ) -> StageCall:
@@ -117,7 +143,8 @@ def plan_stage(
     - `config` minus its `unkeyed` fields (`keyed_config`); the stage still reads all of `config`;
     - each input artifact's `data_hash` (what the stage reads from it: records and extra tables,
       not the decision log), not its key and not the hash of all its bytes;
-    - `extra_input_hashes`: files and models read directly (their bytes or pinned revisions);
+    - `extra_input_hashes`: files and models read directly (their bytes or pinned revisions), as a
+      list of self-describing `name=value` strings or a dict naming each (the names are not keyed);
     - the code fingerprint and the versions of `libraries`.
     `params` travel with the call and stay out of the key (paths, the runner, the data card).
     A registered stage (tasks/core/stages.py) must be planned with its registered module: the
@@ -126,15 +153,19 @@ def plan_stage(
     registered = next((spec for spec in stages.STAGES if spec.name == stage), None)
     if registered is not None and registered.module != module:
         raise ValueError(f"stage {stage!r} is registered with module {registered.module}, planned with {module}")
-    code_hash = code_fingerprint(module)
+    modules = code_modules(module)
+    code_hash = fingerprint_of(modules)
     keyed = keyed_config(config, unkeyed)
-    input_hashes = [m.data_hash for m in inputs] + list(extra_input_hashes or [])
-    key = stage_key(stage, code_hash, keyed, input_hashes, library_versions(libraries))
+    extra = extra_input_hashes or []
+    names = list(extra) if isinstance(extra, dict) else [""] * len(extra)
+    extra = list(extra.values()) if isinstance(extra, dict) else list(extra)
+    versions = library_versions(libraries)
+    key = stage_key(stage, code_hash, keyed, [m.data_hash for m in inputs] + extra, versions)
     return StageCall(
         stage=stage, key=key, label=label, code_hash=code_hash, config=config,
         config_hash=short_hash(keyed), unkeyed=list(unkeyed), inputs=inputs,
-        input_hashes=list(extra_input_hashes or []), params=dict(params or {}), root=str(root),
-        warehouse=str(warehouse), data_dirs=[str(d) for d in data_dirs],
+        input_hashes=extra, input_names=names, code_modules=dict(modules), libraries=versions,
+        params=dict(params or {}), root=str(root), warehouse=str(warehouse), data_dirs=[str(d) for d in data_dirs],
     )
 
 
@@ -218,7 +249,8 @@ def execute(call: StageCall, compute: Callable[[StageCall], StageOutput | Parted
         stats = {**stats, "compute_seconds": round(time.perf_counter() - started, 3)}
         manifest = writer.commit(
             inputs=[m.key for m in call.inputs], config_hash=call.config_hash, code_hash=call.code_hash,
-            n_in=int(n_in), n_out=int(stats.get("n_out", n_out)), stats=stats,
+            n_in=int(n_in), n_out=int(stats.get("n_out", n_out)), stats=stats, label=call.label,
+            key_inputs=call.key_inputs(),
         )
     except BaseException:
         writer.abort()

@@ -34,19 +34,22 @@ class StageSpec:
     # Bump when the stage's meaning changes in a way its source would not show (a data file it
     # reads changed); part of every key of the stage.
     logic_version: int = 1
+    # Where the stage's config sits in the recipe, to name a changed field (None: the stage's
+    # name; "sources": the source the call reads; "": the config names recipe sections itself).
+    recipe_section: str | None = None
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("ingest", "sftflow.tasks.ingest", judges_rows=True, per_source=True),
+    StageSpec("ingest", "sftflow.tasks.ingest", judges_rows=True, per_source=True, recipe_section="sources"),
     StageSpec("normalize", "sftflow.tasks.normalize", judges_rows=True, per_source=True, uses_runner=True),
     StageSpec("dedup", "sftflow.tasks.dedup", judges_rows=True),
-    StageSpec("filter", "sftflow.tasks.filters", judges_rows=True, uses_runner=True),
+    StageSpec("filter", "sftflow.tasks.filters", judges_rows=True, uses_runner=True, recipe_section="filters"),
     StageSpec("score", "sftflow.tasks.score", judges_rows=True),
     StageSpec("mix", "sftflow.tasks.mix", judges_rows=True),
     # train decides every distinct train row too (kept, or `no_supervised_tokens`), but is not a
     # data stage: its rows come from mix's shards, and only artifacts written since it decides have them
     StageSpec("train", "sftflow.tasks.train", judges_rows=False, level="train"),
-    StageSpec("evaluate", "sftflow.tasks.evaluate", judges_rows=False, level="all"),
+    StageSpec("evaluate", "sftflow.tasks.evaluate", judges_rows=False, level="all", recipe_section=""),
 )
 
 

@@ -2,7 +2,7 @@ import dataclasses
 import sys
 
 from sftflow.tasks.core import cache_keys, stages
-from sftflow.tasks.core.cache_keys import code_fingerprint, library_versions, stage_key
+from sftflow.tasks.core.cache_keys import code_fingerprint, code_modules, library_versions, stage_key
 
 
 def test_key_changes_with_each_ingredient():
@@ -33,12 +33,12 @@ def test_fingerprint_follows_project_imports(tmp_path, monkeypatch):
     (pkg / "stage_x.py").write_text("from sftflow_probe.core.helper import VALUE\n")
     monkeypatch.setattr(cache_keys, "PROJECT_PACKAGE", "sftflow_probe")
     monkeypatch.syspath_prepend(str(tmp_path / "probe_root"))
-    code_fingerprint.cache_clear()
+    code_modules.cache_clear()
     before = code_fingerprint("sftflow_probe.stage_x")
     (pkg / "core" / "helper.py").write_text("VALUE = 2\n")
-    code_fingerprint.cache_clear()
+    code_modules.cache_clear()
     after = code_fingerprint("sftflow_probe.stage_x")
-    code_fingerprint.cache_clear()
+    code_modules.cache_clear()
     assert before != after
 
 
@@ -54,11 +54,11 @@ def test_dedup_fingerprint_covers_the_band_derivation(tmp_path, monkeypatch):
     real = cache_keys._module_file
     edited = tmp_path / "dedup_lsh.py"
     edited.write_text(real("sftflow.tasks.core.dedup_lsh").read_text(encoding="utf-8") + "\nTARGET_RECALL_EDITED = 1\n")
-    code_fingerprint.cache_clear()
+    code_modules.cache_clear()
     before = code_fingerprint("sftflow.tasks.dedup")
     monkeypatch.setattr(cache_keys, "_module_file",
                         lambda name: edited if name == "sftflow.tasks.core.dedup_lsh" else real(name))
-    code_fingerprint.cache_clear()
+    code_modules.cache_clear()
     after = code_fingerprint("sftflow.tasks.dedup")
-    code_fingerprint.cache_clear()
+    code_modules.cache_clear()
     assert before != after

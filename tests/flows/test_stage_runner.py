@@ -18,14 +18,14 @@ def test_catalog_writes_overlap_the_next_stage_and_a_failed_one_fails_the_run(co
     real = Catalog.record_stage
     events: list[tuple[str, str]] = []
 
-    def record_stage(self, run_id, manifest, label, cache_hit, seconds):
+    def record_stage(self, run_id, manifest, label, cache_hit, seconds, why=None):
         events.append(("record", manifest.stage))
         assert threading.current_thread() is not threading.main_thread()  # off the stage path
         if manifest.stage == "dedup":
             time.sleep(1.0)  # the filter stage is planned and served meanwhile
             events.append(("recorded", manifest.stage))
             raise RuntimeError("disk full while writing the catalog")
-        return real(self, run_id, manifest, label, cache_hit, seconds)
+        return real(self, run_id, manifest, label, cache_hit, seconds, why)
 
     real_run = RunContext.run
 

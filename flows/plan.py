@@ -1,0 +1,103 @@
+"""`sftflow plan`: what a run of a recipe would compute, and why, without running anything.
+
+The plan walks the pipeline as the flow does (the same `plan` of every stage module, the same
+chain, tasks/core/stages.py's order) and asks, for each call, whether the artifact store holds its
+key. A stage that is not cached is explained by the key inputs that changed against the newest
+artifact of that stage for the recipe (tasks/core/why.py). A stage downstream of one that will
+compute cannot know its own key yet (keys hold their inputs' data hashes, so an upstream stage
+whose output comes out byte-identical stops the re-run there): if nothing else changed, it is
+listed as computing only if that input changes. Costs are the median seconds of the stage's last
+computed runs in stage_runs. Nothing is written: the catalog is opened read-only and no stage runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftflow.tasks import evaluate, ingest, normalize, train
+from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
+from sftflow.tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.recipe import load_recipe
+from sftflow.tasks.core.stage import StageCall
+from sftflow.tasks.core.stages import RunLevel
+from sftflow.tasks.core.why import (
+    BASELINES_SQL, COMPUTED_SECONDS_SQL, baselines, estimated_seconds, explain_call, why_text,
+)
+from sftflow.tasks.core.workspace import Workspace
+
+CACHED, COMPUTES, IF_INPUT_CHANGES = "cached", "computes", "computes if its input changes"
+PENDING_PREFIX = "pending:"  # the key of a stand-in for an artifact this plan would compute
+
+
+@dataclass
+class Planner:
+    """Collects one line per stage call; `run` has the signature of RunContext.run, so the flow's
+    own chain walk (flows/pipeline.py: run_chain) plans the data stages in their registry order."""
+
+    store: ArtifactStore
+    baselines: dict[tuple[str, str], dict[str, Any]]
+    seconds: dict[tuple[str, str], float]
+    lines: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(self, _stage_task: Any, call: StageCall, **_options: Any) -> Manifest:
+        cached = self.store.load(call.stage, call.key)
+        if cached is not None:
+            self.lines.append(self._line(call, CACHED, []))
+            return cached
+        pending = [m for m in call.inputs if m.key.startswith(PENDING_PREFIX)]
+        reasons = explain_call(call.key_inputs(), call.key, call.label, self.baselines.get((call.stage, call.label)),
+                               inputs_pending=bool(pending))
+        if pending and not reasons:
+            names = ", ".join(f"{m.stage}[{m.label}]" if m.label else m.stage for m in pending)
+            self.lines.append(self._line(call, IF_INPUT_CHANGES, [], f"input from {names}, computed first: "
+                                         "cached if that comes out with the same data"))
+        else:
+            self.lines.append(self._line(call, COMPUTES, reasons, why_text(reasons)))
+        # A stand-in for the artifact this call would write: later calls plan on it, and see it pending.
+        return Manifest(stage=call.stage, key=PENDING_PREFIX + call.key, path="", files=[], inputs=[],
+                        config_hash=call.config_hash, code_hash=call.code_hash, n_in=0, n_out=0,
+                        stats={"source": call.label}, created_at="", label=call.label)
+
+    def _line(self, call: StageCall, status: str, reasons: list[dict[str, Any]], why: str = "") -> dict[str, Any]:
+        baseline = self.baselines.get((call.stage, call.label))
+        return {
+            "stage": call.stage, "label": call.label, "key": call.key[:12], "status": status, "why": why,
+            "reasons": reasons,
+            "estimated_seconds": None if status == CACHED else self.seconds.get((call.stage, call.label)),
+            "compared_with": baseline["key"][:12] if baseline and status != CACHED else None,
+        }
+
+
+def plan_run(recipe_path: Path, overrides: list[str], only: RunLevel = "all", root: Path | None = None,
+             warehouse: Path | None = None) -> dict[str, Any]:
+    """What `sftflow run RECIPE --set OVERRIDES --only ONLY` would compute, stage by stage."""
+    from sftflow.flows.pipeline import run_chain  # the flow's own walk of the data chain
+
+    ws = Workspace.from_env(root=root, warehouse=warehouse)
+    recipe = load_recipe(ws.resolve_input(str(recipe_path)), overrides)
+    earlier: dict[tuple[str, str], dict[str, Any]] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    if ws.catalog_path.is_file():
+        with connect_readonly(ws.catalog_path) as con:
+            earlier = baselines(con.execute(BASELINES_SQL, [recipe.name, ""]).fetchall())
+            seconds = estimated_seconds(con.execute(COMPUTED_SECONDS_SQL, [recipe.name]).fetchall())
+    planner = Planner(ArtifactStore(ws.artifacts_dir), earlier, seconds)
+    ingested = [planner.run(None, ingest.plan(source, ws)) for source in recipe.sources]
+    normalized = [planner.run(None, normalize.plan(recipe, m, ws)) for m in ingested]
+    mixed = run_chain(planner, recipe, normalized, ws, recipe.runner.canonical(), release_runner=lambda: None)
+    if only != "data":
+        trained = planner.run(None, train.plan(recipe, mixed, ws, data_card={}))
+        if only == "all":
+            planner.run(None, evaluate.plan(recipe, trained, mixed, ws))
+    to_compute = [line for line in planner.lines if line["status"] != CACHED]
+    return {
+        "recipe": recipe.name, "overrides": list(overrides), "only": only,
+        "stages": planner.lines,
+        "n_cached": len(planner.lines) - len(to_compute),
+        "n_to_compute": len(to_compute),
+        # stages never computed before have no figure: the total says how many it leaves out
+        "estimated_seconds": round(sum(line["estimated_seconds"] or 0 for line in to_compute), 1),
+        "n_without_estimate": sum(line["estimated_seconds"] is None for line in to_compute),
+    }
