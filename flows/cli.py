@@ -54,7 +54,8 @@ def run(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    from sftflow.flows.operate import TemporaryServer, ephemeral_startup_timeout_s, running_local_server
+    from sftflow.flows.operate import (
+        TemporaryServer, ephemeral_startup_timeout_s, history_database_env, running_local_server)
 
     api_url = running_local_server()
     temporary = None
@@ -63,6 +64,10 @@ def run(
         os.environ["PREFECT_API_URL"] = api_url
         console.print(f"reporting to the Prefect server at {api_url}")
     elif not os.environ.get("PREFECT_API_URL"):
+        # The temporary server, and Prefect's own if it falls back to that, records the run in
+        # the warehouse's database, where `sftflow ui` shows it later. Set before Prefect is
+        # imported: it loads its process-wide settings, which its own server inherits, at import.
+        os.environ.update(history_database_env(ws.warehouse))
         temporary = TemporaryServer()  # comes up while the pipeline is imported below
         # Stopped at exit, after Prefect's own exit hooks (registered later, so run earlier)
         # have sent the run's last logs and events to it.
@@ -136,6 +141,11 @@ def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:
         stages.add_row(s["stage"], s["label"] or "", str(s["n_in"]), str(s["n_out"]),
                        "hit" if s["cache_hit"] else "computed", f"{s['seconds']:.2f}")
     console.print(stages)
+    computed = [s for s in summary["stages"] if s.get("why")]
+    if computed:
+        console.print("why computed (the key inputs that changed since this recipe's last run):")
+        for s in computed:
+            console.print(f"  {s['stage']}{'[' + s['label'] + ']' if s['label'] else ''}: {s['why']}", highlight=False)
     ledger = Table(title="ledger (rows in = kept + dropped)")
     for col in ("stage", "in", "kept", "dropped"):
         ledger.add_column(col, justify="left" if col == "stage" else "right")
@@ -177,6 +187,39 @@ def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:
             console.print(f"[yellow]model gate: not measured[/yellow] ({why})")
         else:
             console.print(f"model gate: passed ({why})")
+
+
+@app.command()
+def plan(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. deployments/recipes/demo.yaml"),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: dotted.key=value (repeatable)."),
+    only: str = typer.Option("all", "--only", help="How far a run would go: data | train | all."),
+    format: str = typer.Option("table", "--format", help="table | csv | json"),
+    root: Optional[Path] = typer.Option(None, help="Project root (default: current folder)."),
+    warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ROOT/data/warehouse)."),
+) -> None:
+    """What `sftflow run RECIPE` would compute and why (which key input changed), with its cost; runs nothing."""
+    from sftflow.flows.plan import plan_run
+    from sftflow.tasks.core.recipe import RecipeError
+    from sftflow.tasks.core.workspace import PathNotAllowed
+
+    if format not in ("table", "csv", "json") or only not in ("data", "train", "all"):
+        raise typer.BadParameter("--format takes table, csv or json; --only takes data, train or all")
+    try:
+        planned = plan_run(recipe.resolve(), list(set_), only, root=root, warehouse=warehouse)  # type: ignore[arg-type]
+    except (RecipeError, PathNotAllowed, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if format == "json":
+        sys.stdout.write(json.dumps(planned, indent=2, default=str) + "\n")
+        return
+    columns = ["stage", "label", "status", "why", "estimated_seconds"]
+    write_rows(columns, [tuple(line[c] for c in columns) for line in planned["stages"]], format)
+    if format == "table":
+        unknown = f" ({planned['n_without_estimate']} never computed before: no estimate)" \
+            if planned["n_without_estimate"] else ""
+        console.print(f"{planned['n_to_compute']} of {len(planned['stages'])} stage calls to compute, "
+                      f"~{planned['estimated_seconds']} s from earlier runs{unknown}")
 
 
 @app.command()
@@ -378,7 +421,6 @@ def ui(
     from sftflow.tasks.core.workspace import Workspace
 
     ws = Workspace.from_env(warehouse=warehouse)
-    (ws.warehouse / "prefect").mkdir(parents=True, exist_ok=True)
     command, env = ui_server_command(port, ws.warehouse)
     console.print(f"Prefect UI: http://127.0.0.1:{port}  (API {local_api_url(port)}); "
                   "`sftflow run` and `sftflow serve` report to it while it is up.")
@@ -406,6 +448,47 @@ def serve(
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+@app.command()
+def diff(
+    run_a: str = typer.Argument(..., help="The run to compare from: a run_id or a unique prefix of 6+ characters."),
+    run_b: str = typer.Argument(..., help="The run to compare to (the same)."),
+    rows: bool = typer.Option(False, "--rows", help="Also list the changed example ids with their source lines."),
+    limit: int = typer.Option(50, "--limit", min=0, help="With --rows: at most this many rows."),
+    format: str = typer.Option("table", "--format",
+                               help="table | csv (the changes per stage; with --rows the rows) | json (everything)"),
+    warehouse: Optional[Path] = typer.Option(None, help="Warehouse folder (default: ./data/warehouse)."),
+) -> None:
+    """What changed between two runs: rows newly dropped or kept per stage, mixture, shards, evals."""
+    from sftflow.tasks.core.run_diff import diff_tables, run_diff
+
+    if format not in ("table", "csv", "json"):
+        raise typer.BadParameter("--format takes table, csv or json")
+    _ws, con = _audit_connection(warehouse, "table")  # the format (csv too) is checked above
+    with con:
+        report = _audit_call(lambda: run_diff(con, run_a, run_b, rows_limit=limit if rows else None))
+    if format == "json":
+        sys.stdout.write(json.dumps(report, default=str, indent=2, ensure_ascii=False) + "\n")
+        return
+    tables = diff_tables(report, compact=format == "table")
+    if format == "csv":
+        write_rows(*tables["rows" if rows else "changes"], "csv")
+        return
+    a, b, n = report["run_a"], report["run_b"], report["rows"]
+    console.print(f"run {a['run_id']} ({a['recipe_name']}, {a['status']}) -> run {b['run_id']} ({b['recipe_name']}, "
+                  f"{b['status']})\nrows read {n['n_read_a']} -> {n['n_read_b']}: {n['n_added']} added, "
+                  f"{n['n_removed']} removed, {n['n_fate_changed']} with another fate, {n['n_text_changed']} "
+                  f"with other text", markup=False, highlight=False)
+    titles = {"stages": "rows dropped per stage", "changes": "changed rows by stage (fate in A -> fate in B)",
+              "mixture": "mixture", "shards": f"shards only in one run ({report['shards']['n_in_both']} in both)",
+              "evals": "evaluation", "rows": f"changed rows (at most {limit})"}
+    for name, title in titles.items():
+        if tables.get(name, ([], []))[1]:
+            console.print(f"[bold]{title}[/bold]")
+            write_rows(*tables[name], "table")
+    if report["evals"]["note"]:
+        console.print(f"evaluation: {report['evals']['note']}", markup=False, highlight=False)
 
 
 def main() -> None:

@@ -26,6 +26,10 @@ import yaml
 DEPLOYMENTS_FILE = Path("deployments") / "prefect.yaml"
 LOOPBACK = "127.0.0.1"
 DEFAULT_UI_PORT = 4200
+# The settings by which a user names Prefect's database, in both spellings Prefect 3 reads (with
+# a driver set, Prefect builds the URL from the host, name, user and password settings).
+USER_DATABASE_SETTINGS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
+                          "PREFECT_SERVER_DATABASE_DRIVER", "PREFECT_API_DATABASE_DRIVER")
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,8 @@ class TemporaryServer:
     unchanged re-run spends most of its time there. Prefect has no way to start it without the
     import, so this starts the same command as a child process first, lets it come up while the
     flow process imports the pipeline, and points the run at it. If it does not come up, the run
-    falls back to Prefect's own temporary server.
+    falls back to Prefect's own temporary server. Both read their database from the environment
+    (`history_database_env`, set before either starts).
     """
 
     def __init__(self) -> None:
@@ -160,15 +165,26 @@ def ephemeral_startup_timeout_s() -> float:
     return float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 120)
 
 
-def ui_server_command(port: int, warehouse: Path) -> tuple[list[str], dict[str, str]]:
-    """`prefect server start` on loopback, with its SQLite database in the warehouse.
+def history_database_env(warehouse: Path) -> dict[str, str]:
+    """The environment that gives a Prefect server this warehouse's run history: its SQLite
+    database in WAREHOUSE/prefect/ (the folder is created), or nothing where the user's
+    environment names a database (then Prefect's own setting stands).
 
-    Keeping the database beside the catalog keeps everything about this project's runs in one
-    folder; PREFECT_SERVER_DATABASE_CONNECTION_URL set by the user wins.
+    Every server that records a run of the warehouse uses it: `sftflow ui`, and a run's temporary
+    server (or Prefect's own, its fallback), so `sftflow ui` shows runs made while it was down.
+    Keeping the database beside the catalog keeps everything about the project's runs in one
+    folder.
     """
-    env = dict(os.environ)
-    env.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_URL",
-                   f"sqlite+aiosqlite:///{warehouse / 'prefect' / 'prefect.db'}")
+    if any(os.environ.get(name) for name in USER_DATABASE_SETTINGS):
+        return {}
+    folder = warehouse / "prefect"
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{folder / 'prefect.db'}"}
+
+
+def ui_server_command(port: int, warehouse: Path) -> tuple[list[str], dict[str, str]]:
+    """`prefect server start` on loopback, with the warehouse's run history as its database."""
+    env = {**os.environ, **history_database_env(warehouse)}
     env["PREFECT_UI_API_URL"] = local_api_url(port)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", LOOPBACK, "--port", str(port)]

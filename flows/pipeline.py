@@ -19,7 +19,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from sftflow.flows.gate import gate_failure
-from sftflow.flows.publish import publish_run
+from sftflow.flows.publish import publish_run, publish_run_diff
 from sftflow.flows.stage_runner import RunContext
 from sftflow.tasks import evaluate, ingest, normalize, train
 from sftflow.tasks.core.artifacts import Manifest
@@ -77,6 +77,7 @@ def sftflow_pipeline(
         summary = run.summary()
     try:
         publish_run(summary)
+        publish_run_diff(ws.catalog_path, summary["run_id"])  # never raises: a warning at most
     finally:
         if gated:  # raised even if publishing failed: the verdict, not a report error, ends the run
             gated.summary = summary

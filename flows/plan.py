@@ -5,8 +5,9 @@ chain, tasks/core/stages.py's order) and asks, for each call, whether the artifa
 key. A stage that is not cached is explained by the key inputs that changed against the newest
 artifact of that stage for the recipe (tasks/core/why.py). A stage downstream of one that will
 compute cannot know its own key yet (keys hold their inputs' data hashes, so an upstream stage
-whose output comes out byte-identical stops the re-run there): if nothing else changed, it is
-listed as computing only if that input changes. Costs are the median seconds of the stage's last
+whose output comes out byte-identical stops the re-run there): when an artifact in the store
+matches all the rest of its key (artifacts.key_inputs), it is listed as computing only if that
+input changes; when none does, it computes whatever the input turns out to be. Costs are the median seconds of the stage's last
 computed runs in stage_runs. Nothing is written: the catalog is opened read-only and no stage runs.
 """
 
@@ -23,7 +24,8 @@ from sftflow.tasks.core.recipe import load_recipe
 from sftflow.tasks.core.stage import StageCall
 from sftflow.tasks.core.stages import RunLevel
 from sftflow.tasks.core.why import (
-    BASELINES_SQL, COMPUTED_SECONDS_SQL, baselines, estimated_seconds, explain_call, why_text,
+    BASELINES_SQL, CANDIDATES_SQL, COMPUTED_SECONDS_SQL, baselines, candidates, estimated_seconds, explain_call,
+    input_name, matches_but_pending, why_text,
 )
 from sftflow.tasks.core.workspace import Workspace
 
@@ -39,21 +41,31 @@ class Planner:
     store: ArtifactStore
     baselines: dict[tuple[str, str], dict[str, Any]]
     seconds: dict[tuple[str, str], float]
+    candidates: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     lines: list[dict[str, Any]] = field(default_factory=list)
 
     def run(self, _stage_task: Any, call: StageCall, **_options: Any) -> Manifest:
-        cached = self.store.load(call.stage, call.key)
+        # Not re-hashed here (a run verifies what it serves): a damaged artifact is planned as cached.
+        cached = self.store.load(call.stage, call.key, verify=False)
         if cached is not None:
             self.lines.append(self._line(call, CACHED, []))
             return cached
-        pending = [m for m in call.inputs if m.key.startswith(PENDING_PREFIX)]
-        reasons = explain_call(call.key_inputs(), call.key, call.label, self.baselines.get((call.stage, call.label)),
+        pending = {input_name(m.stage, m.label) for m in call.inputs if m.key.startswith(PENDING_PREFIX)}
+        current = call.key_inputs()
+        reasons = explain_call(current, call.key, call.label, self.baselines.get((call.stage, call.label)),
                                inputs_pending=bool(pending))
-        if pending and not reasons:
-            names = ", ".join(f"{m.stage}[{m.label}]" if m.label else m.stage for m in pending)
-            self.lines.append(self._line(call, IF_INPUT_CHANGES, [], f"input from {names}, computed first: "
-                                         "cached if that comes out with the same data"))
+        # With an input not computed yet the key is unknown; an earlier artifact that matches all
+        # the rest of it is served if that input comes out with the data it had then.
+        reusable = [c["key"] for c in self.candidates.get((call.stage, call.label), []) if pending
+                    and matches_but_pending(current, c["key_inputs"], call.label, pending)
+                    and self.store.load(call.stage, c["key"], verify=False) is not None]
+        names = ", ".join(sorted(pending))
+        if reusable:
+            self.lines.append(self._line(call, IF_INPUT_CHANGES, [], f"input from {names}, computed first: cached "
+                                         f"if it comes out as it did for artifact {reusable[0][:12]}"))
         else:
+            if pending and not reasons:
+                reasons = [{"kind": "input", "what": names, "old": None, "new": None}]
             self.lines.append(self._line(call, COMPUTES, reasons, why_text(reasons)))
         # A stand-in for the artifact this call would write: later calls plan on it, and see it pending.
         return Manifest(stage=call.stage, key=PENDING_PREFIX + call.key, path="", files=[], inputs=[],
@@ -79,11 +91,13 @@ def plan_run(recipe_path: Path, overrides: list[str], only: RunLevel = "all", ro
     recipe = load_recipe(ws.resolve_input(str(recipe_path)), overrides)
     earlier: dict[tuple[str, str], dict[str, Any]] = {}
     seconds: dict[tuple[str, str], float] = {}
+    reusable: dict[tuple[str, str], list[dict[str, Any]]] = {}
     if ws.catalog_path.is_file():
         with connect_readonly(ws.catalog_path) as con:
             earlier = baselines(con.execute(BASELINES_SQL, [recipe.name, ""]).fetchall())
             seconds = estimated_seconds(con.execute(COMPUTED_SECONDS_SQL, [recipe.name]).fetchall())
-    planner = Planner(ArtifactStore(ws.artifacts_dir), earlier, seconds)
+            reusable = candidates(con.execute(CANDIDATES_SQL).fetchall())
+    planner = Planner(ArtifactStore(ws.artifacts_dir), earlier, seconds, reusable)
     ingested = [planner.run(None, ingest.plan(source, ws)) for source in recipe.sources]
     normalized = [planner.run(None, normalize.plan(recipe, m, ws)) for m in ingested]
     mixed = run_chain(planner, recipe, normalized, ws, recipe.runner.canonical(), release_runner=lambda: None)

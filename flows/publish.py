@@ -4,21 +4,28 @@ Keys (lowercase, dashes: Prefect's rule) stay the same from run to run, so the U
 keeps each one's history: `sftflow-<stage>[-<source>]` (counts and drops by reason per stage, counted
 from the stage's decisions file, the same rows the catalog loads),
 `sftflow-mask-audit`, `sftflow-loss-plot` (an image: the PNG inlined as a data URL, so it shows
-without a file server), `sftflow-model-card`, `sftflow-eval-report`, `sftflow-data-card`, and
-`sftflow-run` (ledger, drops by stage and reason, realized mixture and links to the others).
+without a file server), `sftflow-model-card`, `sftflow-eval-report`, `sftflow-data-card`,
+`sftflow-run` (ledger, drops by stage and reason, realized mixture and links to the others), and
+`sftflow-run-diff` (what changed since the previous completed run of the recipe: `sftflow diff`).
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 
 from sftflow.flows.gate import gate_verdict, metric_text
 from sftflow.tasks.core.artifacts import DECISIONS_FILE, Manifest
+from sftflow.tasks.core.catalog import connect_readonly
+from sftflow.tasks.core.run_diff import diff_tables, previous_run, run_diff
 
 ARTIFACT_KEYS = {
     "mask_audit": "sftflow-mask-audit",
@@ -27,10 +34,11 @@ ARTIFACT_KEYS = {
     "eval_report": "sftflow-eval-report",
     "data_card": "sftflow-data-card",
     "run": "sftflow-run",
+    "run_diff": "sftflow-run-diff",
 }
 # Columns of a stage's table artifact; every line has all of them (empty where they do not apply).
 STAGE_TABLE_COLUMNS = ("stage", "source", "rows in", "rows out", "dropped", "reason", "rows computed",
-                       "rows reused", "cache hit", "seconds", "artifact")
+                       "rows reused", "cache hit", "seconds", "artifact", "why computed")
 
 
 def stage_artifact_key(stage: str, label: str | None) -> str:
@@ -78,7 +86,9 @@ def stage_table(row: dict[str, Any], manifest: Manifest) -> list[dict[str, Any]]
     table = [{"stage": row["stage"], "source": row["label"] or "-", "rows in": row["n_in"],
               "rows out": row["n_out"], "dropped": sum(drops.values()), "reason": "(all)",
               "rows computed": computed, "rows reused": reused,
-              "cache hit": row["cache_hit"], "seconds": row["seconds"], "artifact": manifest.key}]
+              "cache hit": row["cache_hit"], "seconds": row["seconds"], "artifact": manifest.key,
+              # which key inputs changed since the recipe's last run (tasks/core/why.py); empty on a hit
+              "why computed": row.get("why") or None}]
     table += [{"stage": row["stage"], "source": row["label"] or "-", "dropped": n, "reason": reason}
               for reason, n in drops.items()]
     return [{column: line.get(column) for column in STAGE_TABLE_COLUMNS} for line in table]
@@ -222,3 +232,70 @@ def publish_run(summary: dict[str, Any]) -> None:
         lines += [f"| {m['metric']} | {metric_text(m['value'])} |" for m in summary["evals"]]
     create_markdown_artifact(key=ARTIFACT_KEYS["run"], markdown="\n".join(lines),
                              description=f"run {summary['run_id']}: ledger, mixture, cards")
+
+
+RUN_DIFF_ROWS = 20  # changed example ids the run-diff artifact names (`sftflow diff --rows` lists more)
+
+
+def publish_run_diff(catalog_path: Path | str, run_id: str) -> None:
+    """What changed since the previous completed run of the recipe, as an artifact. The run has
+    finished when this runs: a diff that cannot be made is a warning, never the run's failure."""
+    try:
+        with connect_readonly(Path(catalog_path)) as con:
+            previous = previous_run(con, run_id)
+            diff = run_diff(con, previous, run_id, rows_limit=RUN_DIFF_ROWS) if previous else None
+            recipe = con.execute("SELECT recipe_name FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]
+        create_markdown_artifact(key=ARTIFACT_KEYS["run_diff"], markdown=run_diff_markdown(diff, run_id, recipe),
+                                 description=f"run {run_id} against the previous completed run of {recipe}")
+    except Exception as exc:  # whatever went wrong here, the run's own result stands
+        _warn(f"the run's diff against the previous run was not published: {type(exc).__name__}: {exc}")
+
+
+def _warn(message: str) -> None:
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:  # called outside a flow run (a script, a test)
+        logging.getLogger(__name__).warning(message)
+
+
+def _cells(row: tuple | list) -> str:
+    return "| " + " | ".join("-" if v is None else str(v).replace("|", "\\|") for v in row) + " |"
+
+
+def _markdown_table(columns: list[str], rows: list[tuple]) -> list[str]:
+    return [_cells(columns), "|" + "---|" * len(columns)] + [_cells(r) for r in rows]
+
+
+def run_diff_markdown(diff: dict[str, Any] | None, run_id: str, recipe: str) -> str:
+    """The run-diff artifact: rows per stage, the changes, mixture, shards, evaluation and the
+    first changed example ids. `diff` None: no earlier completed run of the recipe.
+
+    >>> print(run_diff_markdown(None, "b1", "demo"))
+    # Changes in run `b1` — recipe `demo`
+    <BLANKLINE>
+    No earlier completed run of recipe `demo` to compare with.
+    """
+    lines = [f"# Changes in run `{run_id}` — recipe `{recipe}`", ""]
+    if diff is None:
+        return "\n".join(lines + [f"No earlier completed run of recipe `{recipe}` to compare with."])
+    a, n = diff["run_a"]["run_id"], diff["rows"]
+    tables = diff_tables(diff, compact=True)
+    lines += [f"Against `{a}` (A), the previous completed run of the recipe; B is this run. "
+              f"`sftflow diff {a} {run_id} --rows` lists every changed row.", "",
+              f"Rows read {n['n_read_a']} → {n['n_read_b']}: {n['n_added']} added, {n['n_removed']} removed, "
+              f"{n['n_fate_changed']} with another fate, {n['n_text_changed']} with other text.", "",
+              "## Rows dropped per stage", ""] + _markdown_table(*tables["stages"])
+    lines += ["", "## Changed rows by stage (fate in A → fate in B)", ""]
+    lines += _markdown_table(*tables["changes"]) if tables["changes"][1] else ["No row's fate changed."]
+    lines += ["", "## Mixture", ""] + (_markdown_table(*tables["mixture"]) if tables["mixture"][1] else ["No mix."])
+    shards = diff["shards"]
+    lines += ["", "## Shards", "", f"{len(shards['only_in_a'])} only in A, {len(shards['only_in_b'])} only in B, "
+              f"{shards['n_in_both']} in both.", "", "## Evaluation", ""]
+    lines += [diff["evals"]["note"]] if diff["evals"]["note"] else []
+    lines += _markdown_table(*tables["evals"]) if tables["evals"][1] else []
+    rows = diff.get("changed_rows") or []
+    if rows:
+        lines += ["", f"## Changed rows (the first {len(rows)} of {n['n_changed_rows']})", ""]
+        lines += [f"- `{r['example_id']}` {r['source']} row {r['source_row']}: {r['in_a']} → {r['in_b']}"
+                  + (" (text edited)" if r["text_changed"] else "") for r in rows]
+    return "\n".join(lines)

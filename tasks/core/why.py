@@ -72,7 +72,7 @@ def _externals(stage: str, key_inputs: dict[str, Any]) -> dict[str, str]:
 def _inputs(key_inputs: dict[str, Any]) -> dict[str, str]:
     named: dict[str, str] = {}
     for entry in key_inputs.get("inputs", []):
-        name = f"{entry['stage']}[{entry['label']}]" if entry.get("label") else entry["stage"]
+        name = input_name(entry["stage"], entry.get("label", ""))
         while name in named:
             name += "'"
         named[name] = entry["data_hash"]
@@ -168,6 +168,36 @@ FROM stage_runs sr JOIN runs r USING (run_id)
 WHERE r.recipe_name = ? AND NOT sr.cache_hit
 GROUP BY ALL
 """
+
+
+# Every artifact with recorded key inputs, by the (stage, label) of the calls that used it.
+CANDIDATES_SQL = """
+SELECT DISTINCT sr.stage, coalesce(sr.label, ''), a.artifact_id, a.key_inputs
+FROM artifacts a JOIN stage_runs sr ON sr.key = a.artifact_id
+WHERE a.key_inputs IS NOT NULL
+"""
+
+
+def candidates(rows: list[tuple]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(stage, label) -> [{key, key_inputs}] of every recorded artifact, from CANDIDATES_SQL's rows."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for stage, label, key, key_inputs in rows:
+        found.setdefault((stage, label), []).append({"key": key, "key_inputs": json.loads(key_inputs)})
+    return found
+
+
+def input_name(stage: str, label: str) -> str:
+    return f"{stage}[{label}]" if label else stage
+
+
+def matches_but_pending(current: dict[str, Any], candidate: dict[str, Any], label: str, pending: set[str]) -> bool:
+    """Whether `candidate`'s key inputs equal `current`'s in everything but the `pending` inputs
+    (upstream artifacts not computed yet): its artifact is the one a run serves if those come out
+    with the data they had for it."""
+    if key_changes(current, candidate, label=label, inputs_pending=True):
+        return False
+    now, then = _inputs(current), _inputs(candidate)
+    return now.keys() == then.keys() and all(now[name] == then[name] for name in now if name not in pending)
 
 
 def baselines(rows: list[tuple]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -134,3 +134,35 @@ def _sftflow(root: Path, *args: str, env: dict[str, str] | None = None, timeout:
 def sftflow_cli(prefect_harness):
     """Run the `sftflow` command line in a subprocess (a crash there cannot take pytest down)."""
     return _sftflow
+
+
+@pytest.fixture(scope="session")
+def changed_runs(completed_run, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    """A copy of the completed run's project, then three data runs (`only="data"`, SMALL_TRAIN), each
+    the base recipe with one change, made in this order and undone after its run: `recipe_field`
+    (`filters.toxicity.threshold=0.3`), `source_edit` (one row of openai.jsonl: edits._edit_source_row)
+    and `code_edit` (tasks/filters.py asks 3x the response tokens: edits._edit_filter_code; its patches
+    end with its run). Returns (root, {"base": the completed run's summary, "recipe_field": ...,
+    "source_edit": ..., "code_edit": ...}); shared read-only by tests."""
+    from sftflow.tasks.core import cache_keys
+    from tests.flows.edits import _edit_filter_code, _edit_source_row
+
+    origin, base = completed_run
+    root = tmp_path_factory.mktemp("changed") / "project"
+    shutil.copytree(origin, root)
+    source = root / "data" / "samples" / "openai.jsonl"
+    pristine = source.read_bytes()
+    summaries = {"base": base}
+    changes = (("recipe_field", ["filters.toxicity.threshold=0.3"], None), ("source_edit", [], _edit_source_row),
+               ("code_edit", [], _edit_filter_code))
+    for name, overrides, edit in changes:
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                if edit:
+                    edit(root, mp)
+                cache_keys.code_modules.cache_clear()  # fingerprints read the edited copy
+                summaries[name] = _run(root, SMALL_TRAIN + overrides)
+        finally:
+            cache_keys.code_modules.cache_clear()  # and the real files again afterwards
+            source.write_bytes(pristine)
+    return root, summaries

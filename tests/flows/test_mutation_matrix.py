@@ -2,7 +2,8 @@
 
 For every change, exactly the stages whose key it changes recompute, plus those downstream of an
 artifact whose bytes changed; everything upstream and unrelated is a cache hit, and irrelevant
-edits recompute nothing. A stage's inputs enter downstream keys by content hash, so a change that
+edits recompute nothing. Before each run, `sftflow plan` (flows/plan.py) must have predicted it:
+a stage it calls cached is served, one it says computes does, and every computed stage says why. A stage's inputs enter downstream keys by content hash, so a change that
 leaves a stage's output byte-identical (a refactor, a library upgrade that computes the same
 thing) stops there: the rows marked "same bytes" below check that early cut-off on purpose.
 
@@ -27,7 +28,9 @@ from typing import Callable
 
 import pytest
 
+from sftflow.flows.plan import CACHED, COMPUTES, plan_run
 from sftflow.tasks.core import cache_keys
+from tests.flows.edits import _edit_filter_code, _edit_module_file, _edit_source_row
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "caching.md"
@@ -48,51 +51,11 @@ class Mutation:
     edit: Callable[[Path, pytest.MonkeyPatch], None] | None = None
 
 
-def _edit_source_row(root: Path, _mp) -> None:
-    path = root / "data" / "samples" / "openai.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    # one row's answer gains a sentence: the file stays valid, one record's bytes change
-    lines[0] = lines[0].replace('"}]}', ' This sentence was added by an editor."}]}', 1)
-    assert lines[0] != path.read_text(encoding="utf-8").splitlines(keepends=True)[0]
-    path.write_text("".join(lines), encoding="utf-8")
-
-
-def _edit_module_file(root: Path, mp: pytest.MonkeyPatch, module: str, old: str, new: str) -> None:
-    """Fingerprints read an edited copy of `module`'s real source file: `old` becomes `new` once."""
-    real = cache_keys._module_file
-    path = real(module)
-    assert path is not None, f"{module} has no source file: update this row"
-    text = path.read_text(encoding="utf-8")
-    assert text.count(old) == 1, f"{path} holds {old!r} {text.count(old)} times, not once: update this row's edit"
-    copy = root.parent / "edited-code" / module / path.name  # beside the project, not in it
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_text(text.replace(old, new, 1), encoding="utf-8")
-    mp.setattr(cache_keys, "_module_file", lambda name: copy if name == module else real(name))
-
-
 def _code_edit(module: str, old: str, new: str):
     def edit(root: Path, mp: pytest.MonkeyPatch) -> None:
         _edit_module_file(root, mp, module, old, new)
 
     return edit
-
-
-def _edit_filter_code(root: Path, mp: pytest.MonkeyPatch) -> None:
-    """An edit to tasks/filters.py that changes behaviour: responses need 3x the tokens."""
-    import sftflow.tasks.filters as filters
-    from sftflow.tasks.core.reasons import Reason
-
-    _edit_module_file(root, mp, "sftflow.tasks.filters",
-                      "    if n_tokens_response < cfg.length.min_response_tokens:\n",
-                      "    if n_tokens_response < cfg.length.min_response_tokens * 3:\n")
-    real_decide = filters.decide
-
-    def stricter(n_tokens_response, n_tokens_total, judged_toxicity, decon_hits, cfg):
-        if n_tokens_response < cfg.length.min_response_tokens * 3:
-            return Reason.TOO_SHORT_RESPONSE
-        return real_decide(n_tokens_response, n_tokens_total, judged_toxicity, decon_hits, cfg)
-
-    mp.setattr(filters, "decide", stricter)
 
 
 def _library_upgrade(name: str):
@@ -195,13 +158,16 @@ def test_mutation_matrix(completed_project, run_pipeline, assert_ledger_balances
     seen: list[tuple[str, set[str]]] = []
     timings = [f"{baseline['wall_seconds']:7.2f} s  baseline (cold)"]
     wrong: list[tuple[str, list[str], list[str]]] = []  # (change, recomputed, expected)
+    misplanned: list[tuple[str, str, str, bool]] = []  # (change, stage, planned status, recomputed)
     for mutation in MUTATIONS:
         with pytest.MonkeyPatch.context() as mp:
             if mutation.edit:
                 mutation.edit(project, mp)
-            cache_keys.code_fingerprint.cache_clear()
+            cache_keys.code_modules.cache_clear()
+            # `sftflow plan` first: what it says is cached must be served, what it says computes must compute
+            planned = plan_run(recipe, small_train + list(mutation.overrides), "all", root=project)
             summary = run_pipeline(project, small_train + list(mutation.overrides), only="all")
-        cache_keys.code_fingerprint.cache_clear()
+        cache_keys.code_modules.cache_clear()
         recipe.write_bytes(pristine_recipe)
         source.write_bytes(pristine_source)
         redo = computed(summary)
@@ -209,6 +175,13 @@ def test_mutation_matrix(completed_project, run_pipeline, assert_ledger_balances
         timings.append(f"{summary['wall_seconds']:7.2f} s  {mutation.change}")
         if redo != set(mutation.expected):
             wrong.append((mutation.change, sorted(redo), sorted(mutation.expected)))
+        plan = {f"{line['stage']}[{line['label']}]" if line["label"] else line["stage"]: line["status"]
+                for line in planned["stages"]}
+        assert list(plan) == stage_names(summary), mutation.change
+        misplanned += [(mutation.change, name, status, name in redo) for name, status in plan.items()
+                       if (status == CACHED and name in redo) or (status == COMPUTES and name not in redo)]
+        # every stage the run computed says why, in the summary and the catalog
+        assert all(s["why"] for s in summary["stages"] if not s["cache_hit"]), mutation.change
         assert_ledger_balances(project, summary["run_id"])
 
     table = render_matrix(seen)
@@ -217,6 +190,8 @@ def test_mutation_matrix(completed_project, run_pipeline, assert_ledger_balances
     out.write_text(table + "\n\nFlow wall time per run:\n\n" + "\n".join(timings) + "\n", encoding="utf-8")
     assert not wrong, "recomputed sets differ from the expected ones (change, recomputed, expected):\n" + \
         "\n".join(map(str, wrong))
+    assert not misplanned, "sftflow plan said otherwise (change, stage, plan, recomputed):\n" + \
+        "\n".join(map(str, misplanned))
 
     # with every change undone, the baseline's artifacts are all still served
     back = run_pipeline(project, small_train, only="all")

@@ -37,13 +37,31 @@ def test_unknown_deployment_and_missing_file_are_named(tmp_path):
 
 
 def test_ui_server_is_loopback_with_sqlite_in_the_warehouse(tmp_path, monkeypatch):
-    monkeypatch.delenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", raising=False)
+    for name in operate.USER_DATABASE_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
     command, env = operate.ui_server_command(4321, tmp_path / "wh")
     assert command[-4:] == ["--host", "127.0.0.1", "--port", "4321"]
     assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{tmp_path / 'wh' / 'prefect' / 'prefect.db'}"
+    assert (tmp_path / "wh" / "prefect").is_dir()  # SQLite creates the file, not its folder
     assert env["PREFECT_UI_API_URL"] == "http://127.0.0.1:4321/api"
     monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", "postgresql+asyncpg://db/prefect")
     assert operate.ui_server_command(4321, tmp_path)[1]["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql")
+
+
+@pytest.mark.parametrize("name", operate.USER_DATABASE_SETTINGS)
+def test_a_database_the_user_names_wins_over_the_warehouse(tmp_path, monkeypatch, name):
+    """Prefect reads the database from either spelling of its URL setting, or builds it from its
+    parts when a driver is set: any of them leaves Prefect's setting alone."""
+    for other in operate.USER_DATABASE_SETTINGS:
+        monkeypatch.delenv(other, raising=False)
+    assert operate.history_database_env(tmp_path / "wh") == {
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'wh' / 'prefect' / 'prefect.db'}"}
+    monkeypatch.setenv(name, "postgresql+asyncpg")
+    assert operate.history_database_env(tmp_path / "other") == {}
+    assert not (tmp_path / "other").exists()
+    env = operate.ui_server_command(4321, tmp_path / "other")[1]
+    assert env[name] == "postgresql+asyncpg"
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env or name == "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 
 
 def test_a_set_api_url_wins_over_the_local_server(monkeypatch):
@@ -102,6 +120,57 @@ def test_run_without_a_server_uses_the_early_temporary_server(tmp_path):
     assert "Starting temporary server" not in output  # Prefect's own was not needed
     port = int(output.split("View at http://127.0.0.1:")[1].split("/")[0])
     assert not operate.server_is_up(operate.local_api_url(port))  # stopped with the run
+    # the run is recorded in the warehouse's database, the one `sftflow ui` serves
+    assert _flow_runs(root / "data" / "warehouse" / "prefect" / "prefect.db") == [("sftflow", "Completed")]
+    assert not (tmp_path / "prefect-home" / "prefect.db").exists()
+
+
+def _flow_runs(database: Path) -> list[tuple[str, str]]:
+    """(flow name, state) of each flow run a Prefect SQLite database holds."""
+    import sqlite3
+
+    with sqlite3.connect(database) as con:
+        return con.execute("SELECT flow.name, flow_run.state_name FROM flow_run "
+                           "JOIN flow ON flow.id = flow_run.flow_id ORDER BY flow_run.created").fetchall()
+
+
+def test_prefects_own_temporary_server_uses_the_warehouse_database_too(tmp_path):
+    """When the early server does not come up, Prefect's own temporary server serves the run: it
+    reads the same setting, so the run still lands in the warehouse's database."""
+    import os
+    import subprocess
+    import sys
+
+    warehouse = tmp_path / "warehouse"
+    script = f"""
+import os
+from pathlib import Path
+from sftflow.flows.operate import TemporaryServer, history_database_env
+
+os.environ.update(history_database_env(Path({str(warehouse)!r})))  # as `sftflow run` does
+server = TemporaryServer()
+server.process.kill()  # the early server fails
+
+from prefect import flow
+from sftflow.flows.cli import _reporting_to
+
+@flow(name="fallback-check")
+def check():
+    return 1
+
+with _reporting_to(server):
+    check()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=str(int(operate.ephemeral_startup_timeout_s())))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Prefect starts its own temporary server instead" in " ".join(output.split())  # (wrapped)
+    assert "Starting temporary server" in output  # Prefect's own
+    assert _flow_runs(warehouse / "prefect" / "prefect.db") == [("fallback-check", "Completed")]
+    assert not (tmp_path / "prefect-home" / "prefect.db").exists()
 
 
 def test_threads_without_the_runs_context_report_to_the_early_server(tmp_path):

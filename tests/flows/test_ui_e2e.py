@@ -1,12 +1,14 @@
 """End to end as a team runs it: a real Prefect server on loopback (`sftflow ui`), the deployment
 from deployments/prefect.yaml on a process work pool, a run triggered with recipe parameters and
-picked up by a worker, and the UI in headless Chromium showing the run and its artifacts.
+picked up by a worker, and the UI in headless Chromium showing the run and its artifacts. Also a
+`sftflow run` made while no server was up, shown by the `sftflow ui` started after it.
 
 Screenshots land in build/ui-e2e/. Needs Debian's chromium (`make test` installs it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sftflow.flows.operate import server_is_up
+from sftflow.flows.operate import local_api_url, server_is_up
 from sftflow.flows.publish import ARTIFACT_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,8 +38,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(command: list[str], env: dict[str, str], timeout_s: float = 120) -> str:
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+def _run(command: list[str], env: dict[str, str], timeout_s: float = 120, cwd: Path = REPO) -> str:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -50,15 +52,27 @@ def _stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def _env_without_a_server(home: Path) -> dict[str, str]:
+    """This environment less every Prefect setting, with its own PREFECT_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`sftflow ui` on a free loopback port, with its own PREFECT_HOME and SQLite database."""
     home = tmp_path_factory.mktemp("prefect-home")
+    with _ui_server(home, home / "warehouse") as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _ui_server(home: Path, warehouse: Path):
+    """`sftflow ui --warehouse WAREHOUSE` on a free loopback port, up; its log is HOME/server.log."""
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    warehouse = home / "warehouse"
+    env = {**_env_without_a_server(home), "PREFECT_API_URL": api_url}
     log = open(home / "server.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "sftflow.flows.cli", "ui", "--port", str(port),
                                 "--warehouse", str(warehouse)], cwd=REPO, env=env, stdout=log,
@@ -216,3 +230,56 @@ def _check_serve(server: dict, project: Path) -> None:
         assert deployment.parameters["only"] == "all"
     finally:
         _stop(process)
+
+
+def test_a_run_made_without_the_ui_shows_in_it_later(project, tmp_path):
+    """`sftflow run` while no Prefect server is up records the run in the warehouse's database
+    (through its temporary server), so the `sftflow ui` started afterwards shows it, completed,
+    with its artifacts: one run history per warehouse, however the run was started."""
+    assert CHROMIUM.is_file(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    if server_is_up(local_api_url()):
+        pytest.skip("a Prefect server answers on port 4200: `sftflow run` would report to it")
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    warehouse = project / "data" / "warehouse"
+    # cheap: the data stages only, without the embedding model's scoring
+    out = _run([sys.executable, "-m", "sftflow.flows.cli", "run", "deployments/recipes/demo.yaml", "--only", "data",
+                "--root", str(project), "--set", "score.enabled=false"], _env_without_a_server(home),
+               timeout_s=300, cwd=project)
+    assert "reporting to the Prefect server" not in out  # no server was up: a temporary one served it
+    assert (warehouse / "prefect" / "prefect.db").is_file()
+
+    with _ui_server(home, warehouse) as started, _client(started["api_url"]) as client:
+        flow_runs = client.read_flow_runs()
+        assert len(flow_runs) == 1, f"the UI's database holds {len(flow_runs)} flow runs, not the one made"
+        (flow_run,) = flow_runs
+        assert flow_run.state.is_completed(), flow_run.state
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        by_key = {a.key: a for a in artifacts}
+        assert {"sftflow-run", "sftflow-data-card", "sftflow-ingest-alpaca-sample", "sftflow-dedup",
+                "sftflow-mix"} <= set(by_key), sorted(by_key, key=str)
+
+        # the same run the catalog recorded
+        from sftflow.tasks.core.catalog import connect_readonly
+        with connect_readonly(warehouse / "catalog.duckdb") as con:
+            assert con.execute("SELECT flow_run_id, status FROM runs").fetchall() == [(str(flow_run.id), "completed")]
+
+        from playwright.sync_api import expect, sync_playwright
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                page.set_default_timeout(60_000)
+                page.goto(f"{started['ui_url']}/runs/flow-run/{flow_run.id}")
+                expect(page.get_by_text(flow_run.name).first).to_be_visible()
+                expect(page.get_by_text("Completed").first).to_be_visible()
+                page.get_by_text("Artifacts", exact=True).first.click()
+                for key in ("sftflow-run", "sftflow-data-card", "sftflow-dedup"):
+                    expect(page.get_by_text(key, exact=True).first).to_be_visible()
+                page.screenshot(path=str(SCREENSHOTS / "run-made-without-the-ui.png"), full_page=True)
+            finally:
+                browser.close()
