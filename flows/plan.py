@@ -61,8 +61,8 @@ class Planner:
                     and self.store.load(call.stage, c["key"], verify=False) is not None]
         names = ", ".join(sorted(pending))
         if reusable:
-            self.lines.append(self._line(call, IF_INPUT_CHANGES, [], f"input from {names}, computed first: cached "
-                                         f"if it comes out as it did for artifact {reusable[0][:12]}"))
+            self.lines.append(self._line(call, IF_INPUT_CHANGES, [], f"after {names}: cached if that comes out "
+                                         f"as it did for artifact {reusable[0][:12]}"))
         else:
             if pending and not reasons:
                 reasons = [{"kind": "input", "what": names, "old": None, "new": None}]
