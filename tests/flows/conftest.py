@@ -166,3 +166,19 @@ def changed_runs(completed_run, tmp_path_factory) -> tuple[Path, dict[str, dict]
             cache_keys.code_modules.cache_clear()  # and the real files again afterwards
             source.write_bytes(pristine)
     return root, summaries
+
+
+@pytest.fixture
+def runner_stages_removed(completed_project) -> tuple[Path, dict]:
+    """A copy of the completed run whose artifacts and row memos of the stages that run on
+    `recipe.runner` (normalize, filter) are gone: a run recomputes exactly those, on the runner
+    under test, and serves the rest from the cache (so score's model is never loaded)."""
+    from sftflow.tasks.core.row_memo import MEMO_DIR
+
+    root, summary = completed_project
+    warehouse = root / "data" / "warehouse"
+    for spec in stages.STAGES:
+        if spec.uses_runner:
+            shutil.rmtree(warehouse / "artifacts" / spec.name)
+            shutil.rmtree(warehouse / MEMO_DIR / spec.name, ignore_errors=True)
+    return root, summary
