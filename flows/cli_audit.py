@@ -49,9 +49,10 @@ def plan(
         write_rows(columns, rows, format)
         return
     # One line per stage call, the reasons last and unwrapped: they are what the user reads.
-    sys.stdout.write(f"{'stage':<10}{'source':<17}{'status':<27}{'est. s':>7}  why\n")
+    sys.stdout.write(f"{'stage':<10}{'source':<17}{'status':<30}{'est. s':>7}  why\n")
     for stage, label, status, seconds, why in rows:
-        sys.stdout.write(f"{stage:<10}{label:<17}{status:<27}{'' if seconds is None else seconds:>7}  {why}\n")
+        estimate = "" if seconds is None else f"{seconds:.1f}"
+        sys.stdout.write(f"{stage:<10}{label:<17}{status:<30}{estimate:>7}  {why}\n".rstrip() + "\n")
     unknown = f" ({planned['n_without_estimate']} never computed before: no estimate)" \
         if planned["n_without_estimate"] else ""
     sys.stdout.write(f"{planned['n_to_compute']} of {len(planned['stages'])} stage calls to compute, "
@@ -273,7 +274,7 @@ def diff(
                   f"{n['n_removed']} removed, {n['n_fate_changed']} with another fate, {n['n_text_changed']} "
                   f"with other text", markup=False, highlight=False)
     titles = {"stages": "rows dropped per stage", "changes": "changed rows by stage (fate in A -> fate in B)",
-              "mixture": "mixture", "shards": f"shards only in one run ({report['shards']['n_in_both']} in both)",
+              "mixture": "mixture", "shards": f"shards changed ({report['shards']['n_unchanged']} unchanged)",
               "evals": "evaluation", "rows": f"changed rows (at most {limit})"}
     for name, title in titles.items():
         if tables.get(name, ([], []))[1]:

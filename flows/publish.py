@@ -235,6 +235,7 @@ def publish_run(summary: dict[str, Any]) -> None:
 
 
 RUN_DIFF_ROWS = 20  # changed example ids the run-diff artifact names (`sftflow diff --rows` lists more)
+RUN_DIFF_SHARDS = 20  # changed shards the run-diff artifact names (`sftflow diff` lists them all)
 
 
 def publish_run_diff(catalog_path: Path | str, run_id: str) -> None:
@@ -288,9 +289,7 @@ def run_diff_markdown(diff: dict[str, Any] | None, run_id: str, recipe: str) -> 
     lines += ["", "## Changed rows by stage (fate in A → fate in B)", ""]
     lines += _markdown_table(*tables["changes"]) if tables["changes"][1] else ["No row's fate changed."]
     lines += ["", "## Mixture", ""] + (_markdown_table(*tables["mixture"]) if tables["mixture"][1] else ["No mix."])
-    shards = diff["shards"]
-    lines += ["", "## Shards", "", f"{len(shards['only_in_a'])} only in A, {len(shards['only_in_b'])} only in B, "
-              f"{shards['n_in_both']} in both.", "", "## Evaluation", ""]
+    lines += ["", "## Shards", ""] + _shard_lines(diff["shards"]) + ["", "## Evaluation", ""]
     lines += [diff["evals"]["note"]] if diff["evals"]["note"] else []
     lines += _markdown_table(*tables["evals"]) if tables["evals"][1] else []
     rows = diff.get("changed_rows") or []
@@ -299,3 +298,34 @@ def run_diff_markdown(diff: dict[str, Any] | None, run_id: str, recipe: str) -> 
         lines += [f"- `{r['example_id']}` {r['source']} row {r['source_row']}: {r['in_a']} → {r['in_b']}"
                   + (" (text edited)" if r["text_changed"] else "") for r in rows]
     return "\n".join(lines)
+
+
+def _shard_lines(shards: dict[str, Any]) -> list[str]:
+    """The run-diff artifact's shard section: the counts, then one line per changed shard (the
+    first RUN_DIFF_SHARDS).
+
+    >>> print("\\n".join(_shard_lines({"n_unchanged": 8, "changed": [
+    ...     {"shard": "shards/train/code-00000.parquet", "split": "train", "category": "code", "rows_a": 80,
+    ...      "rows_b": 80, "n_only_a": 5, "n_only_b": 5},
+    ...     {"shard": "shards/train/qa-00001.parquet", "split": "train", "category": "qa", "rows_a": None,
+    ...      "rows_b": 12, "n_only_a": 0, "n_only_b": 12}]})))
+    2 changed, 8 unchanged.
+    <BLANKLINE>
+    - `shards/train/code-00000.parquet` (train, code): 80 → 80 rows, 5 only in A, 5 only in B
+    - `shards/train/qa-00001.parquet` (train, qa): only in B, 12 rows
+    """
+    changed = shards["changed"]
+    if not changed:
+        return [f"No shard changed, {shards['n_unchanged']} unchanged."]
+    lines = [f"{len(changed)} changed, {shards['n_unchanged']} unchanged.", ""]
+    for s in changed[:RUN_DIFF_SHARDS]:
+        head = f"- `{s['shard']}` ({s['split']}, {s['category']}): "
+        if s["rows_a"] is None or s["rows_b"] is None:
+            side, n = ("B", s["rows_b"]) if s["rows_a"] is None else ("A", s["rows_a"])
+            lines.append(head + f"only in {side}, {n} row{'' if n == 1 else 's'}")
+        else:
+            lines.append(head + f"{s['rows_a']} → {s['rows_b']} rows, {s['n_only_a']} only in A, "
+                         f"{s['n_only_b']} only in B")
+    if len(changed) > RUN_DIFF_SHARDS:
+        lines.append(f"- and {len(changed) - RUN_DIFF_SHARDS} more")
+    return lines

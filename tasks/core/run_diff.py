@@ -9,9 +9,10 @@ read it. Rows whose fate differs are counted per stage: under the stage that dro
 Rows read by both runs whose source line or normalized content differs are `text_changed`.
 All of it is set operations in DuckDB (a few seconds at 1M rows), never a loop over rows.
 
-Also: each run's mixture (its mix artifact's `mixture` rows), the shards only one run's mix
-holds, and the metrics of each run's evaluation. Every function takes a (read-only) connection
-and returns plain JSON-able dicts; the CLI and the run's Prefect artifact render them.
+Also: each run's mixture (its mix artifact's `mixture` rows), the shards whose rows changed
+(matched by their name inside the mix artifact), and the metrics of each run's evaluation. Every
+function takes a (read-only) connection and returns plain JSON-able dicts; the CLI and the run's
+Prefect artifact render them.
 """
 
 from __future__ import annotations
@@ -188,22 +189,42 @@ def _mixture(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> list[dic
         FROM ma FULL JOIN mb ON ma.category = mb.category ORDER BY 1""", {"a": run_a, "b": run_b})
 
 
+# Each run's mix shards by their name inside the mix artifact (the shard_id without its leading
+# `<mix key>/`), so a recomputed mix that wrote the same rows matches. A shard's content is the
+# rows it holds: each example's copies (shard_examples.n_copies) on each side; the surplus of one
+# side is its rows the other lacks, in the unit of `shards.n_rows` (rows_a = rows both hold + only
+# A's), as one aggregation (about 5x faster than two EXCEPT ALLs at 1M rows). Shards with the same shard_id
+# (one mix artifact) hold the same rows, so only the others are read from shard_examples.
+_SHARDS_SQL = """
+WITH sa AS (SELECT shard_id, substr(shard_id, length(artifact_id) + 2) AS shard, split, category, n_rows
+            FROM shards WHERE artifact_id IN (SELECT key FROM stage_runs WHERE run_id = $a AND stage = 'mix')),
+sb AS (SELECT shard_id, substr(shard_id, length(artifact_id) + 2) AS shard, split, category, n_rows
+       FROM shards WHERE artifact_id IN (SELECT key FROM stage_runs WHERE run_id = $b AND stage = 'mix')),
+rows_ab AS (SELECT sa.shard, se.example_id, se.n_copies, 'a' AS side FROM shard_examples se JOIN sa USING (shard_id)
+            WHERE sa.shard_id NOT IN (SELECT shard_id FROM sb)
+            UNION ALL
+            SELECT sb.shard, se.example_id, se.n_copies, 'b' FROM shard_examples se JOIN sb USING (shard_id)
+            WHERE sb.shard_id NOT IN (SELECT shard_id FROM sa)),
+counted AS (SELECT shard, coalesce(sum(n_copies) FILTER (side = 'a'), 0) AS in_a,
+                   coalesce(sum(n_copies) FILTER (side = 'b'), 0) AS in_b
+            FROM rows_ab GROUP BY shard, example_id),
+surplus AS (SELECT shard, sum(greatest(in_a - in_b, 0)) AS n_only_a, sum(greatest(in_b - in_a, 0)) AS n_only_b
+            FROM counted GROUP BY shard)
+SELECT coalesce(sa.shard, sb.shard) AS shard, coalesce(sa.split, sb.split) AS split,
+       coalesce(sa.category, sb.category) AS category, sa.n_rows AS rows_a, sb.n_rows AS rows_b,
+       coalesce(o.n_only_a, 0)::BIGINT AS n_only_a, coalesce(o.n_only_b, 0)::BIGINT AS n_only_b
+FROM sa FULL JOIN sb ON sa.shard = sb.shard LEFT JOIN surplus o ON o.shard = coalesce(sa.shard, sb.shard)
+ORDER BY split DESC, category, shard"""
+
+
 def _shards(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> dict[str, Any]:
-    """Shards only one run's mix holds (a shard id names its mix artifact, so a recomputed mix
-    changes them all), and how many both hold."""
-    shards = _rows(con, """
-        WITH sa AS (SELECT s.* FROM shards s JOIN stage_runs sr ON sr.key = s.artifact_id
-                    AND sr.run_id = $a AND sr.stage = 'mix'),
-        sb AS (SELECT s.* FROM shards s JOIN stage_runs sr ON sr.key = s.artifact_id
-               AND sr.run_id = $b AND sr.stage = 'mix')
-        SELECT 'a' AS side, shard_id, split, category, n_rows FROM sa WHERE shard_id NOT IN (SELECT shard_id FROM sb)
-        UNION ALL SELECT 'b', shard_id, split, category, n_rows FROM sb WHERE shard_id NOT IN (SELECT shard_id FROM sa)
-        UNION ALL SELECT 'both', shard_id, split, category, n_rows FROM sa WHERE shard_id IN (SELECT shard_id FROM sb)
-        ORDER BY side, split DESC, category, shard_id""", {"a": run_a, "b": run_b})
-    strip = ("shard_id", "split", "category", "n_rows")
-    return {"only_in_a": [{k: s[k] for k in strip} for s in shards if s["side"] == "a"],
-            "only_in_b": [{k: s[k] for k in strip} for s in shards if s["side"] == "b"],
-            "n_in_both": sum(s["side"] == "both" for s in shards)}
+    """The shards whose rows differ between the runs' mixes, matched by their name inside the mix
+    artifact, or that only one run's mix holds (its rows None in the other): each with its rows in
+    A and in B (`shards.n_rows`) and how many of them only A's or only B's holds (an
+    example's copies count one row each); `n_unchanged` counts the shards both hold with the same rows."""
+    shards = _rows(con, _SHARDS_SQL, {"a": run_a, "b": run_b})
+    changed = [s for s in shards if s["rows_a"] is None or s["rows_b"] is None or s["n_only_a"] or s["n_only_b"]]
+    return {"changed": changed, "n_unchanged": len(shards) - len(changed)}
 
 
 def _evals(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> dict[str, Any]:
@@ -236,11 +257,17 @@ def diff_tables(diff: dict[str, Any], compact: bool = False) -> dict[str, tuple[
     ...     "n_newly_kept": 0, "changes": [{"change": "newly_dropped", "in_a": "kept", "in_b": "filter: toxic",
     ...     "n": 30}]}], "mixture": [{"category": "qa", "target_share_a": 0.2, "target_share_b": 0.2,
     ...     "realized_share_a": 0.2, "realized_share_b": 0.18333, "n_rows_a": 80, "n_rows_b": 73}],
-    ...     "shards": {"only_in_a": [], "only_in_b": []}, "evals": {"metrics": []}}
+    ...     "shards": {"changed": [{"shard": "shards/train/qa-00000.parquet", "split": "train", "category": "qa",
+    ...     "rows_a": 80, "rows_b": 73, "n_only_a": 9, "n_only_b": 2}], "n_unchanged": 4}, "evals": {"metrics": []}}
     >>> diff_tables(diff)["changes"]
     (['stage', 'change', 'in A', 'in B', 'rows'], [('filter', 'newly_dropped', 'kept', 'filter: toxic', 30)])
     >>> diff_tables(diff, compact=True)["mixture"][1]
     [('qa', '0.200', '0.200', '0.200', '0.183', 80, 73)]
+    >>> columns, rows = diff_tables(diff)["shards"]
+    >>> columns
+    ['shard', 'split', 'category', 'rows A', 'rows B', 'rows only in A', 'rows only in B']
+    >>> rows
+    [('shards/train/qa-00000.parquet', 'train', 'qa', 80, 73, 9, 2)]
     """
     def share(value: float | None) -> float | str | None:
         return f"{value:.3f}" if compact and value is not None else value
@@ -259,9 +286,9 @@ def diff_tables(diff: dict[str, Any], compact: bool = False) -> dict[str, tuple[
                     [(m["category"], share(m["target_share_a"]), share(m["target_share_b"]),
                       share(m["realized_share_a"]), share(m["realized_share_b"]), m["n_rows_a"], m["n_rows_b"])
                      for m in diff["mixture"]]),
-        "shards": (["only in", "shard", "split", "category", "rows"],
-                   [(side.upper(), s["shard_id"], s["split"], s["category"], s["n_rows"])
-                    for side in ("a", "b") for s in diff["shards"][f"only_in_{side}"]]),
+        "shards": (["shard", "split", "category", "rows A", "rows B", "rows only in A", "rows only in B"],
+                   [(s["shard"], s["split"], s["category"], s["rows_a"], s["rows_b"], s["n_only_a"], s["n_only_b"])
+                    for s in diff["shards"]["changed"]]),
         "evals": (["metric", "A", "B"], [(m["metric"], metric(m["value_a"]), metric(m["value_b"]))
                                          for m in diff["evals"]["metrics"]]),
     }

@@ -39,6 +39,18 @@ DECISIONS = {
     "m2": {"e1": "selected", "e2": "held_out_eval"},
 }
 KEPT = {"kept", "selected", "held_out_eval"}
+# Shards per mix artifact: name inside the artifact -> (split, category, {example: copies}). A's and
+# B's qa train shard hold the same rows under another mix key; code-00000 swaps one row; code-00001
+# is only in B; the eval shard copies a row once more.
+SHARDS = {
+    "m1": {"shards/train/qa-00000.parquet": ("train", "qa", {"e1": 1, "e4": 2}),
+           "shards/train/code-00000.parquet": ("train", "code", {"e1": 1, "e3": 1}),
+           "shards/eval/qa-00000.parquet": ("eval", "qa", {"e4": 1})},
+    "m2": {"shards/train/qa-00000.parquet": ("train", "qa", {"e4": 2, "e1": 1}),
+           "shards/train/code-00000.parquet": ("train", "code", {"e1": 1, "e6": 1}),
+           "shards/train/code-00001.parquet": ("train", "code", {"e2": 1}),
+           "shards/eval/qa-00000.parquet": ("eval", "qa", {"e4": 2})},
+}
 
 
 def _insert(con, table: str, row: dict) -> None:
@@ -69,9 +81,13 @@ def warehouse(tmp_path: Path) -> Path:
                                                         ("m2", "code", 0.5, 0.6, 3)):
             _insert(con, "mixture", {"artifact_id": key, "category": category, "target_share": target,
                                      "realized_share": realized, "n_rows": n_rows})
-        for key in ("m1", "m2"):
-            _insert(con, "shards", {"shard_id": f"{key}/shards/train/qa-00000.parquet", "artifact_id": key,
-                                    "split": "train", "category": "qa", "n_rows": 2})
+        for key, shards in SHARDS.items():
+            for name, (split, category, copies) in shards.items():
+                _insert(con, "shards", {"shard_id": f"{key}/{name}", "artifact_id": key, "split": split,
+                                        "category": category, "n_rows": sum(copies.values())})
+                for example_id, n_copies in copies.items():
+                    _insert(con, "shard_examples", {"shard_id": f"{key}/{name}", "example_id": example_id,
+                                                    "n_copies": n_copies})
         for model, evaluation, perplexity in (("t1", "v1", 10.0), ("t2", "v2", 8.0)):
             _insert(con, "models", {"model_id": model, "artifact_id": model})
             for metric, value in (("perplexity", perplexity), ("gated", 0.0)):
@@ -125,10 +141,19 @@ def test_mixture_shards_and_evaluations_side_by_side(con):
          "realized_share_b": 0.6, "n_rows_a": None, "n_rows_b": 3},
         {"category": "qa", "target_share_a": 0.5, "target_share_b": 0.5, "realized_share_a": 0.5,
          "realized_share_b": 0.4, "n_rows_a": 2, "n_rows_b": 2}]
-    assert diff["shards"] == {
-        "only_in_a": [{"shard_id": "m1/shards/train/qa-00000.parquet", "split": "train", "category": "qa", "n_rows": 2}],
-        "only_in_b": [{"shard_id": "m2/shards/train/qa-00000.parquet", "split": "train", "category": "qa", "n_rows": 2}],
-        "n_in_both": 0}
+    # shards match by name inside the mix: the qa train shard holds the same rows under another key
+    assert diff["shards"] == {"n_unchanged": 1, "changed": [
+        {"shard": "shards/train/code-00000.parquet", "split": "train", "category": "code", "rows_a": 2, "rows_b": 2,
+         "n_only_a": 1, "n_only_b": 1},
+        {"shard": "shards/train/code-00001.parquet", "split": "train", "category": "code", "rows_a": None,
+         "rows_b": 1, "n_only_a": 0, "n_only_b": 1},
+        {"shard": "shards/eval/qa-00000.parquet", "split": "eval", "category": "qa", "rows_a": 1, "rows_b": 2,
+         "n_only_a": 0, "n_only_b": 1}]}  # one more copy of e4: one row only B holds
+    assert run_diff(con, B, A)["shards"]["changed"][1] == {
+        "shard": "shards/train/code-00001.parquet", "split": "train", "category": "code", "rows_a": 1,
+        "rows_b": None, "n_only_a": 1, "n_only_b": 0}
+    assert diff_tables(diff)["shards"][1][:2] == [("shards/train/code-00000.parquet", "train", "code", 2, 2, 1, 1),
+                                                  ("shards/train/code-00001.parquet", "train", "code", None, 1, 0, 1)]
     assert diff["evals"] == {"model_a": "t1", "model_b": "t2", "measured_a": True, "measured_b": True,
                              "metrics": [{"metric": "exact_match", "value_a": None, "value_b": 0.5},
                                          {"metric": "gated", "value_a": 0.0, "value_b": 0.0},
@@ -137,7 +162,7 @@ def test_mixture_shards_and_evaluations_side_by_side(con):
     # a run that reused every artifact of A: nothing changed, the same shards, no evaluation
     same = run_diff(con, A, OTHER)
     assert all(not s["changes"] for s in same["stages"]) and same["rows"]["n_changed_rows"] == 0
-    assert same["shards"]["n_in_both"] == 1 and not same["shards"]["only_in_a"]
+    assert same["shards"] == {"changed": [], "n_unchanged": 3}
     assert same["evals"]["note"] == f"not measured in run {OTHER}"
     assert diff_tables(same, compact=True)["evals"][1] == [("gated", "0", None), ("perplexity", "10", None)]
 
@@ -172,6 +197,9 @@ def test_cli_csv_and_json(warehouse):
         ("e1", "True", '{"text": "row e1"} edited'), ("e5", "False", "")]
     out = cli.invoke(app, ["diff", "aaaaaa01", "aaaaaa02", "--format", "json", "--warehouse", str(warehouse)])
     assert json.loads(out.stdout)["evals"]["metrics"][2] == {"metric": "perplexity", "value_a": 10.0, "value_b": 8.0}
+    out = cli.invoke(app, ["diff", "aaaaaa01", "aaaaaa02", "--warehouse", str(warehouse)], env={"COLUMNS": "120"})
+    assert out.exit_code == 0, out.output
+    assert "shards changed (1 unchanged)" in out.stdout and "shards/train/code-00001.parquet" in out.stdout
     out = cli.invoke(app, ["diff", "aaaaaa", "aaaaaa02", "--warehouse", str(warehouse)])
     assert out.exit_code == 1 and "ambiguous" in out.stdout
     out = cli.invoke(app, ["diff", "aaaaaa01", "aaaaaa02", "--format", "yaml", "--warehouse", str(warehouse)])
@@ -188,8 +216,13 @@ def test_the_run_diff_artifact(warehouse, con, monkeypatch, caplog):
     assert page == publish.run_diff_markdown(run_diff(con, A, B, rows_limit=publish.RUN_DIFF_ROWS), B, "demo")
     assert f"Against `{A}` (A)" in page and "| filter | reason_changed | filter: contaminated | filter: toxic | 1 |" in page
     assert "| perplexity | 10 | 8 |" in page and "- `e1` s row 1: kept → kept (text edited)" in page
+    assert "## Shards\n\n3 changed, 1 unchanged.\n\n- `shards/train/code-00000.parquet` (train, code): 2 → 2 rows, " \
+           "1 only in A, 1 only in B\n- `shards/train/code-00001.parquet` (train, code): only in B, 1 row\n" in page
     assert sent[1][1].endswith("No earlier completed run of recipe `demo` to compare with.")
+    monkeypatch.setattr(publish, "RUN_DIFF_SHARDS", 1)  # a long list ends with how many it left out
+    publish.publish_run_diff(warehouse / "catalog.duckdb", B)
+    assert "(train, code): 2 → 2 rows, 1 only in A, 1 only in B\n- and 2 more\n" in sent[2][1]
     # a diff that cannot be made is a warning: the run it reports on has finished
     with caplog.at_level(logging.WARNING):
         publish.publish_run_diff(warehouse / "missing.duckdb", B)
-    assert len(sent) == 2 and "diff against the previous run was not published" in caplog.text
+    assert len(sent) == 3 and "diff against the previous run was not published" in caplog.text

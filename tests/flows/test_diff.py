@@ -67,6 +67,37 @@ def dropped_as(con, run_id: str, stage: str, reason: str) -> set[str]:
         "WHERE sr.run_id = ? AND d.stage = ? AND d.reason = ?", [run_id, stage, reason]).fetchall()}
 
 
+def shard_contents(con, run_id: str) -> dict[str, tuple[str, str, int, Counter]]:
+    """The run's mix shards by name inside the mix artifact -> (split, category, rows, the copies
+    of each example it holds)."""
+    found: dict[str, tuple[str, str, int, Counter]] = {}
+    for shard_id, key, split, category, n_rows, example_id, n_copies in con.execute("""
+            SELECT s.shard_id, s.artifact_id, s.split, s.category, s.n_rows, se.example_id, se.n_copies
+            FROM shards s JOIN stage_runs sr ON sr.key = s.artifact_id AND sr.run_id = ? AND sr.stage = 'mix'
+            LEFT JOIN shard_examples se ON se.shard_id = s.shard_id""", [run_id]).fetchall():
+        assert shard_id.startswith(key + "/")
+        entry = found.setdefault(shard_id[len(key) + 1:], (split, category, n_rows, Counter()))
+        if example_id is not None:
+            entry[3][example_id] += n_copies
+    return found
+
+
+def expected_shards(a: dict, b: dict) -> dict:
+    """The shard part of a diff, worked out shard by shard from shard_contents of A and B."""
+    changed = []
+    for name in a.keys() | b.keys():
+        split, category = (a.get(name) or b[name])[:2]
+        rows_a, rows_in_a = a[name][2:] if name in a else (None, Counter())
+        rows_b, rows_in_b = b[name][2:] if name in b else (None, Counter())
+        if rows_a is None or rows_b is None or rows_in_a != rows_in_b:
+            changed.append({"shard": name, "split": split, "category": category, "rows_a": rows_a, "rows_b": rows_b,
+                            "n_only_a": sum((rows_in_a - rows_in_b).values()),
+                            "n_only_b": sum((rows_in_b - rows_in_a).values())})
+    changed.sort(key=lambda s: (s["category"], s["shard"]))
+    changed.sort(key=lambda s: s["split"], reverse=True)  # stable: train before eval, then as above
+    return {"changed": changed, "n_unchanged": len(a.keys() | b.keys()) - len(changed)}
+
+
 @pytest.fixture(scope="module")
 def diffs(changed_runs) -> dict[str, dict]:
     """Each change's run against the base run, with every changed row listed."""
@@ -115,10 +146,18 @@ def test_a_stricter_toxicity_threshold_newly_drops_toxic_rows_at_filter(changed_
     assert all(not by_stage[s]["changes"] for s in UPSTREAM_OF_FILTER)
     assert diff["rows"]["n_text_changed"] == diff["rows"]["n_added"] == diff["rows"]["n_removed"] == 0
     assert {r["example_id"] for r in diff["changed_rows"] if r["in_b"] == "filter: toxic"} == newly_toxic
-    # the mixture holds its shares, from fewer rows to choose from; every shard is a new file
+    # the mixture holds its shares, from fewer rows to choose from; the recomputed mix writes every
+    # shard again, and each shard that held a newly toxic row holds other rows now
     assert [m["category"] for m in diff["mixture"]] == sorted(m["category"] for m in runs["base"]["mixture"])
     assert all(m["target_share_a"] == m["target_share_b"] for m in diff["mixture"])
-    assert diff["shards"]["n_in_both"] == 0 and diff["shards"]["only_in_a"] and diff["shards"]["only_in_b"]
+    with catalog(root) as con:
+        shards_a = shard_contents(con, runs["base"]["run_id"])
+        shards_b = shard_contents(con, runs["recipe_field"]["run_id"])
+    assert diff["shards"] == expected_shards(shards_a, shards_b)
+    assert diff["shards"]["changed"] and diff["shards"]["n_unchanged"]
+    assert all(s["rows_a"] is not None and s["rows_b"] is not None for s in diff["shards"]["changed"])
+    held_toxic = {name for name, (*_, rows) in shards_a.items() if any(e in newly_toxic for e, _ in rows)}
+    assert held_toxic and held_toxic <= {s["shard"] for s in diff["shards"]["changed"]}
 
 
 def test_a_source_edit_shows_the_edited_row_with_both_source_lines(changed_runs, diffs):
