@@ -156,7 +156,7 @@ def test_a_stricter_toxicity_threshold_newly_drops_toxic_rows_at_filter(changed_
     assert diff["shards"] == expected_shards(shards_a, shards_b)
     assert diff["shards"]["changed"] and diff["shards"]["n_unchanged"]
     assert all(s["rows_a"] is not None and s["rows_b"] is not None for s in diff["shards"]["changed"])
-    held_toxic = {name for name, (*_, rows) in shards_a.items() if any(e in newly_toxic for e, _ in rows)}
+    held_toxic = {name for name, (*_, rows) in shards_a.items() if any(e in newly_toxic for e in rows)}
     assert held_toxic and held_toxic <= {s["shard"] for s in diff["shards"]["changed"]}
 
 
