@@ -150,3 +150,21 @@ def test_explain_shows_every_version_of_an_edited_row(tmp_path):
     assert both.exit_code == 1 and "not both" in both.output
     unknown = runner.invoke(app, ["explain", "e1a2b3", "--run", "nosuchrun", "--warehouse", wh])
     assert unknown.exit_code == 1 and "no run 'nosuchrun'" in unknown.output
+
+
+def test_the_summary_says_why_each_stage_computed(capsys):
+    from sftflow.flows.cli import print_summary
+
+    def row(stage, label, why):
+        return {"stage": stage, "label": label, "n_in": 3, "n_out": 3, "cache_hit": not why, "seconds": 0.1, "why": why}
+
+    base = {"run_id": "r1", "recipe": "demo", "wall_seconds": 1.0, "ledger": [], "drop_reasons": [], "mixture": []}
+    print_summary({**base, "stages": [row("ingest", "alpaca_sample", "source file changed"), row("dedup", "", ""),
+                                      row("filter", "", "recipe filters.toxicity.threshold: null -> 0.3")]})
+    out = capsys.readouterr().out
+    assert "  ingest[alpaca_sample]: source file changed\n" in out  # the label is text, not rich markup
+    assert "  filter: recipe filters.toxicity.threshold: null -> 0.3\n" in out
+    assert "dedup:" not in out  # a cache hit has no reason
+    first = "no earlier artifact of this stage for this recipe"
+    print_summary({**base, "stages": [row("ingest", "a", first), row("ingest", "b", first)]})
+    assert f"why computed: {first} (every stage computed)" in capsys.readouterr().out
