@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 
@@ -103,8 +104,8 @@ def write_rows(columns: list[str], rows: list[tuple], format: str) -> None:
         table = Table(show_lines=False)
         for col in columns:
             table.add_column(col, overflow="fold")
-        for r in rows:
-            table.add_row(*("" if v is None else str(v) for v in r))
+        for r in rows:  # Text, not markup: a value such as `[alpaca_sample]` is shown as it is
+            table.add_row(*(Text("" if v is None else str(v)) for v in r))
         console.print(table)
 
 

@@ -168,3 +168,11 @@ def test_the_summary_says_why_each_stage_computed(capsys):
     first = "no earlier artifact of this stage for this recipe"
     print_summary({**base, "stages": [row("ingest", "a", first), row("ingest", "b", first)]})
     assert f"why computed: {first} (every stage computed)" in capsys.readouterr().out
+
+
+def test_table_output_shows_values_as_they_are(capsys):
+    from sftflow.flows.cli_audit import write_rows
+
+    write_rows(["source", "reason"], [("[alpaca_sample]", "[bold]toxic")], "table")
+    out = capsys.readouterr().out
+    assert "[alpaca_sample]" in out and "[bold]toxic" in out
