@@ -34,6 +34,7 @@ def plan(
     from sftflow.tasks.core.recipe import RecipeError
     from sftflow.tasks.core.workspace import PathNotAllowed
 
+    only = "all" if only == "eval" else only  # as `sftflow run --only eval`
     if format not in ("table", "csv", "json") or only not in ("data", "train", "all"):
         raise typer.BadParameter("--format takes table, csv or json; --only takes data, train or all")
     try:
@@ -56,8 +57,9 @@ def plan(
         sys.stdout.write(f"{stage:<10}{label:<17}{status:<30}{estimate:>7}  {why}\n".rstrip() + "\n")
     unknown = f" ({planned['n_without_estimate']} never computed before: no estimate)" \
         if planned["n_without_estimate"] else ""
-    sys.stdout.write(f"{planned['n_to_compute']} of {len(planned['stages'])} stage calls to compute, "
-                     f"~{planned['estimated_seconds']} s by earlier runs{unknown}\n")
+    maybe = planned["n_if_input_changes"]
+    sys.stdout.write(f"{planned['n_to_compute'] - maybe} of {len(planned['stages'])} stage calls compute, {maybe} more "
+                     f"if their input changes: at most ~{planned['estimated_seconds']} s by earlier runs{unknown}\n")
 
 
 def sql(

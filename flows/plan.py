@@ -61,8 +61,9 @@ class Planner:
                     and self.store.load(call.stage, c["key"], verify=False) is not None]
         names = ", ".join(sorted(pending))
         if reusable:
-            self.lines.append(self._line(call, IF_INPUT_CHANGES, [], f"after {names}: cached if that comes out "
-                                         f"as it did for artifact {reusable[0][:12]}"))
+            line = self._line(call, IF_INPUT_CHANGES, [], f"after {names}: cached if that comes out "
+                              f"as it did for artifact {reusable[0][:12]}")
+            self.lines.append({**line, "reusable": reusable})  # the artifacts a run could serve
         else:
             if pending and not reasons:
                 reasons = [{"kind": "input", "what": names, "old": None, "new": None}]
@@ -110,7 +111,8 @@ def plan_run(recipe_path: Path, overrides: list[str], only: RunLevel = "all", ro
         "recipe": recipe.name, "overrides": list(overrides), "only": only,
         "stages": planner.lines,
         "n_cached": len(planner.lines) - len(to_compute),
-        "n_to_compute": len(to_compute),
+        "n_to_compute": len(to_compute),  # at most: those `computes if its input changes` may be served
+        "n_if_input_changes": sum(line["status"] == IF_INPUT_CHANGES for line in to_compute),
         # stages never computed before have no figure: the total says how many it leaves out
         "estimated_seconds": round(sum(line["estimated_seconds"] or 0 for line in to_compute), 1),
         "n_without_estimate": sum(line["estimated_seconds"] is None for line in to_compute),

@@ -25,7 +25,7 @@ from prefect.logging import get_run_logger
 from sftflow.flows.gate import gate_verdict, metric_text
 from sftflow.tasks.core.artifacts import DECISIONS_FILE, Manifest
 from sftflow.tasks.core.catalog import connect_readonly
-from sftflow.tasks.core.run_diff import diff_tables, previous_run, run_diff
+from sftflow.tasks.core.run_diff import diff_tables, previous_run, run_diff, same_artifacts
 
 ARTIFACT_KEYS = {
     "mask_audit": "sftflow-mask-audit",
@@ -244,9 +244,14 @@ def publish_run_diff(catalog_path: Path | str, run_id: str) -> None:
     try:
         with connect_readonly(Path(catalog_path)) as con:
             previous = previous_run(con, run_id)
-            diff = run_diff(con, previous, run_id, rows_limit=RUN_DIFF_ROWS) if previous else None
             recipe = con.execute("SELECT recipe_name FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]
-        create_markdown_artifact(key=ARTIFACT_KEYS["run_diff"], markdown=run_diff_markdown(diff, run_id, recipe),
+            if previous and same_artifacts(con, previous, run_id):  # an unchanged re-run: skip the row diff
+                markdown = (f"# Changes in run `{run_id}` — recipe `{recipe}`\n\nNothing changed: every stage "
+                            f"used the artifacts run `{previous}` used.")
+            else:
+                diff = run_diff(con, previous, run_id, rows_limit=RUN_DIFF_ROWS) if previous else None
+                markdown = run_diff_markdown(diff, run_id, recipe)
+        create_markdown_artifact(key=ARTIFACT_KEYS["run_diff"], markdown=markdown,
                                  description=f"run {run_id} against the previous completed run of {recipe}")
     except Exception as exc:  # whatever went wrong here, the run's own result stands
         _warn(f"the run's diff against the previous run was not published: {type(exc).__name__}: {exc}")

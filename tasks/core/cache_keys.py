@@ -152,12 +152,14 @@ def stage_key(
     config: Any,
     input_hashes: list[str],
     libraries: dict[str, str],
+    logic: int | None = None,
 ) -> str:
-    """The artifact key and the Prefect cache key of one stage execution."""
+    """The artifact key and the Prefect cache key of one stage execution (`logic`: the stage's
+    logic version, the registered one when None)."""
     return short_hash(
         {
             "stage": stage,
-            "logic_version": logic_version(stage),
+            "logic_version": logic_version(stage) if logic is None else logic,
             "code": code_hash,
             "config": config,
             "inputs": list(input_hashes),

@@ -85,6 +85,18 @@ def previous_run(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
     return found[0] if found else None
 
 
+def same_artifacts(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> bool:
+    """Whether two runs used exactly the same artifacts (an unchanged re-run): nothing can differ."""
+    return con.execute("""
+        SELECT count(*) = 0 FROM (
+            (SELECT stage, coalesce(label, ''), key FROM stage_runs WHERE run_id = $a
+             EXCEPT SELECT stage, coalesce(label, ''), key FROM stage_runs WHERE run_id = $b)
+            UNION ALL
+            (SELECT stage, coalesce(label, ''), key FROM stage_runs WHERE run_id = $b
+             EXCEPT SELECT stage, coalesce(label, ''), key FROM stage_runs WHERE run_id = $a))""",
+                       {"a": run_a, "b": run_b}).fetchone()[0]
+
+
 def _run_info(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     info = _rows(con, """SELECT run_id, recipe_name, status, started_at::VARCHAR AS started_at,
                                 finished_at::VARCHAR AS finished_at, code_version, overrides

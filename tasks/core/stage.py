@@ -81,8 +81,9 @@ class StageCall(BaseModel):
             "logic_version": logic_version(self.stage),
             "code": dict(self.code_modules),
             "config": keyed_config(self.config, self.unkeyed),
-            "inputs": [{"stage": m.stage, "label": m.label, "key": m.key, "data_hash": m.data_hash}
-                       for m in self.inputs],
+            # an artifact written before manifests named their call's label: its source, if any
+            "inputs": [{"stage": m.stage, "label": m.label or m.stats.get("source", ""), "key": m.key,
+                        "data_hash": m.data_hash} for m in self.inputs],
             "external": [{"name": name, "value": value} for name, value in zip(self.input_names, self.input_hashes)],
             "libraries": dict(self.libraries),
         }
@@ -93,7 +94,7 @@ def key_from_inputs(key_inputs: dict[str, Any]) -> str:
     cannot reproduce its artifact's key."""
     return stage_key(key_inputs["stage"], fingerprint_of(key_inputs["code"]), key_inputs["config"],
                      [i["data_hash"] for i in key_inputs["inputs"]] + [e["value"] for e in key_inputs["external"]],
-                     key_inputs["libraries"])
+                     key_inputs["libraries"], logic=key_inputs["logic_version"])
 
 
 def keyed_config(config: dict[str, Any], unkeyed: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:

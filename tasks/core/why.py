@@ -19,7 +19,7 @@ from typing import Any
 from sftflow.tasks.core import stages
 
 # Reason kinds, in the order they are listed.
-KINDS = ("first", "unrecorded", "missing", "logic", "recipe", "source", "file", "code", "library", "input")
+KINDS = ("first", "unrecorded", "missing", "logic", "recipe", "source", "file", "code", "library", "input", "order")
 MAX_VALUE_CHARS = 60  # a long list in a recipe field is cut in the text, never in the JSON
 
 
@@ -59,24 +59,26 @@ def _external_name(stage: str, index: int, entry: dict[str, str]) -> str:
     return f"{stage} input file #{index}"
 
 
-def _externals(stage: str, key_inputs: dict[str, Any]) -> dict[str, str]:
+def input_name(stage: str, label: str) -> str:
+    return f"{stage}[{label}]" if label else stage
+
+
+def _named(pairs: Any) -> dict[str, str]:
+    """(name, value) pairs as a dict; a repeated name (two eval sets) gets a prime per repeat."""
     named: dict[str, str] = {}
-    for index, entry in enumerate(key_inputs.get("external", [])):
-        name = _external_name(stage, index, entry)
-        while name in named:  # two eval sets: both kept, in order
+    for name, value in pairs:
+        while name in named:
             name += "'"
-        named[name] = entry["value"]
+        named[name] = value
     return named
+
+
+def _externals(stage: str, key_inputs: dict[str, Any]) -> dict[str, str]:
+    return _named((_external_name(stage, i, e), e["value"]) for i, e in enumerate(key_inputs.get("external", [])))
 
 
 def _inputs(key_inputs: dict[str, Any]) -> dict[str, str]:
-    named: dict[str, str] = {}
-    for entry in key_inputs.get("inputs", []):
-        name = input_name(entry["stage"], entry.get("label", ""))
-        while name in named:
-            name += "'"
-        named[name] = entry["data_hash"]
-    return named
+    return _named((input_name(e["stage"], e.get("label", "")), e["data_hash"]) for e in key_inputs.get("inputs", []))
 
 
 ABSENT = "(absent)"  # a field or input one side does not have at all (null is a value)
@@ -117,6 +119,8 @@ def key_changes(current: dict[str, Any], baseline: dict[str, Any] | None, *, lab
     reasons += _changed("library", baseline.get("libraries", {}), current.get("libraries", {}))
     if not inputs_pending:
         reasons += _changed("input", _inputs(baseline), _inputs(current))
+        if not reasons and current != baseline:  # the same inputs in another order: another key
+            reasons = [{"kind": "order", "what": "the same key inputs in another order", "old": None, "new": None}]
     return sorted(reasons, key=lambda r: KINDS.index(r["kind"]))
 
 
@@ -134,7 +138,7 @@ def reason_text(reason: dict[str, Any]) -> str:
     'input dedup changed'
     """
     kind, what, old, new = reason["kind"], reason["what"], reason.get("old"), reason.get("new")
-    if kind in ("first", "unrecorded", "missing"):
+    if kind in ("first", "unrecorded", "missing", "order"):
         return what
     if kind == "logic":
         return f"stage logic version {old} -> {new}"
@@ -184,10 +188,6 @@ def candidates(rows: list[tuple]) -> dict[tuple[str, str], list[dict[str, Any]]]
     for stage, label, key, key_inputs in rows:
         found.setdefault((stage, label), []).append({"key": key, "key_inputs": json.loads(key_inputs)})
     return found
-
-
-def input_name(stage: str, label: str) -> str:
-    return f"{stage}[{label}]" if label else stage
 
 
 def matches_but_pending(current: dict[str, Any], candidate: dict[str, Any], label: str, pending: set[str]) -> bool:

@@ -62,3 +62,14 @@ def test_dedup_fingerprint_covers_the_band_derivation(tmp_path, monkeypatch):
     after = code_fingerprint("sftflow.tasks.dedup")
     code_modules.cache_clear()
     assert before != after
+
+
+def test_keys_are_computed_as_before_the_key_inputs_were_kept():
+    """The fingerprint hashes the sorted (module, source sha256) pairs and the key the same dict as
+    ever: a warehouse written before keeps its cache hits."""
+    from sftflow.tasks.core.hashing import short_hash
+
+    pairs = code_modules("sftflow.tasks.dedup")
+    assert code_fingerprint("sftflow.tasks.dedup") == short_hash(sorted(pairs))  # tuples, as before
+    # the key the code before recorded key inputs (51b5181) computed for these ingredients
+    assert stage_key("dedup", "c0de", {"t": 0.5}, ["i"], {"x": "1"}) == "888c7d22c8db2a22191701aa94b949af"

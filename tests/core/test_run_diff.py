@@ -18,7 +18,7 @@ import sftflow.flows.publish as publish
 from sftflow.flows.cli import app
 from sftflow.tasks.core.audit import NotFound
 from sftflow.tasks.core.catalog import Catalog, connect_readonly
-from sftflow.tasks.core.run_diff import diff_tables, previous_run, resolve_run, run_diff
+from sftflow.tasks.core.run_diff import diff_tables, previous_run, resolve_run, run_diff, same_artifacts
 
 A, B, OTHER, FAILED = "aaaaaa01", "aaaaaa02", "bbbbbb03", "aaaaaa00"
 # (run, stage, artifact key) as the runs used them; OTHER reuses A's artifacts (cache hits)
@@ -226,3 +226,16 @@ def test_the_run_diff_artifact(warehouse, con, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         publish.publish_run_diff(warehouse / "missing.duckdb", B)
     assert len(sent) == 3 and "diff against the previous run was not published" in caplog.text
+
+
+def test_an_unchanged_rerun_is_reported_without_a_row_diff(warehouse, con, monkeypatch):
+    assert same_artifacts(con, A, A)
+    assert not same_artifacts(con, A, OTHER) and not same_artifacts(con, OTHER, A)  # A also trained
+    assert not same_artifacts(con, A, B)
+    sent = []
+    monkeypatch.setattr(publish, "create_markdown_artifact", lambda key, markdown, description: sent.append(markdown))
+    monkeypatch.setattr(publish, "previous_run", lambda _con, run_id: run_id)  # a re-run of itself
+    monkeypatch.setattr(publish, "run_diff", lambda *args, **kwargs: pytest.fail("no row diff is needed"))
+    publish.publish_run_diff(warehouse / "catalog.duckdb", A)
+    assert sent == [f"# Changes in run `{A}` — recipe `demo`\n\nNothing changed: every stage used the artifacts "
+                    f"run `{A}` used."]

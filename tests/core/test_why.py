@@ -91,3 +91,19 @@ def test_pending_inputs_are_not_compared(tmp_path, pending):
     base = _call(tmp_path).key_inputs()
     moved = _call(tmp_path, upstream="other").key_inputs()
     assert bool(key_changes(moved, base, inputs_pending=pending)) is not pending
+
+
+def test_reordered_inputs_and_logic_versions_are_named(tmp_path, monkeypatch):
+    import dataclasses
+
+    from sftflow.tasks.core import stages
+
+    call = _call(tmp_path)
+    record = call.key_inputs()
+    swapped = {**record, "external": record["external"][::-1]}  # the same files in another order
+    assert key_from_inputs(swapped) != call.key
+    assert why_text(key_changes(swapped, record)) == "the same key inputs in another order"
+    bumped = tuple(dataclasses.replace(s, logic_version=2) if s.name == "filter" else s for s in stages.STAGES)
+    monkeypatch.setattr(stages, "STAGES", bumped)
+    assert key_from_inputs(record) == call.key  # a record hashes with the logic version it holds
+    assert why_text(key_changes(_call(tmp_path).key_inputs(), record)) == "stage logic version 1 -> 2"
