@@ -55,18 +55,12 @@ def sftflow_pipeline(
         try:
             with contextlib.ExitStack() as runner_scope:  # where the data stages' parts run
                 runner = runner_scope.enter_context(run_runner(recipe.runner))
-                ingested = [run.run(ingest.ingest_stage, ingest.plan(source, ws)) for source in recipe.sources]
-                normalized = [run.run(normalize.normalize_stage, normalize.plan(recipe, m, ws, runner))
-                              for m in ingested]
-                # dedup ─► filter ─► score ─► mix; the runner goes after the last stage that uses it
-                mixed = run_chain(run, recipe, normalized, ws, runner, release_runner=runner_scope.close)
+                mixed = run_data(run, recipe, ws, runner, release_runner=runner_scope.close)
             data_card = run.publish_data_card()
             gated = None
             if only != "data":
-                trained = run.run(train.train_stage, train.plan(recipe, mixed, ws, data_card),
-                                  retries=1, retry_on=(TrainingFailed,))
-                if only == "all":
-                    evaluated = run.run(evaluate.evaluate_stage, evaluate.plan(recipe, trained, mixed, ws))
+                trained, evaluated = run_model(run, recipe, mixed, ws, data_card, only)
+                if evaluated is not None:
                     gated = gate_failure(evaluated.stats, recipe.eval.on_regression,
                                          str(trained.file(trained.stats["model"]["path"])))
         except BaseException:
@@ -83,6 +77,27 @@ def sftflow_pipeline(
             gated.summary = summary
             raise gated  # the flow run ends Failed, with the figures and what to change
     return summary
+
+
+def run_data(run: RunContext, recipe: Recipe, ws: Workspace, runner: dict[str, Any],
+             release_runner: Callable[[], None]) -> Manifest:
+    """ingest and normalize per source, then dedup ─► filter ─► score ─► mix; returns mix's
+    artifact. `run` executes a stage call (RunContext.run; `sftflow plan` passes its planner)."""
+    ingested = [run.run(ingest.ingest_stage, ingest.plan(source, ws)) for source in recipe.sources]
+    normalized = [run.run(normalize.normalize_stage, normalize.plan(recipe, m, ws, runner)) for m in ingested]
+    # the runner goes after the last stage that uses it
+    return run_chain(run, recipe, normalized, ws, runner, release_runner)
+
+
+def run_model(run: RunContext, recipe: Recipe, mixed: Manifest, ws: Workspace, data_card: dict[str, Any],
+              only: Only) -> tuple[Manifest, Manifest | None]:
+    """train on mix's shards, then (`only="all"`) evaluate; returns both artifacts (evaluate's None
+    when not run). Training is retried once when it failed (it resumes from its last checkpoint)."""
+    trained = run.run(train.train_stage, train.plan(recipe, mixed, ws, data_card), retries=1,
+                      retry_on=(TrainingFailed,))
+    if only != "all":
+        return trained, None
+    return trained, run.run(evaluate.evaluate_stage, evaluate.plan(recipe, trained, mixed, ws))
 
 
 def run_chain(run: RunContext, recipe: Recipe, normalized: list[Manifest], ws: Workspace,

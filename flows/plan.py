@@ -1,14 +1,16 @@
 """`sftflow plan`: what a run of a recipe would compute, and why, without running anything.
 
-The plan walks the pipeline as the flow does (the same `plan` of every stage module, the same
-chain, tasks/core/stages.py's order) and asks, for each call, whether the artifact store holds its
-key. A stage that is not cached is explained by the key inputs that changed against the newest
-artifact of that stage for the recipe (tasks/core/why.py). A stage downstream of one that will
-compute cannot know its own key yet (keys hold their inputs' data hashes, so an upstream stage
-whose output comes out byte-identical stops the re-run there): when an artifact in the store
-matches all the rest of its key (artifacts.key_inputs), it is listed as computing only if that
-input changes; when none does, it computes whatever the input turns out to be. Costs are the median seconds of the stage's last
-computed runs in stage_runs. Nothing is written: the catalog is opened read-only and no stage runs.
+The plan walks the pipeline with the flow's own functions (flows/pipeline.py: run_data,
+run_model: the same `plan` of every stage module, in the same order) and asks, for each call,
+whether the artifact store holds its key. A stage that is not cached is explained by the key
+inputs that changed against the newest artifact of that stage for the recipe
+(tasks/core/why.py). A stage downstream of one that will compute cannot know its own key yet
+(keys hold their inputs' data hashes, so an upstream stage whose output comes out byte-identical
+stops the re-run there): when an artifact in the store matches all the rest of its key
+(artifacts.key_inputs), it is listed as computing only if that input changes; when none does, it
+computes whatever the input turns out to be. Costs are the median seconds of the stage's last
+computed runs in stage_runs. Nothing is written: the catalog is opened read-only and no stage
+runs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftflow.tasks import evaluate, ingest, normalize, train
 from sftflow.tasks.core.artifacts import ArtifactStore, Manifest
 from sftflow.tasks.core.catalog import connect_readonly
 from sftflow.tasks.core.recipe import load_recipe
@@ -36,7 +37,7 @@ PENDING_PREFIX = "pending:"  # the key of a stand-in for an artifact this plan w
 @dataclass
 class Planner:
     """Collects one line per stage call; `run` has the signature of RunContext.run, so the flow's
-    own chain walk (flows/pipeline.py: run_chain) plans the data stages in their registry order."""
+    own walk of the stages (flows/pipeline.py: run_data, run_model) plans them in the flow's order."""
 
     store: ArtifactStore
     baselines: dict[tuple[str, str], dict[str, Any]]
@@ -86,7 +87,7 @@ class Planner:
 def plan_run(recipe_path: Path, overrides: list[str], only: RunLevel = "all", root: Path | None = None,
              warehouse: Path | None = None) -> dict[str, Any]:
     """What `sftflow run RECIPE --set OVERRIDES --only ONLY` would compute, stage by stage."""
-    from sftflow.flows.pipeline import run_chain  # the flow's own walk of the data chain
+    from sftflow.flows.pipeline import run_data, run_model  # the flow's own walk of the stages
 
     ws = Workspace.from_env(root=root, warehouse=warehouse)
     recipe = load_recipe(ws.resolve_input(str(recipe_path)), overrides)
@@ -99,13 +100,9 @@ def plan_run(recipe_path: Path, overrides: list[str], only: RunLevel = "all", ro
             seconds = estimated_seconds(con.execute(COMPUTED_SECONDS_SQL, [recipe.name]).fetchall())
             reusable = candidates(con.execute(CANDIDATES_SQL).fetchall())
     planner = Planner(ArtifactStore(ws.artifacts_dir), earlier, seconds, reusable)
-    ingested = [planner.run(None, ingest.plan(source, ws)) for source in recipe.sources]
-    normalized = [planner.run(None, normalize.plan(recipe, m, ws)) for m in ingested]
-    mixed = run_chain(planner, recipe, normalized, ws, recipe.runner.canonical(), release_runner=lambda: None)
+    mixed = run_data(planner, recipe, ws, recipe.runner.canonical(), release_runner=lambda: None)
     if only != "data":
-        trained = planner.run(None, train.plan(recipe, mixed, ws, data_card={}))
-        if only == "all":
-            planner.run(None, evaluate.plan(recipe, trained, mixed, ws))
+        run_model(planner, recipe, mixed, ws, data_card={}, only=only)  # the data card is not in a key
     to_compute = [line for line in planner.lines if line["status"] != CACHED]
     return {
         "recipe": recipe.name, "overrides": list(overrides), "only": only,
