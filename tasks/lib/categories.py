@@ -148,8 +148,10 @@ def fold(text: str) -> str:
 # ASCII (RE2's \s lacks \x0b and \x1c-\x1f) and take in every non-ASCII character, a superset of
 # Python's Unicode classes whatever the Unicode version; "i" also takes the dotted and dotless i,
 # which Python's case folding matches and RE2's does not (RE2 folds the long s and Kelvin sign
-# itself). The class inside [\w.] is replaced first.
-_NON_ASCII = r"\x{80}-\x{10FFFF}"
+# itself). The class inside [\w.] is replaced first. The non-ASCII range leaves out the long s
+# (U+017F) and the Kelvin sign (U+212A): ignoring case, RE2 would take them as "s" and "k" and a
+# digit or space class would match those ASCII letters (a class with letters still takes them).
+_NON_ASCII = r"\x{80}-\x{17E}\x{180}-\x{2129}\x{212B}-\x{10FFFF}"
 RE2_CLASSES = ((r"[\w.]", f"[0-9A-Za-z_.{_NON_ASCII}]"), (r"\s", rf"[\t-\r\x1c-\x1f {_NON_ASCII}]"),
                (r"\w", f"[0-9A-Za-z_{_NON_ASCII}]"), (r"\W", "[^0-9A-Za-z_]"), (r"\d", f"[0-9{_NON_ASCII}]"))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sftflow.tasks.lib.categories import AUTO, CATEGORIES, classify_category
@@ -195,6 +195,8 @@ def test_the_relaxed_forms_never_change_a_match(text):
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40) | _TEXTS.filter(str.isascii))
+@example("0+S").via("a digit class once took an ASCII s for the long s")
+@example("1 + k").via("and a k for the Kelvin sign")
 def test_on_ascii_text_the_re2_form_is_the_relaxed_pattern(text):
     import pyarrow as pa
     import pyarrow.compute as pc
