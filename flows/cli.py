@@ -139,6 +139,8 @@ def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:
         stages.add_row(s["stage"], s["label"] or "", str(s["n_in"]), str(s["n_out"]),
                        "hit" if s["cache_hit"] else "computed", f"{s['seconds']:.2f}")
     console.print(stages)
+    from sftflow.tasks.core.why import input_name
+
     computed = [s for s in summary["stages"] if s.get("why")]
     if len(computed) == len(summary["stages"]) > 1 and len({s["why"] for s in computed}) == 1:  # a first run
         console.print(f"why computed: {computed[0]['why']} (every stage computed)", markup=False, highlight=False,
@@ -146,7 +148,7 @@ def print_summary(summary: dict[str, Any], show_gate: bool = True) -> None:
     elif computed:
         console.print("why computed (the key inputs that changed since this recipe's last run):")
         for s in computed:  # no markup: `[source]` is text, not a style
-            console.print(f"  {s['stage']}{'[' + s['label'] + ']' if s['label'] else ''}: {s['why']}",
+            console.print(f"  {input_name(s['stage'], s['label'])}: {s['why']}",
                           markup=False, highlight=False, soft_wrap=True)
     ledger = Table(title="ledger (rows in = kept + dropped)")
     for col in ("stage", "in", "kept", "dropped"):

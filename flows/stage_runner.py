@@ -132,7 +132,8 @@ class RunContext:
             if manifest is None:
                 raise RuntimeError(f"{call.stage}: artifact {call.key} missing right after it was written")
         seconds = time.perf_counter() - started
-        why = None if cache_hit else explain_call(call.key_inputs(), call.key, call.label,
+        # the key inputs the task recorded in the manifest it just wrote (the call's own, by construction)
+        why = None if cache_hit else explain_call(manifest.key_inputs or call.key_inputs(), call.key, call.label,
                                                   self.baselines.get((call.stage, call.label)))
         self._record(manifest, call.label, cache_hit, seconds, why)
         outcome = StageResult(call, manifest, cache_hit, seconds, why)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sftflow.tasks.core.artifacts import ArtifactStore
 from sftflow.tasks.core.audit import UNACCOUNTED_ROWS_SQL
 from sftflow.tasks.core.catalog import connect_readonly
 from sftflow.tasks.core import stages
@@ -182,3 +183,32 @@ def runner_stages_removed(completed_project) -> tuple[Path, dict]:
             shutil.rmtree(warehouse / "artifacts" / spec.name)
             shutil.rmtree(warehouse / MEMO_DIR / spec.name, ignore_errors=True)
     return root, summary
+
+
+def _assert_runner_run_matches(project: Path, summary: dict, base_root: Path, base: dict) -> None:
+    """A data run on another runner, from `runner_stages_removed`, against the sequential run."""
+    # The runner is not in any key: every data stage has the sequential run's key and files.
+    base_keys = {(s["stage"], s["label"]): s["key"] for s in base["stages"] if s["stage"] in stages.data_stages()}
+    keys = {(s["stage"], s["label"]): s["key"] for s in summary["stages"]}
+    assert keys == base_keys
+    # normalize and filter computed here, on the runner; the stages between and after them are
+    # served: their inputs came out with the sequential run's data
+    runner_stages = {s.name for s in stages.STAGES if s.uses_runner}
+    assert {(s["stage"], s["label"]) for s in summary["stages"] if not s["cache_hit"]} == {
+        key for key in keys if key[0] in runner_stages}
+    with connect_readonly(project / "data" / "warehouse" / "catalog.duckdb") as con:
+        full_keys = con.execute("SELECT stage, key FROM stage_runs WHERE run_id = ?", [summary["run_id"]]).fetchall()
+    ours = ArtifactStore(project / "data" / "warehouse" / "artifacts")
+    theirs = ArtifactStore(base_root / "data" / "warehouse" / "artifacts")
+    assert len(full_keys) == len(base_keys)
+    for stage, key in full_keys:
+        mine, reference = ours.load(stage, key), theirs.load(stage, key)
+        assert mine is not None and reference is not None, stage
+        assert [(f.name, f.sha256) for f in mine.files] == [(f.name, f.sha256) for f in reference.files], stage
+
+
+@pytest.fixture
+def assert_runner_run_matches():
+    """The runner is in no key: a run that recomputed the runner's stages elsewhere has every data
+    stage's key and file bytes of the sequential run, and computed exactly those stages."""
+    return _assert_runner_run_matches

@@ -67,6 +67,13 @@ def dropped_as(con, run_id: str, stage: str, reason: str) -> set[str]:
         "WHERE sr.run_id = ? AND d.stage = ? AND d.reason = ?", [run_id, stage, reason]).fetchall()}
 
 
+def newly_dropped_as(root: Path, runs: dict, name: str, stage: str, reason: str) -> set[str]:
+    """Rows the `name` run's stage dropped with `reason` that the base run's did not."""
+    with catalog(root) as con:
+        return (dropped_as(con, runs[name]["run_id"], stage, reason)
+                - dropped_as(con, runs["base"]["run_id"], stage, reason))
+
+
 def shard_contents(con, run_id: str) -> dict[str, tuple[str, str, int, Counter]]:
     """The run's mix shards by name inside the mix artifact -> (split, category, rows, the copies
     of each example it holds)."""
@@ -134,9 +141,7 @@ def test_each_diff_counts_what_the_decisions_say(changed_runs, diffs, name):
 def test_a_stricter_toxicity_threshold_newly_drops_toxic_rows_at_filter(changed_runs, diffs):
     root, runs = changed_runs
     diff = diffs["recipe_field"]
-    with catalog(root) as con:
-        newly_toxic = (dropped_as(con, runs["recipe_field"]["run_id"], "filter", "toxic")
-                       - dropped_as(con, runs["base"]["run_id"], "filter", "toxic"))
+    newly_toxic = newly_dropped_as(root, runs, "recipe_field", "filter", "toxic")
     by_stage = {s["stage"]: s for s in diff["stages"]}
     assert len(newly_toxic) >= 10  # the demo data holds rows scored between 0.3 and the default
     assert by_stage["filter"]["n_newly_dropped"] == len(newly_toxic)
@@ -184,9 +189,7 @@ def test_a_source_edit_shows_the_edited_row_with_both_source_lines(changed_runs,
 def test_a_code_edit_newly_drops_short_responses_at_filter(changed_runs, diffs):
     root, runs = changed_runs
     diff = diffs["code_edit"]
-    with catalog(root) as con:
-        newly_short = (dropped_as(con, runs["code_edit"]["run_id"], "filter", "too_short_response")
-                       - dropped_as(con, runs["base"]["run_id"], "filter", "too_short_response"))
+    newly_short = newly_dropped_as(root, runs, "code_edit", "filter", "too_short_response")
     by_stage = {s["stage"]: s for s in diff["stages"]}
     assert newly_short and by_stage["filter"]["n_newly_dropped"] == len(newly_short)
     assert {c["in_b"] for c in by_stage["filter"]["changes"]} == {"filter: too_short_response"}

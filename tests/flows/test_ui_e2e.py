@@ -171,42 +171,51 @@ def test_deploy_trigger_and_see_it_in_the_ui(server, project, small_train):
     _check_serve(server, project)
 
 
-def _check_ui(ui_url: str, run_name: str, flow_run_id: str, by_key: dict) -> None:
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def _ui_page(height: int):
+    """A page of headless Chromium (Debian's), 1400 px wide, that waits up to 60 s for what it expects."""
+    from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page = browser.new_page(viewport={"width": 1400, "height": height})
             page.set_default_timeout(60_000)
-            page.goto(f"{ui_url}/runs/flow-run/{flow_run_id}")
-            expect(page.get_by_text(run_name).first).to_be_visible()
-            expect(page.get_by_text("Completed").first).to_be_visible()
-            expect(page.get_by_text("nightly-demo").first).to_be_visible()
-            page.get_by_text("Artifacts", exact=True).first.click()
-            for key in ("sftflow-data-card", "sftflow-run", "sftflow-loss-plot", "sftflow-eval-report",
-                        "sftflow-mask-audit", "sftflow-model-card", "sftflow-dedup"):
-                expect(page.get_by_text(key, exact=True).first).to_be_visible()
-            page.screenshot(path=str(SCREENSHOTS / "flow-run-artifacts.png"), full_page=True)
-
-            # the loss plot renders as an image, the run page links the cards
-            page.goto(f"{ui_url}/artifacts/artifact/{by_key['sftflow-loss-plot'].id}")
-            image = page.locator("img[src^='data:image/png']").first
-            expect(image).to_be_visible()
-            assert image.evaluate("img => img.naturalWidth") > 100
-            page.screenshot(path=str(SCREENSHOTS / "loss-plot.png"), full_page=True)
-            page.goto(f"{ui_url}/artifacts/artifact/{by_key['sftflow-run'].id}")
-            expect(page.get_by_text("Realized mixture").first).to_be_visible()
-            link = page.get_by_role("link", name="Data card")
-            expect(link).to_be_visible()
-            assert link.get_attribute("href") == "/artifacts/key/sftflow-data-card"
-            page.goto(f"{ui_url}/artifacts/artifact/{by_key['sftflow-data-card'].id}")
-            expect(page.get_by_text("Drops by reason").first).to_be_visible()
-            expect(page.get_by_text("exact_duplicate").first).to_be_visible()
-            page.screenshot(path=str(SCREENSHOTS / "data-card.png"), full_page=True)
+            yield page
         finally:
             browser.close()
+
+
+def _check_ui(ui_url: str, run_name: str, flow_run_id: str, by_key: dict) -> None:
+    from playwright.sync_api import expect
+
+    with _ui_page(height=2400) as page:
+        page.goto(f"{ui_url}/runs/flow-run/{flow_run_id}")
+        expect(page.get_by_text(run_name).first).to_be_visible()
+        expect(page.get_by_text("Completed").first).to_be_visible()
+        expect(page.get_by_text("nightly-demo").first).to_be_visible()
+        page.get_by_text("Artifacts", exact=True).first.click()
+        for key in ("sftflow-data-card", "sftflow-run", "sftflow-loss-plot", "sftflow-eval-report",
+                    "sftflow-mask-audit", "sftflow-model-card", "sftflow-dedup"):
+            expect(page.get_by_text(key, exact=True).first).to_be_visible()
+        page.screenshot(path=str(SCREENSHOTS / "flow-run-artifacts.png"), full_page=True)
+
+        # the loss plot renders as an image, the run page links the cards
+        page.goto(f"{ui_url}/artifacts/artifact/{by_key['sftflow-loss-plot'].id}")
+        image = page.locator("img[src^='data:image/png']").first
+        expect(image).to_be_visible()
+        assert image.evaluate("img => img.naturalWidth") > 100
+        page.screenshot(path=str(SCREENSHOTS / "loss-plot.png"), full_page=True)
+        page.goto(f"{ui_url}/artifacts/artifact/{by_key['sftflow-run'].id}")
+        expect(page.get_by_text("Realized mixture").first).to_be_visible()
+        link = page.get_by_role("link", name="Data card")
+        expect(link).to_be_visible()
+        assert link.get_attribute("href") == "/artifacts/key/sftflow-data-card"
+        page.goto(f"{ui_url}/artifacts/artifact/{by_key['sftflow-data-card'].id}")
+        expect(page.get_by_text("Drops by reason").first).to_be_visible()
+        expect(page.get_by_text("exact_duplicate").first).to_be_visible()
+        page.screenshot(path=str(SCREENSHOTS / "data-card.png"), full_page=True)
 
 
 def _check_serve(server: dict, project: Path) -> None:
@@ -266,20 +275,13 @@ def test_a_run_made_without_the_ui_shows_in_it_later(project, tmp_path):
         with connect_readonly(warehouse / "catalog.duckdb") as con:
             assert con.execute("SELECT flow_run_id, status FROM runs").fetchall() == [(str(flow_run.id), "completed")]
 
-        from playwright.sync_api import expect, sync_playwright
+        from playwright.sync_api import expect
 
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1600})
-                page.set_default_timeout(60_000)
-                page.goto(f"{started['ui_url']}/runs/flow-run/{flow_run.id}")
-                expect(page.get_by_text(flow_run.name).first).to_be_visible()
-                expect(page.get_by_text("Completed").first).to_be_visible()
-                page.get_by_text("Artifacts", exact=True).first.click()
-                for key in ("sftflow-run", "sftflow-data-card", "sftflow-dedup"):
-                    expect(page.get_by_text(key, exact=True).first).to_be_visible()
-                page.screenshot(path=str(SCREENSHOTS / "run-made-without-the-ui.png"), full_page=True)
-            finally:
-                browser.close()
+        with _ui_page(height=1600) as page:
+            page.goto(f"{started['ui_url']}/runs/flow-run/{flow_run.id}")
+            expect(page.get_by_text(flow_run.name).first).to_be_visible()
+            expect(page.get_by_text("Completed").first).to_be_visible()
+            page.get_by_text("Artifacts", exact=True).first.click()
+            for key in ("sftflow-run", "sftflow-data-card", "sftflow-dedup"):
+                expect(page.get_by_text(key, exact=True).first).to_be_visible()
+            page.screenshot(path=str(SCREENSHOTS / "run-made-without-the-ui.png"), full_page=True)
